@@ -1,0 +1,296 @@
+"""Typed, validated view of params.yaml.
+
+Every section is a dataclass. `load_params` reads the YAML, rejects unknown keys and
+wrong types, and runs each section's `validate()`, so a stage fails on its first line
+with a message that names the key, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from synthvit.errors import ConfigError, UserError
+
+SYNTHETIC_KINDS = ("fractaldb", "ofdb", "onepfrac")
+DATASETS = ("cifar10", "imagefolder", "synthetic")
+DEVICES = ("auto", "cuda", "cpu")
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+OPTIMIZERS = ("adamw", "sgd")
+FINETUNE_INITS = ("pretrained", "scratch")
+
+
+def _check(ok: bool, key: str, value, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(key, value, allowed)
+
+
+def _check_range(key: str, value, allowed: str, low=None, high=None) -> None:
+    ok = (low is None or value >= low) and (high is None or value <= high)
+    _check(ok, key, value, allowed)
+
+
+def _check_pair(key: str, value, low: float, high: float) -> None:
+    ok = len(value) == 2 and low <= value[0] <= value[1] <= high
+    _check(ok, key, value, f"a pair [min, max] with {low} <= min <= max <= {high}")
+
+
+@dataclass
+class RuntimeConfig:
+    device: str = "auto"  # auto picks CUDA when present
+    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    num_threads: int = 0  # torch CPU threads; 0 keeps torch's default
+
+    def validate(self, prefix: str) -> None:
+        _check(self.device in DEVICES, f"{prefix}.device", self.device, f"one of {', '.join(DEVICES)}")
+        _check(self.precision in PRECISIONS, f"{prefix}.precision", self.precision, f"one of {', '.join(PRECISIONS)}")
+        _check_range(f"{prefix}.num_threads", self.num_threads, "an integer >= 0", low=0)
+
+
+@dataclass
+class SyntheticConfig:
+    kind: str = "fractaldb"
+    num_classes: int = 1000
+    instances_per_class: int = 10  # fractaldb only; ofdb and onepfrac draw one image per class
+    image_size: int = 64
+    num_points: int = 20000  # chaos-game points per image
+    fill_rate: float = 0.2  # minimum fraction of pixels covered for a category to be kept
+    min_maps: int = 2
+    max_maps: int = 7
+    sigma: float = 3.5  # onepfrac: sigma-factor of the single IFS
+    delta: float = 0.1  # onepfrac: each coefficient times U(1-delta, 1+delta)
+    max_attempts: int = 1000  # IFS draws allowed per category before giving up
+
+    def validate(self, prefix: str) -> None:
+        _check(self.kind in SYNTHETIC_KINDS, f"{prefix}.kind", self.kind, f"one of {', '.join(SYNTHETIC_KINDS)}")
+        _check_range(f"{prefix}.num_classes", self.num_classes, "an integer >= 2", low=2)
+        _check_range(f"{prefix}.instances_per_class", self.instances_per_class, "an integer >= 1", low=1)
+        _check_range(f"{prefix}.image_size", self.image_size, "an integer in [8, 4096]", 8, 4096)
+        _check_range(f"{prefix}.num_points", self.num_points, "an integer >= 100", low=100)
+        _check_range(f"{prefix}.fill_rate", self.fill_rate, "a fraction in [0, 1)", 0.0, 0.999999)
+        _check_range(f"{prefix}.min_maps", self.min_maps, "an integer >= 1", low=1)
+        _check_range(f"{prefix}.max_maps", self.max_maps, f"an integer >= min_maps ({self.min_maps})", low=self.min_maps)
+        _check_range(f"{prefix}.sigma", self.sigma, "a number > 0", low=1e-9)
+        _check_range(f"{prefix}.delta", self.delta, "a fraction in [0, 1)", 0.0, 0.999999)
+        _check_range(f"{prefix}.max_attempts", self.max_attempts, "an integer >= 1", low=1)
+
+
+@dataclass
+class DataConfig:
+    name: str = "cifar10"
+    root: str = "data/cifar10"
+    download: bool = True  # cifar10 only: fetch through torchvision when root holds no copy
+    train_per_class: int = 0  # keep at most this many training images per class; 0 keeps all
+    test_per_class: int = 0
+    num_workers: int = 2  # image decoding threads
+
+    def validate(self, prefix: str) -> None:
+        allowed = [d for d in DATASETS if d != "synthetic"]
+        _check(self.name in allowed, f"{prefix}.name", self.name, f"one of {', '.join(allowed)}")
+        _check(bool(self.root), f"{prefix}.root", self.root, "a folder path")
+        _check_range(f"{prefix}.train_per_class", self.train_per_class, "an integer >= 0 (0 keeps all)", low=0)
+        _check_range(f"{prefix}.test_per_class", self.test_per_class, "an integer >= 0 (0 keeps all)", low=0)
+        _check_range(f"{prefix}.num_workers", self.num_workers, "an integer >= 0", low=0)
+
+
+@dataclass
+class ModelConfig:
+    name: str = "vit_tiny_patch16_224"  # any timm model name
+    # Overrides passed to timm.create_model; null leaves the model's own default.
+    img_size: int = 32
+    patch_size: typing.Optional[int] = 4
+    embed_dim: typing.Optional[int] = 192
+    depth: typing.Optional[int] = 12
+    num_heads: typing.Optional[int] = 3
+    drop_path_rate: float = 0.1
+
+    def validate(self, prefix: str) -> None:
+        _check(bool(self.name), f"{prefix}.name", self.name, "a timm model name, e.g. vit_tiny_patch16_224")
+        _check_range(f"{prefix}.img_size", self.img_size, "an integer >= 8", low=8)
+        for key in ("patch_size", "embed_dim", "depth", "num_heads"):
+            value = getattr(self, key)
+            if value is not None:
+                _check_range(f"{prefix}.{key}", value, "an integer >= 1, or null", low=1)
+        if self.patch_size is not None:
+            _check(
+                self.img_size % self.patch_size == 0,
+                f"{prefix}.patch_size",
+                self.patch_size,
+                f"must divide model.img_size={self.img_size}",
+            )
+        if self.embed_dim is not None and self.num_heads is not None:
+            _check(
+                self.embed_dim % self.num_heads == 0,
+                f"{prefix}.num_heads",
+                self.num_heads,
+                f"must divide model.embed_dim={self.embed_dim}",
+            )
+        _check_range(f"{prefix}.drop_path_rate", self.drop_path_rate, "a fraction in [0, 1)", 0.0, 0.999999)
+
+
+@dataclass
+class TrainConfig:
+    """One training run: pretrain and finetune share these keys."""
+
+    epochs: int = 100
+    batch_size: int = 256
+    optimizer: str = "adamw"
+    lr: float = 5.0e-4
+    weight_decay: float = 0.05
+    momentum: float = 0.9  # sgd only
+    warmup_epochs: float = 5
+    min_lr: float = 1.0e-6
+    label_smoothing: float = 0.1
+    mixup_alpha: float = 0.8  # 0 turns mixup off
+    cutmix_alpha: float = 1.0  # 0 turns cutmix off
+    random_erasing: float = 0.25  # probability per image
+    crop_scale: list = field(default_factory=lambda: [0.25, 1.0])  # area fraction of random resized crops
+    crop_padding: int = 0  # zero padding (pixels) around the image before cropping
+    hflip: float = 0.5
+    grad_clip: float = 0.0  # max gradient norm; 0 turns clipping off
+    init: str = "pretrained"  # finetune only: start from the pretrain checkpoint, or from scratch
+
+    def validate(self, prefix: str) -> None:
+        _check_range(f"{prefix}.epochs", self.epochs, "an integer >= 1", low=1)
+        _check_range(f"{prefix}.batch_size", self.batch_size, "an integer >= 2", low=2)
+        _check(self.optimizer in OPTIMIZERS, f"{prefix}.optimizer", self.optimizer, f"one of {', '.join(OPTIMIZERS)}")
+        _check_range(f"{prefix}.lr", self.lr, "a number > 0", low=1e-12)
+        _check_range(f"{prefix}.weight_decay", self.weight_decay, "a number >= 0", low=0)
+        _check_range(f"{prefix}.momentum", self.momentum, "a number in [0, 1)", 0.0, 0.999999)
+        _check_range(f"{prefix}.warmup_epochs", self.warmup_epochs, f"a number in [0, epochs={self.epochs})", 0, self.epochs - 1e-9)
+        _check_range(f"{prefix}.min_lr", self.min_lr, f"a number in [0, lr={self.lr}]", 0, self.lr)
+        _check_range(f"{prefix}.label_smoothing", self.label_smoothing, "a number in [0, 1)", 0.0, 0.999999)
+        _check_range(f"{prefix}.mixup_alpha", self.mixup_alpha, "a number >= 0 (0 = off)", low=0)
+        _check_range(f"{prefix}.cutmix_alpha", self.cutmix_alpha, "a number >= 0 (0 = off)", low=0)
+        _check_range(f"{prefix}.random_erasing", self.random_erasing, "a probability in [0, 1]", 0.0, 1.0)
+        _check_pair(f"{prefix}.crop_scale", self.crop_scale, 0.01, 1.0)
+        _check_range(f"{prefix}.crop_padding", self.crop_padding, "an integer >= 0", low=0)
+        _check_range(f"{prefix}.hflip", self.hflip, "a probability in [0, 1]", 0.0, 1.0)
+        _check_range(f"{prefix}.grad_clip", self.grad_clip, "a number >= 0 (0 = off)", low=0)
+        _check(self.init in FINETUNE_INITS, f"{prefix}.init", self.init, f"one of {', '.join(FINETUNE_INITS)}")
+        if (self.mixup_alpha > 0 or self.cutmix_alpha > 0) and self.batch_size % 2:
+            raise ConfigError(f"{prefix}.batch_size", self.batch_size, "must be even when mixup or cutmix is on")
+
+
+@dataclass
+class EvaluateConfig:
+    batch_size: int = 512
+
+    def validate(self, prefix: str) -> None:
+        _check_range(f"{prefix}.batch_size", self.batch_size, "an integer >= 1", low=1)
+
+
+@dataclass
+class VisualizeConfig:
+    num_misclassified: int = 36
+    num_synthetic: int = 64
+
+    def validate(self, prefix: str) -> None:
+        _check_range(f"{prefix}.num_misclassified", self.num_misclassified, "an integer >= 1", low=1)
+        _check_range(f"{prefix}.num_synthetic", self.num_synthetic, "an integer >= 1", low=1)
+
+
+@dataclass
+class TrackingConfig:
+    experiment_name: str = "synthvit"
+    log_model: bool = True  # log the fine-tuned model as an MLflow model
+
+    def validate(self, prefix: str) -> None:
+        _check(bool(self.experiment_name), f"{prefix}.experiment_name", self.experiment_name, "a non-empty name")
+
+
+@dataclass
+class Params:
+    seed: int = 0
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    pretrain: TrainConfig = field(default_factory=TrainConfig)
+    finetune: TrainConfig = field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    visualize: VisualizeConfig = field(default_factory=VisualizeConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def validate(self, prefix: str = "") -> None:
+        _check(isinstance(self.seed, int) and self.seed >= 0, "seed", self.seed, "an integer >= 0")
+        for f in dataclasses.fields(self):
+            section = getattr(self, f.name)
+            if dataclasses.is_dataclass(section):
+                section.validate(f.name)
+
+
+def _type_ok(value, annotation) -> bool:
+    """Whether a YAML value fits a field's annotation (ints pass as floats)."""
+    if annotation in ("float", float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation in ("int", int):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation in ("bool", bool):
+        return isinstance(value, bool)
+    if annotation in ("str", str):
+        return isinstance(value, str)
+    if annotation in ("list", list):
+        return isinstance(value, list)
+    if annotation == "typing.Optional[int]":
+        return value is None or _type_ok(value, int)
+    raise TypeError(f"unsupported annotation {annotation!r}")
+
+
+_TYPE_WORDS = {"float": "a number", "int": "an integer", "bool": "true or false", "str": "a string",
+               "list": "a list", "typing.Optional[int]": "an integer or null"}
+
+
+def _build(cls, raw: dict, prefix: str):
+    """Make a dataclass from a YAML mapping, naming any unknown key or wrong type."""
+    if not isinstance(raw, dict):
+        raise ConfigError(prefix, raw, "a mapping of keys to values")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        key = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
+        raise ConfigError(key, raw[unknown[0]], f"unknown key; known keys here: {', '.join(fields)}")
+    values = {}
+    for name, value in raw.items():
+        key = f"{prefix}.{name}" if prefix else name
+        annotation = fields[name].type
+        if isinstance(annotation, str) and annotation in _SECTIONS:
+            values[name] = _build(_SECTIONS[annotation], value, key)
+        else:
+            if isinstance(annotation, str) and annotation == "float" and isinstance(value, int):
+                value = float(value)
+            if not _type_ok(value, annotation):
+                raise ConfigError(key, value, f"must be {_TYPE_WORDS[str(annotation)]}")
+            values[name] = value
+    return cls(**values)
+
+
+_SECTIONS = {cls.__name__: cls for cls in (RuntimeConfig, SyntheticConfig, DataConfig, ModelConfig,
+                                           TrainConfig, EvaluateConfig, VisualizeConfig, TrackingConfig)}
+
+
+def parse_params(raw: dict) -> Params:
+    """Validate a params mapping (as loaded from YAML) into Params."""
+    params = _build(Params, raw or {}, "")
+    params.validate()
+    return params
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path} not found: run from the repository root, where params.yaml lives")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path} is not valid YAML: {exc}") from None
+    return parse_params(raw)
+
+
+def as_flat_dict(section, prefix: str) -> dict:
+    """`{"prefix.key": value}` for logging a section as MLflow params."""
+    return {f"{prefix}.{k}": v for k, v in dataclasses.asdict(section).items()}
