@@ -152,7 +152,6 @@ class TrainConfig:
     crop_padding: int = 0  # zero padding (pixels) around the image before cropping
     hflip: float = 0.5
     grad_clip: float = 0.0  # max gradient norm; 0 turns clipping off
-    init: str = "pretrained"  # finetune only: start from the pretrain checkpoint, or from scratch
 
     def validate(self, prefix: str) -> None:
         _check_range(f"{prefix}.epochs", self.epochs, "an integer >= 1", low=1)
@@ -171,9 +170,17 @@ class TrainConfig:
         _check_range(f"{prefix}.crop_padding", self.crop_padding, "an integer >= 0", low=0)
         _check_range(f"{prefix}.hflip", self.hflip, "a probability in [0, 1]", 0.0, 1.0)
         _check_range(f"{prefix}.grad_clip", self.grad_clip, "a number >= 0 (0 = off)", low=0)
-        _check(self.init in FINETUNE_INITS, f"{prefix}.init", self.init, f"one of {', '.join(FINETUNE_INITS)}")
         if (self.mixup_alpha > 0 or self.cutmix_alpha > 0) and self.batch_size % 2:
             raise ConfigError(f"{prefix}.batch_size", self.batch_size, "must be even when mixup or cutmix is on")
+
+
+@dataclass
+class FinetuneConfig(TrainConfig):
+    init: str = "pretrained"  # start from the pretrain checkpoint (new head), or from scratch
+
+    def validate(self, prefix: str) -> None:
+        super().validate(prefix)
+        _check(self.init in FINETUNE_INITS, f"{prefix}.init", self.init, f"one of {', '.join(FINETUNE_INITS)}")
 
 
 @dataclass
@@ -211,7 +218,7 @@ class Params:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     pretrain: TrainConfig = field(default_factory=TrainConfig)
-    finetune: TrainConfig = field(default_factory=TrainConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     visualize: VisualizeConfig = field(default_factory=VisualizeConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
@@ -270,7 +277,7 @@ def _build(cls, raw: dict, prefix: str):
 
 
 _SECTIONS = {cls.__name__: cls for cls in (RuntimeConfig, SyntheticConfig, DataConfig, ModelConfig,
-                                           TrainConfig, EvaluateConfig, VisualizeConfig, TrackingConfig)}
+                                           TrainConfig, FinetuneConfig, EvaluateConfig, VisualizeConfig, TrackingConfig)}
 
 
 def parse_params(raw: dict) -> Params:

@@ -1,0 +1,69 @@
+"""Batch augmentation on the training device: no per-sample Python in the hot loop.
+
+Random resized crops, zero-padded translations and horizontal flips are one affine
+warp per image (`affine_grid` + `grid_sample`), drawn for the whole batch at once.
+Mixup/CutMix and random erasing come from timm and also work on whole batches.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def to_float(images: torch.Tensor, mean, std) -> torch.Tensor:
+    """uint8 N x 3 x H x W to normalised float."""
+    mean = torch.tensor(mean, device=images.device).view(1, -1, 1, 1)
+    std = torch.tensor(std, device=images.device).view(1, -1, 1, 1)
+    return (images.float() / 255.0 - mean) / std
+
+
+def random_crop_params(
+    n: int, scale: tuple[float, float], ratio: tuple[float, float], padding_frac: float, generator: torch.Generator, device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per image: crop width and height (fractions of the image) and crop centre (in [-1, 1] coordinates).
+
+    Area fraction ~ U(scale), log aspect ratio ~ U(log ratio), as in RandomResizedCrop; the
+    centre is uniform over the positions that keep the crop inside the image grown by
+    `padding_frac` on each side, which is pad-and-crop when scale is (1, 1). Padding is
+    filled with zeros of the normalised image, i.e. the dataset mean colour.
+    """
+    uniform = lambda: torch.rand(n, generator=generator, device=device)  # noqa: E731
+    area = scale[0] + (scale[1] - scale[0]) * uniform()
+    log_r = math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * uniform()
+    aspect = torch.exp(log_r)
+    width = torch.sqrt(area * aspect).clamp(max=1.0)
+    height = torch.sqrt(area / aspect).clamp(max=1.0)
+    # Free room for the centre, in normalised coordinates where the image spans [-1, 1].
+    room_x = (1.0 - width) + 2 * padding_frac
+    room_y = (1.0 - height) + 2 * padding_frac
+    centre_x = (uniform() * 2 - 1) * room_x
+    centre_y = (uniform() * 2 - 1) * room_y
+    return width, height, centre_x, centre_y
+
+
+def random_resized_crop_flip(
+    images: torch.Tensor,
+    scale=(0.25, 1.0),
+    ratio=(3 / 4, 4 / 3),
+    padding: int = 0,
+    hflip: float = 0.5,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Crop, resize back to the input size, and flip a float batch, all in one warp."""
+    n, _, h, w = images.shape
+    device = images.device
+    if tuple(scale) == (1.0, 1.0) and padding == 0 and hflip == 0:
+        return images
+    width, height, cx, cy = random_crop_params(n, scale, ratio, padding / w, generator, device)
+    flip = torch.rand(n, generator=generator, device=device) < hflip
+    sign = 1.0 - 2.0 * flip.float()
+    theta = torch.zeros(n, 2, 3, device=device, dtype=images.dtype)
+    theta[:, 0, 0] = width * sign
+    theta[:, 0, 2] = cx
+    theta[:, 1, 1] = height
+    theta[:, 1, 2] = cy
+    grid = F.affine_grid(theta, (n, images.shape[1], h, w), align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)

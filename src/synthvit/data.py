@@ -1,0 +1,188 @@
+"""Datasets as in-memory uint8 tensors.
+
+Every dataset is decoded once into an `ImageSet` (N x 3 x S x S uint8, S = model.img_size)
+so training augments whole batches on the device instead of running per-sample Python.
+Sources: torchvision's CIFAR-10 archive, an ImageFolder tree (`root/train/<class>/`,
+`root/test/<class>/`, any size or mode), and the synthetic fractal folder.
+"""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+
+from synthvit.config import DataConfig
+from synthvit.errors import UserError
+from synthvit.progress import progress_bar
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+@dataclass
+class ImageSet:
+    images: torch.Tensor  # uint8, N x 3 x S x S
+    labels: torch.Tensor  # int64, N
+    classes: list[str]
+    paths: list[str] | None = None  # source files, when the set came from files
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+def load_split(cfg: DataConfig, split: str, img_size: int) -> ImageSet:
+    """The train or test split of the dataset that params.yaml names."""
+    per_class = cfg.train_per_class if split == "train" else cfg.test_per_class
+    if cfg.name == "cifar10":
+        return load_cifar10(Path(cfg.root), split, img_size, cfg.download, per_class)
+    if cfg.name == "imagefolder":
+        root = Path(cfg.root)
+        check_imagefolder(root)
+        return load_image_folder(root / split, img_size, per_class, cfg.num_workers)
+    raise UserError(f"params.yaml: data.name={cfg.name!r} is invalid: one of cifar10, imagefolder")
+
+
+def load_synthetic(root: Path, img_size: int, num_workers: int = 2) -> ImageSet:
+    """The fractal dataset written by generate_synthetic (classes in manifest order)."""
+    manifest_path = root / "manifest.json"
+    if not manifest_path.is_file():
+        raise UserError(f"{manifest_path} not found: run the generate_synthetic stage first (dvc repro)")
+    classes = [c["name"] for c in json.loads(manifest_path.read_text())["classes"]]
+    return load_image_folder(root / "images", img_size, 0, num_workers, classes=classes)
+
+
+# ---- ImageFolder -------------------------------------------------------------------
+
+
+def class_folders(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def check_imagefolder(root: Path) -> None:
+    """Fail early, with the fix, on a root that is not `root/{train,test}/<class>/`."""
+    if not root.is_dir():
+        raise UserError(
+            f"params.yaml: data.root={str(root)!r} is invalid: no such folder; "
+            "point it at a folder holding train/<class>/ and test/<class>/"
+        )
+    for split in ("train", "test"):
+        if not (root / split).is_dir():
+            raise UserError(
+                f"params.yaml: data.root={str(root)!r} is invalid: it has no {split}/ folder; "
+                "expected root/train/<class>/ and root/test/<class>/"
+            )
+    train, test = class_folders(root / "train"), class_folders(root / "test")
+    if not train:
+        raise UserError(f"params.yaml: data.root={str(root)!r} is invalid: train/ holds no class folders")
+    if train != test:
+        only_train = sorted(set(train) - set(test))
+        only_test = sorted(set(test) - set(train))
+        raise UserError(
+            f"params.yaml: data.root={str(root)!r} is invalid: train and test class folders differ "
+            f"(only in train: {only_train or 'none'}; only in test: {only_test or 'none'}); "
+            "give both splits the same class folders"
+        )
+
+
+def list_images(folder: Path, classes: list[str], per_class: int) -> tuple[list[Path], list[int]]:
+    paths, labels = [], []
+    for label, name in enumerate(classes):
+        files = sorted(p for p in (folder / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise UserError(f"{folder / name} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}); add some or remove the folder")
+        if per_class:
+            files = files[:per_class]
+        paths += files
+        labels += [label] * len(files)
+    return paths, labels
+
+
+def decode_image(path: Path, img_size: int) -> np.ndarray:
+    """RGB uint8 HxWx3 at img_size: resize the short side, centre-crop the long one."""
+    try:
+        with Image.open(path) as image:
+            image = image.convert("RGB")
+            scale = img_size / min(image.size)
+            width, height = max(img_size, round(image.width * scale)), max(img_size, round(image.height * scale))
+            if (width, height) != image.size:
+                image = image.resize((width, height), Image.BICUBIC)
+            left, top = (width - img_size) // 2, (height - img_size) // 2
+            image = image.crop((left, top, left + img_size, top + img_size))
+            return np.asarray(image, dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise UserError(f"cannot read image {path}: {exc}; remove or replace the file") from None
+
+
+def load_image_folder(
+    folder: Path, img_size: int, per_class: int = 0, num_workers: int = 2, classes: list[str] | None = None
+) -> ImageSet:
+    classes = classes if classes is not None else class_folders(folder)
+    paths, labels = list_images(folder, classes, per_class)
+    images = np.empty((len(paths), img_size, img_size, 3), dtype=np.uint8)
+
+    def decode_into(i: int) -> None:
+        images[i] = decode_image(paths[i], img_size)
+
+    # PIL releases the GIL while decoding, so threads give real parallelism here.
+    with ThreadPoolExecutor(max(1, num_workers)) as pool:
+        for _ in progress_bar(pool.map(decode_into, range(len(paths))), total=len(paths), desc=f"decode {folder.name}"):
+            pass
+    return ImageSet(
+        images=torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(),
+        labels=torch.tensor(labels, dtype=torch.int64),
+        classes=list(classes),
+        paths=[str(p) for p in paths],
+    )
+
+
+# ---- CIFAR-10 (torchvision's archive) ----------------------------------------------
+
+
+def load_cifar10(root: Path, split: str, img_size: int, download: bool, per_class: int) -> ImageSet:
+    from torchvision.datasets import CIFAR10
+
+    train = split == "train"
+    try:
+        dataset = CIFAR10(str(root), train=train, download=False)
+    except RuntimeError:
+        if not download:
+            raise UserError(
+                f"CIFAR-10 not found in data.root={str(root)!r} (expected {root}/cifar-10-batches-py); "
+                "set data.download=true, or point data.name=imagefolder and data.root at a local copy"
+            ) from None
+        try:
+            dataset = CIFAR10(str(root), train=train, download=True)
+        except Exception as exc:  # network errors come in many types
+            raise UserError(
+                f"could not download CIFAR-10 into {root} ({type(exc).__name__}: {exc}). Offline? Use a local copy: "
+                "`dvc exp run -S data.name=imagefolder -S data.root=PATH` with PATH/train/<class>/ and "
+                "PATH/test/<class>/ (e.g. ../shared/datasets/cifar10), or put cifar-10-batches-py in data.root"
+            ) from None
+    images = torch.from_numpy(dataset.data).permute(0, 3, 1, 2).contiguous()
+    labels = torch.tensor(dataset.targets, dtype=torch.int64)
+    if per_class:
+        keep = torch.cat([torch.nonzero(labels == c).flatten()[:per_class] for c in range(10)]).sort().values
+        images, labels = images[keep], labels[keep]
+    if img_size != images.shape[-1]:
+        images = resize_uint8(images, img_size)
+    return ImageSet(images=images, labels=labels, classes=list(dataset.classes))
+
+
+def resize_uint8(images: torch.Tensor, size: int, chunk: int = 2048) -> torch.Tensor:
+    out = torch.empty((len(images), images.shape[1], size, size), dtype=torch.uint8)
+    for start in range(0, len(images), chunk):
+        batch = images[start : start + chunk].float()
+        batch = F.interpolate(batch, size=(size, size), mode="bicubic", antialias=True, align_corners=False)
+        out[start : start + chunk] = batch.round().clamp(0, 255).to(torch.uint8)
+    return out

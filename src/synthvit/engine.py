@@ -1,0 +1,193 @@
+"""The training and inference loops: plain functions over in-memory uint8 tensors.
+
+One epoch: shuffle indices, slice a batch, move it to the device, augment it there
+(crop/flip, Mixup/CutMix, random erasing), forward under autocast, step the
+optimizer and the per-step cosine schedule. Nothing here knows about DVC or MLflow;
+callers get per-epoch metrics through `on_epoch`.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from typing import Callable
+
+import numpy as np
+import torch
+from timm.data import Mixup
+from timm.data.random_erasing import RandomErasing
+from timm.loss import SoftTargetCrossEntropy
+from timm.optim import create_optimizer_v2
+from timm.scheduler import CosineLRScheduler
+from torch import nn
+
+from synthvit.augment import random_resized_crop_flip, to_float
+from synthvit.config import RuntimeConfig, TrainConfig
+from synthvit.data import ImageSet
+from synthvit.errors import UserError
+from synthvit.models import DEFAULT_MEAN, DEFAULT_STD
+from synthvit.progress import log, progress_bar
+
+
+def seed_everything(seed: int) -> None:
+    """Seed every generator the loop draws from (timm's Mixup uses numpy, erasing uses random)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_device(runtime: RuntimeConfig) -> torch.device:
+    if runtime.num_threads:
+        torch.set_num_threads(runtime.num_threads)
+    if runtime.device == "cuda" and not torch.cuda.is_available():
+        raise UserError("params.yaml: runtime.device='cuda' is invalid: no CUDA device is visible; use auto or cpu")
+    if runtime.device == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda")
+
+
+def autocast_dtype(runtime: RuntimeConfig, device: torch.device) -> torch.dtype | None:
+    """bf16 autocast on CUDA by default; fp32 on CPU, whose bf16 is emulated and ~20x slower here."""
+    precision = runtime.precision
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision]
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+
+def steps_per_epoch(num_images: int, batch_size: int) -> tuple[int, int]:
+    """(steps, batch) with drop-last batches; the batch shrinks (to an even size) for tiny datasets."""
+    batch = min(batch_size, num_images - num_images % 2)
+    if batch < 2:
+        raise UserError(f"the training set has {num_images} image(s); at least 2 are needed")
+    return num_images // batch, batch
+
+
+def build_schedule(optimizer, cfg: TrainConfig, total_steps: int, steps_each_epoch: int) -> CosineLRScheduler:
+    """Per-step cosine decay to min_lr after a linear warmup (timm's scheduler)."""
+    return CosineLRScheduler(
+        optimizer,
+        t_initial=total_steps,
+        lr_min=cfg.min_lr,
+        warmup_t=round(cfg.warmup_epochs * steps_each_epoch),
+        warmup_lr_init=cfg.min_lr,
+        warmup_prefix=False,
+        t_in_epochs=False,
+    )
+
+
+def train(
+    model: nn.Module,
+    train_set: ImageSet,
+    cfg: TrainConfig,
+    runtime: RuntimeConfig,
+    seed: int,
+    eval_set: ImageSet | None = None,
+    on_epoch: Callable[[dict], None] | None = None,
+    desc: str = "train",
+) -> list[dict]:
+    """Train in place; returns one dict of metrics per epoch."""
+    seed_everything(seed)
+    device = resolve_device(runtime)
+    amp_dtype = autocast_dtype(runtime, device)
+    model.to(device)
+    images = train_set.images.to(device)  # decoded once; stays on the device
+    labels = train_set.labels.to(device)
+    num_classes = train_set.num_classes
+    steps, batch_size = steps_per_epoch(len(train_set), cfg.batch_size)
+
+    optimizer = create_optimizer_v2(model, opt=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum)
+    scheduler = build_schedule(optimizer, cfg, cfg.epochs * steps, steps)
+    use_mix = cfg.mixup_alpha > 0 or cfg.cutmix_alpha > 0
+    mixup = (
+        Mixup(mixup_alpha=cfg.mixup_alpha, cutmix_alpha=cfg.cutmix_alpha, label_smoothing=cfg.label_smoothing, num_classes=num_classes)
+        if use_mix
+        else None
+    )
+    criterion = SoftTargetCrossEntropy() if use_mix else nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    erasing = RandomErasing(cfg.random_erasing, mode="pixel", device=device) if cfg.random_erasing > 0 else None
+    generator = torch.Generator(device=device).manual_seed(seed)
+
+    history = []
+    for epoch in range(1, cfg.epochs + 1):
+        model.train()
+        started = time.perf_counter()
+        order = torch.randperm(len(train_set), generator=generator, device=device)
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device)
+        bar = progress_bar(range(steps), desc=f"{desc} epoch {epoch}/{cfg.epochs}", unit="batch")
+        for step in bar:
+            idx = order[step * batch_size : (step + 1) * batch_size]
+            x = to_float(images[idx], DEFAULT_MEAN, DEFAULT_STD)
+            y = labels[idx]
+            x = random_resized_crop_flip(x, cfg.crop_scale, padding=cfg.crop_padding, hflip=cfg.hflip, generator=generator)
+            target = y
+            if mixup is not None:
+                x, target = mixup(x, y)
+            if erasing is not None:
+                x = erasing(x)
+            with autocast(device, amp_dtype):
+                logits = model(x)
+                loss = criterion(logits, target)
+            if not torch.isfinite(loss):
+                raise RuntimeError(f"loss is {loss.item()} at epoch {epoch} step {step}: lower the lr or enable grad_clip")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip > 0:
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            scheduler.step_update((epoch - 1) * steps + step + 1)
+            loss_sum += loss.detach()
+            correct += (logits.argmax(1) == y).sum()
+            if bar.n % 10 == 0:
+                bar.set_postfix(loss=f"{loss.item():.3f}")
+        seconds = time.perf_counter() - started
+        seen = steps * batch_size
+        metrics = {
+            "epoch": epoch,
+            "train_loss": (loss_sum / steps).item(),
+            "train_acc": (correct / seen).item(),
+            "lr": optimizer.param_groups[0]["lr"],
+            "epoch_seconds": seconds,
+            "train_images_per_s": seen / seconds,
+        }
+        if eval_set is not None:
+            metrics.update(evaluate_loss_acc(model, eval_set, device, amp_dtype, batch_size=max(batch_size, 256)))
+        history.append(metrics)
+        log(f"{desc} epoch {epoch}/{cfg.epochs} " + " ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k != "epoch"))
+        if on_epoch is not None:
+            on_epoch(metrics)
+    return history
+
+
+@torch.no_grad()
+def predict_logits(
+    model: nn.Module,
+    images: torch.Tensor,
+    device: torch.device,
+    amp_dtype: torch.dtype | None = None,
+    batch_size: int = 512,
+    mean=DEFAULT_MEAN,
+    std=DEFAULT_STD,
+    desc: str = "predict",
+) -> torch.Tensor:
+    """Float32 logits on the CPU for a uint8 N x 3 x H x W tensor."""
+    model.eval().to(device)
+    outputs = []
+    for start in progress_bar(range(0, len(images), batch_size), desc=desc, unit="batch"):
+        x = to_float(images[start : start + batch_size].to(device), mean, std)
+        with autocast(device, amp_dtype):
+            outputs.append(model(x).float().cpu())
+    return torch.cat(outputs) if outputs else torch.empty(0)
+
+
+def evaluate_loss_acc(model, eval_set: ImageSet, device, amp_dtype, batch_size: int = 512) -> dict:
+    """Loss and top-1 on a held-out set, for the per-epoch curves."""
+    logits = predict_logits(model, eval_set.images, device, amp_dtype, batch_size, desc="eval")
+    loss = nn.functional.cross_entropy(logits, eval_set.labels).item()
+    acc = (logits.argmax(1) == eval_set.labels).float().mean().item()
+    return {"eval_loss": loss if math.isfinite(loss) else float("nan"), "eval_acc": acc}

@@ -1,0 +1,72 @@
+"""What the pretrain and finetune stages share: train, then write and log the results.
+
+Output paths are fixed here and declared the same way in dvc.yaml:
+models/<stage>.pt, metrics/<stage>.json, plots/<stage>/history.csv.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pandas as pd
+from torch import nn
+
+from synthvit.config import Params, TrainConfig
+from synthvit.data import ImageSet
+from synthvit.engine import train
+from synthvit.files import write_csv, write_json
+from synthvit.models import count_parameters, save_checkpoint
+
+SYNTHETIC_DIR = Path("data/synthetic")
+MODELS_DIR = Path("models")
+METRICS_DIR = Path("metrics")
+PLOTS_DIR = Path("plots")
+
+
+def checkpoint_path(stage: str) -> Path:
+    return MODELS_DIR / f"{stage}.pt"
+
+
+def history_path(stage: str) -> Path:
+    return PLOTS_DIR / stage / "history.csv"
+
+
+def train_and_record(
+    stage: str,
+    model: nn.Module,
+    train_set: ImageSet,
+    train_cfg: TrainConfig,
+    params: Params,
+    mlflow,
+    eval_set: ImageSet | None = None,
+) -> dict:
+    """Train `model`, save its checkpoint, history and summary metrics; log all to the active run."""
+    num_parameters = count_parameters(model)
+    mlflow.log_params({"model.num_parameters": num_parameters, "data.train_images": len(train_set),
+                       "data.num_classes": train_set.num_classes})
+    started = time.perf_counter()
+    history = train(
+        model, train_set, train_cfg, params.runtime, params.seed, eval_set=eval_set,
+        on_epoch=lambda metrics: mlflow.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=metrics["epoch"]),
+        desc=stage,
+    )
+    wall = time.perf_counter() - started
+    last = history[-1]
+    summary = {
+        "train_loss": last["train_loss"],
+        "train_acc": last["train_acc"],
+        **({"eval_acc": last["eval_acc"], "eval_loss": last["eval_loss"]} if "eval_acc" in last else {}),
+        "epochs": len(history),
+        "train_images": len(train_set),
+        "num_parameters": num_parameters,
+        "wall_seconds": wall,
+        "train_images_per_s": sum(h["train_images_per_s"] * h["epoch_seconds"] for h in history)
+        / sum(h["epoch_seconds"] for h in history),
+    }
+    save_checkpoint(checkpoint_path(stage), model, params.model, train_set.classes, stage=stage, summary=summary)
+    write_csv(history_path(stage), pd.DataFrame(history))
+    write_json(METRICS_DIR / f"{stage}.json", summary)
+    mlflow.log_metrics({f"final_{k}": float(v) for k, v in summary.items()})
+    mlflow.log_artifact(str(history_path(stage)))
+    return summary

@@ -1,0 +1,20 @@
+"""Entry-point wrapper: user errors become one line and exit code 2, never a traceback."""
+
+from __future__ import annotations
+
+import sys
+from typing import Callable
+
+from synthvit.errors import UserError
+
+
+def run_main(main: Callable[[], int | None]) -> None:
+    try:
+        code = main()
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(code or 0)

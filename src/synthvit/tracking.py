@@ -1,0 +1,179 @@
+"""MLflow tracking: one run per stage, grouped under one parent run per pipeline execution.
+
+Store: `MLFLOW_TRACKING_URI` when set (e.g. a team server), else SQLite at
+`<repo root>/mlflow.db` with artifacts in `<repo root>/mlartifacts`. The repo root
+comes from `DVC_ROOT`, which DVC points at the real repository even when a queued
+experiment runs in a temporary copy that is deleted afterwards.
+
+Grouping: DVC runs each stage as its own process, so stages find their parent run by a
+key: the DVC process that launched them (pid and start time), which is the same for
+every stage of one `dvc repro` / `dvc exp run` and differs between executions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import uuid
+from pathlib import Path
+from urllib.parse import urlparse
+
+import psutil
+
+PIPELINE_TAG = "synthvit.pipeline"
+
+
+def repo_root() -> Path:
+    if os.environ.get("DVC_ROOT"):
+        return Path(os.environ["DVC_ROOT"]).resolve()
+    here = Path.cwd().resolve()
+    for folder in (here, *here.parents):
+        if (folder / ".dvc").is_dir() or (folder / "dvc.yaml").is_file():
+            return folder
+    return here
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repo_root() / 'mlflow.db'}"
+
+
+def sqlite_path(uri: str) -> Path | None:
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(urlparse(uri).path if uri.startswith("sqlite:////") else uri[len("sqlite:///") :])
+
+
+@contextlib.contextmanager
+def store_lock(uri: str):
+    """Serialise store creation: parallel first use of a fresh SQLite store corrupts it."""
+    db = sqlite_path(uri)
+    if db is None:
+        yield
+        return
+    from filelock import FileLock
+
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(db) + ".lock", timeout=600):
+        yield
+
+
+def get_experiment_id(client, uri: str, name: str) -> str:
+    """Create the store and the experiment once, under the lock; artifacts sit beside a SQLite DB."""
+    with store_lock(uri):
+        experiment = client.get_experiment_by_name(name)
+        if experiment is not None:
+            return experiment.experiment_id
+        db = sqlite_path(uri)
+        location = (db.parent / "mlartifacts").resolve().as_uri() if db else None
+        return client.create_experiment(name, artifact_location=location)
+
+
+def launching_dvc_process() -> psutil.Process | None:
+    """The nearest ancestor process that is DVC (`dvc repro`, `dvc exp run`, a queue worker)."""
+    try:
+        for process in psutil.Process().parents():
+            cmdline = " ".join(process.cmdline())
+            if "dvc" in Path(process.exe()).name or " dvc " in f" {cmdline} " or "/dvc " in cmdline or "-m dvc" in cmdline:
+                return process
+    except (psutil.Error, OSError):
+        return None
+    return None
+
+
+def pipeline_key() -> str:
+    dvc = launching_dvc_process()
+    if dvc is None:
+        return f"manual-{uuid.uuid4().hex[:12]}"
+    return f"dvc-{dvc.pid}-{int(dvc.create_time() * 1000)}"
+
+
+def git_commit(root: Path) -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def run_tags(stage: str) -> dict:
+    tags = {
+        "dvc.stage": os.environ.get("DVC_STAGE", stage),
+        "dvc.exp_name": os.environ.get("DVC_EXP_NAME", "workspace"),
+        "dvc.baseline_rev": os.environ.get("DVC_EXP_BASELINE_REV", ""),
+    }
+    commit = git_commit(Path.cwd())
+    if commit:
+        tags["git.commit"] = commit
+        tags["mlflow.source.git.commit"] = commit
+    return tags
+
+
+def find_or_create_parent(client, experiment_id: str, key: str, tags: dict) -> str:
+    found = client.search_runs([experiment_id], filter_string=f"tags.`{PIPELINE_TAG}` = '{key}'", max_results=1)
+    if found:
+        client.update_run(found[0].info.run_id, status="RUNNING")
+        return found[0].info.run_id
+    name = os.environ.get("DVC_EXP_NAME") or ("manual" if key.startswith("manual") else "dvc repro")
+    parent_tags = {k: v for k, v in tags.items() if k != "dvc.stage"}
+    parent = client.create_run(experiment_id, run_name=f"pipeline {name}", tags={**parent_tags, PIPELINE_TAG: key})
+    return parent.info.run_id
+
+
+@contextlib.contextmanager
+def stage_run(stage: str, params: dict, experiment_name: str):
+    """An active MLflow run for one stage, nested under its pipeline's parent run.
+
+    Yields the `mlflow` module with the run active. The stage run and its parent end
+    FINISHED, or FAILED when the stage raises.
+    """
+    import mlflow
+    from mlflow import MlflowClient
+
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient(uri)
+    experiment_id = get_experiment_id(client, uri, experiment_name)
+    tags = run_tags(stage)
+    parent_id = find_or_create_parent(client, experiment_id, pipeline_key(), tags)
+    status = "FAILED"
+    try:
+        with mlflow.start_run(experiment_id=experiment_id, run_name=stage, parent_run_id=parent_id, tags=tags):
+            mlflow.log_params(params)
+            try:
+                yield mlflow
+            except BaseException:
+                mlflow.end_run("FAILED")
+                raise
+            status = "FINISHED"
+    finally:
+        client.set_terminated(parent_id, status)
+
+
+def log_model(mlflow, model, checkpoint: Path) -> None:
+    """Log the model as an MLflow PyTorch model, with the synthvit checkpoint beside it.
+
+    Pickle serialisation (not mlflow 3's pt2 default, which needs torch.export and an
+    input example) loads back as the same nn.Module; the checkpoint carries the class
+    names and normalisation that `synthvit predict` needs. Requirements are given
+    explicitly so MLflow does not spend time inferring them.
+    """
+    import timm
+    import torch
+
+    from synthvit.models import unwrap
+
+    mlflow.pytorch.log_model(
+        unwrap(model).to("cpu").eval(),
+        name="model",
+        serialization_format="pickle",
+        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"timm=={timm.__version__}"],
+        extra_files=[str(checkpoint)],
+    )
+
+
+def metric_name(name: str) -> str:
+    """MLflow accepts letters, digits, _ - . / and spaces in metric names."""
+    import re
+
+    return re.sub(r"[^\w\-./ ]", "_", name)

@@ -1,0 +1,35 @@
+"""Stage finetune: train on the real dataset, from the pre-trained backbone (new head) or from scratch.
+
+params: seed, runtime.*, model.*, finetune.*, data.*, tracking.*
+deps:   models/pretrain.pt
+outs:   models/finetune.pt, metrics/finetune.json, plots/finetune/history.csv
+"""
+
+from synthvit import tracking
+from synthvit.config import as_flat_dict, load_params
+from synthvit.data import load_split
+from synthvit.models import backbone_with_new_head, check_same_architecture, create_model, load_checkpoint
+from synthvit.pipeline import checkpoint_path, train_and_record
+from synthvit.runner import run_main
+
+
+def main() -> None:
+    params = load_params()
+    run_params = {"seed": params.seed, **as_flat_dict(params.runtime, "runtime"), **as_flat_dict(params.data, "data"),
+                  **as_flat_dict(params.model, "model"), **as_flat_dict(params.finetune, "finetune")}
+    train_set = load_split(params.data, "train", params.model.img_size)
+    test_set = load_split(params.data, "test", params.model.img_size)
+    if params.finetune.init == "pretrained":
+        pretrained = load_checkpoint(checkpoint_path("pretrain"))
+        check_same_architecture(pretrained, params.model, str(checkpoint_path("pretrain")))
+        model = backbone_with_new_head(pretrained, params.model, num_classes=train_set.num_classes)
+    else:
+        model = create_model(params.model, num_classes=train_set.num_classes)
+    with tracking.stage_run("finetune", run_params, params.tracking.experiment_name) as mlflow:
+        train_and_record("finetune", model, train_set, params.finetune, params, mlflow, eval_set=test_set)
+        if params.tracking.log_model:
+            tracking.log_model(mlflow, model, checkpoint_path("finetune"))
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,27 @@
+"""Stage pretrain: train a timm ViT to classify the synthetic fractal categories.
+
+params: seed, runtime.*, model.*, pretrain.*, data.num_workers, tracking.experiment_name
+deps:   data/synthetic/
+outs:   models/pretrain.pt, metrics/pretrain.json, plots/pretrain/history.csv
+"""
+
+from synthvit import tracking
+from synthvit.config import as_flat_dict, load_params
+from synthvit.data import load_synthetic
+from synthvit.models import create_model
+from synthvit.pipeline import SYNTHETIC_DIR, train_and_record
+from synthvit.runner import run_main
+
+
+def main() -> None:
+    params = load_params()
+    run_params = {"seed": params.seed, **as_flat_dict(params.runtime, "runtime"),
+                  **as_flat_dict(params.model, "model"), **as_flat_dict(params.pretrain, "pretrain")}
+    train_set = load_synthetic(SYNTHETIC_DIR, params.model.img_size, params.data.num_workers)
+    model = create_model(params.model, num_classes=train_set.num_classes)
+    with tracking.stage_run("pretrain", run_params, params.tracking.experiment_name) as mlflow:
+        train_and_record("pretrain", model, train_set, params.pretrain, params, mlflow)
+
+
+if __name__ == "__main__":
+    run_main(main)
