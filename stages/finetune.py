@@ -7,6 +7,7 @@ outs:   models/finetune.pt, metrics/finetune.json, plots/finetune/history.csv
 
 from synthvit import tracking
 from synthvit.config import as_flat_dict, load_params
+from synthvit.engine import seed_everything
 from synthvit.data import load_split
 from synthvit.models import backbone_with_new_head, check_same_architecture, create_model, load_checkpoint
 from synthvit.pipeline import checkpoint_path, train_and_record
@@ -15,6 +16,7 @@ from synthvit.runner import run_main
 
 def main() -> None:
     params = load_params()
+    seed_everything(params.seed)  # model init and the new head draw from it
     run_params = {"seed": params.seed, **as_flat_dict(params.runtime, "runtime"), **as_flat_dict(params.data, "data"),
                   **as_flat_dict(params.model, "model"), **as_flat_dict(params.finetune, "finetune")}
     train_set = load_split(params.data, "train", params.model.img_size)

@@ -7,6 +7,7 @@ outs:   models/pretrain.pt, metrics/pretrain.json, plots/pretrain/history.csv
 
 from synthvit import tracking
 from synthvit.config import as_flat_dict, load_params
+from synthvit.engine import seed_everything
 from synthvit.data import load_synthetic
 from synthvit.models import create_model
 from synthvit.pipeline import SYNTHETIC_DIR, train_and_record
@@ -15,6 +16,7 @@ from synthvit.runner import run_main
 
 def main() -> None:
     params = load_params()
+    seed_everything(params.seed)  # model init and the new head draw from it
     run_params = {"seed": params.seed, **as_flat_dict(params.runtime, "runtime"),
                   **as_flat_dict(params.model, "model"), **as_flat_dict(params.pretrain, "pretrain")}
     train_set = load_synthetic(SYNTHETIC_DIR, params.model.img_size, params.data.num_workers)

@@ -44,6 +44,11 @@ def random_crop_params(
     return width, height, centre_x, centre_y
 
 
+def snap_to_pixels(offset: torch.Tensor, size: int) -> torch.Tensor:
+    """Round a [-1, 1] offset to whole pixels (2/size each): a pure shift then stays sharp."""
+    return torch.round(offset * size / 2) * 2 / size
+
+
 def random_resized_crop_flip(
     images: torch.Tensor,
     scale=(0.25, 1.0),
@@ -58,6 +63,7 @@ def random_resized_crop_flip(
     if tuple(scale) == (1.0, 1.0) and padding == 0 and hflip == 0:
         return images
     width, height, cx, cy = random_crop_params(n, scale, ratio, padding / w, generator, device)
+    cx, cy = snap_to_pixels(cx, w), snap_to_pixels(cy, h)
     flip = torch.rand(n, generator=generator, device=device) < hflip
     sign = 1.0 - 2.0 * flip.float()
     theta = torch.zeros(n, 2, 3, device=device, dtype=images.dtype)

@@ -9,6 +9,7 @@ Sources: torchvision's CIFAR-10 archive, an ImageFolder tree (`root/train/<class
 from __future__ import annotations
 
 import json
+import pickle
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,6 @@ from synthvit.errors import UserError
 from synthvit.progress import progress_bar
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
-CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
 @dataclass
@@ -149,34 +149,52 @@ def load_image_folder(
 # ---- CIFAR-10 (torchvision's archive) ----------------------------------------------
 
 
-def load_cifar10(root: Path, split: str, img_size: int, download: bool, per_class: int) -> ImageSet:
-    from torchvision.datasets import CIFAR10
+CIFAR10_FOLDER = "cifar-10-batches-py"
 
-    train = split == "train"
-    try:
-        dataset = CIFAR10(str(root), train=train, download=False)
-    except RuntimeError:
-        if not download:
-            raise UserError(
-                f"CIFAR-10 not found in data.root={str(root)!r} (expected {root}/cifar-10-batches-py); "
-                "set data.download=true, or point data.name=imagefolder and data.root at a local copy"
-            ) from None
-        try:
-            dataset = CIFAR10(str(root), train=train, download=True)
-        except Exception as exc:  # network errors come in many types
-            raise UserError(
-                f"could not download CIFAR-10 into {root} ({type(exc).__name__}: {exc}). Offline? Use a local copy: "
-                "`dvc exp run -S data.name=imagefolder -S data.root=PATH` with PATH/train/<class>/ and "
-                "PATH/test/<class>/ (e.g. ../shared/datasets/cifar10), or put cifar-10-batches-py in data.root"
-            ) from None
-    images = torch.from_numpy(dataset.data).permute(0, 3, 1, 2).contiguous()
-    labels = torch.tensor(dataset.targets, dtype=torch.int64)
+
+def load_cifar10(root: Path, split: str, img_size: int, download: bool, per_class: int) -> ImageSet:
+    """CIFAR-10 from torchvision's archive layout (`root/cifar-10-batches-py/`), downloading it if allowed."""
+    folder = root / CIFAR10_FOLDER
+    if not folder.is_dir():
+        download_cifar10(root, download)
+    names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
+    batches = [read_pickle(folder / name) for name in names]
+    data = np.concatenate([b[b"data"] for b in batches]).reshape(-1, 3, 32, 32)
+    labels = torch.tensor(np.concatenate([b[b"labels"] for b in batches]), dtype=torch.int64)
+    classes = [name.decode() for name in read_pickle(folder / "batches.meta")[b"label_names"]]
+    images = torch.from_numpy(np.ascontiguousarray(data))
     if per_class:
-        keep = torch.cat([torch.nonzero(labels == c).flatten()[:per_class] for c in range(10)]).sort().values
+        keep = torch.cat([torch.nonzero(labels == c).flatten()[:per_class] for c in range(len(classes))]).sort().values
         images, labels = images[keep], labels[keep]
     if img_size != images.shape[-1]:
         images = resize_uint8(images, img_size)
-    return ImageSet(images=images, labels=labels, classes=list(dataset.classes))
+    return ImageSet(images=images, labels=labels, classes=classes)
+
+
+def download_cifar10(root: Path, download: bool) -> None:
+    """torchvision downloads, checks the MD5 and unpacks; offline this fails with the way out."""
+    if not download:
+        raise UserError(
+            f"CIFAR-10 not found: params.yaml data.root={str(root)!r} holds no {CIFAR10_FOLDER}/; "
+            "set data.download=true, or use data.name=imagefolder with data.root at a local copy"
+        )
+    from torchvision.datasets import CIFAR10
+
+    try:
+        CIFAR10(str(root), train=True, download=True)
+    except Exception as exc:  # network errors come in many types
+        raise UserError(
+            f"could not download CIFAR-10 into {root} ({type(exc).__name__}: {exc}). Offline? Use a local copy: "
+            "`-S data.name=imagefolder -S data.root=PATH` with PATH/train/<class>/ and PATH/test/<class>/ "
+            f"(e.g. ../shared/datasets/cifar10), or put {CIFAR10_FOLDER}/ in data.root"
+        ) from None
+
+
+def read_pickle(path: Path) -> dict:
+    if not path.is_file():
+        raise UserError(f"{path} is missing: the CIFAR-10 copy in {path.parent} is incomplete; delete the folder to download it again")
+    with open(path, "rb") as f:
+        return pickle.load(f, encoding="bytes")
 
 
 def resize_uint8(images: torch.Tensor, size: int, chunk: int = 2048) -> torch.Tensor:

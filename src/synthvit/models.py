@@ -39,8 +39,16 @@ def create_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
             f"params.yaml: model.name={cfg.name!r} is invalid: not a timm model"
             + (f"; similar names: {', '.join(close)}" if close else "; see timm.list_models()")
         )
+    kwargs = model_kwargs(cfg)
     try:
-        return timm.create_model(cfg.name, pretrained=False, num_classes=num_classes, **model_kwargs(cfg))
+        try:
+            return timm.create_model(cfg.name, pretrained=False, num_classes=num_classes, **kwargs)
+        except TypeError as exc:
+            if "img_size" not in str(exc):
+                raise
+            # CNNs take any resolution and have no img_size argument: the data still uses it.
+            kwargs.pop("img_size")
+            return timm.create_model(cfg.name, pretrained=False, num_classes=num_classes, **kwargs)
     except TypeError as exc:
         raise UserError(
             f"params.yaml: model.name={cfg.name!r} does not take these overrides ({exc}); "

@@ -58,8 +58,18 @@ def store_lock(uri: str):
         yield
 
 
+def open_client(uri: str):
+    """An MlflowClient on a store that exists: the first one to open a fresh store creates it, under the lock."""
+    from mlflow import MlflowClient
+
+    with store_lock(uri):
+        client = MlflowClient(uri)  # opening a SQLite store creates and migrates it
+        client.search_experiments(max_results=1)
+    return client
+
+
 def get_experiment_id(client, uri: str, name: str) -> str:
-    """Create the store and the experiment once, under the lock; artifacts sit beside a SQLite DB."""
+    """The experiment's id, created once (under the lock); artifacts sit beside a SQLite DB."""
     with store_lock(uri):
         experiment = client.get_experiment_by_name(name)
         if experiment is not None:
@@ -128,11 +138,10 @@ def stage_run(stage: str, params: dict, experiment_name: str):
     FINISHED, or FAILED when the stage raises.
     """
     import mlflow
-    from mlflow import MlflowClient
 
     uri = tracking_uri()
+    client = open_client(uri)
     mlflow.set_tracking_uri(uri)
-    client = MlflowClient(uri)
     experiment_id = get_experiment_id(client, uri, experiment_name)
     tags = run_tags(stage)
     parent_id = find_or_create_parent(client, experiment_id, pipeline_key(), tags)

@@ -1,0 +1,46 @@
+"""The `synthvit` command: checks and benchmarks beside the DVC stages.
+
+    synthvit check [params.yaml]     validate params without running anything
+    synthvit bench synthetic         fractal rendering speed against a per-point reference
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from synthvit.runner import run_main
+
+
+def cmd_check(args) -> int:
+    from synthvit.config import load_params
+
+    params = load_params(args.params)
+    print(f"{args.params}: valid (data {params.data.name}, synthetic {params.synthetic.kind}, model {params.model.name})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="synthvit", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    check = commands.add_parser("check", help="validate params.yaml")
+    check.add_argument("params", nargs="?", default="params.yaml")
+    check.set_defaults(func=cmd_check)
+
+    bench = commands.add_parser("bench", help="benchmarks that print a figure")
+    benches = bench.add_subparsers(dest="bench", required=True)
+    from synthvit.synthetic import bench as synthetic_bench
+
+    synthetic = benches.add_parser("synthetic", help="fractal rendering images/s vs a per-point reference")
+    synthetic_bench.add_arguments(synthetic)
+    synthetic.set_defaults(func=synthetic_bench.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    run_main(lambda: args.func(args))
+
+
+if __name__ == "__main__":
+    main()

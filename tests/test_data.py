@@ -1,0 +1,106 @@
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from synthvit.config import DataConfig
+from synthvit.data import check_imagefolder, load_cifar10, load_split, load_synthetic
+from synthvit.errors import UserError
+from conftest import CIFAR10_CLASSES
+
+
+def test_imagefolder_loads_real_cifar_images(small_imagefolder):
+    cfg = DataConfig(name="imagefolder", root=str(small_imagefolder))
+    train = load_split(cfg, "train", img_size=32)
+    test = load_split(cfg, "test", img_size=32)
+    assert train.images.shape == (60, 3, 32, 32) and train.images.dtype == torch.uint8
+    assert test.images.shape == (30, 3, 32, 32)
+    assert train.classes == sorted(CIFAR10_CLASSES)
+    assert torch.bincount(train.labels).tolist() == [6] * 10
+    # Real photos, not blank tensors: pixels spread over the range.
+    assert train.images.float().std() > 30
+    # The decoded pixels are the JPEG's own (32x32 source, no resize).
+    first = np.asarray(Image.open(train.paths[0]).convert("RGB"))
+    assert np.array_equal(train.images[0].permute(1, 2, 0).numpy(), first)
+
+
+def test_imagefolder_per_class_limit_and_resize(small_imagefolder):
+    cfg = DataConfig(name="imagefolder", root=str(small_imagefolder), train_per_class=2)
+    train = load_split(cfg, "train", img_size=48)
+    assert train.images.shape == (20, 3, 48, 48)
+
+
+def test_imagefolder_any_size_and_mode(tmp_path):
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for name in ("a", "b"):
+            (tmp_path / split / name).mkdir(parents=True)
+    Image.fromarray(rng.integers(0, 255, (50, 80), dtype=np.uint8), "L").save(tmp_path / "train/a/gray.png")
+    Image.fromarray(rng.integers(0, 255, (120, 40, 4), dtype=np.uint8), "RGBA").save(tmp_path / "train/b/rgba.png")
+    Image.fromarray(rng.integers(0, 255, (10, 10), dtype=np.uint8) > 128).save(tmp_path / "test/a/bits.bmp")
+    Image.fromarray(rng.integers(0, 255, (300, 200, 3), dtype=np.uint8)).save(tmp_path / "test/b/big.jpg")
+    train = load_split(DataConfig(name="imagefolder", root=str(tmp_path)), "train", img_size=16)
+    test = load_split(DataConfig(name="imagefolder", root=str(tmp_path)), "test", img_size=16)
+    assert train.images.shape == (2, 3, 16, 16) and test.images.shape == (2, 3, 16, 16)
+    # Grayscale is replicated into three equal channels.
+    gray = train.images[0]
+    assert torch.equal(gray[0], gray[1]) and torch.equal(gray[1], gray[2])
+
+
+def test_imagefolder_errors_name_the_problem(tmp_path, small_imagefolder):
+    with pytest.raises(UserError, match=r"data.root=.*no such folder"):
+        check_imagefolder(tmp_path / "missing")
+    (tmp_path / "only_train" / "train" / "cat").mkdir(parents=True)
+    with pytest.raises(UserError, match="no test/ folder"):
+        check_imagefolder(tmp_path / "only_train")
+    (small_imagefolder / "test" / "cat").rename(small_imagefolder / "test" / "kitten")
+    with pytest.raises(UserError, match=r"class folders differ \(only in train: \['cat'\]; only in test: \['kitten'\]\)"):
+        check_imagefolder(small_imagefolder)
+
+
+def test_corrupt_image_is_named(small_imagefolder):
+    bad = small_imagefolder / "train" / "cat" / "zz_broken.jpg"
+    bad.write_bytes(b"not a jpeg at all")
+    with pytest.raises(UserError, match="zz_broken.jpg"):
+        load_split(DataConfig(name="imagefolder", root=str(small_imagefolder)), "train", img_size=32)
+
+
+def write_tiny_cifar10(root, per_batch=4):
+    """A CIFAR-10 archive in torchvision's own layout, with known pixels."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    for b, name in enumerate(names):
+        labels = [(b + i) % 10 for i in range(per_batch)]
+        data = np.stack([np.full(3072, 10 * b + i, dtype=np.uint8) for i in range(per_batch)])
+        with open(folder / name, "wb") as f:
+            pickle.dump({b"data": data, b"labels": labels}, f)
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({b"label_names": [c.encode() for c in CIFAR10_CLASSES]}, f)
+
+
+def test_cifar10_archive_format(tmp_path):
+    write_tiny_cifar10(tmp_path)
+    train = load_cifar10(tmp_path, "train", 32, download=False, per_class=0)
+    test = load_cifar10(tmp_path, "test", 32, download=False, per_class=0)
+    assert train.images.shape == (20, 3, 32, 32) and test.images.shape == (4, 3, 32, 32)
+    assert train.classes == CIFAR10_CLASSES
+    assert train.images[4].unique().tolist() == [10]  # batch 2, image 0
+    assert train.images[5].unique().tolist() == [11]  # batch 2, image 1
+    assert train.labels[:5].tolist() == [0, 1, 2, 3, 1]
+    assert test.labels.tolist() == [5, 6, 7, 8]
+    limited = load_cifar10(tmp_path, "train", 64, download=False, per_class=1)
+    assert limited.images.shape[-1] == 64
+    assert sorted(limited.labels.tolist()) == list(range(8))  # one of each label present
+
+
+def test_cifar10_missing_without_download(tmp_path):
+    with pytest.raises(UserError, match="holds no cifar-10-batches-py"):
+        load_cifar10(tmp_path, "train", 32, download=False, per_class=0)
+
+
+def test_synthetic_needs_manifest(tmp_path):
+    with pytest.raises(UserError, match="run the generate_synthetic stage"):
+        load_synthetic(tmp_path, 32)

@@ -1,0 +1,76 @@
+import math
+
+import pytest
+import torch
+
+from synthvit.config import ModelConfig, RuntimeConfig, TrainConfig
+from synthvit.data import ImageSet
+from synthvit.engine import autocast_dtype, seed_everything, build_schedule, predict_logits, steps_per_epoch, train
+from synthvit.errors import UserError
+from synthvit.models import create_model
+
+TINY = ModelConfig(img_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=2, drop_path_rate=0.0)
+CPU = RuntimeConfig(device="cpu")
+
+
+def bright_vs_dark(n=128, seed=0) -> ImageSet:
+    """Two classes any model must separate: dark and bright images with noise."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % 2
+    base = torch.where(labels.view(-1, 1, 1, 1) == 1, 180.0, 60.0)
+    images = (base + 30 * torch.randn(n, 3, 16, 16, generator=g)).clamp(0, 255).to(torch.uint8)
+    return ImageSet(images=images, labels=labels, classes=["dark", "bright"])
+
+
+def test_schedule_warmup_then_cosine():
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    cfg = TrainConfig(epochs=10, lr=0.1, min_lr=0.001, warmup_epochs=2)
+    schedule = build_schedule(optimizer, cfg, total_steps=100, steps_each_epoch=10)
+
+    def lr_at(step):
+        schedule.step_update(step)
+        return optimizer.param_groups[0]["lr"]
+
+    assert lr_at(0) == pytest.approx(0.001)
+    assert lr_at(10) == pytest.approx(0.001 + (0.1 - 0.001) * 10 / 20)  # halfway through warmup
+    assert lr_at(20) == pytest.approx(0.001 + 0.5 * (0.1 - 0.001) * (1 + math.cos(math.pi * 20 / 100)))
+    assert lr_at(50) == pytest.approx(0.001 + 0.5 * (0.1 - 0.001) * (1 + math.cos(math.pi * 0.5)))
+    assert lr_at(100) == pytest.approx(0.001)
+
+
+def test_steps_per_epoch():
+    assert steps_per_epoch(1000, 256) == (3, 256)
+    assert steps_per_epoch(7, 256) == (1, 6)  # tiny set: one even batch
+    with pytest.raises(UserError, match="at least 2"):
+        steps_per_epoch(1, 256)
+
+
+def test_training_learns_and_is_deterministic():
+    cfg = TrainConfig(epochs=4, batch_size=32, lr=2e-3, warmup_epochs=0, mixup_alpha=0.0, cutmix_alpha=0.0,
+                      random_erasing=0.0, label_smoothing=0.0, crop_scale=[0.8, 1.0])
+    data = bright_vs_dark()
+    runs = []
+    for _ in range(2):
+        seed_everything(1)  # model init draws from the global generator
+        model = create_model(TINY, num_classes=2)
+        runs.append((train(model, data, cfg, CPU, seed=1, eval_set=bright_vs_dark(seed=9)), model))
+    (history, model), (again, _) = runs
+    assert history[-1]["eval_acc"] >= 0.95
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    assert [h["train_loss"] for h in history] == [h["train_loss"] for h in again]
+    logits = predict_logits(model, data.images, torch.device("cpu"), batch_size=50)
+    assert logits.shape == (128, 2) and (logits.argmax(1) == data.labels).float().mean() >= 0.95
+
+
+def test_training_with_mixup_cutmix_and_erasing_runs():
+    cfg = TrainConfig(epochs=1, batch_size=16, lr=1e-3, warmup_epochs=0)  # the full recipe's augmentations
+    history = train(create_model(TINY, 2), bright_vs_dark(64), cfg, CPU, seed=0)
+    assert len(history) == 1 and math.isfinite(history[0]["train_loss"])
+    assert history[0]["lr"] == pytest.approx(cfg.min_lr)
+
+
+def test_precision_defaults():
+    assert autocast_dtype(RuntimeConfig(), torch.device("cpu")) is None  # CPU: fp32
+    assert autocast_dtype(RuntimeConfig(), torch.device("cuda")) is torch.bfloat16
+    assert autocast_dtype(RuntimeConfig(precision="fp32"), torch.device("cuda")) is None
