@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -46,3 +48,34 @@ def copy_subset(source: Path, dest: Path, train_per_class: int, test_per_class: 
 @pytest.fixture
 def small_imagefolder(cifar10_root, tmp_path) -> Path:
     return copy_subset(cifar10_root, tmp_path / "cifar_small", train_per_class=6, test_per_class=3)
+
+
+def git(*args, cwd):
+    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout
+
+
+@pytest.fixture
+def repo_copy(tmp_path) -> Path:
+    """A fresh git repo holding this working tree's files (tracked and new), as a clone would."""
+    dest = tmp_path / "repo"
+    dest.mkdir()
+    files = git("ls-files", "-z", "--cached", "--others", "--exclude-standard", cwd=REPO).split("\0")
+    for name in filter(None, files):
+        source = REPO / name
+        if source.is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, dest / name)
+    git("init", "-q", "-b", "main", cwd=dest)
+    git("add", "-A", cwd=dest)
+    git("commit", "-q", "-m", "snapshot", cwd=dest)
+    return dest
+
+
+def pipeline_env(repo: Path) -> dict:
+    """The environment a user's shell would have: the venv's tools on PATH, a git identity."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DVC_", "MLFLOW_"))}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.update(GIT_AUTHOR_NAME="synthvit-test", GIT_AUTHOR_EMAIL="test@synthvit.invalid",
+               GIT_COMMITTER_NAME="synthvit-test", GIT_COMMITTER_EMAIL="test@synthvit.invalid",
+               DVC_NO_ANALYTICS="1", PYTHONUNBUFFERED="1")
+    return env
