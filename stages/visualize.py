@@ -27,7 +27,7 @@ def misclassified_grid(params, predictions: pd.DataFrame, path: Path) -> Path:
     wrong = predictions[predictions["actual"] != predictions["predicted"]]
     wrong = wrong.sort_values("confidence", ascending=False).head(params.visualize.num_misclassified)
     test_set = load_split(params.data, "test", params.model.img_size)
-    images = test_set.images[wrong["index"].to_numpy()].permute(0, 2, 3, 1).numpy()
+    images = test_set.images[wrong["index"].tolist()].permute(0, 2, 3, 1).numpy()
     titles = [f"{a} -> {p}\n{c:.0%}" for a, p, c in zip(wrong["actual"], wrong["predicted"], wrong["confidence"])]
     if len(wrong) == 0:
         images, titles = np.zeros((1, 8, 8, 3), np.uint8), ["no mistakes"]

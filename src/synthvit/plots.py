@@ -10,6 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 import pandas as pd  # noqa: E402
 
 
@@ -32,6 +33,7 @@ def training_curves(history: pd.DataFrame, title: str, path: Path) -> Path:
     ax_loss.set(xlabel="epoch", ylabel="loss", title=f"{title}: loss")
     ax_acc.set(xlabel="epoch", ylabel="accuracy", title=f"{title}: accuracy", ylim=(0, 1))
     for ax in (ax_loss, ax_acc):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend()
     return save(fig, path)
@@ -63,7 +65,7 @@ def image_grid(images: np.ndarray, titles: list[str], path: Path, title: str, co
     count = len(images)
     columns = max(1, min(columns, count))
     rows = max(1, math.ceil(count / columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(1.6 * columns, 1.8 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, columns, figsize=(1.6 * columns, 1.8 * rows + 0.4), squeeze=False, layout="constrained")
     for ax in axes.flat:
         ax.axis("off")
     for ax, image, caption in zip(axes.flat, images, titles):

@@ -167,11 +167,15 @@ def log_model(mlflow, model, checkpoint: Path) -> None:
     names and normalisation that `synthvit predict` needs. Requirements are given
     explicitly so MLflow does not spend time inferring them.
     """
+    import logging
+
     import timm
     import torch
 
     from synthvit.models import unwrap
 
+    # MLflow warns about pickle on every save; the choice is deliberate (see above).
+    logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)
     mlflow.pytorch.log_model(
         unwrap(model).to("cpu").eval(),
         name="model",
