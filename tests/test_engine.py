@@ -74,3 +74,36 @@ def test_precision_defaults():
     assert autocast_dtype(RuntimeConfig(), torch.device("cpu")) is None  # CPU: fp32
     assert autocast_dtype(RuntimeConfig(), torch.device("cuda")) is torch.bfloat16
     assert autocast_dtype(RuntimeConfig(precision="fp32"), torch.device("cuda")) is None
+
+
+class Stop(Exception):
+    pass
+
+
+def test_resume_continues_exactly(tmp_path):
+    """Stopped after epoch 2 and resumed: same history and weights as an uninterrupted run."""
+    cfg = TrainConfig(epochs=4, batch_size=16, lr=1e-3, warmup_epochs=1, checkpoint_every=1,
+                      crop_scale=[0.5, 1.0], crop_padding=2)  # mixup, cutmix, erasing on: their RNGs must resume too
+    runtime = RuntimeConfig(device="cpu", deterministic=True)
+    data = bright_vs_dark(64)
+
+    seed_everything(0)
+    straight = create_model(TINY, 2)
+    expected = train(straight, data, cfg, runtime, seed=0, resume_file=tmp_path / "a.pt")
+    assert not (tmp_path / "a.pt").exists()  # removed once training finished
+
+    def stop_after_two(metrics):
+        if metrics["epoch"] == 2:
+            raise Stop
+
+    seed_everything(0)
+    with pytest.raises(Stop):
+        train(create_model(TINY, 2), data, cfg, runtime, seed=0, resume_file=tmp_path / "b.pt", on_epoch=stop_after_two)
+    assert (tmp_path / "b.pt").exists()
+    seed_everything(0)
+    resumed = create_model(TINY, 2)
+    history = train(resumed, data, cfg, runtime, seed=0, resume_file=tmp_path / "b.pt")
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4]
+    assert [h["train_loss"] for h in history] == [h["train_loss"] for h in expected]
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name

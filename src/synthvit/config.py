@@ -44,6 +44,8 @@ class RuntimeConfig:
     device: str = "auto"  # auto picks CUDA when present
     precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
     num_threads: int = 0  # torch CPU threads; 0 keeps torch's default
+    deterministic: bool = False  # deterministic kernels (bit-reproducible runs, slower on GPU)
+    compile: bool = False  # torch.compile the model for training
 
     def validate(self, prefix: str) -> None:
         _check(self.device in DEVICES, f"{prefix}.device", self.device, f"one of {', '.join(DEVICES)}")
@@ -62,6 +64,7 @@ class SyntheticConfig:
     min_maps: int = 2
     max_maps: int = 7
     sigma: float = 3.5  # onepfrac: sigma-factor of the single IFS
+    onepfrac_maps: int = 2  # onepfrac: affine maps in the single IFS (1p-frac uses 2)
     delta: float = 0.1  # onepfrac: each coefficient times U(1-delta, 1+delta)
     max_attempts: int = 1000  # IFS draws allowed per category before giving up
 
@@ -75,6 +78,11 @@ class SyntheticConfig:
         _check_range(f"{prefix}.min_maps", self.min_maps, "an integer >= 1", low=1)
         _check_range(f"{prefix}.max_maps", self.max_maps, f"an integer >= min_maps ({self.min_maps})", low=self.min_maps)
         _check_range(f"{prefix}.sigma", self.sigma, "a number > 0", low=1e-9)
+        _check_range(f"{prefix}.onepfrac_maps", self.onepfrac_maps, "an integer >= 1", low=1)
+        if self.kind == "onepfrac":  # each map's singular values add s1 + 2*s2 <= 3 to sigma
+            _check_range(f"{prefix}.sigma", self.sigma,
+                         f"a number in (0, {3 * self.onepfrac_maps}]: at most 3 per map (onepfrac_maps={self.onepfrac_maps})",
+                         high=3 * self.onepfrac_maps)
         _check_range(f"{prefix}.delta", self.delta, "a fraction in [0, 1)", 0.0, 0.999999)
         _check_range(f"{prefix}.max_attempts", self.max_attempts, "an integer >= 1", low=1)
 
@@ -152,6 +160,7 @@ class TrainConfig:
     crop_padding: int = 0  # zero padding (pixels) around the image before cropping
     hflip: float = 0.5
     grad_clip: float = 0.0  # max gradient norm; 0 turns clipping off
+    checkpoint_every: int = 10  # save resumable state every N epochs; 0 never
 
     def validate(self, prefix: str) -> None:
         _check_range(f"{prefix}.epochs", self.epochs, "an integer >= 1", low=1)
@@ -170,6 +179,7 @@ class TrainConfig:
         _check_range(f"{prefix}.crop_padding", self.crop_padding, "an integer >= 0", low=0)
         _check_range(f"{prefix}.hflip", self.hflip, "a probability in [0, 1]", 0.0, 1.0)
         _check_range(f"{prefix}.grad_clip", self.grad_clip, "a number >= 0 (0 = off)", low=0)
+        _check_range(f"{prefix}.checkpoint_every", self.checkpoint_every, "an integer >= 0 (0 = never)", low=0)
         if (self.mixup_alpha > 0 or self.cutmix_alpha > 0) and self.batch_size % 2:
             raise ConfigError(f"{prefix}.batch_size", self.batch_size, "must be even when mixup or cutmix is on")
 

@@ -9,8 +9,10 @@ callers get per-epoch metrics through `on_epoch`.
 from __future__ import annotations
 
 import math
+import os
 import random
 import time
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -28,6 +30,7 @@ from synthvit.data import ImageSet
 from synthvit.errors import UserError
 from synthvit.models import DEFAULT_MEAN, DEFAULT_STD
 from synthvit.progress import log, progress_bar
+from synthvit.resume import load_state, save_state
 
 
 def seed_everything(seed: int) -> None:
@@ -45,6 +48,14 @@ def resolve_device(runtime: RuntimeConfig) -> torch.device:
     if runtime.device == "cpu" or not torch.cuda.is_available():
         return torch.device("cpu")
     return torch.device("cuda")
+
+
+def set_deterministic(enabled: bool) -> None:
+    """Bit-reproducible kernels (slower on GPU); CPU training here is deterministic either way."""
+    if enabled:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(enabled, warn_only=False)
+    torch.backends.cudnn.benchmark = not enabled
 
 
 def autocast_dtype(runtime: RuntimeConfig, device: torch.device) -> torch.dtype | None:
@@ -89,12 +100,19 @@ def train(
     eval_set: ImageSet | None = None,
     on_epoch: Callable[[dict], None] | None = None,
     desc: str = "train",
+    resume_file: Path | None = None,
 ) -> list[dict]:
-    """Train in place; returns one dict of metrics per epoch."""
+    """Train in place; returns one dict of metrics per epoch.
+
+    With `resume_file`, the full training state is saved there every
+    `cfg.checkpoint_every` epochs, and a run that finds the file continues from it.
+    """
     seed_everything(seed)
     device = resolve_device(runtime)
+    set_deterministic(runtime.deterministic)
     amp_dtype = autocast_dtype(runtime, device)
     model.to(device)
+    forward = torch.compile(model) if runtime.compile else model
     images = train_set.images.to(device)  # decoded once; stays on the device
     labels = train_set.labels.to(device)
     num_classes = train_set.num_classes
@@ -112,8 +130,12 @@ def train(
     erasing = RandomErasing(cfg.random_erasing, mode="pixel", device=device) if cfg.random_erasing > 0 else None
     generator = torch.Generator(device=device).manual_seed(seed)
 
-    history = []
-    for epoch in range(1, cfg.epochs + 1):
+    history, first_epoch = [], 1
+    if resume_file is not None and resume_file.is_file():
+        done, history = load_state(resume_file, model, optimizer, scheduler, generator)
+        first_epoch = done + 1
+        log(f"{desc}: resuming after epoch {done} from {resume_file}")
+    for epoch in range(first_epoch, cfg.epochs + 1):
         model.train()
         started = time.perf_counter()
         order = torch.randperm(len(train_set), generator=generator, device=device)
@@ -131,7 +153,7 @@ def train(
             if erasing is not None:
                 x = erasing(x)
             with autocast(device, amp_dtype):
-                logits = model(x)
+                logits = forward(x)
                 loss = criterion(logits, target)
             if not torch.isfinite(loss):
                 raise RuntimeError(f"loss is {loss.item()} at epoch {epoch} step {step}: lower the lr or enable grad_clip")
@@ -161,6 +183,10 @@ def train(
         log(f"{desc} epoch {epoch}/{cfg.epochs} " + " ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k != "epoch"))
         if on_epoch is not None:
             on_epoch(metrics)
+        if resume_file is not None and cfg.checkpoint_every and epoch % cfg.checkpoint_every == 0 and epoch < cfg.epochs:
+            save_state(resume_file, epoch, model, optimizer, scheduler, generator, history)
+    if resume_file is not None:
+        resume_file.unlink(missing_ok=True)
     return history
 
 

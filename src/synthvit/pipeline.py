@@ -6,6 +6,8 @@ models/<stage>.pt, metrics/<stage>.json, plots/<stage>/history.csv.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import time
 from pathlib import Path
 
@@ -17,6 +19,7 @@ from synthvit.data import ImageSet
 from synthvit.engine import train
 from synthvit.files import write_csv, write_json
 from synthvit.models import count_parameters, save_checkpoint
+from synthvit.resume import resume_path
 
 SYNTHETIC_DIR = Path("data/synthetic")
 MODELS_DIR = Path("models")
@@ -30,6 +33,27 @@ def checkpoint_path(stage: str) -> Path:
 
 def history_path(stage: str) -> Path:
     return PLOTS_DIR / stage / "history.csv"
+
+
+def tensor_digest(*tensors) -> str:
+    sha = hashlib.sha256()
+    for tensor in tensors:
+        sha.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return sha.hexdigest()
+
+
+def training_fingerprint(model: nn.Module, train_set: ImageSet, train_cfg: TrainConfig, params: Params) -> dict:
+    """What must match for a saved training state to be resumed: recipe, data and starting weights."""
+    runtime = dataclasses.asdict(params.runtime)
+    runtime.pop("num_threads")
+    return {
+        "train": dataclasses.asdict(train_cfg),
+        "model": dataclasses.asdict(params.model),
+        "runtime": runtime,
+        "seed": params.seed,
+        "data": tensor_digest(train_set.images, train_set.labels),
+        "initial_weights": tensor_digest(*model.state_dict().values()),
+    }
 
 
 def train_and_record(
@@ -50,6 +74,7 @@ def train_and_record(
         model, train_set, train_cfg, params.runtime, params.seed, eval_set=eval_set,
         on_epoch=lambda metrics: mlflow.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=metrics["epoch"]),
         desc=stage,
+        resume_file=resume_path(stage, training_fingerprint(model, train_set, train_cfg, params)),
     )
     wall = time.perf_counter() - started
     last = history[-1]
