@@ -2,6 +2,7 @@
 
     synthvit check [params.yaml]     validate params without running anything
     synthvit bench synthetic         fractal rendering speed against a per-point reference
+    synthvit bench train             training img/s of the engine against a plain DataLoader loop
 """
 
 from __future__ import annotations
@@ -34,6 +35,11 @@ def build_parser() -> argparse.ArgumentParser:
     synthetic = benches.add_parser("synthetic", help="fractal rendering images/s vs a per-point reference")
     synthetic_bench.add_arguments(synthetic)
     synthetic.set_defaults(func=synthetic_bench.run)
+    from synthvit import bench_train
+
+    training = benches.add_parser("train", help="training img/s: engine vs a plain DataLoader loop")
+    bench_train.add_arguments(training)
+    training.set_defaults(func=bench_train.run)
     return parser
 
 
