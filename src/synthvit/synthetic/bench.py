@@ -1,0 +1,117 @@
+"""`synthvit bench synthetic`: the fast renderer against the per-point reference, one run.
+
+Both render the same IFS (contractive, 2-7 maps) at the same size, points and 3x3
+random-mask patches; runs of the two alternate so that both
+see the same machine load, and the ratio of their images/s is the speed-up. --ofdb
+also times a whole OFDB dataset (category search, rendering, PNG writing) end to end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from synthvit.config import SyntheticConfig
+from synthvit.synthetic import ifs
+from synthvit.synthetic.generate import default_workers, write_dataset
+from synthvit.synthetic.reference import render_reference
+from synthvit.synthetic.render import render_batch
+from synthvit.synthetic.search import batch_size_for
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--image-size", type=int, default=362, help="image side in pixels (FractalDB: 362)")
+    parser.add_argument("--points", type=int, default=200_000, help="chaos-game points per image (FractalDB: 200k)")
+    parser.add_argument("--fast-images", type=int, default=256, help="images per timed fast run")
+    parser.add_argument("--reference-images", type=int, default=3, help="images the per-point reference renders (~1 s each)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed fast runs (the median counts)")
+    parser.add_argument("--workers", type=int, default=0, help="render threads; 0 = all usable cores")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--ofdb", action="store_true", help="also time an OFDB dataset end to end (search included)")
+    parser.add_argument("--ofdb-classes", type=int, default=1000, help="categories for --ofdb")
+
+
+def _systems(seed: int, count: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Contractive IFS with 2-7 maps and a sigma-factor in Anderson & Farrell's well-filled
+    range ((5+n)/2 .. (6+n)/2): every point stays finite, so both renderers do full work
+    (a divergent search draw would let the reference skip its non-finite points)."""
+    rng = np.random.default_rng(seed)
+    systems = []
+    for _ in range(count):
+        num_maps = int(rng.integers(2, 8))
+        maps = ifs.sigma_factor_ifs(rng, num_maps, rng.uniform((5 + num_maps) / 2, (6 + num_maps) / 2))
+        systems.append((maps, ifs.map_probabilities(maps)))
+    return systems
+
+
+def _time_fast(systems, size: int, points: int, workers: int) -> float:
+    """Seconds to render all systems in numpy batches on `workers` threads."""
+    batch = batch_size_for(points)
+    chunks = [range(k, min(k + batch, len(systems))) for k in range(0, len(systems), batch)]
+
+    def render(chunk):
+        render_batch([systems[i] for i in chunk], size, points, list(chunk))
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(render, chunks))
+    return time.perf_counter() - started
+
+
+def _time_reference(system, size: int, points: int, seed: int) -> float:
+    started = time.perf_counter()
+    render_reference(*system, size, points, seed)
+    return time.perf_counter() - started
+
+
+def _time_ofdb(args, workers: int) -> None:
+    cfg = SyntheticConfig(kind="ofdb", num_classes=args.ofdb_classes, image_size=args.image_size, num_points=args.points)
+    with tempfile.TemporaryDirectory(prefix="synthvit-bench-") as tmp:
+        started = time.perf_counter()
+        manifest = write_dataset(cfg, args.seed, Path(tmp) / "ofdb", progress=True, workers=workers)
+        seconds = time.perf_counter() - started
+    draws = sum(c["attempts"] for c in manifest["classes"])
+    print(f"ofdb end to end: {cfg.num_classes} categories at {cfg.image_size}px, {cfg.num_points} points, "
+          f"fill_rate {cfg.fill_rate}: {seconds:.1f} s ({draws} IFS draws searched, "
+          f"{cfg.num_classes / draws:.1%} accepted; {workers} threads)")
+
+
+def run(args) -> int:
+    workers = args.workers or default_workers()
+    size, points = args.image_size, args.points
+    systems = _systems(args.seed, args.fast_images)
+    print(f"synthetic render benchmark: {size}x{size}, {points} points, 3x3 random-mask patches, "
+          f"{workers} threads for the fast renderer")
+    _time_fast(systems[: batch_size_for(points)], size, points, workers)  # warm-up: allocator, caches
+
+    fast_seconds, reference_seconds = [], []
+    for repeat in range(max(args.repeats, args.reference_images)):  # alternate: same machine load
+        if repeat < args.repeats:
+            fast_seconds.append(_time_fast(systems, size, points, workers))
+        if repeat < args.reference_images:
+            reference_seconds.append(_time_reference(systems[repeat], size, points, args.seed))
+    single_thread = _time_fast(systems, size, points, 1)
+
+    fast_rate = len(systems) / statistics.median(fast_seconds)
+    reference_rate = len(reference_seconds) / sum(reference_seconds)
+    print(f"reference (per-point Python loop): {reference_rate:8.2f} img/s  ({len(reference_seconds)} images)")
+    print(f"fast (numpy walkers, {workers} threads): {fast_rate:8.1f} img/s  "
+          f"(median of {len(fast_seconds)} runs of {len(systems)} images)")
+    print(f"fast (numpy walkers, 1 thread):  {len(systems) / single_thread:8.1f} img/s")
+    print(f"speed-up: {fast_rate / reference_rate:.0f}x")
+    if args.ofdb:
+        _time_ofdb(args, workers)
+    return 0
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(prog="python -m synthvit.synthetic.bench", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    sys.exit(run(parser.parse_args()))
