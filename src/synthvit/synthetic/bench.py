@@ -9,20 +9,21 @@ also times a whole OFDB dataset (category search, rendering, PNG writing) end to
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 from synthvit.config import SyntheticConfig
 from synthvit.synthetic import ifs
-from synthvit.synthetic.generate import default_workers, write_dataset
+from synthvit.synthetic.generate import write_dataset
+from synthvit.synthetic.parallel import InProcess, default_workers, worker_pool
 from synthvit.synthetic.reference import render_reference
-from synthvit.synthetic.render import render_batch
+from synthvit.synthetic.render import fill_rates, render_batch
 from synthvit.synthetic.search import batch_size_for
 
 
@@ -32,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fast-images", type=int, default=256, help="images per timed fast run")
     parser.add_argument("--reference-images", type=int, default=3, help="images the per-point reference renders (~1 s each)")
     parser.add_argument("--repeats", type=int, default=3, help="timed fast runs (the median counts)")
-    parser.add_argument("--workers", type=int, default=0, help="render threads; 0 = all usable cores")
+    parser.add_argument("--workers", type=int, default=0, help="worker processes; 0 = all usable cores")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--ofdb", action="store_true", help="also time an OFDB dataset end to end (search included)")
     parser.add_argument("--ofdb-classes", type=int, default=1000, help="categories for --ofdb")
@@ -51,17 +52,17 @@ def _systems(seed: int, count: int) -> list[tuple[np.ndarray, np.ndarray]]:
     return systems
 
 
-def _time_fast(systems, size: int, points: int, workers: int) -> float:
-    """Seconds to render all systems in numpy batches on `workers` threads."""
+def _render_chunk(systems, *, size: int, points: int, first_seed: int) -> list[float]:
+    images = render_batch(systems, size, points, list(range(first_seed, first_seed + len(systems))))
+    return fill_rates(images).tolist()  # send back a few numbers, not the images
+
+
+def _time_fast(pool, systems, size: int, points: int) -> float:
+    """Seconds to render all systems in numpy batches on the pool's workers."""
     batch = batch_size_for(points)
-    chunks = [range(k, min(k + batch, len(systems))) for k in range(0, len(systems), batch)]
-
-    def render(chunk):
-        render_batch([systems[i] for i in chunk], size, points, list(chunk))
-
+    chunks = [systems[k : k + batch] for k in range(0, len(systems), batch)]
     started = time.perf_counter()
-    with ThreadPoolExecutor(workers) as pool:
-        list(pool.map(render, chunks))
+    list(pool.map(functools.partial(_render_chunk, size=size, points=points, first_seed=0), chunks))
     return time.perf_counter() - started
 
 
@@ -80,32 +81,32 @@ def _time_ofdb(args, workers: int) -> None:
     draws = sum(c["attempts"] for c in manifest["classes"])
     print(f"ofdb end to end: {cfg.num_classes} categories at {cfg.image_size}px, {cfg.num_points} points, "
           f"fill_rate {cfg.fill_rate}: {seconds:.1f} s ({draws} IFS draws searched, "
-          f"{cfg.num_classes / draws:.1%} accepted; {workers} threads)")
+          f"{cfg.num_classes / draws:.1%} accepted; {workers} workers)")
 
 
 def run(args) -> int:
     workers = args.workers or default_workers()
     size, points = args.image_size, args.points
     systems = _systems(args.seed, args.fast_images)
-    print(f"synthetic render benchmark: {size}x{size}, {points} points, 3x3 random-mask patches, "
-          f"{workers} threads for the fast renderer")
-    _time_fast(systems[: batch_size_for(points)], size, points, workers)  # warm-up: allocator, caches
-
+    print(f"synthetic render benchmark: {size}x{size}, {points} points, 3x3 random-mask patches; "
+          f"fast renderer on {workers} worker processes")
     fast_seconds, reference_seconds = [], []
-    for repeat in range(max(args.repeats, args.reference_images)):  # alternate: same machine load
-        if repeat < args.repeats:
-            fast_seconds.append(_time_fast(systems, size, points, workers))
-        if repeat < args.reference_images:
-            reference_seconds.append(_time_reference(systems[repeat], size, points, args.seed))
-    single_thread = _time_fast(systems, size, points, 1)
+    with worker_pool(workers) as pool:
+        _time_fast(pool, systems[: batch_size_for(points) * workers], size, points)  # start and warm the workers
+        for repeat in range(max(args.repeats, args.reference_images)):  # alternate: same machine load
+            if repeat < args.repeats:
+                fast_seconds.append(_time_fast(pool, systems, size, points))
+            if repeat < args.reference_images:
+                reference_seconds.append(_time_reference(systems[repeat], size, points, args.seed))
+    one_process = _time_fast(InProcess(), systems, size, points)
 
-    fast_rate = len(systems) / statistics.median(fast_seconds)
     reference_rate = len(reference_seconds) / sum(reference_seconds)
-    print(f"reference (per-point Python loop): {reference_rate:8.2f} img/s  ({len(reference_seconds)} images)")
-    print(f"fast (numpy walkers, {workers} threads): {fast_rate:8.1f} img/s  "
-          f"(median of {len(fast_seconds)} runs of {len(systems)} images)")
-    print(f"fast (numpy walkers, 1 thread):  {len(systems) / single_thread:8.1f} img/s")
-    print(f"speed-up: {fast_rate / reference_rate:.0f}x")
+    fast_rate = len(systems) / statistics.median(fast_seconds)
+    one_rate = len(systems) / one_process
+    print(f"reference, per-point Python loop: {reference_rate:8.2f} img/s  ({len(reference_seconds)} images)")
+    print(f"fast, {workers} worker processes:{'':<{max(0, 6 - len(str(workers)))}} {fast_rate:8.1f} img/s  "
+          f"speed-up {fast_rate / reference_rate:.0f}x  (median of {len(fast_seconds)} runs of {len(systems)} images)")
+    print(f"fast, 1 process:                  {one_rate:8.1f} img/s  speed-up {one_rate / reference_rate:.0f}x")
     if args.ofdb:
         _time_ofdb(args, workers)
     return 0

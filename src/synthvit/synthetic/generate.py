@@ -6,21 +6,21 @@ Layout of out_dir:
                                 probabilities, fill rate; fractaldb adds its instances
     preview.png                 a grid of the first images
 
-Every random draw comes from a generator seeded by (seed, stream, category, attempt or
-instance), never from shared state, so the bytes do not depend on thread scheduling or
-the number of cores.
+Every random draw is keyed by (seed, stream, category, attempt or instance) (draws.py),
+so the bytes depend neither on scheduling nor on the number of cores. The folder is
+built beside out_dir and renamed into place when complete.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
 import shutil
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -29,34 +29,14 @@ from tqdm import tqdm
 
 from synthvit.config import SyntheticConfig
 from synthvit.errors import ConfigError
-from synthvit.synthetic import ifs
+from synthvit.synthetic import draws, ifs
+from synthvit.synthetic.parallel import default_workers, worker_pool
 from synthvit.synthetic.png import write_gray_png
 from synthvit.synthetic.render import BURN_IN, TABLE_SIZE, fill_rates, render_batch
-from synthvit.synthetic.search import Accepted, Candidate, SearchFailed, batch_size_for, search
+from synthvit.synthetic.search import Accepted, SearchFailed, batch_size_for, search
 
 MANIFEST_FORMAT = 1
-# Seed streams: one per kind of draw, so no two draws share a generator.
-SEARCH_STREAM, INSTANCE_STREAM, ONEPFRAC_BASE_STREAM, ONEPFRAC_STREAM = range(4)
-# FractalDB instance fluctuation: one coefficient (a..f) of every map times one of these
-# (its 25 weight rows: identity + 6 coefficients x 4 weights), then one of 4 flips.
-INSTANCE_WEIGHTS = (0.8, 0.9, 1.1, 1.2)
-FLIPS = ("none", "vertical", "horizontal", "both")
 PREVIEW_TILES, PREVIEW_COLUMNS, PREVIEW_TILE_SIZE = 64, 8, 128
-
-
-def default_workers() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
-def _rng(seed: int, *key: int) -> np.random.Generator:
-    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=key))
-
-
-def _render_seed(rng: np.random.Generator) -> int:
-    return int(rng.integers(2**63))
 
 
 class _Progress:
@@ -83,75 +63,28 @@ class _Progress:
             self.bar.close()
 
 
-class _ImageFolder:
-    """Writes images/<class>/<NNNN>.png on the worker pool and keeps preview tiles."""
+@dataclasses.dataclass(frozen=True)
+class _Layout:
+    """Where image `instance` of class `category` goes."""
 
-    def __init__(self, root: Path, num_classes: int, images_per_class: int, image_size: int, pool, progress: _Progress):
-        self.root, self.pool, self.progress = root, pool, progress
-        self.class_width = max(5, len(str(num_classes - 1)))
-        self.image_width = max(4, len(str(images_per_class - 1)))
-        self.pending = []
-        # Preview: a row of instances per class (fractaldb), or one image per class, 8 a row.
-        shown = min(PREVIEW_COLUMNS, images_per_class)
-        self.columns = shown if shown > 1 else PREVIEW_COLUMNS
-        self.tile_keys = [(c, i) for c in range(min(num_classes, PREVIEW_TILES // shown)) for i in range(shown)]
-        self.tile_size = min(PREVIEW_TILE_SIZE, image_size)
-        self.tiles = {}
-        for category in range(num_classes):
-            (root / "images" / self.class_name(category)).mkdir(parents=True)
+    root: Path
+    num_classes: int
+    images_per_class: int
 
     def class_name(self, category: int) -> str:
-        return f"{category:0{self.class_width}d}"
+        return f"{category:0{max(5, len(str(self.num_classes - 1)))}d}"
 
     def file_name(self, instance: int) -> str:
-        return f"{instance:0{self.image_width}d}.png"
+        return f"{instance:0{max(4, len(str(self.images_per_class - 1)))}d}.png"
 
-    def write(self, category: int, instance: int, image: np.ndarray) -> None:
-        """Called from a worker thread (fractaldb instances) or the main thread (search hits)."""
-        write_gray_png(self.root / "images" / self.class_name(category) / self.file_name(instance), image)
-        if (category, instance) in self.tile_keys:
-            tile = Image.fromarray(image).resize((self.tile_size,) * 2, Image.Resampling.BOX)
-            self.tiles[(category, instance)] = np.asarray(tile)
-
-    def write_later(self, category: int, instance: int, image: np.ndarray) -> None:
-        self.pending.append(self.pool.submit(self.write, category, instance, image))
-        self.progress.update()
-
-    def finish(self) -> None:
-        for future in self.pending:
-            future.result()  # re-raises a failed write
-
-    def preview(self) -> np.ndarray:
-        tiles = [self.tiles[key] for key in self.tile_keys]
-        columns = min(self.columns, len(tiles))
-        rows, gap, size = math.ceil(len(tiles) / columns), 2, self.tile_size
-        step = size + gap
-        grid = np.full((rows * step + gap, columns * step + gap), 96, np.uint8)  # gray gaps
-        for k, tile in enumerate(tiles):
-            top, left = gap + (k // columns) * step, gap + (k % columns) * step
-            grid[top : top + size, left : left + size] = tile
-        return grid
+    def path(self, category: int, instance: int) -> Path:
+        return self.root / "images" / self.class_name(category) / self.file_name(instance)
 
 
-def _search_draw(cfg: SyntheticConfig, seed: int):
-    """FractalDB/OFDB category search draw for (category, attempt)."""
-
-    def draw(category: int, attempt: int) -> Candidate:
-        rng = _rng(seed, SEARCH_STREAM, category, attempt)
-        maps = ifs.random_ifs(rng, cfg.min_maps, cfg.max_maps)
-        return Candidate(maps, ifs.map_probabilities(maps), _render_seed(rng))
-
-    return draw
-
-
-def _search(cfg: SyntheticConfig, draw, num_categories: int, pool, folder: _ImageFolder | None, failure: str):
-    def keep(category: int, found: Accepted) -> None:
-        if folder is not None:
-            folder.write_later(category, 0, found.image)
-        found.image = None  # 1,000 kept images at 362 px would be 130 MB
-
+def _search(cfg: SyntheticConfig, draw, num_categories: int, pool, on_accept, failure: str) -> list[Accepted]:
     try:
-        return search(num_categories, draw, cfg.image_size, cfg.num_points, cfg.fill_rate, cfg.max_attempts, pool, keep)
+        return search(num_categories, draw, cfg.image_size, cfg.num_points, cfg.fill_rate, cfg.max_attempts,
+                      pool, on_accept)
     except SearchFailed as failed:
         raise ConfigError(
             "synthetic.fill_rate", cfg.fill_rate,
@@ -174,90 +107,77 @@ def _class_entry(name: str, found: Accepted) -> dict:
     }
 
 
-def _instance_variation(seed: int, category: int, instance: int) -> dict:
-    rng = _rng(seed, INSTANCE_STREAM, category, instance)
-    row = int(rng.integers(1 + len(ifs.COEFFICIENT_NAMES) * len(INSTANCE_WEIGHTS)))
-    slot, weight = (None, 1.0) if row == 0 else divmod(row - 1, len(INSTANCE_WEIGHTS))
-    return {
-        "coefficient": None if slot is None else ifs.COEFFICIENT_NAMES[slot],
-        "weight": 1.0 if slot is None else INSTANCE_WEIGHTS[weight],
-        "flip": FLIPS[int(rng.integers(len(FLIPS)))],
-        "render_seed": _render_seed(rng),
-    }
+def _render_instances(jobs, *, layout: _Layout, image_size: int, num_points: int, seed: int) -> list[dict]:
+    """Render and write FractalDB instances [(category, instance, category maps)] (in a worker)."""
+    variations = [draws.instance_variation(seed, c, i) for c, i, _ in jobs]
+    systems = []
+    for (_, _, maps), variation in zip(jobs, variations):
+        maps = draws.instance_maps(maps, variation)
+        systems.append((maps, ifs.map_probabilities(maps)))
+    images = render_batch(systems, image_size, num_points, [v["render_seed"] for v in variations])
+    for (c, i, _), variation, image, rate in zip(jobs, variations, images, fill_rates(images)):
+        write_gray_png(layout.path(c, i), draws.flip(image, variation["flip"]))
+        variation["fill_rate"] = float(rate)
+    return variations
 
 
-def _flip(image: np.ndarray, flip: str) -> np.ndarray:
-    if flip in ("vertical", "both"):
-        image = image[::-1]
-    if flip in ("horizontal", "both"):
-        image = image[:, ::-1]
-    return np.ascontiguousarray(image)
-
-
-def _fractaldb_instances(cfg: SyntheticConfig, seed: int, classes: list[dict], pool, folder: _ImageFolder) -> None:
-    """Instances 1.. of every category (instance 0 is the searched image itself)."""
+def _fractaldb_instances(cfg: SyntheticConfig, seed: int, classes: list[dict], pool, layout, progress) -> None:
+    """Instances 1.. of every category; instance 0 is the searched image itself."""
     for entry in classes:
         entry["instances"] = [{"coefficient": None, "weight": 1.0, "flip": "none",
                                "render_seed": entry["render_seed"], "fill_rate": entry["fill_rate"]}]
-    jobs = [(c, i) for c in range(len(classes)) for i in range(1, cfg.instances_per_class)]
-
-    def render_chunk(chunk):
-        variations = [_instance_variation(seed, c, i) for c, i in chunk]
-        systems = []
-        for (c, _), v in zip(chunk, variations):
-            maps = np.asarray(classes[c]["maps"])
-            if v["coefficient"] is not None:
-                maps = ifs.scale_coefficient(maps, ifs.COEFFICIENT_NAMES.index(v["coefficient"]), v["weight"])
-            systems.append((maps, ifs.map_probabilities(maps)))
-        images = render_batch(systems, cfg.image_size, cfg.num_points, [v["render_seed"] for v in variations])
-        for (c, i), v, image, rate in zip(chunk, variations, images, fill_rates(images)):
-            folder.write(c, i, _flip(image, v["flip"]))
-            v["fill_rate"] = float(rate)
-        return variations
-
+    jobs = [(c, i, classes[c]["maps"]) for c in range(len(classes)) for i in range(1, cfg.instances_per_class)]
     batch = batch_size_for(cfg.num_points)
     chunks = [jobs[k : k + batch] for k in range(0, len(jobs), batch)]
-    for chunk, variations in zip(chunks, pool.map(render_chunk, chunks)):
-        for (c, _), v in zip(chunk, variations):
-            classes[c]["instances"].append(v)
-        folder.progress.update(len(chunk))
+    render = functools.partial(_render_instances, layout=layout, image_size=cfg.image_size,
+                               num_points=cfg.num_points, seed=seed)
+    for chunk, variations in zip(chunks, pool.map(render, chunks)):
+        for (c, _, _), variation in zip(chunk, variations):
+            classes[c]["instances"].append(variation)
+        progress.update(len(chunk))
 
 
-def _onepfrac(cfg: SyntheticConfig, seed: int, pool, folder: _ImageFolder) -> tuple[dict, list[Accepted]]:
-    """One sigma-factor IFS (searched until it reaches the fill rate), then perturbed copies."""
-
-    def draw_base(_, attempt: int) -> Candidate:
-        rng = _rng(seed, ONEPFRAC_BASE_STREAM, attempt)
-        maps = ifs.sigma_factor_ifs(rng, cfg.onepfrac_maps, cfg.sigma)
-        return Candidate(maps, ifs.map_probabilities(maps), _render_seed(rng))
-
+def _onepfrac_base(cfg: SyntheticConfig, seed: int, pool) -> Accepted:
+    """1p-frac's single IFS, searched until its own image reaches the fill rate."""
     failure = (f"no sigma-factor IFS ({cfg.onepfrac_maps} maps, synthetic.sigma={cfg.sigma}) reached it"
                " (best fill rate {best:.3f})")
-    [base] = _search(cfg, draw_base, 1, pool, None, failure)
-    base_maps = base.candidate.maps
+    [base] = _search(cfg, draws.SigmaFactorDraw(seed, cfg.onepfrac_maps, cfg.sigma), 1, pool, lambda *_: None, failure)
+    return base
 
-    def draw(category: int, attempt: int) -> Candidate:
-        rng = _rng(seed, ONEPFRAC_STREAM, category, attempt)
-        maps, multipliers = ifs.perturb(base_maps, rng, cfg.delta)
-        return Candidate(maps, ifs.map_probabilities(maps), _render_seed(rng), {"multipliers": multipliers.tolist()})
 
-    failure = (f"category {{category}}: no perturbation (synthetic.delta={cfg.delta}) of the base IFS reached it"
-               " (best fill rate {best:.3f})")
-    found = _search(cfg, draw, cfg.num_classes, pool, folder, failure)
-    base_entry = {
-        "maps": base_maps.tolist(),
+def _base_entry(base: Accepted) -> dict:
+    return {
+        "maps": base.candidate.maps.tolist(),
         "probabilities": base.candidate.probabilities.tolist(),
-        "sigma_factor": ifs.sigma_factor(base_maps),
+        "sigma_factor": ifs.sigma_factor(base.candidate.maps),
         "fill_rate": base.fill_rate,
         "attempts": base.attempts,
         "render_seed": base.candidate.render_seed,
     }
-    return base_entry, found
+
+
+def _preview(layout: _Layout, image_size: int) -> np.ndarray:
+    """A grid of the first images: a row of instances per class, or 8 classes a row."""
+    shown = min(PREVIEW_COLUMNS, layout.images_per_class)
+    columns = shown if shown > 1 else PREVIEW_COLUMNS
+    keys = [(c, i) for c in range(min(layout.num_classes, PREVIEW_TILES // shown)) for i in range(shown)]
+    columns = min(columns, len(keys))
+    size, gap = min(PREVIEW_TILE_SIZE, image_size), 2
+    step = size + gap
+    grid = np.full((math.ceil(len(keys) / columns) * step + gap, columns * step + gap), 96, np.uint8)
+    for k, (category, instance) in enumerate(keys):
+        with Image.open(layout.path(category, instance)) as image:
+            tile = np.asarray(image.resize((size, size), Image.Resampling.BOX))
+        top, left = gap + (k // columns) * step, gap + (k % columns) * step
+        grid[top : top + size, left : left + size] = tile
+    return grid
 
 
 def _build(cfg: SyntheticConfig, seed: int, root: Path, progress: bool, workers: int) -> dict:
     per_class = cfg.instances_per_class if cfg.kind == "fractaldb" else 1
-    bar = _Progress(cfg.num_classes * per_class, progress, f"synthetic {cfg.kind}")
+    layout = _Layout(root, cfg.num_classes, per_class)
+    for category in range(cfg.num_classes):
+        layout.path(category, 0).parent.mkdir(parents=True)
     manifest = {
         "format": MANIFEST_FORMAT,
         "kind": cfg.kind,
@@ -268,23 +188,33 @@ def _build(cfg: SyntheticConfig, seed: int, root: Path, progress: bool, workers:
         "renderer": {"patch": "3x3, random binary mask per point, later patches overwrite",
                      "burn_in": BURN_IN, "probability_slots": TABLE_SIZE},
     }
+    bar = _Progress(cfg.num_classes * per_class, progress, f"synthetic {cfg.kind}")
+
+    def write_found(category: int, found: Accepted) -> None:
+        layout.path(category, 0).write_bytes(found.png)
+        found.png = None  # written; 1,000 kept images would be memory for nothing
+        bar.update()
+
     try:
-        with ThreadPoolExecutor(workers) as pool:
-            folder = _ImageFolder(root, cfg.num_classes, per_class, cfg.image_size, pool, bar)
+        with worker_pool(workers) as pool:
             if cfg.kind == "onepfrac":
-                manifest["base"], found = _onepfrac(cfg, seed, pool, folder)
+                base = _onepfrac_base(cfg, seed, pool)
+                manifest["base"] = _base_entry(base)
+                draw = draws.PerturbationDraw(seed, tuple(map(tuple, base.candidate.maps.tolist())), cfg.delta)
+                failure = (f"category {{category}}: no perturbation (synthetic.delta={cfg.delta}) of the base IFS"
+                           " reached it (best fill rate {best:.3f})")
             else:
+                draw = draws.SearchDraw(seed, cfg.min_maps, cfg.max_maps)
                 failure = "category {category} found no IFS reaching it (best fill rate {best:.3f})"
-                found = _search(cfg, _search_draw(cfg, seed), cfg.num_classes, pool, folder, failure)
-            classes = [_class_entry(folder.class_name(c), f) for c, f in enumerate(found)]
+            found = _search(cfg, draw, cfg.num_classes, pool, write_found, failure)
+            classes = [_class_entry(layout.class_name(c), f) for c, f in enumerate(found)]
             if cfg.kind == "fractaldb":
-                _fractaldb_instances(cfg, seed, classes, pool, folder)
-            folder.finish()
+                _fractaldb_instances(cfg, seed, classes, pool, layout, bar)
     finally:
         bar.close()
     manifest["classes"] = classes
     (root / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
-    Image.fromarray(folder.preview()).save(root / "preview.png")
+    Image.fromarray(_preview(layout, cfg.image_size)).save(root / "preview.png")
     return manifest
 
 
@@ -303,7 +233,7 @@ def _swap_in(staging: Path, out_dir: Path) -> None:
 
 
 def write_dataset(cfg: SyntheticConfig, seed: int, out_dir: Path, progress: bool = True, workers: int | None = None) -> dict:
-    """generate_dataset with an explicit thread count (the output does not depend on it)."""
+    """generate_dataset with an explicit number of worker processes (the output does not depend on it)."""
     cfg.validate("synthetic")
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)

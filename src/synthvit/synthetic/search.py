@@ -1,21 +1,22 @@
 """Bounded search: for each category, the first IFS draw whose image reaches the fill rate.
 
 `draw(category, attempt)` must be a pure function of its arguments (it seeds its own
-generator from them), so a category's result is its first passing attempt whatever the
-batch sizes, thread count or machine. Candidates are rendered in rounds of batches on a
-thread pool, most categories one attempt per round; the first category gets whole
+generator from them) and picklable (it runs in worker processes), so a category's result is its first passing attempt whatever the
+batch sizes, worker count or machine. Candidates are rendered in rounds of tasks on a
+worker pool, most categories one attempt per round; the first category gets whole
 rounds until it passes and a category that keeps failing gets more attempts per round,
 so an impossible request runs out of attempts quickly instead of one attempt a round.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
-from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from synthvit.synthetic.png import encode_gray_png
 from synthvit.synthetic.render import fill_rates, render_batch
 
 # Quarter-size preview (same points per pixel) before the full render: it turns away
@@ -43,7 +44,7 @@ class Candidate:
 class Accepted:
     candidate: Candidate
     attempts: int  # draws used, the accepted one included
-    image: np.ndarray
+    png: bytes  # the rendered image, PNG-encoded by the worker
     fill_rate: float
 
 
@@ -57,8 +58,8 @@ def batch_size_for(num_points: int) -> int:
     return int(np.clip(POINTS_PER_BATCH // num_points, 1, 64))
 
 
-def _evaluate(jobs, draw, image_size: int, num_points: int, fill_rate: float, batch: int):
-    """[(candidate, fill rate, image or None)] per (category, attempt); image when it passes."""
+def _evaluate(jobs, *, draw, image_size: int, num_points: int, fill_rate: float, batch: int):
+    """[(candidate, fill rate, PNG bytes or None)] per (category, attempt); PNG when it passes."""
     candidates = [draw(category, attempt) for category, attempt in jobs]
     systems = [(c.maps, c.probabilities) for c in candidates]
     seeds = [c.render_seed for c in candidates]
@@ -68,14 +69,14 @@ def _evaluate(jobs, draw, image_size: int, num_points: int, fill_rate: float, ba
         previews = render_batch(systems, image_size // PREVIEW_SHRINK, max(100, num_points // PREVIEW_SHRINK**2), seeds)
         rates = fill_rates(previews)  # estimates, for the error message of a failed search
         hopeful = [i for i in hopeful if rates[i] >= PREVIEW_MARGIN * fill_rate]
-    images = [None] * len(jobs)
+    pngs = [None] * len(jobs)
     for start in range(0, len(hopeful), batch):
         chosen = hopeful[start : start + batch]
         rendered = render_batch([systems[i] for i in chosen], image_size, num_points, [seeds[i] for i in chosen])
         for i, image, rate in zip(chosen, rendered, fill_rates(rendered)):
             rates[i] = rate
-            images[i] = image if rate >= fill_rate else None
-    return [(candidates[i], float(rates[i]), images[i]) for i in range(len(jobs))]
+            pngs[i] = encode_gray_png(image) if rate >= fill_rate else None
+    return [(candidates[i], float(rates[i]), pngs[i]) for i in range(len(jobs))]
 
 
 def search(
@@ -85,11 +86,17 @@ def search(
     num_points: int,
     fill_rate: float,
     max_attempts: int,
-    pool: Executor,
+    pool,
     on_accept: Callable[[int, Accepted], None],
 ) -> list[Accepted]:
-    """One Accepted per category, in category order; raises SearchFailed when one runs out."""
+    """One Accepted per category, in category order; raises SearchFailed when one runs out.
+
+    pool is an executor (its map is used); on_accept(category, accepted) runs here, in
+    category order within a round, as soon as a category is decided.
+    """
     batch = batch_size_for(num_points)
+    evaluate = functools.partial(_evaluate, draw=draw, image_size=image_size, num_points=num_points,
+                                 fill_rate=fill_rate, batch=batch)
     round_size = batch * BATCHES_PER_ROUND
     tried = [0] * num_categories
     best = [0.0] * num_categories
@@ -107,12 +114,11 @@ def search(
                 break
         size = -(-len(jobs) // TASKS_PER_ROUND)
         tasks = [jobs[i : i + size] for i in range(0, len(jobs), size)]
-        results = pool.map(lambda task: _evaluate(task, draw, image_size, num_points, fill_rate, batch), tasks)
-        outcomes = [outcome for task in results for outcome in task]
-        for (category, attempt), (candidate, rate, image) in zip(jobs, outcomes):
+        outcomes = [outcome for task in pool.map(evaluate, tasks) for outcome in task]
+        for (category, attempt), (candidate, rate, png) in zip(jobs, outcomes):
             best[category] = max(best[category], rate)
-            if image is not None and accepted[category] is None:  # jobs are in attempt order
-                accepted[category] = Accepted(candidate, attempt + 1, image, rate)
+            if png is not None and accepted[category] is None:  # jobs are in attempt order
+                accepted[category] = Accepted(candidate, attempt + 1, png, rate)
                 on_accept(category, accepted[category])
         for category, depth in depths.items():
             if accepted[category] is None:
