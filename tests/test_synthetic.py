@@ -72,7 +72,7 @@ def test_layout_and_manifest(tmp_path):
         files = sorted(p.name for p in (root / "images" / entry["name"]).iterdir())
         assert files == ["0000.png", "0001.png", "0002.png"]
         assert len(entry["instances"]) == 3
-        assert entry["instances"][0] == {"coefficient": None, "weight": 1.0, "flip": "none",
+        assert entry["instances"][0] == {"file": "0000.png", "coefficient": None, "weight": 1.0, "flip": "none",
                                          "render_seed": entry["render_seed"], "fill_rate": entry["fill_rate"]}
         for instance in entry["instances"][1:]:
             assert instance["flip"] in ("none", "vertical", "horizontal", "both")
@@ -83,11 +83,12 @@ def test_layout_and_manifest(tmp_path):
     assert not list(tmp_path.glob(".out.*"))  # no staging folder left behind
 
 
-def test_every_accepted_category_reaches_the_fill_rate(tmp_path):
-    cfg = SyntheticConfig(kind="ofdb", num_classes=6, image_size=48, num_points=4000, fill_rate=0.25)
+@pytest.mark.parametrize("kind", ["fractaldb", "ofdb", "onepfrac"])
+def test_every_accepted_category_reaches_the_fill_rate(tmp_path, kind):
+    cfg = SyntheticConfig(kind=kind, num_classes=6, instances_per_class=2, image_size=48, num_points=4000, fill_rate=0.25)
     manifest = generate_dataset(cfg, 0, tmp_path / "out", progress=False)
     for entry in manifest["classes"]:
-        measured = lit_fraction(tmp_path / "out" / "images" / entry["name"] / "0000.png")
+        measured = lit_fraction(tmp_path / "out" / "images" / entry["name"] / "0000.png")  # the searched image
         assert measured >= 0.25
         assert measured == pytest.approx(entry["fill_rate"], abs=1e-12)
     assert sum(c["attempts"] for c in manifest["classes"]) > 6  # the search did reject draws
@@ -206,3 +207,19 @@ def test_search_with_previews_at_larger_sizes(tmp_path):
     with pytest.raises(UserError, match="category 0"):
         generate_dataset(SyntheticConfig(kind="ofdb", num_classes=3, image_size=128, num_points=16000,
                                          fill_rate=0.9, max_attempts=40), 0, tmp_path / "bad", progress=False)
+
+
+def test_progress_is_plain_lines_off_a_terminal_and_silent_when_off(tmp_path, capsys):
+    cfg = SyntheticConfig(kind="ofdb", **SMALL)
+    generate_dataset(cfg, 0, tmp_path / "a", progress=True)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines and lines[-1].startswith("synthetic ofdb: 4/4 images")
+    generate_dataset(cfg, 0, tmp_path / "b", progress=False)
+    assert capsys.readouterr().err == ""
+
+
+def test_progress_bar_on_a_terminal(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("sys.stderr.isatty", lambda: True, raising=False)
+    generate_dataset(SyntheticConfig(kind="ofdb", **SMALL), 0, tmp_path / "out", progress=True)
+    err = capsys.readouterr().err
+    assert "synthetic ofdb:   0%|" in err and "img/s" in err  # a tqdm bar, not log lines

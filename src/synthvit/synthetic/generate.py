@@ -81,10 +81,10 @@ class _Layout:
         return self.root / "images" / self.class_name(category) / self.file_name(instance)
 
 
-def _search(cfg: SyntheticConfig, draw, num_categories: int, pool, on_accept, failure: str) -> list[Accepted]:
+def _search(cfg: SyntheticConfig, draw, num_categories: int, pool, workers: int, on_accept, failure: str) -> list[Accepted]:
     try:
         return search(num_categories, draw, cfg.image_size, cfg.num_points, cfg.fill_rate, cfg.max_attempts,
-                      pool, on_accept)
+                      pool, workers, on_accept)
     except SearchFailed as failed:
         raise ConfigError(
             "synthetic.fill_rate", cfg.fill_rate,
@@ -118,13 +118,13 @@ def _render_instances(jobs, *, layout: _Layout, image_size: int, num_points: int
     for (c, i, _), variation, image, rate in zip(jobs, variations, images, fill_rates(images)):
         write_gray_png(layout.path(c, i), draws.flip(image, variation["flip"]))
         variation["fill_rate"] = float(rate)
-    return variations
+    return [{"file": layout.file_name(i), **v} for (_, i, _), v in zip(jobs, variations)]
 
 
 def _fractaldb_instances(cfg: SyntheticConfig, seed: int, classes: list[dict], pool, layout, progress) -> None:
     """Instances 1.. of every category; instance 0 is the searched image itself."""
     for entry in classes:
-        entry["instances"] = [{"coefficient": None, "weight": 1.0, "flip": "none",
+        entry["instances"] = [{"file": layout.file_name(0), "coefficient": None, "weight": 1.0, "flip": "none",
                                "render_seed": entry["render_seed"], "fill_rate": entry["fill_rate"]}]
     jobs = [(c, i, classes[c]["maps"]) for c in range(len(classes)) for i in range(1, cfg.instances_per_class)]
     batch = batch_size_for(cfg.num_points)
@@ -137,11 +137,12 @@ def _fractaldb_instances(cfg: SyntheticConfig, seed: int, classes: list[dict], p
         progress.update(len(chunk))
 
 
-def _onepfrac_base(cfg: SyntheticConfig, seed: int, pool) -> Accepted:
+def _onepfrac_base(cfg: SyntheticConfig, seed: int, pool, workers: int) -> Accepted:
     """1p-frac's single IFS, searched until its own image reaches the fill rate."""
     failure = (f"no sigma-factor IFS ({cfg.onepfrac_maps} maps, synthetic.sigma={cfg.sigma}) reached it"
                " (best fill rate {best:.3f})")
-    [base] = _search(cfg, draws.SigmaFactorDraw(seed, cfg.onepfrac_maps, cfg.sigma), 1, pool, lambda *_: None, failure)
+    draw = draws.SigmaFactorDraw(seed, cfg.onepfrac_maps, cfg.sigma)
+    [base] = _search(cfg, draw, 1, pool, workers, lambda *_: None, failure)
     return base
 
 
@@ -173,6 +174,14 @@ def _preview(layout: _Layout, image_size: int) -> np.ndarray:
     return grid
 
 
+def _manifest_json(manifest: dict) -> str:
+    """Indented header, then one compact line per class: FractalDB-1k with 100 instances
+    a class stays ~11 MB, and a class is one line to grep."""
+    head = json.dumps({k: v for k, v in manifest.items() if k != "classes"}, indent=1)
+    lines = ",\n".join("  " + json.dumps(entry, separators=(",", ":")) for entry in manifest["classes"])
+    return head[:-2] + ',\n "classes": [\n' + lines + "\n ]\n}\n"
+
+
 def _build(cfg: SyntheticConfig, seed: int, root: Path, progress: bool, workers: int) -> dict:
     per_class = cfg.instances_per_class if cfg.kind == "fractaldb" else 1
     layout = _Layout(root, cfg.num_classes, per_class)
@@ -184,6 +193,7 @@ def _build(cfg: SyntheticConfig, seed: int, root: Path, progress: bool, workers:
         "seed": seed,
         "params": dataclasses.asdict(cfg),
         "images_per_class": per_class,
+        "image_path": "images/<class name>/<instance, 4+ digits>.png",
         "map_formula": "x' = a*x + b*y + e; y' = c*x + d*y + f; each map is [a, b, c, d, e, f]",
         "renderer": {"patch": "3x3, random binary mask per point, later patches overwrite",
                      "burn_in": BURN_IN, "probability_slots": TABLE_SIZE},
@@ -198,7 +208,7 @@ def _build(cfg: SyntheticConfig, seed: int, root: Path, progress: bool, workers:
     try:
         with worker_pool(workers) as pool:
             if cfg.kind == "onepfrac":
-                base = _onepfrac_base(cfg, seed, pool)
+                base = _onepfrac_base(cfg, seed, pool, workers)
                 manifest["base"] = _base_entry(base)
                 draw = draws.PerturbationDraw(seed, tuple(map(tuple, base.candidate.maps.tolist())), cfg.delta)
                 failure = (f"category {{category}}: no perturbation (synthetic.delta={cfg.delta}) of the base IFS"
@@ -206,14 +216,14 @@ def _build(cfg: SyntheticConfig, seed: int, root: Path, progress: bool, workers:
             else:
                 draw = draws.SearchDraw(seed, cfg.min_maps, cfg.max_maps)
                 failure = "category {category} found no IFS reaching it (best fill rate {best:.3f})"
-            found = _search(cfg, draw, cfg.num_classes, pool, write_found, failure)
+            found = _search(cfg, draw, cfg.num_classes, pool, workers, write_found, failure)
             classes = [_class_entry(layout.class_name(c), f) for c, f in enumerate(found)]
             if cfg.kind == "fractaldb":
                 _fractaldb_instances(cfg, seed, classes, pool, layout, bar)
     finally:
         bar.close()
     manifest["classes"] = classes
-    (root / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    (root / "manifest.json").write_text(_manifest_json(manifest))
     Image.fromarray(_preview(layout, cfg.image_size)).save(root / "preview.png")
     return manifest
 

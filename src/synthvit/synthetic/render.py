@@ -8,7 +8,7 @@ overwriting earlier ones, grayscale. The work is per pixel instead of per point:
    `table` is a random permutation of TABLE_SIZE slots shared out in proportion to the
    map probabilities. One walker visits distinct slots of a random permutation, so its
    maps are independent draws with the right probabilities; all walkers together read
-   one contiguous slice of a precomputed coefficient table, so a step is eight array
+   one contiguous slice of a precomputed coefficient table, so a step is four array
    operations with no gather and no per-point random numbers.
 2. Walkers start on the attractor: a small pre-run (burn-in from the origin, not drawn)
    hands out distinct starting points, so no drawn point is a transient or a duplicate.
@@ -21,7 +21,7 @@ overwriting earlier ones, grayscale. The work is per pixel instead of per point:
 
 Step offsets are one fixed sequence for every image; an image's own randomness (table
 permutation, mask bits) comes from its seed alone, so an image is byte-identical
-whichever batch, thread or machine renders it.
+whichever batch, process or machine renders it.
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ def _step(coef, offset: int, walkers: int, position, out, scratch) -> None:
     """One chaos-game step for every walker of every image; positions are (F, 2, walkers).
 
     coef is (F, 3, 2, slots): rows (a, c), (b, d), (e, f), so x' and y' come out of the
-    same four calls (few, large numpy calls also keep the GIL free for other threads).
+    same four numpy calls (call overhead, not arithmetic, bounds small steps).
     """
     window = slice(offset, offset + walkers)
     np.multiply(coef[:, 0, :, window], position[:, 0:1], out=out)  # (a, c) * x
@@ -206,6 +206,12 @@ def render_batch(systems, image_size: int, num_points: int, seeds, patch: str = 
     """
     if len(systems) != len(seeds):
         raise ValueError(f"{len(systems)} systems but {len(seeds)} seeds")
+    for maps, probabilities in systems:
+        maps, probabilities = np.asarray(maps), np.asarray(probabilities, np.float64)
+        if maps.ndim != 2 or maps.shape[1] != 6 or probabilities.shape != (len(maps),):
+            raise ValueError(f"expected maps (K, 6) and probabilities (K,), got {maps.shape} and {probabilities.shape}")
+        if not (np.all(probabilities >= 0) and probabilities.sum() > 0):
+            raise ValueError(f"probabilities {probabilities.tolist()} must be >= 0 with a positive sum")
     if not systems:
         return np.zeros((0, image_size, image_size), np.uint8)
     if image_size < 3:

@@ -28,8 +28,11 @@ PREVIEW_MIN_SIZE = 128
 PREVIEW_SHRINK = 4
 PREVIEW_MARGIN = 0.8
 POINTS_PER_BATCH = 1_000_000  # points rendered in one numpy batch (~8 bytes per point)
+# A round is at least 16 batches of draws, split into at least two tasks per worker; a
+# task previews its draws in one batch, then fully renders the survivors. Round and
+# task sizes change only the wasted work, never the result.
 BATCHES_PER_ROUND = 16
-TASKS_PER_ROUND = 4  # a task previews its draws in one batch, then fully renders survivors
+TASKS_PER_WORKER = 2
 
 
 @dataclass
@@ -87,32 +90,36 @@ def search(
     fill_rate: float,
     max_attempts: int,
     pool,
+    workers: int,
     on_accept: Callable[[int, Accepted], None],
 ) -> list[Accepted]:
     """One Accepted per category, in category order; raises SearchFailed when one runs out.
 
-    pool is an executor (its map is used); on_accept(category, accepted) runs here, in
-    category order within a round, as soon as a category is decided.
+    A category's result is its first passing attempt: attempts are tried in order and
+    every earlier one failed. pool is an executor with `workers` workers (its map is
+    used); on_accept(category, accepted) runs here as soon as a category is decided.
     """
     batch = batch_size_for(num_points)
     evaluate = functools.partial(_evaluate, draw=draw, image_size=image_size, num_points=num_points,
                                  fill_rate=fill_rate, batch=batch)
-    round_size = batch * BATCHES_PER_ROUND
+    num_tasks = TASKS_PER_WORKER * max(2, workers)
+    round_size = batch * max(BATCHES_PER_ROUND, num_tasks)
     tried = [0] * num_categories
     best = [0.0] * num_categories
     accepted: list[Accepted | None] = [None] * num_categories
     pending = list(range(num_categories))
     while pending:
+        # Until something passes, the first pending category gets whole rounds: an
+        # impossible request then fails after max_attempts renders, not max_attempts rounds.
+        probing = not any(accepted)
         jobs, depths = [], {}
         for category in pending:
-            # Until something passes, one category gets whole rounds: an impossible
-            # request then fails after max_attempts renders, not max_attempts rounds.
-            depth = round_size if not any(accepted) else max(1, tried[category] // 4)
+            depth = round_size if probing else max(1, tried[category] // 4)
             depths[category] = min(max_attempts - tried[category], depth)
             jobs += [(category, tried[category] + k) for k in range(depths[category])]
             if len(jobs) >= round_size:
                 break
-        size = -(-len(jobs) // TASKS_PER_ROUND)
+        size = -(-len(jobs) // num_tasks)
         tasks = [jobs[i : i + size] for i in range(0, len(jobs), size)]
         outcomes = [outcome for task in pool.map(evaluate, tasks) for outcome in task]
         for (category, attempt), (candidate, rate, png) in zip(jobs, outcomes):
