@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from PIL import Image
 
 from synthvit.config import SyntheticConfig
 from synthvit.errors import ConfigError, UserError
-from synthvit.synthetic import generate_dataset, ifs
+from synthvit.synthetic import bench, generate_dataset, ifs
 from synthvit.synthetic.generate import write_dataset
 from synthvit.synthetic.png import encode_gray_png
 from synthvit.synthetic.reference import render_reference
@@ -79,6 +80,9 @@ def test_layout_and_manifest(tmp_path):
             assert instance["weight"] in (0.8, 0.9, 1.0, 1.1, 1.2)
         image = Image.open(root / "images" / entry["name"] / "0001.png")
         assert image.mode == "L" and image.size == (32, 32)
+        # The manifest is enough to re-render an image exactly.
+        again = render_ifs(np.array(entry["maps"]), np.array(entry["probabilities"]), 32, 3000, entry["render_seed"])
+        np.testing.assert_array_equal(again, np.asarray(Image.open(root / "images" / entry["name"] / "0000.png")))
     assert Image.open(root / "preview.png").mode == "L"
     assert not list(tmp_path.glob(".out.*"))  # no staging folder left behind
 
@@ -223,3 +227,13 @@ def test_progress_bar_on_a_terminal(tmp_path, monkeypatch, capsys):
     generate_dataset(SyntheticConfig(kind="ofdb", **SMALL), 0, tmp_path / "out", progress=True)
     err = capsys.readouterr().err
     assert "synthetic ofdb:   0%|" in err and "img/s" in err  # a tqdm bar, not log lines
+
+
+def test_bench_prints_both_rates_and_the_ratio(capsys):
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    args = parser.parse_args(["--image-size", "32", "--points", "2000", "--fast-images", "8",
+                              "--reference-images", "1", "--repeats", "1", "--workers", "1"])
+    assert bench.run(args) == 0
+    out = capsys.readouterr().out
+    assert "reference, per-point Python loop:" in out and out.count("speed-up") == 2

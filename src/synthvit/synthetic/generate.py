@@ -1,10 +1,19 @@
 """The three datasets (fractaldb, ofdb, onepfrac), written as an image folder + manifest.
 
 Layout of out_dir:
-    images/<class>/<NNNN>.png   8-bit grayscale, class = zero-padded label ("00000")
-    manifest.json               kind, seed, params, and per class (label order) its maps,
-                                probabilities, fill rate; fractaldb adds its instances
+    images/<class>/<NNNN>.png   8-bit grayscale, class = zero-padded label ("00000");
+                                fractaldb: instances_per_class files, others: 0000.png
+    manifest.json               see below
     preview.png                 a grid of the first images
+
+manifest.json: format, kind, seed, params (the SyntheticConfig), images_per_class,
+image_path, map_formula, renderer, [onepfrac: base {maps, probabilities, sigma_factor,
+fill_rate, attempts, render_seed}], and classes in label order, one line each:
+    name, maps [[a, b, c, d, e, f], ...], probabilities (sum 1, ~|det|), fill_rate (lit
+    fraction of image 0000), attempts (draws the search used), render_seed (re-renders
+    image 0000 exactly with render.render_ifs); onepfrac adds multipliers (maps / base
+    maps); fractaldb adds instances [{file, coefficient, weight, flip, render_seed,
+    fill_rate}], instance 0 being the searched image.
 
 Every random draw is keyed by (seed, stream, category, attempt or instance) (draws.py),
 so the bytes depend neither on scheduling nor on the number of cores. The folder is
