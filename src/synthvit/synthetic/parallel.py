@@ -39,5 +39,10 @@ def worker_pool(workers: int):
         yield InProcess()
         return
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method)) as pool:
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method))
+    try:
         yield pool
+    except BaseException:  # an error or Ctrl-C: drop the queued work instead of finishing it
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)

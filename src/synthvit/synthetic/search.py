@@ -1,8 +1,9 @@
 """Bounded search: for each category, the first IFS draw whose image reaches the fill rate.
 
 `draw(category, attempt)` must be a pure function of its arguments (it seeds its own
-generator from them) and picklable (it runs in worker processes), so a category's result is its first passing attempt whatever the
-batch sizes, worker count or machine. Candidates are rendered in rounds of tasks on a
+generator from them) and picklable (it runs in worker processes), so a category's
+result is its first passing attempt whatever the batch sizes, worker count or
+machine. Candidates are rendered in rounds of tasks on a
 worker pool, most categories one attempt per round; the first category gets whole
 rounds until it passes and a category that keeps failing gets more attempts per round,
 so an impossible request runs out of attempts quickly instead of one attempt a round.
