@@ -22,7 +22,7 @@ DEMO_ARGS ?=
 DEMO_NAME ?= demo-$(shell date +%Y%m%d-%H%M%S)
 PYTEST_ARGS ?=
 
-.PHONY: install demo test clean-venv
+.PHONY: install demo test clean-venv browser-deps
 
 $(INSTALLED): requirements.txt constraints.txt pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -44,8 +44,17 @@ demo: $(INSTALLED)
 	@echo
 	@echo "Figures: plots/visualize/*.png    Runs: $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db"
 
-test: $(TESTS_INSTALLED)
+test: $(TESTS_INSTALLED) browser-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Headless Chromium and its driver for the browser test (tests/test_app.py), from Debian's
+# packages: installed once (as root, or through sudo), a no-op when both are already there.
+browser-deps:
+	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then :; else \
+		sudo=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$sudo apt-get update -qq && \
+		$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; \
+	fi
 
 clean-venv:
 	rm -rf $(VENV)
