@@ -30,7 +30,10 @@ def main() -> None:
     with tracking.stage_run("finetune", run_params, params.tracking.experiment_name) as mlflow:
         train_and_record("finetune", model, train_set, params.finetune, params, mlflow, eval_set=test_set)
         if params.tracking.log_model:
-            tracking.log_model(mlflow, model, checkpoint_path("finetune"))
+            tracking.log_model(mlflow, model, checkpoint_path("finetune"),
+                               params.tracking.registered_model, params.tracking.model_alias)
+        elif params.tracking.registered_model:
+            print(f"model not registered as {params.tracking.registered_model!r}: tracking.log_model is false")
 
 
 if __name__ == "__main__":

@@ -1,21 +1,24 @@
 """Stage visualize: the figures a person looks at first.
 
 params: data.*, model.img_size, visualize.*, tracking.experiment_name
-deps:   plots/{pretrain,finetune}/history.csv, plots/evaluate/*.csv, data/synthetic/
-outs:   plots/visualize/{pretrain_curves,finetune_curves,confusion_matrix,misclassified,synthetic_samples}.png
+deps:   plots/{pretrain,finetune}/history.csv, plots/evaluate/*.csv, data/synthetic/, models/finetune.pt
+outs:   plots/visualize/{pretrain_curves,finetune_curves,confusion_matrix,misclassified,synthetic_samples}.png,
+        plots/visualize/attention_{layers,rollout}.png (ViTs, visualize.num_attention > 0)
 """
 
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 from PIL import Image
 from sklearn.metrics import confusion_matrix
 
-from synthvit import plots, tracking
+from synthvit import attention, plots, tracking
 from synthvit.config import as_flat_dict, load_params
-from synthvit.data import load_split
-from synthvit.pipeline import SYNTHETIC_DIR, history_path
+from synthvit.data import decode_image, load_split
+from synthvit.models import load_checkpoint, model_from_checkpoint
+from synthvit.pipeline import SYNTHETIC_DIR, checkpoint_path, history_path
 from synthvit.runner import run_main
 
 OUT = Path("plots/visualize")
@@ -42,6 +45,36 @@ def synthetic_grid(count: int, path: Path) -> Path:
     return plots.image_grid(images, [f.parent.name for f in files], path, "Synthetic pre-training categories")
 
 
+def spread_over_classes(predictions: pd.DataFrame, count: int) -> pd.DataFrame:
+    """`count` test images taking each class in turn (first image of each class, then the second, ...)."""
+    rank = predictions.groupby("actual", sort=False).cumcount()
+    return predictions.assign(rank=rank).sort_values(["rank", "index"]).head(count)
+
+
+def attention_figures(params, predictions: pd.DataFrame) -> list[Path]:
+    """Per-layer attention and rollout of the fine-tuned model over a few test images; [] for non-ViTs."""
+    if params.visualize.num_attention == 0:
+        return []
+    checkpoint = load_checkpoint(checkpoint_path("finetune"))
+    model = model_from_checkpoint(checkpoint)
+    if not attention.supports_attention(model):
+        print(f"attention maps skipped: {attention.why_unsupported(model)}")
+        return []
+    img_size = checkpoint["model_config"]["img_size"]
+    chosen = spread_over_classes(predictions, params.visualize.num_attention)
+    if "path" in chosen:  # an image folder: decode just these files, as evaluate did
+        images = torch.from_numpy(np.stack([decode_image(Path(p), img_size) for p in chosen["path"]])).permute(0, 3, 1, 2)
+    else:
+        images = load_split(params.data, "test", img_size).images[chosen["index"].tolist()]
+    result = attention.compute_attention(model, images, checkpoint["mean"], checkpoint["std"])
+    pixels = images.permute(0, 2, 3, 1).numpy()
+    captions = [f"{a} -> {p}\n{c:.0%}" for a, p, c in zip(chosen["actual"], chosen["predicted"], chosen["confidence"])]
+    return [
+        attention.attention_figure(pixels, result, captions, OUT / "attention_layers.png"),
+        attention.rollout_figure(pixels, result, captions, OUT / "attention_rollout.png"),
+    ]
+
+
 def main() -> None:
     params = load_params()
     run_params = {**as_flat_dict(params.visualize, "visualize"), "model.img_size": params.model.img_size}
@@ -58,6 +91,8 @@ def main() -> None:
         ]
         for figure in figures:
             mlflow.log_artifact(str(figure), artifact_path="figures")
+        for figure in attention_figures(params, predictions):
+            mlflow.log_artifact(str(figure), artifact_path="attention")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
     synthvit check [params.yaml]     validate params without running anything
     synthvit bench synthetic         fractal rendering speed against a per-point reference
     synthvit bench train             training img/s of the engine against a plain DataLoader loop
+    synthvit predict IMAGE|DIR|GLOB  classify images (--model a checkpoint or models:/NAME@ALIAS, --top-k, --json)
 """
 
 from __future__ import annotations
@@ -27,6 +28,13 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check", help="validate params.yaml")
     check.add_argument("params", nargs="?", default="params.yaml")
     check.set_defaults(func=cmd_check)
+
+    from synthvit import predict
+
+    predicting = commands.add_parser("predict", help="classify image files, folders or glob patterns",
+                                     description=predict.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    predict.add_arguments(predicting)
+    predicting.set_defaults(func=predict.run)
 
     bench = commands.add_parser("bench", help="benchmarks that print a figure")
     benches = bench.add_subparsers(dest="bench", required=True)

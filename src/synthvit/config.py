@@ -8,6 +8,7 @@ with a message that names the key, the value and what is allowed.
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -196,6 +197,7 @@ class FinetuneConfig(TrainConfig):
 @dataclass
 class EvaluateConfig:
     batch_size: int = 512
+    tta_flip: bool = False  # average the probabilities of each image and its mirror image
 
     def validate(self, prefix: str) -> None:
         _check_range(f"{prefix}.batch_size", self.batch_size, "an integer >= 1", low=1)
@@ -205,19 +207,35 @@ class EvaluateConfig:
 class VisualizeConfig:
     num_misclassified: int = 36
     num_synthetic: int = 64
+    num_attention: int = 8  # test images shown with per-layer attention and rollout (0 = none)
 
     def validate(self, prefix: str) -> None:
         _check_range(f"{prefix}.num_misclassified", self.num_misclassified, "an integer >= 1", low=1)
         _check_range(f"{prefix}.num_synthetic", self.num_synthetic, "an integer >= 1", low=1)
+        _check_range(f"{prefix}.num_attention", self.num_attention, "an integer in [0, 64] (0 = no attention maps)", 0, 64)
 
 
 @dataclass
 class TrackingConfig:
     experiment_name: str = "synthvit"
     log_model: bool = True  # log the fine-tuned model as an MLflow model
+    registered_model: str = "synthvit-vit"  # register the logged model (log_model: true) under this name; "" = do not
+    model_alias: str = "current"  # and point this alias at the new version: models:/NAME@ALIAS
 
     def validate(self, prefix: str) -> None:
         _check(bool(self.experiment_name), f"{prefix}.experiment_name", self.experiment_name, "a non-empty name")
+        _check(
+            self.registered_model == "" or (len(self.registered_model) <= 256 and "/" not in self.registered_model
+                                            and ":" not in self.registered_model and self.registered_model.strip() == self.registered_model),
+            f"{prefix}.registered_model", self.registered_model,
+            "a model name without '/', ':' or surrounding spaces, or \"\" to not register",
+        )
+        _check(
+            re.fullmatch(r"[\w\-]{1,255}", self.model_alias) is not None
+            and self.model_alias.lower() != "latest" and re.fullmatch(r"[vV]\d+", self.model_alias) is None,
+            f"{prefix}.model_alias", self.model_alias,
+            "letters, digits, _ and -; not 'latest' or v<N>, which MLflow reserves",
+        )
 
 
 @dataclass

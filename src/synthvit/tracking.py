@@ -159,13 +159,17 @@ def stage_run(stage: str, params: dict, experiment_name: str):
         client.set_terminated(parent_id, status)
 
 
-def log_model(mlflow, model, checkpoint: Path) -> None:
+def log_model(mlflow, model, checkpoint: Path, registered_model: str = "", alias: str = "") -> str | None:
     """Log the model as an MLflow PyTorch model, with the synthvit checkpoint beside it.
 
     Pickle serialisation (not mlflow 3's pt2 default, which needs torch.export and an
     input example) loads back as the same nn.Module; the checkpoint carries the class
     names and normalisation that `synthvit predict` needs. Requirements are given
     explicitly so MLflow does not spend time inferring them.
+
+    With `registered_model`, the logged model becomes a new version of that registered
+    model and `alias` moves to it, so `models:/NAME@ALIAS` names the newest fine-tune.
+    Returns the registered version, or None.
     """
     import logging
 
@@ -176,13 +180,32 @@ def log_model(mlflow, model, checkpoint: Path) -> None:
 
     # MLflow warns about pickle on every save; the choice is deliberate (see above).
     logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)
-    mlflow.pytorch.log_model(
+    info = mlflow.pytorch.log_model(
         unwrap(model).to("cpu").eval(),
         name="model",
         serialization_format="pickle",
         pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"timm=={timm.__version__}"],
         extra_files=[str(checkpoint)],
     )
+    if not registered_model:
+        return None
+    return register_model(mlflow, info.model_uri, registered_model, alias)
+
+
+def register_model(mlflow, model_uri: str, name: str, alias: str = "") -> str:
+    """A new version of registered model `name` from `model_uri`, with `alias` moved to it.
+
+    Under the store lock: parallel experiments (`dvc queue start -j N`) may register the
+    first version of one name at the same time.
+    """
+    run = mlflow.active_run()
+    tags = {k: v for k, v in (run.data.tags.items() if run else ()) if k.startswith(("dvc.", "git."))}
+    with store_lock(mlflow.get_tracking_uri()):
+        version = mlflow.register_model(model_uri, name, tags=tags or None)
+        if alias:
+            mlflow.MlflowClient().set_registered_model_alias(name, alias, version.version)
+    print(f"registered model {name} version {version.version}" + (f" as models:/{name}@{alias}" if alias else ""))
+    return str(version.version)
 
 
 def metric_name(name: str) -> str:
