@@ -4,6 +4,7 @@
     synthvit bench synthetic         fractal rendering speed against a per-point reference
     synthvit bench train             training img/s of the engine against a plain DataLoader loop
     synthvit predict IMAGE|DIR|GLOB  classify images (--model a checkpoint or models:/NAME@ALIAS, --top-k, --json)
+    synthvit app                     the web demo on 127.0.0.1 (--host, --port, --model)
 """
 
 from __future__ import annotations
@@ -29,12 +30,17 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("params", nargs="?", default="params.yaml")
     check.set_defaults(func=cmd_check)
 
-    from synthvit import predict
+    from synthvit import app, predict
 
     predicting = commands.add_parser("predict", help="classify image files, folders or glob patterns",
                                      description=predict.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     predict.add_arguments(predicting)
     predicting.set_defaults(func=predict.run)
+
+    serving = commands.add_parser("app", help="serve the web demo (Gradio) on this machine",
+                                  description=app.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    app.add_arguments(serving)
+    serving.set_defaults(func=app.run)
 
     bench = commands.add_parser("bench", help="benchmarks that print a figure")
     benches = bench.add_subparsers(dest="bench", required=True)

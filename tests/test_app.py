@@ -1,0 +1,235 @@
+"""The web demo: its classifier in-process, then the real server driven from a real headless Chromium.
+
+The browser test needs Debian's chromium and chromium-driver (`make browser-deps`) and
+selenium (requirements-test.txt). Without them it is skipped on a laptop and fails in CI.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+
+from conftest import REPO, copy_subset
+from synthvit import tracking
+from synthvit.app import Classifier, TOP_K
+from synthvit.config import ModelConfig, RuntimeConfig, TrainConfig
+from synthvit.data import load_image_folder
+from synthvit.engine import train
+from synthvit.models import create_model, save_checkpoint
+from synthvit.predict import load_model, predict_files
+
+TINY = ModelConfig(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, drop_path_rate=0.0)
+ARTIFACTS = REPO / "test-artifacts"
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--disable-dev-shm-usage", "--window-size=1280,1000"]
+
+
+@pytest.fixture(scope="module")
+def images(cifar10_root, tmp_path_factory) -> Path:
+    return copy_subset(cifar10_root, tmp_path_factory.mktemp("cifar") / "cifar", train_per_class=8, test_per_class=2)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(images, tmp_path_factory) -> Path:
+    """A tiny ViT fine-tuned for a few epochs on 80 real CIFAR-10 images."""
+    train_set = load_image_folder(images / "train", 32)
+    torch.manual_seed(0)
+    model = create_model(TINY, num_classes=train_set.num_classes)
+    cfg = TrainConfig(epochs=3, batch_size=16, lr=2e-3, warmup_epochs=0, mixup_alpha=0, cutmix_alpha=0, random_erasing=0)
+    train(model, train_set, cfg, RuntimeConfig(device="cpu"), seed=0)
+    path = tmp_path_factory.mktemp("model") / "finetune.pt"
+    save_checkpoint(path, model, TINY, train_set.classes)
+    return path
+
+
+def expected(checkpoint: Path, image: Path) -> dict:
+    """What `synthvit predict` says about the image."""
+    loaded = load_model(str(checkpoint))
+    return next(predict_files(loaded, [image], TOP_K, torch.device("cpu")))
+
+
+def test_classifier_answers_as_predict_does(checkpoint, images, tmp_path):
+    classifier = Classifier(load_model(str(checkpoint)), max_upload_bytes=50_000)
+    image = sorted((images / "test/ship").iterdir())[0]
+    out = classifier.classify(str(image))
+    want = expected(checkpoint, image)
+    assert out["top1"] == f"{want['class']} ({want['confidence']:.2%})"
+    assert list(out["scores"]) == [t["class"] for t in want["top_k"]] and len(out["scores"]) == TOP_K
+    assert list(out["scores"].values()) == pytest.approx([t["confidence"] for t in want["top_k"]])
+    assert out["image"].shape == (224, 224, 3) and out["overlay"].shape == (224, 224, 3)
+    assert (out["overlay"] != out["image"]).any()
+
+    text = tmp_path / "notes.jpg"
+    text.write_text("not an image")
+    refused = classifier.classify(str(text))
+    assert refused["message"].startswith("Not an image this app can read (notes.jpg)") and refused["scores"] is None
+    big = tmp_path / "big.png"
+    big.write_bytes(image.read_bytes() + bytes(60_000))
+    assert classifier.classify(str(big))["message"] == f"File too large: {big.stat().st_size / 2**20:.3g} MB; the limit is 0.0477 MB."
+    assert classifier.classify(None)["message"] == "Upload an image to classify it."
+
+
+def test_classifier_without_attention_for_a_cnn(images, tmp_path):
+    cnn = ModelConfig(name="resnet10t", img_size=32, patch_size=None, embed_dim=None, depth=None, num_heads=None)
+    path = tmp_path / "cnn.pt"
+    save_checkpoint(path, create_model(cnn, 10), cnn, [f"c{i}" for i in range(10)])
+    out = Classifier(load_model(str(path)), 10**6).classify(str(sorted((images / "test/cat").iterdir())[0]))
+    assert out["overlay"] is None and "Attention overlay unavailable" in out["message"] and len(out["scores"]) == 5
+
+
+# ---- the real server and a real browser ---------------------------------------------------
+
+
+def browser_available() -> str | None:
+    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not os.access(p, os.X_OK)]
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        missing.append("selenium (pip)")
+    return ", ".join(missing) or None
+
+
+@pytest.fixture
+def browser():
+    missing = browser_available()
+    if missing:
+        message = f"headless browser not installed ({missing}): run `make browser-deps` and `make test`"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in CHROMIUM_FLAGS:
+        options.add_argument(flag)
+    profile = tempfile.mkdtemp(prefix="synthvit-chromium-")
+    options.add_argument(f"--user-data-dir={profile}")
+    driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))  # explicit paths: nothing is downloaded
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def registered(checkpoint, tmp_path, monkeypatch) -> Path:
+    """An MLflow store (under a fake repo root) where the model is registered as synthvit-vit@current."""
+    from synthvit.models import load_checkpoint, model_from_checkpoint
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(tracking, "pipeline_key", lambda: "dvc-1-1")
+    try:
+        with tracking.stage_run("finetune", {}, "unit") as run:
+            tracking.log_model(run, model_from_checkpoint(load_checkpoint(checkpoint)), checkpoint, "synthvit-vit", "current")
+    finally:
+        mlflow.set_tracking_uri(None)
+    return tmp_path
+
+
+@pytest.fixture
+def server(registered):
+    """`synthvit app` serving the registered model on a free localhost port, upload limit 50 kB."""
+    port = free_port()
+    log = registered / "app.log"
+    env = {**os.environ, "DVC_ROOT": str(registered), "PYTHONUNBUFFERED": "1"}
+    command = [str(Path(sys.executable).parent / "synthvit"), "app", "--model", "models:/synthvit-vit@current",
+               "--host", "127.0.0.1", "--port", str(port), "--max-upload-mb", "0.05"]
+    with open(log, "w") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=registered)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"synthvit app exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(url, timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"synthvit app did not answer on {url} in 120 s:\n{log.read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def test_app_in_a_real_browser(server, browser, checkpoint, images, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    wait = WebDriverWait(browser, 60)
+
+    def open_page():
+        browser.get(server)
+        return wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#upload input[type=file]"))
+
+    def top1_text():
+        return browser.find_element(By.CSS_SELECTOR, "#top1 textarea, #top1 input").get_attribute("value")
+
+    try:
+        # A real CIFAR-10 test image: the page's top-1 is what `synthvit predict` says.
+        image = sorted((images / "test/horse").iterdir())[0]
+        open_page().send_keys(str(image))
+        shown = wait.until(lambda d: top1_text())
+        want = expected(checkpoint, image)
+        assert shown == f"{want['class']} ({want['confidence']:.2%})"
+        assert "Classified as" in browser.find_element(By.ID, "status").text
+        labels = browser.find_element(By.ID, "scores").text
+        assert all(t["class"] in labels for t in want["top_k"])
+        assert "synthvit-vit@current" in browser.find_element(By.ID, "model-info").text
+        overlay = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#overlay img"))
+        assert overlay[0].get_attribute("src")
+        browser.save_screenshot(str(ARTIFACTS / "app_prediction.png"))
+
+        # Not an image: a message on the page, no prediction.
+        text = tmp_path / "notes.txt"
+        text.write_text("hello")
+        open_page().send_keys(str(text))
+        wait.until(lambda d: "Not an image" in d.find_element(By.ID, "status").text)
+        assert top1_text() == ""
+        browser.save_screenshot(str(ARTIFACTS / "app_not_an_image.png"))
+
+        # Over the upload limit (50 kB): the server refuses it and the page says so.
+        big = tmp_path / "big.jpg"
+        big.write_bytes(image.read_bytes() + os.urandom(120_000))
+        open_page().send_keys(str(big))
+        wait.until(lambda d: "exceed the maximum allowed size" in d.find_element(By.TAG_NAME, "body").text)
+        assert top1_text() == ""
+        browser.save_screenshot(str(ARTIFACTS / "app_too_large.png"))
+    except Exception:
+        browser.save_screenshot(str(ARTIFACTS / "app_failure.png"))
+        raise
