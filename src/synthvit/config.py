@@ -47,11 +47,15 @@ class RuntimeConfig:
     num_threads: int = 0  # torch CPU threads; 0 keeps torch's default
     deterministic: bool = False  # deterministic kernels (bit-reproducible runs, slower on GPU)
     compile: bool = False  # torch.compile the model for training
+    launcher: str = "python"  # the command dvc.yaml runs training stages with, e.g. "torchrun --nproc-per-node 4"
 
     def validate(self, prefix: str) -> None:
         _check(self.device in DEVICES, f"{prefix}.device", self.device, f"one of {', '.join(DEVICES)}")
         _check(self.precision in PRECISIONS, f"{prefix}.precision", self.precision, f"one of {', '.join(PRECISIONS)}")
         _check_range(f"{prefix}.num_threads", self.num_threads, "an integer >= 0", low=0)
+        first = self.launcher.split()[0] if self.launcher.split() else ""
+        _check(first in ("python", "python3", "torchrun") or first.endswith(("/python", "/python3", "/torchrun")),
+               f"{prefix}.launcher", self.launcher, "python, or torchrun with its options (e.g. torchrun --nproc-per-node 4)")
 
 
 @dataclass

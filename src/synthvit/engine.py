@@ -23,7 +23,9 @@ from timm.loss import SoftTargetCrossEntropy
 from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
+from synthvit import distributed
 from synthvit.augment import random_resized_crop_flip, to_float
 from synthvit.config import RuntimeConfig, TrainConfig
 from synthvit.data import ImageSet
@@ -47,7 +49,7 @@ def resolve_device(runtime: RuntimeConfig) -> torch.device:
         raise UserError("params.yaml: runtime.device='cuda' is invalid: no CUDA device is visible; use auto or cpu")
     if runtime.device == "cpu" or not torch.cuda.is_available():
         return torch.device("cpu")
-    return torch.device("cuda")
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
 
 
 def set_deterministic(enabled: bool) -> None:
@@ -109,14 +111,20 @@ def train(
     """
     seed_everything(seed)
     device = resolve_device(runtime)
+    distributed.setup(device.type)
+    world, rank, main = distributed.world_size(), distributed.rank(), distributed.is_main()
     set_deterministic(runtime.deterministic)
     amp_dtype = autocast_dtype(runtime, device)
     model.to(device)
-    forward = torch.compile(model) if runtime.compile else model
     images = train_set.images.to(device)  # decoded once; stays on the device
     labels = train_set.labels.to(device)
     num_classes = train_set.num_classes
     steps, batch_size = steps_per_epoch(len(train_set), cfg.batch_size)
+    if batch_size % world:
+        raise UserError(f"params.yaml: {desc}.batch_size={batch_size} is invalid: must divide evenly over {world} processes")
+    per_rank = batch_size // world  # batch_size is global: each process takes its slice
+    forward = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else model
+    forward = torch.compile(forward) if runtime.compile else forward
 
     optimizer = create_optimizer_v2(model, opt=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum)
     scheduler = build_schedule(optimizer, cfg, cfg.epochs * steps, steps)
@@ -128,25 +136,30 @@ def train(
     )
     criterion = SoftTargetCrossEntropy() if use_mix else nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     erasing = RandomErasing(cfg.random_erasing, mode="pixel", device=device) if cfg.random_erasing > 0 else None
-    generator = torch.Generator(device=device).manual_seed(seed)
+    # One order for all processes; each process its own augmentation draws.
+    generators = {
+        "order": torch.Generator(device=device).manual_seed(seed),
+        "augment": torch.Generator(device=device).manual_seed(seed + 1 + rank),
+    }
 
     history, first_epoch = [], 1
     if resume_file is not None and resume_file.is_file():
-        done, history = load_state(resume_file, model, optimizer, scheduler, generator)
+        done, history = load_state(resume_file, model, optimizer, scheduler, generators)
         first_epoch = done + 1
         log(f"{desc}: resuming after epoch {done} from {resume_file}")
     for epoch in range(first_epoch, cfg.epochs + 1):
         model.train()
         started = time.perf_counter()
-        order = torch.randperm(len(train_set), generator=generator, device=device)
+        order = torch.randperm(len(train_set), generator=generators["order"], device=device)
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device)
         bar = progress_bar(range(steps), desc=f"{desc} epoch {epoch}/{cfg.epochs}", unit="batch")
         for step in bar:
-            idx = order[step * batch_size : (step + 1) * batch_size]
+            idx = order[step * batch_size + rank * per_rank : step * batch_size + (rank + 1) * per_rank]
             x = to_float(images[idx], DEFAULT_MEAN, DEFAULT_STD)
             y = labels[idx]
-            x = random_resized_crop_flip(x, cfg.crop_scale, padding=cfg.crop_padding, hflip=cfg.hflip, generator=generator)
+            x = random_resized_crop_flip(x, cfg.crop_scale, padding=cfg.crop_padding, hflip=cfg.hflip,
+                                         generator=generators["augment"])
             target = y
             if mixup is not None:
                 x, target = mixup(x, y)
@@ -167,11 +180,13 @@ def train(
             correct += (logits.argmax(1) == y).sum()
             if bar.n % 10 == 0:
                 bar.set_postfix(loss=f"{loss.item():.3f}")
+        distributed.all_reduce_sum(loss_sum)
+        distributed.all_reduce_sum(correct)
         seconds = time.perf_counter() - started
         seen = steps * batch_size
         metrics = {
             "epoch": epoch,
-            "train_loss": (loss_sum / steps).item(),
+            "train_loss": (loss_sum / (steps * world)).item(),
             "train_acc": (correct / seen).item(),
             "lr": optimizer.param_groups[0]["lr"],
             "epoch_seconds": seconds,
@@ -180,12 +195,14 @@ def train(
         if eval_set is not None:
             metrics.update(evaluate_loss_acc(model, eval_set, device, amp_dtype, batch_size=max(batch_size, 256)))
         history.append(metrics)
+        if not main:
+            continue
         log(f"{desc} epoch {epoch}/{cfg.epochs} " + " ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k != "epoch"))
         if on_epoch is not None:
             on_epoch(metrics)
         if resume_file is not None and cfg.checkpoint_every and epoch % cfg.checkpoint_every == 0 and epoch < cfg.epochs:
-            save_state(resume_file, epoch, model, optimizer, scheduler, generator, history)
-    if resume_file is not None:
+            save_state(resume_file, epoch, model, optimizer, scheduler, generators, history)
+    if resume_file is not None and main:
         resume_file.unlink(missing_ok=True)
     return history
 
@@ -212,8 +229,12 @@ def predict_logits(
 
 
 def evaluate_loss_acc(model, eval_set: ImageSet, device, amp_dtype, batch_size: int = 512) -> dict:
-    """Loss and top-1 on a held-out set, for the per-epoch curves."""
-    logits = predict_logits(model, eval_set.images, device, amp_dtype, batch_size, desc="eval")
-    loss = nn.functional.cross_entropy(logits, eval_set.labels).item()
-    acc = (logits.argmax(1) == eval_set.labels).float().mean().item()
-    return {"eval_loss": loss if math.isfinite(loss) else float("nan"), "eval_acc": acc}
+    """Loss and top-1 on a held-out set, for the per-epoch curves (each process scores its share)."""
+    world, rank = distributed.world_size(), distributed.rank()
+    logits = predict_logits(model, eval_set.images[rank::world], device, amp_dtype, batch_size, desc="eval")
+    labels = eval_set.labels[rank::world]
+    sums = torch.tensor([nn.functional.cross_entropy(logits, labels, reduction="sum").item(),
+                         (logits.argmax(1) == labels).sum().item()], dtype=torch.float64, device=device)
+    loss_sum, correct = distributed.all_reduce_sum(sums).tolist()
+    loss = loss_sum / len(eval_set)
+    return {"eval_loss": loss if math.isfinite(loss) else float("nan"), "eval_acc": correct / len(eval_set)}

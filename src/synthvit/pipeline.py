@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 from torch import nn
 
+from synthvit import distributed
 from synthvit.config import Params, TrainConfig
 from synthvit.data import ImageSet
 from synthvit.engine import train
@@ -89,6 +90,8 @@ def train_and_record(
         "train_images_per_s": sum(h["train_images_per_s"] * h["epoch_seconds"] for h in history)
         / sum(h["epoch_seconds"] for h in history),
     }
+    if not distributed.is_main():
+        return summary  # under torchrun, process 0 writes the outputs
     save_checkpoint(checkpoint_path(stage), model, params.model, train_set.classes, stage=stage, summary=summary)
     write_csv(history_path(stage), pd.DataFrame(history))
     write_json(METRICS_DIR / f"{stage}.json", summary)

@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from synthvit.models import unwrap
+
 RESUME_DIR = Path(".synthvit/resume")
 
 
@@ -33,14 +35,14 @@ def file_digest(path: Path) -> str:
     return sha.hexdigest()
 
 
-def save_state(path: Path, epoch: int, model, optimizer, scheduler, generator: torch.Generator, history: list) -> None:
+def save_state(path: Path, epoch: int, model, optimizer, scheduler, generators: dict, history: list) -> None:
     numpy_state = np.random.get_state()
     state = {
         "epoch": epoch,
-        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "model": {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()},
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
-        "generator": generator.get_state().cpu(),
+        "generators": {name: g.get_state().cpu() for name, g in generators.items()},
         "torch_rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         # numpy and python generators drive timm's Mixup and RandomErasing.
@@ -54,13 +56,14 @@ def save_state(path: Path, epoch: int, model, optimizer, scheduler, generator: t
     os.replace(tmp, path)
 
 
-def load_state(path: Path, model, optimizer, scheduler, generator: torch.Generator) -> tuple[int, list]:
+def load_state(path: Path, model, optimizer, scheduler, generators: dict) -> tuple[int, list]:
     """Restore in place; returns (last finished epoch, history so far)."""
     state = torch.load(path, map_location="cpu", weights_only=True)
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
-    generator.set_state(state["generator"].to(generator.get_state().device))
+    for name, generator in generators.items():
+        generator.set_state(state["generators"][name])
     torch.set_rng_state(state["torch_rng"])
     if state["cuda_rng"]:
         torch.cuda.set_rng_state_all(state["cuda_rng"])

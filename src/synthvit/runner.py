@@ -9,6 +9,8 @@ from synthvit.errors import UserError
 
 
 def run_main(main: Callable[[], int | None]) -> None:
+    from synthvit import distributed
+
     try:
         code = main()
     except UserError as exc:
@@ -17,4 +19,6 @@ def run_main(main: Callable[[], int | None]) -> None:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    finally:
+        distributed.cleanup()
     sys.exit(code or 0)

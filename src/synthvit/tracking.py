@@ -17,7 +17,6 @@ import os
 import subprocess
 import uuid
 from pathlib import Path
-from urllib.parse import urlparse
 
 import psutil
 
@@ -41,7 +40,8 @@ def tracking_uri() -> str:
 def sqlite_path(uri: str) -> Path | None:
     if not uri.startswith("sqlite:///"):
         return None
-    return Path(urlparse(uri).path if uri.startswith("sqlite:////") else uri[len("sqlite:///") :])
+    # sqlite:///relative.db and sqlite:////absolute/path.db
+    return Path(uri[len("sqlite:///") :])
 
 
 @contextlib.contextmanager
@@ -139,6 +139,11 @@ def stage_run(stage: str, params: dict, experiment_name: str):
     """
     import mlflow
 
+    from synthvit import distributed
+
+    if not distributed.is_main():  # under torchrun, process 0 records the run
+        yield distributed.Silent()
+        return
     uri = tracking_uri()
     client = open_client(uri)
     mlflow.set_tracking_uri(uri)
@@ -178,6 +183,10 @@ def log_model(mlflow, model, checkpoint: Path, registered_model: str = "", alias
 
     from synthvit.models import unwrap
 
+    from synthvit import distributed
+
+    if not distributed.is_main():
+        return
     # MLflow warns about pickle on every save; the choice is deliberate (see above).
     logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)
     info = mlflow.pytorch.log_model(

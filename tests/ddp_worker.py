@@ -1,0 +1,29 @@
+"""Run by test_distributed.py under torchrun: tiny deterministic training, results saved by rank 0."""
+
+import sys
+
+import torch
+
+from synthvit import distributed
+from synthvit.config import ModelConfig, RuntimeConfig, TrainConfig
+from synthvit.engine import seed_everything, train
+from synthvit.models import create_model
+from test_engine import bright_vs_dark
+
+MODEL = ModelConfig(img_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=2, drop_path_rate=0.0)
+# No augmentation and no dropout: every random draw that differs between processes is off.
+RECIPE = TrainConfig(epochs=2, batch_size=16, lr=2e-3, warmup_epochs=0, mixup_alpha=0.0, cutmix_alpha=0.0,
+                     random_erasing=0.0, crop_scale=[1.0, 1.0], crop_padding=0, hflip=0.0, checkpoint_every=0)
+
+
+def run(out_path: str) -> None:
+    seed_everything(0)
+    model = create_model(MODEL, 2)
+    history = train(model, bright_vs_dark(64), RECIPE, RuntimeConfig(device="cpu"), seed=0, eval_set=bright_vs_dark(30, seed=5))
+    if distributed.is_main():
+        torch.save({"state": model.state_dict(), "history": history, "world": distributed.world_size()}, out_path)
+    distributed.cleanup()
+
+
+if __name__ == "__main__":
+    run(sys.argv[1])
