@@ -79,3 +79,21 @@ def pipeline_env(repo: Path) -> dict:
                GIT_COMMITTER_NAME="synthvit-test", GIT_COMMITTER_EMAIL="test@synthvit.invalid",
                DVC_NO_ANALYTICS="1", PYTHONUNBUFFERED="1")
     return env
+
+
+def tiny_finetuned_checkpoint(train_folder: Path, path: Path, model_cfg) -> Path:
+    """A tiny ViT fine-tuned for a few epochs on the real images in train_folder, saved as a checkpoint."""
+    import torch
+
+    from synthvit.config import RuntimeConfig, TrainConfig
+    from synthvit.data import load_image_folder
+    from synthvit.engine import train
+    from synthvit.models import create_model, save_checkpoint
+
+    train_set = load_image_folder(train_folder, model_cfg.img_size)
+    torch.manual_seed(0)
+    model = create_model(model_cfg, num_classes=train_set.num_classes)
+    cfg = TrainConfig(epochs=3, batch_size=16, lr=2e-3, warmup_epochs=0, mixup_alpha=0, cutmix_alpha=0, random_erasing=0)
+    train(model, train_set, cfg, RuntimeConfig(device="cpu"), seed=0)
+    save_checkpoint(path, model, model_cfg, train_set.classes)
+    return path

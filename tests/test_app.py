@@ -19,13 +19,11 @@ from pathlib import Path
 import mlflow
 import pytest
 import torch
+from conftest import REPO, copy_subset, tiny_finetuned_checkpoint
 
-from conftest import REPO, copy_subset
 from synthvit import tracking
-from synthvit.app import Classifier, TOP_K
-from synthvit.config import ModelConfig, RuntimeConfig, TrainConfig
-from synthvit.data import load_image_folder
-from synthvit.engine import train
+from synthvit.app import TOP_K, Classifier
+from synthvit.config import ModelConfig
 from synthvit.models import create_model, save_checkpoint
 from synthvit.predict import load_model, predict_files
 
@@ -46,14 +44,7 @@ def images(cifar10_root, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def checkpoint(images, tmp_path_factory) -> Path:
     """A tiny ViT fine-tuned for a few epochs on 80 real CIFAR-10 images."""
-    train_set = load_image_folder(images / "train", 32)
-    torch.manual_seed(0)
-    model = create_model(TINY, num_classes=train_set.num_classes)
-    cfg = TrainConfig(epochs=3, batch_size=16, lr=2e-3, warmup_epochs=0, mixup_alpha=0, cutmix_alpha=0, random_erasing=0)
-    train(model, train_set, cfg, RuntimeConfig(device="cpu"), seed=0)
-    path = tmp_path_factory.mktemp("model") / "finetune.pt"
-    save_checkpoint(path, model, TINY, train_set.classes)
-    return path
+    return tiny_finetuned_checkpoint(images / "train", tmp_path_factory.mktemp("model") / "finetune.pt", TINY)
 
 
 def expected(checkpoint: Path, image: Path) -> dict:

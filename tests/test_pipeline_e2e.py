@@ -24,7 +24,8 @@ TINY = [
     "finetune.mixup_alpha=0", "finetune.cutmix_alpha=0", "finetune.random_erasing=0",
     "evaluate.batch_size=64", "visualize.num_misclassified=8", "visualize.num_synthetic=10",
 ]
-FIGURES = ["pretrain_curves", "finetune_curves", "confusion_matrix", "misclassified", "synthetic_samples"]
+FIGURES = ["pretrain_curves", "finetune_curves", "confusion_matrix", "misclassified", "synthetic_samples",
+           "attention_layers", "attention_rollout"]
 
 
 def dvc(repo: Path, *args: str, timeout: int = 900) -> str:
@@ -53,12 +54,14 @@ def test_pipeline_end_to_end(repo_copy, cifar10_root, tmp_path):
         assert (repo / path).is_file(), path
     for name in FIGURES:
         assert (repo / f"plots/visualize/{name}.png").stat().st_size > 5000, name
+    assert (repo / "plots/evaluate/reliability.png").stat().st_size > 5000
 
     # Evaluation is on the 200 real test images and well above chance (10%).
     evaluation = json.loads((repo / "metrics/evaluate.json").read_text())
     assert evaluation["num_images"] == 200
     assert evaluation["top1"] > 0.2, evaluation
     assert evaluation["top5"] > evaluation["top1"]
+    assert 0.0 <= evaluation["ece"] <= 1.0
     finetune = json.loads((repo / "metrics/finetune.json").read_text())
     assert finetune["epochs"] == 4 and finetune["train_images"] == 600
 
@@ -86,7 +89,10 @@ def test_pipeline_end_to_end(repo_copy, cifar10_root, tmp_path):
     run_of = {name: run for run, name, _ in children}
     assert (run_of["finetune"], "eval_acc") in metric_keys and (run_of["evaluate"], "top1") in metric_keys
     artifacts = repo / "mlartifacts"
-    assert len(list(artifacts.rglob("figures/*.png"))) == len(FIGURES)
+    assert len(list(artifacts.rglob("figures/*.png"))) == 5
+    assert len(list(artifacts.rglob("attention/*.png"))) == 2
+    alias = db.execute("SELECT name, alias, version FROM registered_model_aliases").fetchall()
+    assert alias == [("synthvit-vit", "current", 1)]
     assert list(artifacts.rglob("MLmodel")), "the fine-tuned model is logged as an MLflow model"
 
     # Nothing changed: nothing runs.

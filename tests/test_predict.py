@@ -14,13 +14,11 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from conftest import REPO, copy_subset, pipeline_env, tiny_finetuned_checkpoint
 
-from conftest import REPO, copy_subset, pipeline_env
 from synthvit import tracking
 from synthvit.cli import main as cli_main
-from synthvit.config import ModelConfig, RuntimeConfig, TrainConfig, parse_params
-from synthvit.data import load_image_folder
-from synthvit.engine import train
+from synthvit.config import ModelConfig, parse_params
 from synthvit.errors import ConfigError
 from synthvit.models import create_model, save_checkpoint
 
@@ -37,14 +35,7 @@ def cifar_small(tmp_path_factory, request) -> Path:
 @pytest.fixture(scope="module")
 def checkpoint(cifar_small, tmp_path_factory) -> Path:
     """A tiny ViT fine-tuned for a few epochs on 80 real CIFAR-10 images."""
-    train_set = load_image_folder(cifar_small / "train", 32)
-    torch.manual_seed(0)
-    model = create_model(TINY, num_classes=train_set.num_classes)
-    cfg = TrainConfig(epochs=3, batch_size=16, lr=2e-3, warmup_epochs=0, mixup_alpha=0, cutmix_alpha=0, random_erasing=0)
-    train(model, train_set, cfg, RuntimeConfig(device="cpu"), seed=0)
-    path = tmp_path_factory.mktemp("model") / "finetune.pt"
-    save_checkpoint(path, model, TINY, train_set.classes)
-    return path
+    return tiny_finetuned_checkpoint(cifar_small / "train", tmp_path_factory.mktemp("model") / "finetune.pt", TINY)
 
 
 def run_cli(*args, env=None, cwd=None):
