@@ -11,9 +11,9 @@ export PATH := $(abspath $(BIN)):$(PATH)
 # The CPU profile: the same five stages at a size that runs in minutes on 2 cores.
 # It runs as a DVC experiment, so these overrides show in `dvc exp show`.
 DEMO_OVERRIDES := \
-	-S synthetic.num_classes=100 -S synthetic.instances_per_class=10 -S synthetic.num_points=10000 \
+	-S synthetic.num_classes=32 -S synthetic.instances_per_class=64 -S synthetic.num_points=10000 \
 	-S model.embed_dim=128 -S model.depth=6 -S model.num_heads=4 \
-	-S pretrain.epochs=8 -S pretrain.batch_size=64 -S pretrain.warmup_epochs=1 -S pretrain.lr=1e-3 \
+	-S pretrain.epochs=12 -S pretrain.batch_size=64 -S pretrain.warmup_epochs=1 -S pretrain.lr=1e-3 \
 	-S pretrain.mixup_alpha=0 -S pretrain.cutmix_alpha=0 \
 	-S finetune.epochs=6 -S finetune.batch_size=64 -S finetune.warmup_epochs=1 -S finetune.lr=1e-3 \
 	-S finetune.mixup_alpha=0 -S finetune.cutmix_alpha=0 -S finetune.random_erasing=0 \
@@ -40,7 +40,7 @@ install: $(INSTALLED)
 demo: $(INSTALLED)
 	dvc exp run -n $(DEMO_NAME) $(DEMO_OVERRIDES) $(DEMO_ARGS)
 	@echo
-	dvc metrics show
+	dvc metrics show metrics/evaluate.json
 	@echo
 	@echo "Figures: plots/visualize/*.png    Runs: $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db"
 
