@@ -82,8 +82,8 @@ class Stop(Exception):
 
 def test_resume_continues_exactly(tmp_path):
     """Stopped after epoch 2 and resumed: same history and weights as an uninterrupted run."""
-    cfg = TrainConfig(epochs=4, batch_size=16, lr=1e-3, warmup_epochs=1, checkpoint_every=1,
-                      crop_scale=[0.5, 1.0], crop_padding=2)  # mixup, cutmix, erasing on: their RNGs must resume too
+    cfg = TrainConfig(epochs=4, batch_size=16, lr=1e-3, warmup_epochs=1, checkpoint_every=1, ema_decay=0.9,
+                      layer_decay=0.75, crop_scale=[0.5, 1.0], crop_padding=2)  # every stateful part on: all must resume
     runtime = RuntimeConfig(device="cpu", deterministic=True)
     data = bright_vs_dark(64)
 
@@ -107,3 +107,20 @@ def test_resume_continues_exactly(tmp_path):
     assert [h["train_loss"] for h in history] == [h["train_loss"] for h in expected]
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+def test_ema_weights_replace_the_raw_ones():
+    """A decay near 1 keeps the averaged weights near their start (timm's EMA copies the weights at its
+    first update, after one optimizer step), while raw training moves them on."""
+    cfg = TrainConfig(epochs=4, batch_size=16, lr=5e-3, warmup_epochs=0, mixup_alpha=0, cutmix_alpha=0, random_erasing=0)
+    seed_everything(0)
+    start = create_model(TINY, 2)
+    initial = {k: v.clone() for k, v in start.state_dict().items()}
+    raw = train(start, bright_vs_dark(64), cfg, CPU, seed=0)
+    moved = max((start.state_dict()[k] - v).abs().max().item() for k, v in initial.items())
+    seed_everything(0)
+    averaged = create_model(TINY, 2)
+    train(averaged, bright_vs_dark(64), TrainConfig(**{**cfg.__dict__, "ema_decay": 0.999999}), CPU, seed=0)
+    stayed = max((averaged.state_dict()[k] - v).abs().max().item() for k, v in initial.items())
+    assert moved > 1e-3 and stayed < moved / 3
+    assert len(raw) == 4

@@ -166,6 +166,8 @@ class TrainConfig:
     hflip: float = 0.5
     grad_clip: float = 0.0  # max gradient norm; 0 turns clipping off
     checkpoint_every: int = 10  # save resumable state every N epochs; 0 never
+    ema_decay: float = 0.0  # exponential moving average of weights (e.g. 0.9998); 0 turns it off
+    layer_decay: float = 0.0  # layer-wise lr decay (e.g. 0.65 for fine-tuning); 0 turns it off
 
     def validate(self, prefix: str) -> None:
         _check_range(f"{prefix}.epochs", self.epochs, "an integer >= 1", low=1)
@@ -185,6 +187,8 @@ class TrainConfig:
         _check_range(f"{prefix}.hflip", self.hflip, "a probability in [0, 1]", 0.0, 1.0)
         _check_range(f"{prefix}.grad_clip", self.grad_clip, "a number >= 0 (0 = off)", low=0)
         _check_range(f"{prefix}.checkpoint_every", self.checkpoint_every, "an integer >= 0 (0 = never)", low=0)
+        _check_range(f"{prefix}.ema_decay", self.ema_decay, "a number in [0, 1) (0 = off)", 0.0, 0.999999999)
+        _check_range(f"{prefix}.layer_decay", self.layer_decay, "a number in [0, 1] (0 = off)", 0.0, 1.0)
         if (self.mixup_alpha > 0 or self.cutmix_alpha > 0) and self.batch_size % 2:
             raise ConfigError(f"{prefix}.batch_size", self.batch_size, "must be even when mixup or cutmix is on")
 

@@ -22,6 +22,7 @@ from timm.data.random_erasing import RandomErasing
 from timm.loss import SoftTargetCrossEntropy
 from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
+from timm.utils import ModelEmaV3
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -126,7 +127,10 @@ def train(
     forward = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else model
     forward = torch.compile(forward) if runtime.compile else forward
 
-    optimizer = create_optimizer_v2(model, opt=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum)
+    optimizer = create_optimizer_v2(model, opt=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum,
+                                    layer_decay=cfg.layer_decay or None)
+    # Exponential moving average of the weights: evaluated, saved and returned in place of the raw ones.
+    ema = ModelEmaV3(model, decay=cfg.ema_decay) if cfg.ema_decay > 0 else None
     scheduler = build_schedule(optimizer, cfg, cfg.epochs * steps, steps)
     use_mix = cfg.mixup_alpha > 0 or cfg.cutmix_alpha > 0
     mixup = (
@@ -144,7 +148,7 @@ def train(
 
     history, first_epoch = [], 1
     if resume_file is not None and resume_file.is_file():
-        done, history = load_state(resume_file, model, optimizer, scheduler, generators)
+        done, history = load_state(resume_file, model, optimizer, scheduler, generators, ema)
         first_epoch = done + 1
         log(f"{desc}: resuming after epoch {done} from {resume_file}")
     for epoch in range(first_epoch, cfg.epochs + 1):
@@ -175,6 +179,8 @@ def train(
             if cfg.grad_clip > 0:
                 nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             optimizer.step()
+            if ema is not None:
+                ema.update(model, step=(epoch - 1) * steps + step)
             scheduler.step_update((epoch - 1) * steps + step + 1)
             loss_sum += loss.detach()
             correct += (logits.argmax(1) == y).sum()
@@ -193,7 +199,8 @@ def train(
             "train_images_per_s": seen / seconds,
         }
         if eval_set is not None:
-            metrics.update(evaluate_loss_acc(model, eval_set, device, amp_dtype, batch_size=max(batch_size, 256)))
+            scored = ema.module if ema is not None else model
+            metrics.update(evaluate_loss_acc(scored, eval_set, device, amp_dtype, batch_size=max(batch_size, 256)))
         history.append(metrics)
         if not main:
             continue
@@ -201,7 +208,9 @@ def train(
         if on_epoch is not None:
             on_epoch(metrics)
         if resume_file is not None and cfg.checkpoint_every and epoch % cfg.checkpoint_every == 0 and epoch < cfg.epochs:
-            save_state(resume_file, epoch, model, optimizer, scheduler, generators, history)
+            save_state(resume_file, epoch, model, optimizer, scheduler, generators, history, ema)
+    if ema is not None:
+        model.load_state_dict(ema.module.state_dict())
     if resume_file is not None and main:
         resume_file.unlink(missing_ok=True)
     return history

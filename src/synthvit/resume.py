@@ -35,7 +35,7 @@ def file_digest(path: Path) -> str:
     return sha.hexdigest()
 
 
-def save_state(path: Path, epoch: int, model, optimizer, scheduler, generators: dict, history: list) -> None:
+def save_state(path: Path, epoch: int, model, optimizer, scheduler, generators: dict, history: list, ema=None) -> None:
     numpy_state = np.random.get_state()
     state = {
         "epoch": epoch,
@@ -49,6 +49,7 @@ def save_state(path: Path, epoch: int, model, optimizer, scheduler, generators: 
         "numpy_rng": [numpy_state[0], torch.from_numpy(numpy_state[1].astype(np.int64)), *numpy_state[2:]],
         "python_rng": random.getstate(),
         "history": history,
+        "ema": {k: v.detach().cpu() for k, v in ema.module.state_dict().items()} if ema is not None else {},
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -56,7 +57,7 @@ def save_state(path: Path, epoch: int, model, optimizer, scheduler, generators: 
     os.replace(tmp, path)
 
 
-def load_state(path: Path, model, optimizer, scheduler, generators: dict) -> tuple[int, list]:
+def load_state(path: Path, model, optimizer, scheduler, generators: dict, ema=None) -> tuple[int, list]:
     """Restore in place; returns (last finished epoch, history so far)."""
     state = torch.load(path, map_location="cpu", weights_only=True)
     model.load_state_dict(state["model"])
@@ -71,4 +72,6 @@ def load_state(path: Path, model, optimizer, scheduler, generators: dict) -> tup
     np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
     version, internal, gauss = state["python_rng"]
     random.setstate((version, tuple(internal), gauss))
+    if ema is not None:
+        ema.module.load_state_dict(state["ema"])
     return state["epoch"], state["history"]
