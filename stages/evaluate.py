@@ -14,12 +14,11 @@ from synthvit import tracking
 from synthvit.calibration import ECE_BINS, expected_calibration_error, reliability_bins, reliability_diagram
 from synthvit.config import as_flat_dict, load_params
 from synthvit.data import load_split
-from synthvit.engine import autocast_dtype, resolve_device
+from synthvit.engine import autocast_dtype, class_probabilities, resolve_device
 from synthvit.files import write_csv, write_json
 from synthvit.metrics import classification_report
 from synthvit.models import load_checkpoint, model_from_checkpoint
 from synthvit.pipeline import checkpoint_path
-from synthvit.predict import class_probabilities
 from synthvit.runner import run_main
 
 PLOTS = Path("plots/evaluate")

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import torch
 
+from synthvit.engine import class_probabilities
 from synthvit.errors import UserError
-from synthvit.predict import DEFAULT_MODEL, LoadedModel, class_probabilities, decode, load_model, top_k
+from synthvit.predict import DEFAULT_MODEL, LoadedModel, decode, load_model, top_k
 
 TOP_K = 5
 DISPLAY_SIZE = 224  # the model sees S x S pixels (e.g. 32); the page shows them enlarged

@@ -237,6 +237,22 @@ def predict_logits(
     return torch.cat(outputs) if outputs else torch.empty(0)
 
 
+def class_probabilities(model: nn.Module, images: torch.Tensor, device: torch.device, amp_dtype=None,
+                        batch_size: int = 512, mean=None, std=None, tta_flip: bool = False,
+                        desc: str = "predict") -> torch.Tensor:
+    """Softmax probabilities (N x classes, float32) for uint8 N x 3 x S x S images.
+
+    With tta_flip the probabilities of each image and its horizontal mirror are averaged.
+    The evaluate stage and `synthvit predict` both call this, so their numbers agree.
+    """
+    kwargs = {k: v for k, v in (("mean", mean), ("std", std)) if v is not None}
+    probs = predict_logits(model, images, device, amp_dtype, batch_size, desc=desc, **kwargs).softmax(1)
+    if tta_flip and len(images):
+        flipped = predict_logits(model, images.flip(-1), device, amp_dtype, batch_size, desc=f"{desc} flipped", **kwargs)
+        probs = (probs + flipped.softmax(1)) / 2
+    return probs
+
+
 def evaluate_loss_acc(model, eval_set: ImageSet, device, amp_dtype, batch_size: int = 512) -> dict:
     """Loss and top-1 on a held-out set, for the per-epoch curves (each process scores its share)."""
     world, rank = distributed.world_size(), distributed.rank()

@@ -30,7 +30,7 @@ from torch import nn
 
 from synthvit.config import DEVICES, PRECISIONS, RuntimeConfig
 from synthvit.data import decode_image
-from synthvit.engine import autocast_dtype, predict_logits, resolve_device
+from synthvit.engine import autocast_dtype, class_probabilities, resolve_device
 from synthvit.errors import UserError
 from synthvit.models import load_checkpoint, model_from_checkpoint
 
@@ -112,22 +112,6 @@ def checkpoint_from_mlflow(uri: str) -> dict:
 
 
 @torch.no_grad()
-def class_probabilities(model: nn.Module, images: torch.Tensor, device: torch.device, amp_dtype=None,
-                        batch_size: int = 512, mean=None, std=None, tta_flip: bool = False,
-                        desc: str = "predict") -> torch.Tensor:
-    """Softmax probabilities (N x classes, float32) for uint8 N x 3 x S x S images.
-
-    With tta_flip the probabilities of each image and its horizontal mirror are averaged.
-    The evaluate stage and `synthvit predict` both call this, so their numbers agree.
-    """
-    kwargs = {k: v for k, v in (("mean", mean), ("std", std)) if v is not None}
-    probs = predict_logits(model, images, device, amp_dtype, batch_size, desc=desc, **kwargs).softmax(1)
-    if tta_flip and len(images):
-        flipped = predict_logits(model, images.flip(-1), device, amp_dtype, batch_size, desc=f"{desc} flipped", **kwargs)
-        probs = (probs + flipped.softmax(1)) / 2
-    return probs
-
-
 def top_k(probs: torch.Tensor, classes: list[str], k: int) -> list[list[tuple[str, float]]]:
     values, indices = probs.topk(min(k, probs.shape[1]), dim=1)
     return [[(classes[i], float(v)) for v, i in zip(row_v, row_i)] for row_v, row_i in zip(values.tolist(), indices.tolist())]

@@ -147,6 +147,7 @@ def stage_run(stage: str, params: dict, experiment_name: str):
     uri = tracking_uri()
     client = open_client(uri)
     mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)  # models register in the same store, whatever was set before
     experiment_id = get_experiment_id(client, uri, experiment_name)
     tags = run_tags(stage)
     parent_id = find_or_create_parent(client, experiment_id, pipeline_key(), tags)
