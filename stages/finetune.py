@@ -8,7 +8,7 @@ outs:   models/finetune.pt, metrics/finetune.json, plots/finetune/history.csv
 from synthvit import tracking
 from synthvit.config import as_flat_dict, load_params
 from synthvit.engine import seed_everything
-from synthvit.data import load_split
+from synthvit.data import load_split, split_validation
 from synthvit.models import backbone_with_new_head, check_same_architecture, create_model, load_checkpoint
 from synthvit.pipeline import checkpoint_path, train_and_record
 from synthvit.runner import run_main
@@ -20,7 +20,10 @@ def main() -> None:
     run_params = {"seed": params.seed, **as_flat_dict(params.runtime, "runtime"), **as_flat_dict(params.data, "data"),
                   **as_flat_dict(params.model, "model"), **as_flat_dict(params.finetune, "finetune")}
     train_set = load_split(params.data, "train", params.model.img_size)
-    test_set = load_split(params.data, "test", params.model.img_size)
+    if params.data.val_fraction > 0:  # the best epoch is chosen on validation; evaluate reports test once
+        train_set, eval_set = split_validation(train_set, params.data.val_fraction, params.seed)
+    else:  # curves on the test set, for watching only: the last epoch is kept
+        eval_set = load_split(params.data, "test", params.model.img_size)
     if params.finetune.init == "pretrained":
         pretrained = load_checkpoint(checkpoint_path("pretrain"))
         check_same_architecture(pretrained, params.model, str(checkpoint_path("pretrain")))
@@ -28,7 +31,8 @@ def main() -> None:
     else:
         model = create_model(params.model, num_classes=train_set.num_classes)
     with tracking.stage_run("finetune", run_params, params.tracking.experiment_name) as mlflow:
-        train_and_record("finetune", model, train_set, params.finetune, params, mlflow, eval_set=test_set)
+        train_and_record("finetune", model, train_set, params.finetune, params, mlflow, eval_set=eval_set,
+                         keep_best=params.data.val_fraction > 0)
         if params.tracking.log_model:
             tracking.log_model(mlflow, model, checkpoint_path("finetune"),
                                params.tracking.registered_model, params.tracking.model_alias)

@@ -22,7 +22,7 @@ def test_defaults_fill_missing_sections():
 @pytest.mark.parametrize(
     "raw, key, fragment",
     [
-        ({"data": {"name": "imagenet22k"}}, "data.name", "one of cifar10, imagefolder"),
+        ({"data": {"name": "imagenet22k"}}, "data.name", "one of cifar10, cifar100, mnist, imagefolder"),
         ({"pretrain": {"lr": -0.1}}, "pretrain.lr", "> 0"),
         ({"finetune": {"lr": 0}}, "finetune.lr", "> 0"),
         ({"model": {"img_size": 32, "patch_size": 5}}, "model.patch_size", "must divide model.img_size=32"),

@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from synthvit.config import DataConfig
-from synthvit.data import check_imagefolder, load_cifar10, load_split, load_synthetic
+from synthvit.data import check_imagefolder, load_archive, load_split, load_synthetic
 from synthvit.errors import UserError
 from conftest import CIFAR10_CLASSES
 
@@ -83,24 +83,68 @@ def write_tiny_cifar10(root, per_batch=4):
 
 def test_cifar10_archive_format(tmp_path):
     write_tiny_cifar10(tmp_path)
-    train = load_cifar10(tmp_path, "train", 32, download=False, per_class=0)
-    test = load_cifar10(tmp_path, "test", 32, download=False, per_class=0)
+    train = load_archive("cifar10", tmp_path, "train", 32, download=False, per_class=0)
+    test = load_archive("cifar10", tmp_path, "test", 32, download=False, per_class=0)
     assert train.images.shape == (20, 3, 32, 32) and test.images.shape == (4, 3, 32, 32)
     assert train.classes == CIFAR10_CLASSES
     assert train.images[4].unique().tolist() == [10]  # batch 2, image 0
     assert train.images[5].unique().tolist() == [11]  # batch 2, image 1
     assert train.labels[:5].tolist() == [0, 1, 2, 3, 1]
     assert test.labels.tolist() == [5, 6, 7, 8]
-    limited = load_cifar10(tmp_path, "train", 64, download=False, per_class=1)
+    limited = load_archive("cifar10", tmp_path, "train", 64, download=False, per_class=1)
     assert limited.images.shape[-1] == 64
     assert sorted(limited.labels.tolist()) == list(range(8))  # one of each label present
 
 
 def test_cifar10_missing_without_download(tmp_path):
     with pytest.raises(UserError, match="holds no cifar-10-batches-py"):
-        load_cifar10(tmp_path, "train", 32, download=False, per_class=0)
+        load_archive("cifar10", tmp_path, "train", 32, download=False, per_class=0)
 
 
 def test_synthetic_needs_manifest(tmp_path):
     with pytest.raises(UserError, match="run the generate_synthetic stage"):
         load_synthetic(tmp_path, 32)
+
+
+def test_cifar100_archive_format(tmp_path):
+    folder = tmp_path / "cifar-100-python"
+    folder.mkdir()
+    for name, count in (("train", 6), ("test", 3)):
+        data = np.stack([np.full(3072, i, dtype=np.uint8) for i in range(count)])
+        with open(folder / name, "wb") as f:
+            pickle.dump({b"data": data, b"fine_labels": [i * 17 % 100 for i in range(count)], b"coarse_labels": [0] * count}, f)
+    with open(folder / "meta", "wb") as f:
+        pickle.dump({b"fine_label_names": [f"class{i}".encode() for i in range(100)]}, f)
+    train = load_split(DataConfig(name="cifar100", root=str(tmp_path), download=False), "train", 32)
+    assert train.num_classes == 100 and train.classes[17] == "class17"
+    assert train.labels.tolist() == [0, 17, 34, 51, 68, 85]
+    assert train.images[3].unique().tolist() == [3]
+    assert load_split(DataConfig(name="cifar100", root=str(tmp_path), download=False), "test", 32).images.shape == (3, 3, 32, 32)
+
+
+def write_idx(path, array, magic):
+    with open(path, "wb") as f:
+        f.write(magic.to_bytes(4, "big"))
+        for dim in array.shape:
+            f.write(int(dim).to_bytes(4, "big"))
+        f.write(array.astype(np.uint8).tobytes())
+
+
+def test_mnist_raw_format_becomes_three_channels(tmp_path):
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for prefix, count in (("train", 5), ("t10k", 2)):
+        images = np.stack([np.full((28, 28), 50 * i, dtype=np.uint8) for i in range(count)])
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", images, 2051)
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", np.arange(count) % 10, 2049)
+    train = load_split(DataConfig(name="mnist", root=str(tmp_path), download=False), "train", 32)
+    assert train.images.shape == (5, 3, 32, 32) and train.classes == [str(d) for d in range(10)]
+    assert train.labels.tolist() == [0, 1, 2, 3, 4]
+    assert train.images[2].float().mean().round() == 100  # grey level kept, three equal channels
+    assert torch.equal(train.images[2][0], train.images[2][1])
+    assert len(load_split(DataConfig(name="mnist", root=str(tmp_path), download=False), "test", 28)) == 2
+
+
+def test_archive_missing_names_dataset_and_fix(tmp_path):
+    with pytest.raises(UserError, match=r"mnist not found: .* holds no MNIST/raw/; set data.download=true"):
+        load_split(DataConfig(name="mnist", root=str(tmp_path), download=False), "train", 32)

@@ -124,3 +124,23 @@ def test_ema_weights_replace_the_raw_ones():
     stayed = max((averaged.state_dict()[k] - v).abs().max().item() for k, v in initial.items())
     assert moved > 1e-3 and stayed < moved / 3
     assert len(raw) == 4
+
+
+def test_keep_best_restores_the_best_validation_epoch():
+    """The kept weights are those of the first epoch with the best validation accuracy."""
+    from synthvit.data import split_validation
+
+    data = bright_vs_dark(128)
+    train_part, val = split_validation(data, 0.25, seed=0)
+    assert len(val) == 32 and torch.bincount(val.labels).tolist() == [16, 16]
+    cfg = TrainConfig(epochs=5, batch_size=16, lr=2e-3, warmup_epochs=0, mixup_alpha=0, cutmix_alpha=0,
+                      random_erasing=0, label_smoothing=0.0)
+    seed_everything(0)
+    model = create_model(TINY, 2)
+    history = train(model, train_part, cfg, CPU, seed=0, eval_set=val, keep_best=True)
+    selected = [h for h in history if h["selected"]]
+    assert len(selected) == 1
+    best = max(h["eval_acc"] for h in history)
+    assert selected[0]["eval_acc"] == best and selected[0]["epoch"] == min(h["epoch"] for h in history if h["eval_acc"] == best)
+    logits = predict_logits(model, val.images, torch.device("cpu"))
+    assert (logits.argmax(1) == val.labels).float().mean().item() == pytest.approx(best)

@@ -24,7 +24,7 @@ def run_stage(repo, stage, **overrides):
     [
         ("finetune", {"finetune.lr": -1.0}, "params.yaml: finetune.lr=-1.0 is invalid: a number > 0"),
         ("pretrain", {"model.patch_size": 5}, "params.yaml: model.patch_size=5 is invalid: must divide model.img_size=32"),
-        ("finetune", {"data.name": "imagenet"}, "params.yaml: data.name='imagenet' is invalid: one of cifar10, imagefolder"),
+        ("finetune", {"data.name": "imagenet"}, "params.yaml: data.name='imagenet' is invalid: one of cifar10, cifar100, mnist, imagefolder"),
         ("finetune", {"data.name": "imagefolder", "data.root": "no/such/folder"}, "data.root='no/such/folder' is invalid: no such folder"),
         ("finetune", {"data.root": "data/nothing_here", "data.download": False}, "holds no cifar-10-batches-py"),
         ("evaluate", {}, "models/finetune.pt not found: run the stage that writes it first"),

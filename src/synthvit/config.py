@@ -18,7 +18,7 @@ import yaml
 from synthvit.errors import ConfigError, UserError
 
 SYNTHETIC_KINDS = ("fractaldb", "ofdb", "onepfrac")
-DATASETS = ("cifar10", "imagefolder", "synthetic")
+DATASETS = ("cifar10", "cifar100", "mnist", "imagefolder")
 DEVICES = ("auto", "cuda", "cpu")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 OPTIMIZERS = ("adamw", "sgd")
@@ -100,14 +100,15 @@ class DataConfig:
     train_per_class: int = 0  # keep at most this many training images per class; 0 keeps all
     test_per_class: int = 0
     num_workers: int = 2  # image decoding threads
+    val_fraction: float = 0.0  # hold out this fraction of train (seeded, per class) to pick the best epoch
 
     def validate(self, prefix: str) -> None:
-        allowed = [d for d in DATASETS if d != "synthetic"]
-        _check(self.name in allowed, f"{prefix}.name", self.name, f"one of {', '.join(allowed)}")
+        _check(self.name in DATASETS, f"{prefix}.name", self.name, f"one of {', '.join(DATASETS)}")
         _check(bool(self.root), f"{prefix}.root", self.root, "a folder path")
         _check_range(f"{prefix}.train_per_class", self.train_per_class, "an integer >= 0 (0 keeps all)", low=0)
         _check_range(f"{prefix}.test_per_class", self.test_per_class, "an integer >= 0 (0 keeps all)", low=0)
         _check_range(f"{prefix}.num_workers", self.num_workers, "an integer >= 0", low=0)
+        _check_range(f"{prefix}.val_fraction", self.val_fraction, "a fraction in [0, 0.9] (0 = no validation split)", 0.0, 0.9)
 
 
 @dataclass

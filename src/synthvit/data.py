@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
-from synthvit.config import DataConfig
+from synthvit.config import DATASETS, DataConfig
 from synthvit.errors import UserError
 from synthvit.progress import progress_bar
 
@@ -44,13 +44,33 @@ class ImageSet:
 def load_split(cfg: DataConfig, split: str, img_size: int) -> ImageSet:
     """The train or test split of the dataset that params.yaml names."""
     per_class = cfg.train_per_class if split == "train" else cfg.test_per_class
-    if cfg.name == "cifar10":
-        return load_cifar10(Path(cfg.root), split, img_size, cfg.download, per_class)
+    if cfg.name in ARCHIVE_FOLDERS:
+        return load_archive(cfg.name, Path(cfg.root), split, img_size, cfg.download, per_class)
     if cfg.name == "imagefolder":
         root = Path(cfg.root)
         check_imagefolder(root)
         return load_image_folder(root / split, img_size, per_class, cfg.num_workers)
-    raise UserError(f"params.yaml: data.name={cfg.name!r} is invalid: one of cifar10, imagefolder")
+    raise UserError(f"params.yaml: data.name={cfg.name!r} is invalid: one of {', '.join(DATASETS)}")
+
+
+def split_validation(data: ImageSet, fraction: float, seed: int) -> tuple[ImageSet, ImageSet]:
+    """(train, validation): a seeded `fraction` of each class held out for model selection."""
+    generator = torch.Generator().manual_seed(seed)
+    held = []
+    for label in range(data.num_classes):
+        members = torch.nonzero(data.labels == label).flatten()
+        count = round(len(members) * fraction)
+        held.append(members[torch.randperm(len(members), generator=generator)[:count]])
+    is_val = torch.zeros(len(data), dtype=torch.bool)
+    is_val[torch.cat(held)] = True
+    if is_val.all() or not is_val.any():
+        raise UserError(f"params.yaml: data.val_fraction={fraction} is invalid: it leaves no training or no validation images")
+
+    def subset(mask):
+        paths = [p for p, keep in zip(data.paths, mask.tolist()) if keep] if data.paths else None
+        return ImageSet(data.images[mask], data.labels[mask], data.classes, paths)
+
+    return subset(~is_val), subset(is_val)
 
 
 def load_synthetic(root: Path, img_size: int, num_workers: int = 2) -> ImageSet:
@@ -149,20 +169,16 @@ def load_image_folder(
 # ---- CIFAR-10 (torchvision's archive) ----------------------------------------------
 
 
-CIFAR10_FOLDER = "cifar-10-batches-py"
+# Folder each torchvision archive unpacks into, under data.root.
+ARCHIVE_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python", "mnist": "MNIST/raw"}
 
 
-def load_cifar10(root: Path, split: str, img_size: int, download: bool, per_class: int) -> ImageSet:
-    """CIFAR-10 from torchvision's archive layout (`root/cifar-10-batches-py/`), downloading it if allowed."""
-    folder = root / CIFAR10_FOLDER
-    if not folder.is_dir():
-        download_cifar10(root, download)
-    names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
-    batches = [read_pickle(folder / name) for name in names]
-    data = np.concatenate([b[b"data"] for b in batches]).reshape(-1, 3, 32, 32)
-    labels = torch.tensor(np.concatenate([b[b"labels"] for b in batches]), dtype=torch.int64)
-    classes = [name.decode() for name in read_pickle(folder / "batches.meta")[b"label_names"]]
-    images = torch.from_numpy(np.ascontiguousarray(data))
+def load_archive(name: str, root: Path, split: str, img_size: int, download: bool, per_class: int) -> ImageSet:
+    """CIFAR-10, CIFAR-100 or MNIST in torchvision's layout under root, downloaded first if allowed."""
+    if not (root / ARCHIVE_FOLDERS[name]).is_dir():
+        download_archive(name, root, download)
+    reader = {"cifar10": read_cifar10, "cifar100": read_cifar100, "mnist": read_mnist}[name]
+    images, labels, classes = reader(root, split)
     if per_class:
         keep = torch.cat([torch.nonzero(labels == c).flatten()[:per_class] for c in range(len(classes))]).sort().values
         images, labels = images[keep], labels[keep]
@@ -171,28 +187,63 @@ def load_cifar10(root: Path, split: str, img_size: int, download: bool, per_clas
     return ImageSet(images=images, labels=labels, classes=classes)
 
 
-def download_cifar10(root: Path, download: bool) -> None:
-    """torchvision downloads, checks the MD5 and unpacks; offline this fails with the way out."""
-    if not download:
-        raise UserError(
-            f"CIFAR-10 not found: params.yaml data.root={str(root)!r} holds no {CIFAR10_FOLDER}/; "
-            "set data.download=true, or use data.name=imagefolder with data.root at a local copy"
-        )
-    from torchvision.datasets import CIFAR10
+def read_cifar10(root: Path, split: str):
+    folder = root / ARCHIVE_FOLDERS["cifar10"]
+    names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
+    batches = [read_pickle(folder / name) for name in names]
+    data = np.concatenate([b[b"data"] for b in batches]).reshape(-1, 3, 32, 32)
+    labels = torch.tensor(np.concatenate([b[b"labels"] for b in batches]), dtype=torch.int64)
+    classes = [name.decode() for name in read_pickle(folder / "batches.meta")[b"label_names"]]
+    return torch.from_numpy(np.ascontiguousarray(data)), labels, classes
+
+
+def read_cifar100(root: Path, split: str):
+    """The 100 fine labels of CIFAR-100."""
+    folder = root / ARCHIVE_FOLDERS["cifar100"]
+    batch = read_pickle(folder / ("train" if split == "train" else "test"))
+    data = np.asarray(batch[b"data"]).reshape(-1, 3, 32, 32)
+    labels = torch.tensor(batch[b"fine_labels"], dtype=torch.int64)
+    classes = [name.decode() for name in read_pickle(folder / "meta")[b"fine_label_names"]]
+    return torch.from_numpy(np.ascontiguousarray(data)), labels, classes
+
+
+def read_mnist(root: Path, split: str):
+    """MNIST digits, grayscale repeated into three channels."""
+    from torchvision.datasets import MNIST
 
     try:
-        CIFAR10(str(root), train=True, download=True)
+        dataset = MNIST(str(root), train=split == "train", download=False)
+    except RuntimeError as exc:
+        raise UserError(f"the MNIST copy in {root / ARCHIVE_FOLDERS['mnist']} is incomplete ({exc}); delete it to download again") from None
+    images = dataset.data.unsqueeze(1).repeat(1, 3, 1, 1).contiguous()
+    return images, dataset.targets.to(torch.int64), [str(d) for d in range(10)]
+
+
+def download_archive(name: str, root: Path, download: bool) -> None:
+    """torchvision downloads, checks the MD5 and unpacks; offline this fails with the way out."""
+    folder = ARCHIVE_FOLDERS[name]
+    if not download:
+        raise UserError(
+            f"{name} not found: params.yaml data.root={str(root)!r} holds no {folder}/; "
+            "set data.download=true, or use data.name=imagefolder with data.root at a local copy"
+        )
+    from torchvision import datasets
+
+    dataset_class = {"cifar10": datasets.CIFAR10, "cifar100": datasets.CIFAR100, "mnist": datasets.MNIST}[name]
+    try:
+        for train in (True, False):
+            dataset_class(str(root), train=train, download=True)
     except Exception as exc:  # network errors come in many types
         raise UserError(
-            f"could not download CIFAR-10 into {root} ({type(exc).__name__}: {exc}). Offline? Use a local copy: "
+            f"could not download {name} into {root} ({type(exc).__name__}: {exc}). Offline? Use a local copy: "
             "`-S data.name=imagefolder -S data.root=PATH` with PATH/train/<class>/ and PATH/test/<class>/ "
-            f"(e.g. ../shared/datasets/cifar10), or put {CIFAR10_FOLDER}/ in data.root"
+            f"(e.g. ../shared/datasets/cifar10), or put {folder}/ in data.root"
         ) from None
 
 
 def read_pickle(path: Path) -> dict:
     if not path.is_file():
-        raise UserError(f"{path} is missing: the CIFAR-10 copy in {path.parent} is incomplete; delete the folder to download it again")
+        raise UserError(f"{path} is missing: the copy in {path.parent} is incomplete; delete the folder to download it again")
     with open(path, "rb") as f:
         return pickle.load(f, encoding="bytes")
 

@@ -104,11 +104,14 @@ def train(
     on_epoch: Callable[[dict], None] | None = None,
     desc: str = "train",
     resume_file: Path | None = None,
+    keep_best: bool = False,
 ) -> list[dict]:
     """Train in place; returns one dict of metrics per epoch.
 
     With `resume_file`, the full training state is saved there every
     `cfg.checkpoint_every` epochs, and a run that finds the file continues from it.
+    With `keep_best`, the model ends with the weights of the epoch that scored best on
+    `eval_set` (a validation split: the test set is for reporting only).
     """
     seed_everything(seed)
     device = resolve_device(runtime)
@@ -146,9 +149,9 @@ def train(
         "augment": torch.Generator(device=device).manual_seed(seed + 1 + rank),
     }
 
-    history, first_epoch = [], 1
+    history, first_epoch, best = [], 1, {"acc": -1.0, "state": {}}
     if resume_file is not None and resume_file.is_file():
-        done, history = load_state(resume_file, model, optimizer, scheduler, generators, ema)
+        done, history, best = load_state(resume_file, model, optimizer, scheduler, generators, ema, best)
         first_epoch = done + 1
         log(f"{desc}: resuming after epoch {done} from {resume_file}")
     for epoch in range(first_epoch, cfg.epochs + 1):
@@ -201,6 +204,9 @@ def train(
         if eval_set is not None:
             scored = ema.module if ema is not None else model
             metrics.update(evaluate_loss_acc(scored, eval_set, device, amp_dtype, batch_size=max(batch_size, 256)))
+            if keep_best and metrics["eval_acc"] > best["acc"]:
+                best = {"acc": metrics["eval_acc"], "epoch": epoch,
+                        "state": {k: v.detach().cpu().clone() for k, v in scored.state_dict().items()}}
         history.append(metrics)
         if not main:
             continue
@@ -208,9 +214,13 @@ def train(
         if on_epoch is not None:
             on_epoch(metrics)
         if resume_file is not None and cfg.checkpoint_every and epoch % cfg.checkpoint_every == 0 and epoch < cfg.epochs:
-            save_state(resume_file, epoch, model, optimizer, scheduler, generators, history, ema)
+            save_state(resume_file, epoch, model, optimizer, scheduler, generators, history, ema, best)
     if ema is not None:
         model.load_state_dict(ema.module.state_dict())
+    if keep_best and best["state"]:
+        model.load_state_dict(best["state"])
+        for metrics in history:
+            metrics["selected"] = int(metrics["epoch"] == best["epoch"])
     if resume_file is not None and main:
         resume_file.unlink(missing_ok=True)
     return history

@@ -65,6 +65,7 @@ def train_and_record(
     params: Params,
     mlflow,
     eval_set: ImageSet | None = None,
+    keep_best: bool = False,
 ) -> dict:
     """Train `model`, save its checkpoint, history and summary metrics; log all to the active run."""
     num_parameters = count_parameters(model)
@@ -76,10 +77,13 @@ def train_and_record(
         on_epoch=lambda metrics: mlflow.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=metrics["epoch"]),
         desc=stage,
         resume_file=resume_path(stage, training_fingerprint(model, train_set, train_cfg, params)),
+        keep_best=keep_best,
     )
     wall = time.perf_counter() - started
-    last = history[-1]
+    # The model is the selected epoch's when keep_best, else the last one's.
+    last = next((h for h in history if h.get("selected")), history[-1])
     summary = {
+        "selected_epoch": last["epoch"],
         "train_loss": last["train_loss"],
         "train_acc": last["train_acc"],
         **({"eval_acc": last["eval_acc"], "eval_loss": last["eval_loss"]} if "eval_acc" in last else {}),

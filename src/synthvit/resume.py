@@ -35,7 +35,8 @@ def file_digest(path: Path) -> str:
     return sha.hexdigest()
 
 
-def save_state(path: Path, epoch: int, model, optimizer, scheduler, generators: dict, history: list, ema=None) -> None:
+def save_state(path: Path, epoch: int, model, optimizer, scheduler, generators: dict, history: list, ema=None,
+               best: dict | None = None) -> None:
     numpy_state = np.random.get_state()
     state = {
         "epoch": epoch,
@@ -49,6 +50,7 @@ def save_state(path: Path, epoch: int, model, optimizer, scheduler, generators: 
         "numpy_rng": [numpy_state[0], torch.from_numpy(numpy_state[1].astype(np.int64)), *numpy_state[2:]],
         "python_rng": random.getstate(),
         "history": history,
+        "best": best or {},
         "ema": {k: v.detach().cpu() for k, v in ema.module.state_dict().items()} if ema is not None else {},
     }
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -57,8 +59,8 @@ def save_state(path: Path, epoch: int, model, optimizer, scheduler, generators: 
     os.replace(tmp, path)
 
 
-def load_state(path: Path, model, optimizer, scheduler, generators: dict, ema=None) -> tuple[int, list]:
-    """Restore in place; returns (last finished epoch, history so far)."""
+def load_state(path: Path, model, optimizer, scheduler, generators: dict, ema=None, best: dict | None = None):
+    """Restore in place; returns (last finished epoch, history so far, best epoch's record)."""
     state = torch.load(path, map_location="cpu", weights_only=True)
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
@@ -74,4 +76,4 @@ def load_state(path: Path, model, optimizer, scheduler, generators: dict, ema=No
     random.setstate((version, tuple(internal), gauss))
     if ema is not None:
         ema.module.load_state_dict(state["ema"])
-    return state["epoch"], state["history"]
+    return state["epoch"], state["history"], state["best"] or best
