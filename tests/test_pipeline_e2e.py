@@ -42,7 +42,7 @@ def stages_run(output: str) -> list[str]:
 def test_pipeline_end_to_end(repo_copy, cifar10_root, tmp_path):
     repo = repo_copy
     data = copy_subset(cifar10_root, tmp_path / "cifar", train_per_class=60, test_per_class=20)
-    overrides = [*TINY, "data.name=imagefolder", f"data.root={data}"]
+    overrides = [*TINY, "data.name=imagefolder", f"data.root={data}", "data.val_fraction=0.2"]
     output = dvc(repo, "exp", "run", "-n", "e2e", *[arg for o in overrides for arg in ("-S", o)])
     assert stages_run(output) == STAGES
 
@@ -63,7 +63,10 @@ def test_pipeline_end_to_end(repo_copy, cifar10_root, tmp_path):
     assert evaluation["top5"] > evaluation["top1"]
     assert 0.0 <= evaluation["ece"] <= 1.0
     finetune = json.loads((repo / "metrics/finetune.json").read_text())
-    assert finetune["epochs"] == 4 and finetune["train_images"] == 600
+    # 20% of train held out per class; the kept epoch is the best on it, and the test set is scored once.
+    assert finetune["epochs"] == 4 and finetune["train_images"] == 480
+    history = (repo / "plots/finetune/history.csv").read_text().splitlines()
+    assert "selected" in history[0] and 1 <= finetune["selected_epoch"] <= 4
 
     # The experiment and its overrides are visible to DVC.
     shown = json.loads(dvc(repo, "exp", "show", "--json"))
