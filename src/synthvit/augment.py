@@ -15,8 +15,8 @@ import torch.nn.functional as F
 
 def to_float(images: torch.Tensor, mean, std) -> torch.Tensor:
     """uint8 N x 3 x H x W to normalised float."""
-    mean = torch.tensor(mean, device=images.device).view(1, -1, 1, 1)
-    std = torch.tensor(std, device=images.device).view(1, -1, 1, 1)
+    mean = torch.as_tensor(mean, dtype=torch.float32, device=images.device).view(1, -1, 1, 1)
+    std = torch.as_tensor(std, dtype=torch.float32, device=images.device).view(1, -1, 1, 1)
     return (images.float() / 255.0 - mean) / std
 
 

@@ -123,6 +123,8 @@ def train(
     images = train_set.images.to(device)  # decoded once; stays on the device
     labels = train_set.labels.to(device)
     num_classes = train_set.num_classes
+    mean = torch.tensor(DEFAULT_MEAN, device=device)  # made once, not per batch
+    std = torch.tensor(DEFAULT_STD, device=device)
     steps, batch_size = steps_per_epoch(len(train_set), cfg.batch_size)
     if batch_size % world:
         raise UserError(f"params.yaml: {desc}.batch_size={batch_size} is invalid: must divide evenly over {world} processes")
@@ -163,7 +165,7 @@ def train(
         bar = progress_bar(range(steps), desc=f"{desc} epoch {epoch}/{cfg.epochs}", unit="batch")
         for step in bar:
             idx = order[step * batch_size + rank * per_rank : step * batch_size + (rank + 1) * per_rank]
-            x = to_float(images[idx], DEFAULT_MEAN, DEFAULT_STD)
+            x = to_float(images[idx], mean, std)
             y = labels[idx]
             x = random_resized_crop_flip(x, cfg.crop_scale, padding=cfg.crop_padding, hflip=cfg.hflip,
                                          generator=generators["augment"])
