@@ -25,12 +25,21 @@ OUT = Path("plots/visualize")
 EVALUATE = Path("plots/evaluate")
 
 
+def test_images(params, rows: pd.DataFrame, img_size: int) -> torch.Tensor:
+    """uint8 N x 3 x S x S test images of these predictions rows, decoded as evaluate did.
+
+    An image folder decodes just these files; an archive is read whole (it is one file).
+    """
+    if "path" in rows:
+        return torch.from_numpy(np.stack([decode_image(Path(p), img_size) for p in rows["path"]])).permute(0, 3, 1, 2)
+    return load_split(params.data, "test", img_size).images[rows["index"].tolist()]
+
+
 def misclassified_grid(params, predictions: pd.DataFrame, path: Path) -> Path:
     """The most confident mistakes, with true and predicted labels."""
     wrong = predictions[predictions["actual"] != predictions["predicted"]]
     wrong = wrong.sort_values("confidence", ascending=False).head(params.visualize.num_misclassified)
-    test_set = load_split(params.data, "test", params.model.img_size)
-    images = test_set.images[wrong["index"].tolist()].permute(0, 2, 3, 1).numpy()
+    images = test_images(params, wrong, params.model.img_size).permute(0, 2, 3, 1).numpy()
     titles = [f"{a} -> {p}\n{c:.0%}" for a, p, c in zip(wrong["actual"], wrong["predicted"], wrong["confidence"])]
     if len(wrong) == 0:
         images, titles = np.zeros((1, 8, 8, 3), np.uint8), ["no mistakes"]
@@ -62,10 +71,7 @@ def attention_figures(params, predictions: pd.DataFrame) -> list[Path]:
         return []
     img_size = checkpoint["model_config"]["img_size"]
     chosen = spread_over_classes(predictions, params.visualize.num_attention)
-    if "path" in chosen:  # an image folder: decode just these files, as evaluate did
-        images = torch.from_numpy(np.stack([decode_image(Path(p), img_size) for p in chosen["path"]])).permute(0, 3, 1, 2)
-    else:
-        images = load_split(params.data, "test", img_size).images[chosen["index"].tolist()]
+    images = test_images(params, chosen, img_size)
     result = attention.compute_attention(model, images, checkpoint["mean"], checkpoint["std"])
     pixels = images.permute(0, 2, 3, 1).numpy()
     captions = [f"{a} -> {p}\n{c:.0%}" for a, p, c in zip(chosen["actual"], chosen["predicted"], chosen["confidence"])]
