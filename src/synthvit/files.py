@@ -27,7 +27,3 @@ def write_json(path: Path, data) -> Path:
 
 def write_csv(path: Path, frame: pd.DataFrame) -> Path:
     return _replace_from_tmp(path, lambda tmp: frame.to_csv(tmp, index=False))
-
-
-def read_json(path: Path):
-    return json.loads(Path(path).read_text())

@@ -27,14 +27,6 @@ def resume_path(stage: str, fingerprint: dict) -> Path:
     return RESUME_DIR / f"{stage}-{digest}.pt"
 
 
-def file_digest(path: Path) -> str:
-    sha = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            sha.update(block)
-    return sha.hexdigest()
-
-
 def save_state(path: Path, epoch: int, model, optimizer, scheduler, generators: dict, history: list, ema=None,
                best: dict | None = None) -> None:
     numpy_state = np.random.get_state()
