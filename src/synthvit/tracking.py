@@ -83,8 +83,8 @@ def launching_dvc_process() -> psutil.Process | None:
     """The nearest ancestor process that is DVC (`dvc repro`, `dvc exp run`, a queue worker)."""
     try:
         for process in psutil.Process().parents():
-            cmdline = " ".join(process.cmdline())
-            if "dvc" in Path(process.exe()).name or " dvc " in f" {cmdline} " or "/dvc " in cmdline or "-m dvc" in cmdline:
+            # `dvc ...`, `python /venv/bin/dvc ...` or `python -m dvc ...`
+            if any(Path(arg).name == "dvc" for arg in process.cmdline()[:3]):
                 return process
     except (psutil.Error, OSError):
         return None
