@@ -22,7 +22,7 @@ DEMO_ARGS ?=
 DEMO_NAME ?= demo-$(shell date +%Y%m%d-%H%M%S)
 PYTEST_ARGS ?=
 
-.PHONY: install demo test clean-venv browser-deps
+.PHONY: install demo test clean-venv browser-deps postgres-deps
 
 $(INSTALLED): requirements.txt constraints.txt pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -44,7 +44,7 @@ demo: $(INSTALLED)
 	@echo
 	@echo "Figures: plots/visualize/*.png    Runs: $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db"
 
-test: $(TESTS_INSTALLED) browser-deps
+test: $(TESTS_INSTALLED) browser-deps postgres-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Headless Chromium and its driver for the browser test (tests/test_app.py), from Debian's
@@ -54,6 +54,20 @@ browser-deps:
 		sudo=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$sudo apt-get update -qq && \
 		$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; \
+	fi
+
+# PostgreSQL server binaries for the team-tracking test (tests/test_postgres_tracking.py, a
+# throwaway cluster behind `mlflow server`), from Debian's packages: a no-op when initdb,
+# pg_ctl and postgres are found on PATH or in /usr/lib/postgresql/*/bin.
+postgres-deps:
+	@missing=; for tool in initdb pg_ctl postgres; do \
+		command -v $$tool >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/$$tool >/dev/null 2>&1 || missing="$$missing $$tool"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		echo "PostgreSQL server not found (missing:$$missing): installing Debian's postgresql"; \
+		sudo=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$sudo apt-get update -qq && \
+		$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; \
 	fi
 
 clean-venv:
