@@ -1,4 +1,5 @@
-"""Stage finetune: train on the real dataset, from the pre-trained backbone (new head) or from scratch.
+"""Stage finetune: train on the real dataset from the synthetic pre-trained backbone (new head),
+from scratch, or from timm's ImageNet weights (finetune.init).
 
 params: seed, runtime.*, model.*, finetune.*, data.*, tracking.*
 deps:   models/pretrain.pt
@@ -28,6 +29,8 @@ def main() -> None:
         pretrained = load_checkpoint(checkpoint_path("pretrain"))
         check_same_architecture(pretrained, params.model, str(checkpoint_path("pretrain")))
         model = backbone_with_new_head(pretrained, params.model, num_classes=train_set.num_classes)
+    elif params.finetune.init == "imagenet":  # the hub, or finetune.imagenet_weights offline
+        model = create_model(params.model, num_classes=train_set.num_classes, imagenet_weights=params.finetune.imagenet_weights)
     else:
         model = create_model(params.model, num_classes=train_set.num_classes)
     with tracking.stage_run("finetune", run_params, params.tracking.experiment_name) as mlflow:

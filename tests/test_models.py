@@ -75,3 +75,69 @@ def test_architecture_mismatch_is_explained(tmp_path):
     deeper = ModelConfig(**{**TINY.__dict__, "depth": 3})
     with pytest.raises(UserError, match=r"model.depth: 2 there, 3 now"):
         check_same_architecture(checkpoint, deeper, "p.pt")
+
+
+def test_conv_stem_replaces_the_patch_projection():
+    conv = ModelConfig(**{**TINY.__dict__, "patch_embed": "conv"})
+    model = create_model(conv, num_classes=5)
+    convs = [m for m in model.patch_embed.modules() if isinstance(m, torch.nn.Conv2d)]
+    # patch 8 = three stride-2 3x3 convs, then a 1x1 conv to the embedding width
+    assert [c.kernel_size for c in convs] == [(3, 3)] * 3 + [(1, 1)]
+    assert [c.stride for c in convs] == [(2, 2)] * 3 + [(1, 1)]
+    assert convs[-1].out_channels == 32
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.patch_embed.modules())
+    assert model.patch_embed.num_patches == 16  # same token grid as linear 8x8 patches
+    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 5)
+
+
+def test_sincos_position_embedding_is_fixed_and_two_dimensional():
+    from timm.optim import create_optimizer_v2
+
+    model = create_model(ModelConfig(**{**TINY.__dict__, "pos_embed": "sincos"}), num_classes=5)
+    table = model.pos_embed.detach()[0]
+    assert not model.pos_embed.requires_grad
+    assert torch.equal(table[0], torch.zeros(32))  # class token position
+    grid = table[1:].reshape(4, 4, 32)
+    # Each channel encodes one axis: half of them are constant along rows, half along columns.
+    same_along_row = (grid - grid[:, :1]).abs().amax(dim=(0, 1)) == 0
+    same_along_column = (grid - grid[:1]).abs().amax(dim=(0, 1)) == 0
+    assert same_along_row.sum() == 16 and same_along_column.sum() == 16
+    assert not (same_along_row & same_along_column).any()
+    optimizer = create_optimizer_v2(model, opt="adamw", lr=1e-3)
+    assert all(p is not model.pos_embed for group in optimizer.param_groups for p in group["params"])
+    learned = create_model(TINY, num_classes=5)
+    assert learned.pos_embed.requires_grad and not torch.allclose(learned.pos_embed, model.pos_embed)
+
+
+def test_ablations_are_for_vits_only():
+    cnn = dict(name="resnet18", patch_size=None, embed_dim=None, depth=None, num_heads=None, drop_path_rate=0.0)
+    with pytest.raises(UserError, match="apply to timm ViTs"):
+        create_model(ModelConfig(**cnn, pos_embed="sincos"), 5)
+    with pytest.raises(UserError, match="patch_embed=conv applies to timm ViTs"):
+        create_model(ModelConfig(**cnn, patch_embed="conv"), 5)
+
+
+def test_imagenet_weights_from_a_local_file_are_adapted_to_the_params(tmp_path):
+    from safetensors.torch import save_file
+
+    # A checkpoint in timm's hub layout for vit_tiny_patch16_224 (224 px, 16 px patches, 1000 classes).
+    source = create_model(ModelConfig(img_size=224, patch_size=None, embed_dim=None, depth=None, num_heads=None), 1000)
+    weights = tmp_path / "model.safetensors"
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(weights))
+    small = ModelConfig(img_size=32, patch_size=4, embed_dim=None, depth=None, num_heads=None)
+    model = create_model(small, num_classes=10, imagenet_weights=str(weights))
+    assert torch.equal(model.blocks[5].mlp.fc1.weight, source.blocks[5].mlp.fc1.weight)
+    assert model.pos_embed.shape == (1, 1 + 8 * 8, 192)  # resampled from the 14 x 14 grid
+    assert model.patch_embed.proj.weight.shape == (192, 3, 4, 4)  # resampled from 16 x 16
+    assert model.head.out_features == 10
+    with pytest.raises(UserError, match="set those to null"):
+        create_model(ModelConfig(img_size=32, patch_size=4, embed_dim=96, depth=None, num_heads=None), 10,
+                     imagenet_weights=str(weights))
+    with pytest.raises(UserError, match="no such file"):
+        create_model(small, 10, imagenet_weights=str(tmp_path / "missing.safetensors"))
+
+
+def test_imagenet_weights_offline_without_a_file_say_what_to_do(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # no network here; this makes the hub fail at once
+    with pytest.raises(UserError, match=r"hf download timm/vit_tiny_patch16_224\S* model.safetensors.*finetune.imagenet_weights"):
+        create_model(ModelConfig(embed_dim=None, depth=None, num_heads=None), 10, imagenet_weights="")

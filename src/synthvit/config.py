@@ -22,7 +22,9 @@ DATASETS = ("cifar10", "cifar100", "mnist", "imagefolder")
 DEVICES = ("auto", "cuda", "cpu")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 OPTIMIZERS = ("adamw", "sgd")
-FINETUNE_INITS = ("pretrained", "scratch")
+FINETUNE_INITS = ("pretrained", "scratch", "imagenet")
+PATCH_EMBEDS = ("linear", "conv")
+POS_EMBEDS = ("learned", "sincos")
 
 
 def _check(ok: bool, key: str, value, allowed: str) -> None:
@@ -101,6 +103,7 @@ class DataConfig:
     test_per_class: int = 0
     num_workers: int = 2  # image decoding threads
     val_fraction: float = 0.0  # hold out this fraction of train (seeded, per class) to pick the best epoch
+    ignore_class_case: bool = False  # imagefolder: match train/ and test/ class folders case-insensitively
 
     def validate(self, prefix: str) -> None:
         _check(self.name in DATASETS, f"{prefix}.name", self.name, f"one of {', '.join(DATASETS)}")
@@ -121,9 +124,16 @@ class ModelConfig:
     depth: typing.Optional[int] = 12
     num_heads: typing.Optional[int] = 3
     drop_path_rate: float = 0.1
+    patch_embed: str = "linear"  # ViTs: linear patch projection, or a convolutional stem (Xiao et al. 2021)
+    pos_embed: str = "learned"  # ViTs: learned position embedding, or fixed 2-D sin-cos
 
     def validate(self, prefix: str) -> None:
         _check(bool(self.name), f"{prefix}.name", self.name, "a timm model name, e.g. vit_tiny_patch16_224")
+        _check(self.patch_embed in PATCH_EMBEDS, f"{prefix}.patch_embed", self.patch_embed, f"one of {', '.join(PATCH_EMBEDS)}")
+        _check(self.pos_embed in POS_EMBEDS, f"{prefix}.pos_embed", self.pos_embed, f"one of {', '.join(POS_EMBEDS)}")
+        if self.patch_embed == "conv":  # the stem halves the resolution per stride-2 conv
+            _check(self.patch_size is not None and self.patch_size >= 2 and self.patch_size & (self.patch_size - 1) == 0,
+                   f"{prefix}.patch_size", self.patch_size, "a power of 2 (>= 2) with model.patch_embed=conv")
         _check_range(f"{prefix}.img_size", self.img_size, "an integer >= 8", low=8)
         for key in ("patch_size", "embed_dim", "depth", "num_heads"):
             value = getattr(self, key)
@@ -196,7 +206,8 @@ class TrainConfig:
 
 @dataclass
 class FinetuneConfig(TrainConfig):
-    init: str = "pretrained"  # start from the pretrain checkpoint (new head), or from scratch
+    init: str = "pretrained"  # the pretrain checkpoint (new head), scratch, or timm's ImageNet weights
+    imagenet_weights: str = ""  # init=imagenet: a local weights file; "" downloads from the Hugging Face hub
 
     def validate(self, prefix: str) -> None:
         super().validate(prefix)
@@ -266,6 +277,9 @@ class Params:
             section = getattr(self, f.name)
             if dataclasses.is_dataclass(section):
                 section.validate(f.name)
+        if self.finetune.init == "imagenet":  # ImageNet checkpoints hold linear patch projections only
+            _check(self.model.patch_embed == "linear", "model.patch_embed", self.model.patch_embed,
+                   "linear with finetune.init=imagenet (ImageNet weights have no convolutional stem)")
 
 
 def _type_ok(value, annotation) -> bool:

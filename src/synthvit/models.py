@@ -8,11 +8,16 @@ the class names and the input normalisation.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from pathlib import Path
 
 import timm
 import torch
+from timm.layers import HybridEmbed
+from timm.layers.pos_embed_sincos import build_sincos2d_pos_embed
+from timm.models.vision_transformer import VisionTransformer
+from timm.models.vision_transformer_hybrid import ConvStem
 from torch import nn
 
 from synthvit.config import ModelConfig
@@ -29,30 +34,99 @@ def model_kwargs(cfg: ModelConfig) -> dict:
     keys = ("img_size", "patch_size", "embed_dim", "depth", "num_heads")
     kwargs = {k: getattr(cfg, k) for k in keys if getattr(cfg, k) is not None}
     kwargs["drop_path_rate"] = cfg.drop_path_rate
+    if cfg.patch_embed == "conv":
+        kwargs["embed_layer"] = conv_stem_embed
     return kwargs
 
 
-def create_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
+def conv_stem_embed(patch_size: int, embed_dim: int, in_chans: int = 3, **kwargs) -> nn.Module:
+    """A convolutional stem in place of the patch projection (Xiao et al. 2021, "Early
+    convolutions help transformers see better"): one 3x3 stride-2 conv with BN + ReLU per
+    halving of the resolution, then a 1x1 conv to the embedding width. Built from timm's
+    ConvStem and HybridEmbed; the token grid is the same as with linear patches.
+    """
+    halvings = int(math.log2(patch_size))
+    channels = tuple(max(16, embed_dim >> (halvings - 1 - i)) for i in range(halvings)) + (embed_dim,)
+    stem = ConvStem(in_chans=in_chans, depth=halvings + 1, channels=channels, kernel_size=(3,) * halvings + (1,),
+                    stride=(2,) * halvings + (1,))
+    return HybridEmbed(stem, patch_size=1, in_chans=in_chans, embed_dim=embed_dim, proj=False, **kwargs)
+
+
+def fix_sincos_pos_embed(model: VisionTransformer) -> None:
+    """Replace the learned position embedding by a fixed 2-D sin-cos one (zero for prefix tokens)."""
+    grid = model.patch_embed.grid_size
+    table = build_sincos2d_pos_embed(list(grid), dim=model.embed_dim).reshape(1, -1, model.embed_dim)
+    prefix = model.pos_embed.shape[1] - table.shape[1]  # class token, unless no_embed_class
+    table = torch.cat([table.new_zeros(1, prefix, model.embed_dim), table], dim=1)
+    with torch.no_grad():
+        model.pos_embed.copy_(table)
+    model.pos_embed.requires_grad_(False)  # timm's optimizer factory skips frozen parameters
+
+
+def create_model(cfg: ModelConfig, num_classes: int, imagenet_weights: str | None = None) -> nn.Module:
+    """A timm model with the params' overrides.
+
+    imagenet_weights: None for random init; "" for timm's ImageNet weights from the Hugging
+    Face hub; a path for the same weights from a local file (offline use). timm adapts the
+    position embedding and patch projection to the params' img_size and patch_size.
+    """
     if not timm.is_model(cfg.name):
         close = timm.list_models(f"*{cfg.name.split('_')[0]}*")[:8]
         raise UserError(
             f"params.yaml: model.name={cfg.name!r} is invalid: not a timm model"
             + (f"; similar names: {', '.join(close)}" if close else "; see timm.list_models()")
         )
+    model = build_timm_model(cfg, num_classes, imagenet_weights)
+    ablated = cfg.patch_embed != "linear" or cfg.pos_embed != "learned"
+    if ablated and not isinstance(model, VisionTransformer):
+        raise UserError(f"params.yaml: model.patch_embed/pos_embed apply to timm ViTs (vit_*, deit_*), not {cfg.name!r}; "
+                        "set them to linear/learned")
+    if cfg.pos_embed == "sincos":
+        fix_sincos_pos_embed(model)
+    return model
+
+
+def build_timm_model(cfg: ModelConfig, num_classes: int, imagenet_weights: str | None) -> nn.Module:
     kwargs = model_kwargs(cfg)
+    pretrained = imagenet_weights is not None
+    if imagenet_weights:
+        if not Path(imagenet_weights).is_file():
+            raise UserError(f"params.yaml: finetune.imagenet_weights={imagenet_weights!r} is invalid: no such file")
+        kwargs["pretrained_cfg_overlay"] = {"file": str(Path(imagenet_weights).resolve())}
     try:
         try:
-            return timm.create_model(cfg.name, pretrained=False, num_classes=num_classes, **kwargs)
+            return timm.create_model(cfg.name, pretrained=pretrained, num_classes=num_classes, **kwargs)
         except TypeError as exc:
             if "img_size" not in str(exc):
                 raise
             # CNNs take any resolution and have no img_size argument: the data still uses it.
             kwargs.pop("img_size")
-            return timm.create_model(cfg.name, pretrained=False, num_classes=num_classes, **kwargs)
+            return timm.create_model(cfg.name, pretrained=pretrained, num_classes=num_classes, **kwargs)
     except TypeError as exc:
+        if "embed_layer" in str(exc):
+            raise UserError(f"params.yaml: model.patch_embed=conv applies to timm ViTs (vit_*, deit_*), not {cfg.name!r}; "
+                            "set it to linear") from None
         raise UserError(
             f"params.yaml: model.name={cfg.name!r} does not take these overrides ({exc}); "
             "set the ones it does not use (patch_size, embed_dim, depth, num_heads) to null"
+        ) from None
+    except RuntimeError as exc:
+        if not pretrained or "size mismatch" not in str(exc):
+            raise
+        raise UserError(
+            f"the ImageNet weights of {cfg.name!r} do not fit model.embed_dim/depth/num_heads as set; "
+            "set those to null to keep the pre-trained architecture (img_size and patch_size may differ)"
+        ) from None
+    except Exception as exc:
+        if not pretrained or imagenet_weights:
+            raise
+        hub_cfg = timm.models.get_pretrained_cfg(cfg.name)
+        hub_id = hub_cfg.hf_hub_id if hub_cfg else None
+        raise UserError(
+            f"cannot download ImageNet weights for {cfg.name!r} from the Hugging Face hub ({type(exc).__name__}); "
+            "offline, fetch them on a connected machine"
+            + (f" (hf download {hub_id} model.safetensors)" if hub_id else "")
+            + " and set finetune.imagenet_weights to the file (HF_HUB_OFFLINE=1 skips the download retries)"
         ) from None
 
 
