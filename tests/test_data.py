@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from synthvit.config import DataConfig
-from synthvit.data import check_imagefolder, load_archive, load_split, load_synthetic
+from synthvit.data import load_archive, matched_class_folders, load_split, load_synthetic
 from synthvit.errors import UserError
 from conftest import CIFAR10_CLASSES
 
@@ -51,13 +51,31 @@ def test_imagefolder_any_size_and_mode(tmp_path):
 
 def test_imagefolder_errors_name_the_problem(tmp_path, small_imagefolder):
     with pytest.raises(UserError, match=r"data.root=.*no such folder"):
-        check_imagefolder(tmp_path / "missing")
+        matched_class_folders(tmp_path / "missing")
     (tmp_path / "only_train" / "train" / "cat").mkdir(parents=True)
     with pytest.raises(UserError, match="no test/ folder"):
-        check_imagefolder(tmp_path / "only_train")
+        matched_class_folders(tmp_path / "only_train")
     (small_imagefolder / "test" / "cat").rename(small_imagefolder / "test" / "kitten")
     with pytest.raises(UserError, match=r"class folders differ \(only in train: \['cat'\]; only in test: \['kitten'\]\)"):
-        check_imagefolder(small_imagefolder)
+        matched_class_folders(small_imagefolder)
+
+
+def test_imagefolder_class_case_can_be_ignored(small_imagefolder):
+    (small_imagefolder / "test" / "cat").rename(small_imagefolder / "test" / "CAT")
+    (small_imagefolder / "train" / "dog").rename(small_imagefolder / "train" / "Dog")
+    exact = DataConfig(name="imagefolder", root=str(small_imagefolder))
+    with pytest.raises(UserError, match="set data.ignore_class_case=true: they differ only in case"):
+        load_split(exact, "test", img_size=32)
+    relaxed = DataConfig(name="imagefolder", root=str(small_imagefolder), ignore_class_case=True)
+    train, test = load_split(relaxed, "train", img_size=32), load_split(relaxed, "test", img_size=32)
+    assert train.classes == test.classes  # the train spelling names each class in both splits
+    assert "Dog" in train.classes and "CAT" not in test.classes and "cat" in test.classes
+    cat = train.classes.index("cat")
+    assert {p.split("/")[-2] for p, label in zip(test.paths, test.labels.tolist()) if label == cat} == {"CAT"}
+    assert torch.bincount(test.labels).tolist() == [3] * 10
+    (small_imagefolder / "train" / "DOG").mkdir()
+    with pytest.raises(UserError, match=r"folders \['DOG', 'Dog'\] differ only in case"):
+        load_split(relaxed, "train", img_size=32)
 
 
 def test_corrupt_image_is_named(small_imagefolder):

@@ -48,8 +48,10 @@ def load_split(cfg: DataConfig, split: str, img_size: int) -> ImageSet:
         return load_archive(cfg.name, Path(cfg.root), split, img_size, cfg.download, per_class)
     if cfg.name == "imagefolder":
         root = Path(cfg.root)
-        check_imagefolder(root)
-        return load_image_folder(root / split, img_size, per_class, cfg.num_workers)
+        folders = matched_class_folders(root, cfg.ignore_class_case)
+        data = load_image_folder(root / split, img_size, per_class, cfg.num_workers, classes=folders[split])
+        data.classes = folders["train"]  # test/ may spell a class differently (ignore_class_case)
+        return data
     raise UserError(f"params.yaml: data.name={cfg.name!r} is invalid: one of {', '.join(DATASETS)}")
 
 
@@ -89,8 +91,12 @@ def class_folders(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def check_imagefolder(root: Path) -> None:
-    """Fail early, with the fix, on a root that is not `root/{train,test}/<class>/`."""
+def matched_class_folders(root: Path, ignore_case: bool = False) -> dict[str, list[str]]:
+    """{"train": folders, "test": folders}, the same classes in the same order in both splits.
+
+    Fails early, with the fix, on a root that is not `root/{train,test}/<class>/`. With
+    ignore_case, `Forest/` in train matches `forest/` in test; the train spelling names the class.
+    """
     if not root.is_dir():
         raise UserError(
             f"params.yaml: data.root={str(root)!r} is invalid: no such folder; "
@@ -105,14 +111,25 @@ def check_imagefolder(root: Path) -> None:
     train, test = class_folders(root / "train"), class_folders(root / "test")
     if not train:
         raise UserError(f"params.yaml: data.root={str(root)!r} is invalid: train/ holds no class folders")
-    if train != test:
-        only_train = sorted(set(train) - set(test))
-        only_test = sorted(set(test) - set(train))
+    key = str.casefold if ignore_case else str
+    if ignore_case:
+        for split, names in (("train", train), ("test", test)):
+            clashes = sorted(n for n in names if [key(m) for m in names].count(key(n)) > 1)
+            if clashes:
+                raise UserError(f"params.yaml: data.ignore_class_case=true is invalid for {root / split}: "
+                                f"folders {clashes} differ only in case; merge or rename them")
+    test_by_key = {key(name): name for name in test}
+    if sorted(map(key, train)) != sorted(test_by_key):
+        only_train = sorted(n for n in train if key(n) not in test_by_key)
+        only_test = sorted(n for n in test if key(n) not in set(map(key, train)))
+        case_only = sorted(map(str.casefold, train)) == sorted(map(str.casefold, test))
+        hint = " or set data.ignore_class_case=true: they differ only in case" if case_only and not ignore_case else ""
         raise UserError(
             f"params.yaml: data.root={str(root)!r} is invalid: train and test class folders differ "
             f"(only in train: {only_train or 'none'}; only in test: {only_test or 'none'}); "
-            "give both splits the same class folders"
+            f"give both splits the same class folders{hint}"
         )
+    return {"train": train, "test": [test_by_key[key(name)] for name in train]}
 
 
 def list_images(folder: Path, classes: list[str], per_class: int) -> tuple[list[Path], list[int]]:
