@@ -16,7 +16,7 @@ DEMO_OVERRIDES := \
 	-S pretrain.epochs=12 -S pretrain.batch_size=64 -S pretrain.warmup_epochs=1 -S pretrain.lr=1e-3 \
 	-S pretrain.mixup_alpha=0 -S pretrain.cutmix_alpha=0 \
 	-S finetune.epochs=6 -S finetune.batch_size=64 -S finetune.warmup_epochs=1 -S finetune.lr=1e-3 \
-	-S finetune.mixup_alpha=0 -S finetune.cutmix_alpha=0 -S finetune.random_erasing=0 \
+	-S finetune.mixup_alpha=0 -S finetune.cutmix_alpha=0 -S finetune.random_erasing=0 -S finetune.auto_augment=none \
 	-S data.train_per_class=1000
 DEMO_ARGS ?=
 DEMO_NAME ?= demo-$(shell date +%Y%m%d-%H%M%S)

@@ -41,3 +41,28 @@ def test_flip_probability():
     out = random_resized_crop_flip(x, scale=(1.0, 1.0), ratio=(1.0, 1.0), hflip=0.5, generator=g)
     flipped = (out[:, 0, 0, 0] > out[:, 0, 0, 7]).float().mean()
     assert 0.45 < flipped < 0.55
+
+
+def test_auto_augment_varies_within_a_batch_and_keeps_uint8():
+    from synthvit.augment import auto_augment, auto_augment_policy
+
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (1, 3, 16, 16), dtype=torch.uint8).expand(64, 3, 16, 16).contiguous()
+    for name in ("randaugment", "trivialaugment"):
+        out = auto_augment(images, auto_augment_policy(name, magnitude=9), group=8)
+        assert out.shape == images.shape and out.dtype == torch.uint8
+        groups = out.view(8, 8, 3, 16, 16)
+        # Images in a group share a draw; the 8 groups got several different draws.
+        assert all(torch.equal(g[0], g[i]) for g in groups for i in range(8))
+        assert len({tuple(g[0].flatten().tolist()) for g in groups}) >= 4
+    assert auto_augment(images, auto_augment_policy("none")) is images
+
+
+def test_randaugment_magnitude_sets_the_strength():
+    from synthvit.augment import auto_augment, auto_augment_policy
+
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (32, 3, 16, 16), dtype=torch.uint8)
+    strong = auto_augment(images, auto_augment_policy("randaugment", magnitude=30))
+    weak = auto_augment(images, auto_augment_policy("randaugment", magnitude=0))
+    assert (strong.float() - images.float()).abs().mean() > (weak.float() - images.float()).abs().mean()

@@ -73,3 +73,33 @@ def random_resized_crop_flip(
     theta[:, 1, 2] = cy
     grid = F.affine_grid(theta, (n, images.shape[1], h, w), align_corners=False)
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+AUTO_AUGMENT_GROUP = 8  # images that share one policy draw: per-group, not per-sample, Python
+
+
+def auto_augment_policy(name: str, magnitude: int = 9):
+    """torchvision's RandAugment (2 ops at `magnitude` of 31 bins) or TrivialAugmentWide, or None.
+
+    Geometric ops fill the uncovered corners with mid-gray, like the crop's padding.
+    """
+    from torchvision.transforms import v2
+
+    if name == "randaugment":
+        return v2.RandAugment(num_ops=2, magnitude=magnitude, fill=128)
+    if name == "trivialaugment":
+        return v2.TrivialAugmentWide(fill=128)
+    return None
+
+
+def auto_augment(images: torch.Tensor, policy, group: int = AUTO_AUGMENT_GROUP) -> torch.Tensor:
+    """Apply a torchvision auto-augment policy to a uint8 N x 3 x H x W batch, one random draw
+    (ops and magnitudes) per group of `group` images, on the batch's device.
+
+    torchvision applies one draw to a whole tensor; groups keep the draws varied across the
+    batch while the Python work stays per group (batch / 8 calls), not per image. The draws
+    come from torch's global generator, which resumable training saves and restores.
+    """
+    if policy is None:
+        return images
+    return torch.cat([policy(chunk) for chunk in images.split(group)])

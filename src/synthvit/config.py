@@ -22,6 +22,7 @@ DATASETS = ("cifar10", "cifar100", "mnist", "imagefolder")
 DEVICES = ("auto", "cuda", "cpu")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 OPTIMIZERS = ("adamw", "sgd")
+AUTO_AUGMENTS = ("none", "randaugment", "trivialaugment")
 FINETUNE_INITS = ("pretrained", "scratch", "imagenet")
 PATCH_EMBEDS = ("linear", "conv")
 POS_EMBEDS = ("learned", "sincos")
@@ -172,6 +173,8 @@ class TrainConfig:
     mixup_alpha: float = 0.8  # 0 turns mixup off
     cutmix_alpha: float = 1.0  # 0 turns cutmix off
     random_erasing: float = 0.25  # probability per image
+    auto_augment: str = "none"  # none | randaugment | trivialaugment (torchvision's, on the device)
+    auto_augment_magnitude: int = 9  # randaugment: strength of its 2 ops, 0-30
     crop_scale: list = field(default_factory=lambda: [0.25, 1.0])  # area fraction of random resized crops
     crop_padding: int = 0  # zero padding (pixels) around the image before cropping
     hflip: float = 0.5
@@ -193,6 +196,8 @@ class TrainConfig:
         _check_range(f"{prefix}.mixup_alpha", self.mixup_alpha, "a number >= 0 (0 = off)", low=0)
         _check_range(f"{prefix}.cutmix_alpha", self.cutmix_alpha, "a number >= 0 (0 = off)", low=0)
         _check_range(f"{prefix}.random_erasing", self.random_erasing, "a probability in [0, 1]", 0.0, 1.0)
+        _check(self.auto_augment in AUTO_AUGMENTS, f"{prefix}.auto_augment", self.auto_augment, f"one of {', '.join(AUTO_AUGMENTS)}")
+        _check_range(f"{prefix}.auto_augment_magnitude", self.auto_augment_magnitude, "an integer in [0, 30]", 0, 30)
         _check_pair(f"{prefix}.crop_scale", self.crop_scale, 0.01, 1.0)
         _check_range(f"{prefix}.crop_padding", self.crop_padding, "an integer >= 0", low=0)
         _check_range(f"{prefix}.hflip", self.hflip, "a probability in [0, 1]", 0.0, 1.0)

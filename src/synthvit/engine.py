@@ -1,7 +1,7 @@
 """The training and inference loops: plain functions over in-memory uint8 tensors.
 
 One epoch: shuffle indices, slice a batch, move it to the device, augment it there
-(crop/flip, Mixup/CutMix, random erasing), forward under autocast, step the
+(RandAugment/TrivialAugment, crop/flip, Mixup/CutMix, random erasing), forward under autocast, step the
 optimizer and the per-step cosine schedule. Nothing here knows about DVC or MLflow;
 callers get per-epoch metrics through `on_epoch`.
 """
@@ -27,7 +27,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from synthvit import distributed
-from synthvit.augment import random_resized_crop_flip, to_float
+from synthvit.augment import auto_augment, auto_augment_policy, random_resized_crop_flip, to_float
 from synthvit.config import RuntimeConfig, TrainConfig
 from synthvit.data import ImageSet
 from synthvit.errors import UserError
@@ -144,6 +144,7 @@ def train(
         else None
     )
     criterion = SoftTargetCrossEntropy() if use_mix else nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    policy = auto_augment_policy(cfg.auto_augment, cfg.auto_augment_magnitude)
     erasing = RandomErasing(cfg.random_erasing, mode="pixel", device=device) if cfg.random_erasing > 0 else None
     # One order for all processes; each process its own augmentation draws.
     generators = {
@@ -165,7 +166,7 @@ def train(
         bar = progress_bar(range(steps), desc=f"{desc} epoch {epoch}/{cfg.epochs}", unit="batch")
         for step in bar:
             idx = order[step * batch_size + rank * per_rank : step * batch_size + (rank + 1) * per_rank]
-            x = to_float(images[idx], mean, std)
+            x = to_float(auto_augment(images[idx], policy), mean, std)
             y = labels[idx]
             x = random_resized_crop_flip(x, cfg.crop_scale, padding=cfg.crop_padding, hflip=cfg.hflip,
                                          generator=generators["augment"])
