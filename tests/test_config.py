@@ -30,6 +30,7 @@ def test_defaults_fill_missing_sections():
         ({"finetune": {"init": "imagenet21k"}}, "finetune.init", "pretrained, scratch, imagenet"),
         ({"model": {"patch_embed": "conv", "img_size": 36, "patch_size": 6}}, "model.patch_size", "a power of 2"),
         ({"model": {"patch_embed": "hybrid"}}, "model.patch_embed", "one of linear, conv"),
+        ({"data": {"name": "cifar10", "loader": "stream"}}, "data.loader", "memory for data.name=cifar10"),
         ({"model": {"pos_embed": "rope"}}, "model.pos_embed", "one of learned, sincos"),
         ({"model": {"patch_embed": "conv"}, "finetune": {"init": "imagenet"}}, "model.patch_embed", "ImageNet weights have no"),
         ({"synthetic": {"kind": "mandelbrot"}}, "synthetic.kind", "fractaldb, ofdb, onepfrac"),

@@ -144,3 +144,33 @@ def test_keep_best_restores_the_best_validation_epoch():
     assert selected[0]["eval_acc"] == best and selected[0]["epoch"] == min(h["epoch"] for h in history if h["eval_acc"] == best)
     logits = predict_logits(model, val.images, torch.device("cpu"))
     assert (logits.argmax(1) == val.labels).float().mean().item() == pytest.approx(best)
+
+
+def test_streamed_image_folder_trains_exactly_like_the_in_memory_one(tmp_path):
+    """data.loader=stream: DataLoader workers decode the files; same batches, same weights."""
+    from PIL import Image
+
+    from synthvit.config import DataConfig
+    from synthvit.data import load_split
+
+    data = bright_vs_dark(n=48)
+    for split in ("train", "test"):
+        for i, (image, label) in enumerate(zip(data.images, data.labels.tolist())):
+            folder = tmp_path / split / data.classes[label]
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image.permute(1, 2, 0).numpy()).save(folder / f"{i:03d}.png")
+    memory_cfg = DataConfig(name="imagefolder", root=str(tmp_path))
+    in_memory = load_split(memory_cfg, "train", img_size=16)
+    streamed = load_split(DataConfig(name="imagefolder", root=str(tmp_path), loader="stream"), "train", img_size=16)
+    assert streamed.streamed and streamed.images is None and len(streamed) == len(in_memory) == 48
+    cfg = TrainConfig(epochs=2, batch_size=16, lr=1e-3, warmup_epochs=0, mixup_alpha=0, cutmix_alpha=0,
+                      random_erasing=0.5, auto_augment="trivialaugment", crop_padding=2, checkpoint_every=0)
+    weights = []
+    for source, workers in ((in_memory, 0), (streamed, 2)):
+        seed_everything(0)
+        model = create_model(TINY, num_classes=2)
+        history = train(model, source, cfg, CPU, seed=0, num_workers=workers)
+        weights.append(model.state_dict())
+        assert len(history) == 2
+    for name, tensor in weights[0].items():
+        assert torch.equal(tensor, weights[1][name]), name

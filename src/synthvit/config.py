@@ -22,6 +22,7 @@ DATASETS = ("cifar10", "cifar100", "mnist", "imagefolder")
 DEVICES = ("auto", "cuda", "cpu")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 OPTIMIZERS = ("adamw", "sgd")
+LOADERS = ("memory", "stream")
 AUTO_AUGMENTS = ("none", "randaugment", "trivialaugment")
 FINETUNE_INITS = ("pretrained", "scratch", "imagenet")
 PATCH_EMBEDS = ("linear", "conv")
@@ -105,6 +106,7 @@ class DataConfig:
     num_workers: int = 2  # image decoding threads
     val_fraction: float = 0.0  # hold out this fraction of train (seeded, per class) to pick the best epoch
     ignore_class_case: bool = False  # imagefolder: match train/ and test/ class folders case-insensitively
+    loader: str = "memory"  # memory (decode once) | stream (imagefolder train split, decoded per batch by workers)
 
     def validate(self, prefix: str) -> None:
         _check(self.name in DATASETS, f"{prefix}.name", self.name, f"one of {', '.join(DATASETS)}")
@@ -112,6 +114,9 @@ class DataConfig:
         _check_range(f"{prefix}.train_per_class", self.train_per_class, "an integer >= 0 (0 keeps all)", low=0)
         _check_range(f"{prefix}.test_per_class", self.test_per_class, "an integer >= 0 (0 keeps all)", low=0)
         _check_range(f"{prefix}.num_workers", self.num_workers, "an integer >= 0", low=0)
+        _check(self.loader in LOADERS, f"{prefix}.loader", self.loader, f"one of {', '.join(LOADERS)}")
+        _check(self.loader == "memory" or self.name == "imagefolder", f"{prefix}.loader", self.loader,
+               f"memory for data.name={self.name} (stream is for image folders too large for memory)")
         _check_range(f"{prefix}.val_fraction", self.val_fraction, "a fraction in [0, 0.9] (0 = no validation split)", 0.0, 0.9)
 
 

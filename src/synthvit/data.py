@@ -2,6 +2,9 @@
 
 Every dataset is decoded once into an `ImageSet` (N x 3 x S x S uint8, S = model.img_size)
 so training augments whole batches on the device instead of running per-sample Python.
+An image folder too large for memory can instead be streamed (data.loader=stream): the
+training split keeps only file paths, and a DataLoader's worker processes decode each
+batch; the batches then take the same device augmentation path.
 Sources: torchvision's CIFAR-10 archive, an ImageFolder tree (`root/train/<class>/`,
 `root/test/<class>/`, any size or mode), and the synthetic fractal folder.
 """
@@ -28,10 +31,15 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".we
 
 @dataclass
 class ImageSet:
-    images: torch.Tensor  # uint8, N x 3 x S x S
+    images: torch.Tensor | None  # uint8, N x 3 x S x S; None when streamed from `paths`
     labels: torch.Tensor  # int64, N
     classes: list[str]
     paths: list[str] | None = None  # source files, when the set came from files
+    img_size: int = 0  # decode size of a streamed set
+
+    @property
+    def streamed(self) -> bool:
+        return self.images is None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -49,6 +57,9 @@ def load_split(cfg: DataConfig, split: str, img_size: int) -> ImageSet:
     if cfg.name == "imagefolder":
         root = Path(cfg.root)
         folders = matched_class_folders(root, cfg.ignore_class_case)
+        if split == "train" and cfg.loader == "stream":
+            paths, labels = list_images(root / split, folders[split], per_class)
+            return ImageSet(None, torch.tensor(labels, dtype=torch.int64), folders["train"], [str(p) for p in paths], img_size)
         data = load_image_folder(root / split, img_size, per_class, cfg.num_workers, classes=folders[split])
         data.classes = folders["train"]  # test/ may spell a class differently (ignore_class_case)
         return data
@@ -70,9 +81,13 @@ def split_validation(data: ImageSet, fraction: float, seed: int) -> tuple[ImageS
 
     def subset(mask):
         paths = [p for p, keep in zip(data.paths, mask.tolist()) if keep] if data.paths else None
-        return ImageSet(data.images[mask], data.labels[mask], data.classes, paths)
+        images = data.images[mask] if data.images is not None else None
+        return ImageSet(images, data.labels[mask], data.classes, paths, data.img_size)
 
-    return subset(~is_val), subset(is_val)
+    train, val = subset(~is_val), subset(is_val)
+    if val.streamed:  # scored every epoch: decoded once, like any evaluation set
+        val.images = decode_files(val.paths, val.img_size, num_workers=2, desc="decode validation")
+    return train, val
 
 
 def load_synthetic(root: Path, img_size: int, num_workers: int = 2) -> ImageSet:
@@ -161,26 +176,46 @@ def decode_image(path: Path, img_size: int) -> np.ndarray:
         raise UserError(f"cannot read image {path}: {exc}; remove or replace the file") from None
 
 
+def decode_files(paths: list, img_size: int, num_workers: int = 2, desc: str = "decode") -> torch.Tensor:
+    """uint8 N x 3 x S x S from image files, decoded by a thread pool."""
+    images = np.empty((len(paths), img_size, img_size, 3), dtype=np.uint8)
+
+    def decode_into(i: int) -> None:
+        images[i] = decode_image(Path(paths[i]), img_size)
+
+    # PIL releases the GIL while decoding, so threads give real parallelism here.
+    with ThreadPoolExecutor(max(1, num_workers)) as pool:
+        for _ in progress_bar(pool.map(decode_into, range(len(paths))), total=len(paths), desc=desc):
+            pass
+    return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+
+
 def load_image_folder(
     folder: Path, img_size: int, per_class: int = 0, num_workers: int = 2, classes: list[str] | None = None
 ) -> ImageSet:
     classes = classes if classes is not None else class_folders(folder)
     paths, labels = list_images(folder, classes, per_class)
-    images = np.empty((len(paths), img_size, img_size, 3), dtype=np.uint8)
-
-    def decode_into(i: int) -> None:
-        images[i] = decode_image(paths[i], img_size)
-
-    # PIL releases the GIL while decoding, so threads give real parallelism here.
-    with ThreadPoolExecutor(max(1, num_workers)) as pool:
-        for _ in progress_bar(pool.map(decode_into, range(len(paths))), total=len(paths), desc=f"decode {folder.name}"):
-            pass
     return ImageSet(
-        images=torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(),
+        images=decode_files(paths, img_size, num_workers, desc=f"decode {folder.name}"),
         labels=torch.tensor(labels, dtype=torch.int64),
         classes=list(classes),
         paths=[str(p) for p in paths],
+        img_size=img_size,
     )
+
+
+class StreamedImages(torch.utils.data.Dataset):
+    """A streamed ImageSet for a DataLoader: item i is (uint8 3 x S x S, label), decoded on demand."""
+
+    def __init__(self, data: ImageSet):
+        self.paths, self.labels, self.img_size = data.paths, data.labels, data.img_size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        image = decode_image(Path(self.paths[i]), self.img_size)
+        return torch.from_numpy(image).permute(2, 0, 1), self.labels[i]
 
 
 # ---- CIFAR-10 (torchvision's archive) ----------------------------------------------

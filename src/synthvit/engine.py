@@ -8,6 +8,7 @@ callers get per-epoch metrics through `on_epoch`.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import random
@@ -25,11 +26,12 @@ from timm.scheduler import CosineLRScheduler
 from timm.utils import ModelEmaV3
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
 
 from synthvit import distributed
 from synthvit.augment import auto_augment, auto_augment_policy, random_resized_crop_flip, to_float
 from synthvit.config import RuntimeConfig, TrainConfig
-from synthvit.data import ImageSet
+from synthvit.data import ImageSet, StreamedImages
 from synthvit.errors import UserError
 from synthvit.models import DEFAULT_MEAN, DEFAULT_STD
 from synthvit.progress import log, progress_bar
@@ -81,6 +83,25 @@ def steps_per_epoch(num_images: int, batch_size: int) -> tuple[int, int]:
     return num_images // batch, batch
 
 
+def uint8_batches(train_set: ImageSet, slices: list[torch.Tensor], device: torch.device, num_workers: int):
+    """(uint8 images on the device, their indices) for each index slice, in order.
+
+    In memory: one gather per batch from the tensor (already on the device). Streamed: a
+    DataLoader decodes the same slices in worker processes, so both paths see the same
+    images in the same order.
+    """
+    if not train_set.streamed:
+        for idx in slices:
+            yield train_set.images[idx], idx
+        return
+    # Its own generator: a DataLoader seeds its workers from the global one otherwise, which
+    # would shift the augmentation draws (decoding itself draws nothing).
+    loader = DataLoader(StreamedImages(train_set), batch_sampler=[idx.tolist() for idx in slices], num_workers=num_workers,
+                        pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(0))
+    for (images, _), idx in zip(loader, slices):
+        yield images.to(device, non_blocking=True), idx
+
+
 def build_schedule(optimizer, cfg: TrainConfig, total_steps: int, steps_each_epoch: int) -> CosineLRScheduler:
     """Per-step cosine decay to min_lr after a linear warmup (timm's scheduler)."""
     return CosineLRScheduler(
@@ -105,6 +126,7 @@ def train(
     desc: str = "train",
     resume_file: Path | None = None,
     keep_best: bool = False,
+    num_workers: int = 2,
 ) -> list[dict]:
     """Train in place; returns one dict of metrics per epoch.
 
@@ -112,6 +134,7 @@ def train(
     `cfg.checkpoint_every` epochs, and a run that finds the file continues from it.
     With `keep_best`, the model ends with the weights of the epoch that scored best on
     `eval_set` (a validation split: the test set is for reporting only).
+    A streamed `train_set` is decoded batch by batch by `num_workers` DataLoader workers.
     """
     seed_everything(seed)
     device = resolve_device(runtime)
@@ -120,7 +143,8 @@ def train(
     set_deterministic(runtime.deterministic)
     amp_dtype = autocast_dtype(runtime, device)
     model.to(device)
-    images = train_set.images.to(device)  # decoded once; stays on the device
+    if not train_set.streamed:  # decoded once; moved to the device once
+        train_set = dataclasses.replace(train_set, images=train_set.images.to(device))
     labels = train_set.labels.to(device)
     num_classes = train_set.num_classes
     mean = torch.tensor(DEFAULT_MEAN, device=device)  # made once, not per batch
@@ -163,10 +187,11 @@ def train(
         order = torch.randperm(len(train_set), generator=generators["order"], device=device)
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device)
-        bar = progress_bar(range(steps), desc=f"{desc} epoch {epoch}/{cfg.epochs}", unit="batch")
-        for step in bar:
-            idx = order[step * batch_size + rank * per_rank : step * batch_size + (rank + 1) * per_rank]
-            x = to_float(auto_augment(images[idx], policy), mean, std)
+        slices = [order[step * batch_size + rank * per_rank : step * batch_size + (rank + 1) * per_rank] for step in range(steps)]
+        bar = progress_bar(uint8_batches(train_set, slices, device, num_workers), total=steps,
+                           desc=f"{desc} epoch {epoch}/{cfg.epochs}", unit="batch")
+        for step, (batch, idx) in enumerate(bar):
+            x = to_float(auto_augment(batch, policy), mean, std)
             y = labels[idx]
             x = random_resized_crop_flip(x, cfg.crop_scale, padding=cfg.crop_padding, hflip=cfg.hflip,
                                          generator=generators["augment"])

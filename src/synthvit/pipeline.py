@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 import time
 from pathlib import Path
 
@@ -43,6 +44,17 @@ def tensor_digest(*tensors) -> str:
     return sha.hexdigest()
 
 
+def data_digest(data: ImageSet) -> str:
+    """The pixels and labels; for a streamed set, its files' paths, sizes and mtimes."""
+    if not data.streamed:
+        return tensor_digest(data.images, data.labels)
+    sha = hashlib.sha256(tensor_digest(data.labels).encode())
+    for path in data.paths:
+        stat = os.stat(path)
+        sha.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return sha.hexdigest()
+
+
 def training_fingerprint(model: nn.Module, train_set: ImageSet, train_cfg: TrainConfig, params: Params) -> dict:
     """What must match for a saved training state to be resumed: recipe, data and starting weights."""
     runtime = dataclasses.asdict(params.runtime)
@@ -52,7 +64,7 @@ def training_fingerprint(model: nn.Module, train_set: ImageSet, train_cfg: Train
         "model": dataclasses.asdict(params.model),
         "runtime": runtime,
         "seed": params.seed,
-        "data": tensor_digest(train_set.images, train_set.labels),
+        "data": data_digest(train_set),
         "initial_weights": tensor_digest(*model.state_dict().values()),
     }
 
@@ -78,6 +90,7 @@ def train_and_record(
         desc=stage,
         resume_file=resume_path(stage, training_fingerprint(model, train_set, train_cfg, params)),
         keep_best=keep_best,
+        num_workers=params.data.num_workers,
     )
     wall = time.perf_counter() - started
     # The model is the selected epoch's when keep_best, else the last one's.
