@@ -5,6 +5,7 @@
     synthvit bench train             training img/s of the engine against a plain DataLoader loop
     synthvit predict IMAGE|DIR|GLOB  classify images (--model a checkpoint or models:/NAME@ALIAS, --top-k, --json)
     synthvit app                     the web demo on 127.0.0.1 (--host, --port, --model)
+    synthvit compare                 a table and plot of experiments from MLflow (or --source dvc) into compare/
 """
 
 from __future__ import annotations
@@ -41,6 +42,13 @@ def build_parser() -> argparse.ArgumentParser:
                                   description=app.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     app.add_arguments(serving)
     serving.set_defaults(func=app.run)
+
+    from synthvit import compare
+
+    comparing = commands.add_parser("compare", help="compare experiments: table (CSV, Markdown) and accuracy-cost plot",
+                                    description=compare.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    compare.add_arguments(comparing)
+    comparing.set_defaults(func=compare.run)
 
     bench = commands.add_parser("bench", help="benchmarks that print a figure")
     benches = bench.add_subparsers(dest="bench", required=True)
