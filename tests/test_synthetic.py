@@ -87,6 +87,20 @@ def test_layout_and_manifest(tmp_path):
     assert not list(tmp_path.glob(".out.*"))  # no staging folder left behind
 
 
+def test_full_patches_draw_solid_shapes_the_manifest_re_renders(tmp_path):
+    cfg = SyntheticConfig(kind="fractaldb", patch="full", fill_rate=0.1, **SMALL)
+    manifest = generate_dataset(cfg, 3, tmp_path / "out", progress=False)
+    assert manifest["params"]["patch"] == "full" and "solid" in manifest["renderer"]["patch"]
+    for entry in manifest["classes"]:
+        image = np.asarray(Image.open(tmp_path / "out" / "images" / entry["name"] / "0000.png"))
+        again = render_ifs(np.array(entry["maps"]), np.array(entry["probabilities"]), 32, 3000, entry["render_seed"], patch="full")
+        np.testing.assert_array_equal(again, image)
+        speckled = render_ifs(np.array(entry["maps"]), np.array(entry["probabilities"]), 32, 3000, entry["render_seed"])
+        # Solid patches light every covered pixel; random masks light about half of them.
+        assert np.count_nonzero(image) > 1.5 * np.count_nonzero(speckled)
+        assert np.count_nonzero(image) / image.size >= 0.1
+
+
 @pytest.mark.parametrize("kind", ["fractaldb", "ofdb", "onepfrac"])
 def test_every_accepted_category_reaches_the_fill_rate(tmp_path, kind):
     cfg = SyntheticConfig(kind=kind, num_classes=6, instances_per_class=2, image_size=48, num_points=4000, fill_rate=0.25)

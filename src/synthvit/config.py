@@ -76,6 +76,7 @@ class SyntheticConfig:
     onepfrac_maps: int = 2  # onepfrac: affine maps in the single IFS (1p-frac uses 2)
     delta: float = 0.1  # onepfrac: each coefficient times U(1-delta, 1+delta)
     max_attempts: int = 1000  # IFS draws allowed per category before giving up
+    patch: str = "random"  # 3x3 point patches: random masks (FractalDB) | full (solid; smoother at low resolution)
 
     def validate(self, prefix: str) -> None:
         _check(self.kind in SYNTHETIC_KINDS, f"{prefix}.kind", self.kind, f"one of {', '.join(SYNTHETIC_KINDS)}")
@@ -94,6 +95,7 @@ class SyntheticConfig:
                          high=3 * self.onepfrac_maps)
         _check_range(f"{prefix}.delta", self.delta, "a fraction in [0, 1)", 0.0, 0.999999)
         _check_range(f"{prefix}.max_attempts", self.max_attempts, "an integer >= 1", low=1)
+        _check(self.patch in ("random", "full"), f"{prefix}.patch", self.patch, "one of random, full")
 
 
 @dataclass

@@ -93,7 +93,7 @@ class _Layout:
 def _search(cfg: SyntheticConfig, draw, num_categories: int, pool, workers: int, on_accept, failure: str) -> list[Accepted]:
     try:
         return search(num_categories, draw, cfg.image_size, cfg.num_points, cfg.fill_rate, cfg.max_attempts,
-                      pool, workers, on_accept)
+                      pool, workers, on_accept, patch=cfg.patch)
     except SearchFailed as failed:
         raise ConfigError(
             "synthetic.fill_rate", cfg.fill_rate,
@@ -116,14 +116,14 @@ def _class_entry(name: str, found: Accepted) -> dict:
     }
 
 
-def _render_instances(jobs, *, layout: _Layout, image_size: int, num_points: int, seed: int) -> list[dict]:
+def _render_instances(jobs, *, layout: _Layout, image_size: int, num_points: int, seed: int, patch: str) -> list[dict]:
     """Render and write FractalDB instances [(category, instance, category maps)] (in a worker)."""
     variations = [draws.instance_variation(seed, c, i) for c, i, _ in jobs]
     systems = []
     for (_, _, maps), variation in zip(jobs, variations):
         maps = draws.instance_maps(maps, variation)
         systems.append((maps, ifs.map_probabilities(maps)))
-    images = render_batch(systems, image_size, num_points, [v["render_seed"] for v in variations])
+    images = render_batch(systems, image_size, num_points, [v["render_seed"] for v in variations], patch)
     for (c, i, _), variation, image, rate in zip(jobs, variations, images, fill_rates(images)):
         write_gray_png(layout.path(c, i), draws.flip(image, variation["flip"]))
         variation["fill_rate"] = float(rate)
@@ -139,7 +139,7 @@ def _fractaldb_instances(cfg: SyntheticConfig, seed: int, classes: list[dict], p
     batch = batch_size_for(cfg.num_points)
     chunks = [jobs[k : k + batch] for k in range(0, len(jobs), batch)]
     render = functools.partial(_render_instances, layout=layout, image_size=cfg.image_size,
-                               num_points=cfg.num_points, seed=seed)
+                               num_points=cfg.num_points, seed=seed, patch=cfg.patch)
     for chunk, variations in zip(chunks, pool.map(render, chunks)):
         for (c, _, _), variation in zip(chunk, variations):
             classes[c]["instances"].append(variation)
@@ -204,7 +204,8 @@ def _build(cfg: SyntheticConfig, seed: int, root: Path, progress: bool, workers:
         "images_per_class": per_class,
         "image_path": "images/<class name>/<instance, 4+ digits>.png",
         "map_formula": "x' = a*x + b*y + e; y' = c*x + d*y + f; each map is [a, b, c, d, e, f]",
-        "renderer": {"patch": "3x3, random binary mask per point, later patches overwrite",
+        "renderer": {"patch": ("3x3, random binary mask per point, later patches overwrite" if cfg.patch == "random"
+                               else "3x3, solid (all nine cells lit) per point"),
                      "burn_in": BURN_IN, "probability_slots": TABLE_SIZE},
     }
     bar = _Progress(cfg.num_classes * per_class, progress, f"synthetic {cfg.kind}")

@@ -62,7 +62,7 @@ def batch_size_for(num_points: int) -> int:
     return int(np.clip(POINTS_PER_BATCH // num_points, 1, 64))
 
 
-def _evaluate(jobs, *, draw, image_size: int, num_points: int, fill_rate: float, batch: int):
+def _evaluate(jobs, *, draw, image_size: int, num_points: int, fill_rate: float, batch: int, patch: str = "random"):
     """[(candidate, fill rate, PNG bytes or None)] per (category, attempt); PNG when it passes."""
     candidates = [draw(category, attempt) for category, attempt in jobs]
     systems = [(c.maps, c.probabilities) for c in candidates]
@@ -70,13 +70,13 @@ def _evaluate(jobs, *, draw, image_size: int, num_points: int, fill_rate: float,
     rates = np.zeros(len(jobs))
     hopeful = list(range(len(jobs)))
     if image_size >= PREVIEW_MIN_SIZE and fill_rate > 0:
-        previews = render_batch(systems, image_size // PREVIEW_SHRINK, max(100, num_points // PREVIEW_SHRINK**2), seeds)
+        previews = render_batch(systems, image_size // PREVIEW_SHRINK, max(100, num_points // PREVIEW_SHRINK**2), seeds, patch)
         rates = fill_rates(previews)  # estimates, for the error message of a failed search
         hopeful = [i for i in hopeful if rates[i] >= PREVIEW_MARGIN * fill_rate]
     pngs = [None] * len(jobs)
     for start in range(0, len(hopeful), batch):
         chosen = hopeful[start : start + batch]
-        rendered = render_batch([systems[i] for i in chosen], image_size, num_points, [seeds[i] for i in chosen])
+        rendered = render_batch([systems[i] for i in chosen], image_size, num_points, [seeds[i] for i in chosen], patch)
         for i, image, rate in zip(chosen, rendered, fill_rates(rendered)):
             rates[i] = rate
             pngs[i] = encode_gray_png(image) if rate >= fill_rate else None
@@ -93,6 +93,7 @@ def search(
     pool,
     workers: int,
     on_accept: Callable[[int, Accepted], None],
+    patch: str = "random",
 ) -> list[Accepted]:
     """One Accepted per category, in category order; raises SearchFailed when one runs out.
 
@@ -102,7 +103,7 @@ def search(
     """
     batch = batch_size_for(num_points)
     evaluate = functools.partial(_evaluate, draw=draw, image_size=image_size, num_points=num_points,
-                                 fill_rate=fill_rate, batch=batch)
+                                 fill_rate=fill_rate, batch=batch, patch=patch)
     num_tasks = TASKS_PER_WORKER * max(2, workers)
     round_size = batch * max(BATCHES_PER_ROUND, num_tasks)
     tried = [0] * num_categories
