@@ -5,6 +5,8 @@ import mlflow
 import pytest
 
 from synthvit import tracking
+from synthvit.errors import UserError
+from synthvit.runner import run_main
 
 
 @pytest.fixture
@@ -77,3 +79,54 @@ def test_fresh_store_created_by_parallel_processes(tmp_path):
     assert all(p.returncode == 0 for p in procs), [err[-2000:] for _, err in results]
     ids = {out.strip().splitlines()[-1] for out, _ in results}
     assert len(ids) == 1
+
+
+def stage_runs(store_uri: str) -> tuple[list, list]:
+    client = tracking.open_client(store_uri)
+    runs = client.search_runs([client.get_experiment_by_name("unit").experiment_id])
+    parents = [r for r in runs if tracking.PIPELINE_TAG in r.data.tags]
+    return parents, [r for r in runs if r not in parents]
+
+
+def test_stage_failing_before_its_run_fails_the_parent(store, monkeypatch):
+    """A later stage that fails before `stage_run` (e.g. weights it cannot fetch) must not leave the parent FINISHED."""
+    monkeypatch.setattr(tracking, "pipeline_key", lambda: "dvc-44-1")
+    with tracking.stage_run("pretrain", {}, "unit"):
+        pass
+    # The next stage is a new process under the same dvc: its run has not opened when it fails.
+    monkeypatch.setattr(tracking, "_stage_run_opened", False)
+    monkeypatch.setenv("DVC_STAGE", "finetune")
+
+    def finetune():
+        raise UserError("cannot download ImageNet weights")
+
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(finetune)
+    assert exit_info.value.code == 2
+    parents, children = stage_runs(tracking.tracking_uri())
+    assert [p.info.status for p in parents] == ["FAILED"]
+    by_name = {c.info.run_name: c for c in children}
+    assert sorted(by_name) == ["finetune", "pretrain"]
+    assert by_name["pretrain"].info.status == "FINISHED"
+    failed = by_name["finetune"]
+    assert failed.info.status == "FAILED"
+    assert failed.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+    assert failed.data.tags[tracking.ERROR_TAG] == "cannot download ImageNet weights"
+    assert failed.data.tags["dvc.exp_name"] == "exp-test" and failed.data.tags["dvc.stage"] == "finetune"
+
+
+def test_early_failure_records_nothing_outside_dvc_or_twice(store, monkeypatch):
+    monkeypatch.setattr(tracking, "pipeline_key", lambda: "dvc-45-1")
+    with tracking.stage_run("pretrain", {}, "unit"):
+        pass
+    monkeypatch.setattr(tracking, "_stage_run_opened", False)
+    monkeypatch.delenv("DVC_STAGE", raising=False)
+    tracking.record_early_failure(UserError("not under dvc"))  # e.g. `python stages/finetune.py` by hand
+    monkeypatch.setenv("DVC_STAGE", "finetune")
+    with pytest.raises(ValueError):  # failing inside its run: the run records it, the hook adds nothing
+        with tracking.stage_run("finetune", {}, "unit"):
+            raise ValueError("boom")
+    tracking.record_early_failure(ValueError("boom"))
+    parents, children = stage_runs(tracking.tracking_uri())
+    assert [p.info.status for p in parents] == ["FAILED"]
+    assert sorted((c.info.run_name, c.info.status) for c in children) == [("finetune", "FAILED"), ("pretrain", "FINISHED")]

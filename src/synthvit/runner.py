@@ -9,16 +9,22 @@ from synthvit.errors import UserError
 
 
 def run_main(main: Callable[[], int | None]) -> None:
-    from synthvit import distributed
+    from synthvit import distributed, tracking
 
+    # A DVC stage that fails before its MLflow run opened still fails its pipeline's parent run.
     try:
         code = main()
     except UserError as exc:
+        tracking.record_early_failure(exc)
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        tracking.record_early_failure(exc)
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    except Exception as exc:
+        tracking.record_early_failure(exc)
+        raise
     finally:
         distributed.cleanup()
     sys.exit(code or 0)

@@ -21,6 +21,8 @@ from pathlib import Path
 import psutil
 
 PIPELINE_TAG = "synthvit.pipeline"
+ERROR_TAG = "synthvit.error"
+_stage_run_opened = False  # set once this process's stage run exists: from then on it records how the stage ends
 
 
 def repo_root() -> Path:
@@ -141,9 +143,12 @@ def stage_run(stage: str, params: dict, experiment_name: str):
 
     from synthvit import distributed
 
+    global _stage_run_opened
+
     if not distributed.is_main():  # under torchrun, process 0 records the run
         yield distributed.Silent()
         return
+    _stage_run_opened = True
     uri = tracking_uri()
     client = open_client(uri)
     mlflow.set_tracking_uri(uri)
@@ -163,6 +168,44 @@ def stage_run(stage: str, params: dict, experiment_name: str):
             status = "FINISHED"
     finally:
         client.set_terminated(parent_id, status)
+
+
+def record_early_failure(error: BaseException) -> None:
+    """Fail the pipeline's parent run when a DVC stage fails before its own run opened.
+
+    Stages load data and build models before `stage_run` (e.g. ImageNet weights that
+    cannot be fetched): without this the parent keeps the FINISHED of the stage before,
+    and a failed execution looks complete in MLflow. Records a FAILED (KILLED on Ctrl-C)
+    run for the stage, with the error as a tag, and ends the parent the same way. Does
+    nothing outside DVC, when the stage's run already exists, or when no parent was
+    created yet (nothing of this execution is in MLflow). Never raises: the stage's own
+    error is what the user must see.
+    """
+    from synthvit import distributed
+
+    stage = os.environ.get("DVC_STAGE")
+    if not stage or _stage_run_opened or not distributed.is_main():
+        return
+    uri = tracking_uri()
+    db = sqlite_path(uri)
+    if db is not None and not db.is_file():
+        return
+    status = "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
+    try:
+        client = open_client(uri)
+        experiments = [e.experiment_id for e in client.search_experiments()]
+        found = client.search_runs(experiments, filter_string=f"tags.`{PIPELINE_TAG}` = '{pipeline_key()}'", max_results=1)
+        if not found:
+            return
+        parent = found[0].info
+        tags = {**run_tags(stage), "mlflow.parentRunId": parent.run_id, ERROR_TAG: str(error)[:4000] or type(error).__name__}
+        run = client.create_run(parent.experiment_id, run_name=stage, tags=tags)
+        client.set_terminated(run.info.run_id, status)
+        client.set_terminated(parent.run_id, status)
+    except Exception as exc:  # noqa: BLE001 - recording is best effort
+        import sys
+
+        print(f"warning: could not record the failure in MLflow ({uri}): {exc}", file=sys.stderr)
 
 
 def log_model(mlflow, model, checkpoint: Path, registered_model: str = "", alias: str = "") -> str | None:
