@@ -226,3 +226,41 @@ def test_table_keeps_finished_rows_in_time_order_and_the_params_that_differ():
     table = compare.comparison_table(every, include_status=True)
     assert "status" in table and table["finetune.lr"].tolist() == ["2", "1"]
     assert "seed" not in table
+
+
+def test_a_param_a_row_lacks_is_unknown_not_different():
+    # embed-1's generate_synthetic came from DVC's run cache: no MLflow run, so no synthetic.* params.
+    table = compare.comparison_table(rows(**{"synthetic.num_classes": ["2", None, "2"], "model.depth": ["1", "1", "2"]}),
+                                     include_status=False)
+    assert "synthetic.num_classes" not in table and table["model.depth"].tolist() == ["1", "1", "2"]
+
+
+def test_dvc_rows_from_exp_show_json():
+    """The layout of DVC 3.67's `dvc exp show --json`, cut down to what compare reads."""
+    def rev(sha, name, depth, metrics):
+        return {"rev": sha, "name": name, "data": {
+            "rev": sha, "timestamp": "2026-11-23T14:26:07",
+            "params": {"params.yaml": {"data": {"seed": 0, "model": {"name": "m", "depth": depth},
+                                                 "finetune": {"init": "scratch", "crop_scale": [0.6, 1.0]}}}},
+            "metrics": metrics}}
+
+    evaluate = {"metrics/evaluate.json": {"data": {"top1": 0.25}},
+                "metrics/finetune.json": {"data": {"num_parameters": 99, "wall_seconds": 2.0, "train_images_per_s": 7.0}},
+                "metrics/pretrain.json": {"data": {"wall_seconds": 1.0, "train_images_per_s": 5.0}}}
+    missing = {"metrics/evaluate.json": {"error": {"type": "FileNotFoundError", "msg": "no such file"}}}
+    show = [
+        {**rev("workspace", None, 12, evaluate), "experiments": None},
+        {**rev("b" * 40, "main", 12, missing), "experiments": [
+            {"revs": [rev("1" * 40, "cnn-1", None, evaluate)], "executor": {"state": "success"}, "name": "cnn-1"},
+            {"revs": [rev("2" * 40, "vit-1", 6, missing)], "executor": {"state": "failed"}, "name": "vit-1"},
+            {"revs": [rev("3" * 40, "saved", 12, evaluate)], "executor": None, "name": "saved"},
+        ]},
+    ]
+    frame = compare.dvc_rows(show).set_index("name")
+    assert frame.index.tolist() == ["cnn-1", "vit-1", "saved"]  # no workspace; the baseline has no metrics
+    assert frame["status"].tolist() == ["success", "failed", "success"]
+    assert frame["model.depth"].tolist() == ["None", "6", "12"]  # text, as MLflow logs params
+    assert frame.loc["cnn-1", "finetune.crop_scale"] == "[0.6, 1.0]"
+    cnn = frame.loc["cnn-1"]
+    assert (cnn["test_top1"], cnn["parameters"], cnn["wall_total_s"], cnn["finetune_img_per_s"]) == (0.25, 99, 3.0, 7.0)
+    assert pd.isna(frame.loc["vit-1", "test_top1"]) and pd.isna(frame.loc["vit-1", "wall_total_s"])

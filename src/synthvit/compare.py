@@ -5,7 +5,8 @@
 
 One row per pipeline execution: from MLflow (default), a parent run with its stage
 runs; from DVC (`--source dvc`), an experiment in `dvc exp show --json` (and the
-baseline commit when it has metrics). Columns: name, id, start time, the key params
+baseline commit when it has metrics): like `dvc exp show`, those of the current commit.
+Columns: name, id, start time, the key params
 (model.name, finetune.init, data.name) and every param that differs between the rows,
 test top-1 (evaluate), parameter count (the fine-tuned model), wall seconds per stage
 and in total, and training img/s of pretrain and finetune.
@@ -180,7 +181,9 @@ def dvc_row(rev: dict, state: str) -> dict:
         "id": rev["rev"],
         "started": pd.Timestamp(data["timestamp"]) if data.get("timestamp") else None,
         "status": state,
-        **{k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in params.items()},
+        # As text, the way MLflow logs params (str(value)): both sources read the same, and a null depth
+        # stays "None" instead of turning the column's integers into floats.
+        **{k: str(v) for k, v in params.items()},
         "test_top1": metric("evaluate", "top1"),
         "parameters": metric("finetune", "num_parameters"),
         **walls,
@@ -203,8 +206,9 @@ def select_rows(rows: pd.DataFrame, finished: str, include_all: bool, last: int 
 
 def differing_params(rows: pd.DataFrame) -> list[str]:
     params = [c for c in rows.columns if c not in ID_COLUMNS and c not in RESULT_COLUMNS]
-    # As text: MLflow params are strings, and NaN (a param one row lacks) counts as a value.
-    return sorted(c for c in params if rows[c].astype(str).nunique(dropna=False) > 1)
+    # Compared as text (MLflow params are strings). A missing value is unknown, not different: a stage that
+    # DVC restored from its run cache logged no MLflow run, hence none of its params.
+    return sorted(c for c in params if rows[c].dropna().astype(str).nunique() > 1)
 
 
 def comparison_table(rows: pd.DataFrame, include_status: bool) -> pd.DataFrame:
