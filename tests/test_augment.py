@@ -66,3 +66,28 @@ def test_randaugment_magnitude_sets_the_strength():
     strong = auto_augment(images, auto_augment_policy("randaugment", magnitude=30))
     weak = auto_augment(images, auto_augment_policy("randaugment", magnitude=0))
     assert (strong.float() - images.float()).abs().mean() > (weak.float() - images.float()).abs().mean()
+
+
+def test_mixup_cutmix_targets_are_distributions_over_the_two_mixed_labels():
+    import numpy as np
+
+    from synthvit.config import TrainConfig
+    from synthvit.engine import build_mixup
+
+    np.random.seed(0)  # timm's Mixup draws from numpy
+    cfg = TrainConfig(mixup_alpha=0.8, cutmix_alpha=1.0, label_smoothing=0.1)
+    mixup = build_mixup(cfg, num_classes=10)
+    labels = torch.arange(16) % 10
+    saw_partial = False
+    for _ in range(20):
+        images = torch.randn(16, 3, 8, 8)
+        mixed, targets = mixup(images.clone(), labels)
+        assert targets.shape == (16, 10)
+        assert torch.allclose(targets.sum(1), torch.ones(16), atol=1e-6)
+        # Mass sits on the image's own label and its partner's (the batch flipped), plus smoothing.
+        partner = labels.flip(0)
+        top = targets.gather(1, labels.view(-1, 1)).squeeze(1) + targets.gather(1, partner.view(-1, 1)).squeeze(1)
+        assert (top >= 0.9 - 1e-6).all()
+        saw_partial |= bool(((targets.max(1).values < 0.85)).any())
+    assert saw_partial  # some batches really mix
+    assert build_mixup(TrainConfig(mixup_alpha=0, cutmix_alpha=0), 10) is None

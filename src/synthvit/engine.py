@@ -102,6 +102,15 @@ def uint8_batches(train_set: ImageSet, slices: list[torch.Tensor], device: torch
         yield images.to(device, non_blocking=True), idx
 
 
+def build_mixup(cfg: TrainConfig, num_classes: int) -> Mixup | None:
+    """timm's Mixup/CutMix (one of the two per batch when both are on), with label smoothing folded
+    into its soft targets; None when both are off."""
+    if cfg.mixup_alpha <= 0 and cfg.cutmix_alpha <= 0:
+        return None
+    return Mixup(mixup_alpha=cfg.mixup_alpha, cutmix_alpha=cfg.cutmix_alpha, label_smoothing=cfg.label_smoothing,
+                 num_classes=num_classes)
+
+
 def build_schedule(optimizer, cfg: TrainConfig, total_steps: int, steps_each_epoch: int) -> CosineLRScheduler:
     """Per-step cosine decay to min_lr after a linear warmup (timm's scheduler)."""
     return CosineLRScheduler(
@@ -161,13 +170,8 @@ def train(
     # Exponential moving average of the weights: evaluated, saved and returned in place of the raw ones.
     ema = ModelEmaV3(model, decay=cfg.ema_decay) if cfg.ema_decay > 0 else None
     scheduler = build_schedule(optimizer, cfg, cfg.epochs * steps, steps)
-    use_mix = cfg.mixup_alpha > 0 or cfg.cutmix_alpha > 0
-    mixup = (
-        Mixup(mixup_alpha=cfg.mixup_alpha, cutmix_alpha=cfg.cutmix_alpha, label_smoothing=cfg.label_smoothing, num_classes=num_classes)
-        if use_mix
-        else None
-    )
-    criterion = SoftTargetCrossEntropy() if use_mix else nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    mixup = build_mixup(cfg, num_classes)
+    criterion = SoftTargetCrossEntropy() if mixup else nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     policy = auto_augment_policy(cfg.auto_augment, cfg.auto_augment_magnitude)
     erasing = RandomErasing(cfg.random_erasing, mode="pixel", device=device) if cfg.random_erasing > 0 else None
     # One order for all processes; each process its own augmentation draws.
