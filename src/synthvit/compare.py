@@ -6,10 +6,10 @@
 One row per pipeline execution: from MLflow (default), a parent run with its stage
 runs; from DVC (`--source dvc`), an experiment in `dvc exp show --json` (and the
 baseline commit when it has metrics): like `dvc exp show`, those of the current commit.
-Columns: name, id, start time, the key params
-(model.name, finetune.init, data.name) and every param that differs between the rows,
-test top-1 (evaluate), parameter count (the fine-tuned model), wall seconds per stage
-and in total, and training img/s of pretrain and finetune.
+Columns: name, id, start time, the key params (model.name, finetune.init, data.name)
+and every param that differs between the rows, test top-1 (evaluate), parameter count
+(the fine-tuned model), wall seconds per stage and in total, and training img/s of
+pretrain and finetune.
 
 Wall time: from MLflow, each stage run's start to end, and for the total the parent
 run's (first stage start to last stage end, so it includes loading and start-up); from
