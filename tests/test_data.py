@@ -166,3 +166,17 @@ def test_mnist_raw_format_becomes_three_channels(tmp_path):
 def test_archive_missing_names_dataset_and_fix(tmp_path):
     with pytest.raises(UserError, match=r"mnist not found: .* holds no MNIST/raw/; set data.download=true"):
         load_split(DataConfig(name="mnist", root=str(tmp_path), download=False), "train", 32)
+
+
+def test_relative_data_root_is_the_repositorys_in_a_queued_experiment(small_imagefolder, tmp_path, monkeypatch):
+    """A queued experiment runs in a temporary copy without data/; DVC_ROOT names the real repository."""
+    repo = small_imagefolder.parent
+    elsewhere = tmp_path / "queued-copy"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    monkeypatch.setenv("DVC_ROOT", str(repo))
+    cfg = DataConfig(name="imagefolder", root=small_imagefolder.name, test_per_class=1)
+    assert len(load_split(cfg, "test", img_size=32)) == 10
+    monkeypatch.delenv("DVC_ROOT")
+    with pytest.raises(UserError, match="no such folder"):
+        load_split(cfg, "test", img_size=32)

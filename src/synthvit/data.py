@@ -24,6 +24,7 @@ from PIL import Image, UnidentifiedImageError
 
 from synthvit.config import DATASETS, DataConfig
 from synthvit.errors import UserError
+from synthvit.files import user_path
 from synthvit.progress import progress_bar
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
@@ -53,9 +54,9 @@ def load_split(cfg: DataConfig, split: str, img_size: int) -> ImageSet:
     """The train or test split of the dataset that params.yaml names."""
     per_class = cfg.train_per_class if split == "train" else cfg.test_per_class
     if cfg.name in ARCHIVE_FOLDERS:
-        return load_archive(cfg.name, Path(cfg.root), split, img_size, cfg.download, per_class)
+        return load_archive(cfg.name, user_path(cfg.root), split, img_size, cfg.download, per_class)
     if cfg.name == "imagefolder":
-        root = Path(cfg.root)
+        root = user_path(cfg.root)
         folders = matched_class_folders(root, cfg.ignore_class_case)
         if split == "train" and cfg.loader == "stream":
             paths, labels = list_images(root / split, folders[split], per_class)
@@ -228,7 +229,12 @@ ARCHIVE_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-pyth
 def load_archive(name: str, root: Path, split: str, img_size: int, download: bool, per_class: int) -> ImageSet:
     """CIFAR-10, CIFAR-100 or MNIST in torchvision's layout under root, downloaded first if allowed."""
     if not (root / ARCHIVE_FOLDERS[name]).is_dir():
-        download_archive(name, root, download)
+        from filelock import FileLock
+
+        root.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(root / ".download.lock"), timeout=3600):  # queued experiments share the root
+            if not (root / ARCHIVE_FOLDERS[name]).is_dir():
+                download_archive(name, root, download)
     reader = {"cifar10": read_cifar10, "cifar100": read_cifar100, "mnist": read_mnist}[name]
     images, labels, classes = reader(root, split)
     if per_class:

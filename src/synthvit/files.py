@@ -1,4 +1,5 @@
-"""Atomic file writes: a crashed stage never leaves a truncated output that looks valid."""
+"""File helpers: atomic writes (a crashed stage never leaves a truncated output that looks
+valid) and where relative paths from params.yaml point."""
 
 from __future__ import annotations
 
@@ -27,3 +28,13 @@ def write_json(path: Path, data) -> Path:
 
 def write_csv(path: Path, frame: pd.DataFrame) -> Path:
     return _replace_from_tmp(path, lambda tmp: frame.to_csv(tmp, index=False))
+
+
+def user_path(path: str) -> Path:
+    """A path from params.yaml. Relative ones are relative to the repository root, also in a
+    queued experiment, which runs in a temporary copy without the untracked data folders
+    (DVC sets DVC_ROOT to the real repository there)."""
+    candidate = Path(path).expanduser()
+    if candidate.is_absolute() or not os.environ.get("DVC_ROOT"):
+        return candidate
+    return Path(os.environ["DVC_ROOT"]) / candidate

@@ -22,6 +22,7 @@ from torch import nn
 
 from synthvit.config import ModelConfig
 from synthvit.errors import UserError
+from synthvit.files import user_path
 
 # Normalisation for models trained here: maps [0, 1] pixels to [-1, 1].
 DEFAULT_MEAN = (0.5, 0.5, 0.5)
@@ -90,9 +91,10 @@ def build_timm_model(cfg: ModelConfig, num_classes: int, imagenet_weights: str |
     kwargs = model_kwargs(cfg)
     pretrained = imagenet_weights is not None
     if imagenet_weights:
-        if not Path(imagenet_weights).is_file():
+        weights = user_path(imagenet_weights)
+        if not weights.is_file():
             raise UserError(f"params.yaml: finetune.imagenet_weights={imagenet_weights!r} is invalid: no such file")
-        kwargs["pretrained_cfg_overlay"] = {"file": str(Path(imagenet_weights).resolve())}
+        kwargs["pretrained_cfg_overlay"] = {"file": str(weights.resolve())}
     try:
         try:
             return timm.create_model(cfg.name, pretrained=pretrained, num_classes=num_classes, **kwargs)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Callable
 
@@ -18,6 +19,9 @@ def run_main(main: Callable[[], int | None]) -> None:
         tracking.record_early_failure(exc)
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
+    except BrokenPipeError:  # `synthvit ... | head` closed the pipe: stop quietly, as other CLI tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at interpreter exit
+        sys.exit(1)
     except KeyboardInterrupt as exc:
         tracking.record_early_failure(exc)
         print("interrupted", file=sys.stderr)
