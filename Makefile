@@ -59,7 +59,7 @@ demo: $(INSTALLED)
 proof: $(INSTALLED)
 	dvc exp run -n proof-synthetic-$(shell date +%Y%m%d-%H%M%S) $(PROOF_OVERRIDES) -S finetune.init=pretrained $(DEMO_ARGS)
 	dvc exp run -n proof-scratch-$(shell date +%Y%m%d-%H%M%S) $(PROOF_OVERRIDES) -S finetune.init=scratch $(DEMO_ARGS)
-	dvc exp show --only-changed --drop 'Created|State|Executor' --keep 'finetune.init|top1'
+	dvc exp show --drop '.*' --keep 'Experiment|finetune.init|top1$$'
 
 test: $(TESTS_INSTALLED) browser-deps postgres-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
