@@ -233,7 +233,7 @@ def test_pipeline_logs_to_team_server(mlflow_server, postgres, repo_copy, cifar1
 
     # The registered model resolves through the server and holds the stage's checkpoint.
     version = client.get_model_version_by_alias("synthvit-vit", "current")
-    assert version.version == "1" and version.run_id == finetune_id
+    assert str(version.version) == "1" and version.run_id == finetune_id  # an int or a str, by MLflow client path
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.url)
     try:
         served = checkpoint_from_mlflow("models:/synthvit-vit@current")
