@@ -54,7 +54,7 @@ demo: $(INSTALLED)
 	@echo
 	dvc metrics show metrics/evaluate.json
 	@echo
-	@echo "Figures: plots/visualize/*.png    Runs: $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db"
+	@echo "Figures: plots/visualize/*.png    Runs: $${MLFLOW_TRACKING_URI:-$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db}"
 
 proof: $(INSTALLED)
 	dvc exp run -n proof-synthetic-$(shell date +%Y%m%d-%H%M%S) $(PROOF_OVERRIDES) -S finetune.init=pretrained $(DEMO_ARGS)
