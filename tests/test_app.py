@@ -137,8 +137,9 @@ def registered(checkpoint, tmp_path, monkeypatch) -> Path:
     try:
         with tracking.stage_run("finetune", {}, "unit") as run:
             tracking.log_model(run, model_from_checkpoint(load_checkpoint(checkpoint)), checkpoint, "synthvit-vit", "current")
-    finally:
+    finally:  # stage_run sets both process-wide; leave neither to later tests
         mlflow.set_tracking_uri(None)
+        mlflow.set_registry_uri(None)
     return tmp_path
 
 

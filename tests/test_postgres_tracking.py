@@ -197,7 +197,7 @@ def test_pipeline_logs_to_team_server(mlflow_server, postgres, repo_copy, cifar1
     assert not (repo / "mlflow.db").exists()
     assert not (repo / "mlartifacts").exists()
 
-    client = MlflowClient(mlflow_server.url)
+    client = MlflowClient(mlflow_server.url, registry_uri=mlflow_server.url)  # never a registry set by another test
     experiment = client.get_experiment_by_name("synthvit")
     assert experiment.artifact_location == f"mlflow-artifacts:/{experiment.experiment_id}"  # the server's, proxied
     runs = client.search_runs([experiment.experiment_id])

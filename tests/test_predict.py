@@ -73,8 +73,9 @@ def run_evaluate_stage(workdir: Path, data_root: Path, checkpoint: Path, tta_fli
         spec.loader.exec_module(stage)
         try:
             stage.main()
-        finally:
+        finally:  # the stage sets both process-wide; leave neither to later tests
             mlflow.set_tracking_uri(None)
+            mlflow.set_registry_uri(None)
     return pd.read_csv(workdir / "plots/evaluate/predictions.csv")
 
 

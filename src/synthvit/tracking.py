@@ -65,7 +65,7 @@ def open_client(uri: str):
     from mlflow import MlflowClient
 
     with store_lock(uri):
-        client = MlflowClient(uri)  # opening a SQLite store creates and migrates it
+        client = MlflowClient(uri, registry_uri=uri)  # opening a SQLite store creates and migrates it
         client.search_experiments(max_results=1)
     return client
 
