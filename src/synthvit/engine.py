@@ -1,8 +1,9 @@
-"""The training and inference loops: plain functions over in-memory uint8 tensors.
+"""The training and inference loops: plain functions over uint8 image batches.
 
-One epoch: shuffle indices, slice a batch, move it to the device, augment it there
-(RandAugment/TrivialAugment, crop/flip, Mixup/CutMix, random erasing), forward under autocast, step the
-optimizer and the per-step cosine schedule. Nothing here knows about DVC or MLflow;
+One epoch: shuffle indices, take a batch (sliced from the in-memory tensor, or decoded
+by DataLoader workers when streamed), move it to the device, augment it there
+(RandAugment/TrivialAugment, crop/flip, Mixup/CutMix, random erasing), forward under
+autocast, step the optimizer and the per-step cosine schedule. Nothing here knows about DVC or MLflow;
 callers get per-epoch metrics through `on_epoch`.
 """
 
@@ -171,7 +172,7 @@ def train(
     ema = ModelEmaV3(model, decay=cfg.ema_decay) if cfg.ema_decay > 0 else None
     scheduler = build_schedule(optimizer, cfg, cfg.epochs * steps, steps)
     mixup = build_mixup(cfg, num_classes)
-    criterion = SoftTargetCrossEntropy() if mixup else nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    criterion = SoftTargetCrossEntropy() if mixup is not None else nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     policy = auto_augment_policy(cfg.auto_augment, cfg.auto_augment_magnitude)
     erasing = RandomErasing(cfg.random_erasing, mode="pixel", device=device) if cfg.random_erasing > 0 else None
     # One order for all processes; each process its own augmentation draws.
