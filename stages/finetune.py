@@ -22,7 +22,7 @@ def main() -> None:
                   **as_flat_dict(params.model, "model"), **as_flat_dict(params.finetune, "finetune")}
     train_set = load_split(params.data, "train", params.model.img_size)
     if params.data.val_fraction > 0:  # the best epoch is chosen on validation; evaluate reports test once
-        train_set, eval_set = split_validation(train_set, params.data.val_fraction, params.seed)
+        train_set, eval_set = split_validation(train_set, params.data.val_fraction, params.seed, params.data.num_workers)
     else:  # curves on the test set, for watching only: the last epoch is kept
         eval_set = load_split(params.data, "test", params.model.img_size)
     if params.finetune.init == "pretrained":

@@ -33,6 +33,7 @@ import pandas as pd
 
 from synthvit import tracking
 from synthvit.errors import UserError
+from synthvit.files import write_csv, write_text
 
 STAGES = ["generate_synthetic", "pretrain", "finetune", "evaluate", "visualize"]
 KEY_PARAMS = ["model.name", "finetune.init", "data.name"]
@@ -273,14 +274,11 @@ def accuracy_plot(table: pd.DataFrame, x_axis: str, path: Path, title: str) -> P
 
 
 def write_outputs(table: pd.DataFrame, folder: Path, x_axis: str, description: str) -> list[Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / MARKER).write_text("Files here are written by `synthvit compare`, which replaces them on each run.\n")
-    csv = folder / "comparison.csv"
-    table.to_csv(csv, index=False)
+    write_text(folder / MARKER, "Files here are written by `synthvit compare`, which replaces them on each run.\n")
+    csv = write_csv(folder / "comparison.csv", table)
     png = accuracy_plot(table, x_axis, folder / "comparison.png", f"Test top-1 against {X_AXES[x_axis][1]}")
     text = f"# Experiment comparison\n\n{description}\n\n{markdown_table(table)}\n\n![accuracy against cost]({png.name})\n"
-    md = folder / "comparison.md"
-    md.write_text(text)
+    md = write_text(folder / "comparison.md", text)
     return [csv, md, png]
 
 

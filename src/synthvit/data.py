@@ -67,7 +67,7 @@ def load_split(cfg: DataConfig, split: str, img_size: int) -> ImageSet:
     raise UserError(f"params.yaml: data.name={cfg.name!r} is invalid: one of {', '.join(DATASETS)}")
 
 
-def split_validation(data: ImageSet, fraction: float, seed: int) -> tuple[ImageSet, ImageSet]:
+def split_validation(data: ImageSet, fraction: float, seed: int, num_workers: int = 2) -> tuple[ImageSet, ImageSet]:
     """(train, validation): a seeded `fraction` of each class held out for model selection."""
     generator = torch.Generator().manual_seed(seed)
     held = []
@@ -87,7 +87,7 @@ def split_validation(data: ImageSet, fraction: float, seed: int) -> tuple[ImageS
 
     train, val = subset(~is_val), subset(is_val)
     if val.streamed:  # scored every epoch: decoded once, like any evaluation set
-        val.images = decode_files(val.paths, val.img_size, num_workers=2, desc="decode validation")
+        val.images = decode_files(val.paths, val.img_size, num_workers, desc="decode validation")
     return train, val
 
 

@@ -26,6 +26,10 @@ def write_json(path: Path, data) -> Path:
     return _replace_from_tmp(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2) + "\n"))
 
 
+def write_text(path: Path, text: str) -> Path:
+    return _replace_from_tmp(path, lambda tmp: tmp.write_text(text))
+
+
 def write_csv(path: Path, frame: pd.DataFrame) -> Path:
     return _replace_from_tmp(path, lambda tmp: frame.to_csv(tmp, index=False))
 
