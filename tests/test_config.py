@@ -1,7 +1,7 @@
 import pytest
 import yaml
 
-from synthvit.config import load_params, parse_params
+from synthvit.config import Params, load_params, parse_params
 from synthvit.errors import ConfigError, UserError
 from conftest import REPO
 
@@ -10,6 +10,12 @@ def test_repo_params_are_valid():
     params = load_params(REPO / "params.yaml")
     assert params.model.img_size % params.model.patch_size == 0
     assert params.finetune.init == "pretrained"
+
+
+def test_params_yaml_spells_out_every_default():
+    """Defaults live in config.py only; the repository's params.yaml lists each key with the same value."""
+    written = yaml.safe_load((REPO / "params.yaml").read_text())
+    assert written == Params().model_dump()
 
 
 def test_defaults_fill_missing_sections():
@@ -41,6 +47,10 @@ def test_defaults_fill_missing_sections():
         ({"finetune": {"batch_size": 7}}, "finetune.batch_size", "even"),
         ({"finetune": {"epochs": 2, "warmup_epochs": 2}}, "finetune.warmup_epochs", "[0, epochs=2)"),
         ({"seed": -1}, "seed", ">= 0"),
+        ({"pretrain": 5}, "pretrain", "a mapping of keys to values"),
+        ({"pretrain": {"ema_decay": 1.0}}, "pretrain.ema_decay", "a number in [0, 1) (weight EMA"),
+        ({"model": {"depth": 0}}, "model.depth", "an integer >= 1, or null"),
+        ({"runtime": {"compile": 1}}, "runtime.compile", "must be true or false"),
     ],
 )
 def test_invalid_values_name_key_value_and_allowed(raw, key, fragment):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from synthvit.config import SyntheticConfig
+from synthvit.config import SyntheticConfig, parse_params
 from synthvit.errors import ConfigError, UserError
 from synthvit.synthetic import bench, generate_dataset, ifs
 from synthvit.synthetic.generate import write_dataset
@@ -202,10 +202,10 @@ def test_existing_output_is_replaced(tmp_path):
 
 def test_onepfrac_config_validation():
     with pytest.raises(ConfigError, match="synthetic.sigma"):
-        SyntheticConfig(kind="onepfrac", sigma=6.5, onepfrac_maps=2).validate("synthetic")
+        parse_params({"synthetic": {"kind": "onepfrac", "sigma": 6.5, "onepfrac_maps": 2}})
     with pytest.raises(ConfigError, match="synthetic.onepfrac_maps"):
-        SyntheticConfig(onepfrac_maps=0).validate("synthetic")
-    SyntheticConfig(kind="onepfrac", sigma=6.0, onepfrac_maps=2).validate("synthetic")
+        parse_params({"synthetic": {"onepfrac_maps": 0}})
+    parse_params({"synthetic": {"kind": "onepfrac", "sigma": 6.0, "onepfrac_maps": 2}})
 
 
 def test_png_writer_round_trips(tmp_path):

@@ -7,7 +7,6 @@ the class names and the input normalisation.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 from pathlib import Path
@@ -144,7 +143,7 @@ def save_checkpoint(path: Path, model: nn.Module, cfg: ModelConfig, classes: lis
     checkpoint = {
         "format": CHECKPOINT_FORMAT,
         "model_state": state,
-        "model_config": dataclasses.asdict(cfg),
+        "model_config": cfg.model_dump(),
         "classes": list(classes),
         "mean": list(DEFAULT_MEAN),
         "std": list(DEFAULT_STD),
@@ -179,7 +178,7 @@ def model_from_checkpoint(checkpoint: dict) -> nn.Module:
 def check_same_architecture(checkpoint: dict, cfg: ModelConfig, source: str) -> None:
     """A pre-trained backbone only fits the model it was trained as (drop-path aside)."""
     saved = dict(checkpoint["model_config"])
-    wanted = dataclasses.asdict(cfg)
+    wanted = cfg.model_dump()
     saved.pop("drop_path_rate", None)
     wanted.pop("drop_path_rate", None)
     diff = {k: (saved.get(k), v) for k, v in wanted.items() if saved.get(k) != v}

@@ -6,7 +6,6 @@ models/<stage>.pt, metrics/<stage>.json, plots/<stage>/history.csv.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import os
 import time
@@ -57,11 +56,11 @@ def data_digest(data: ImageSet) -> str:
 
 def training_fingerprint(model: nn.Module, train_set: ImageSet, train_cfg: TrainConfig, params: Params) -> dict:
     """What must match for a saved training state to be resumed: recipe, data and starting weights."""
-    runtime = dataclasses.asdict(params.runtime)
+    runtime = params.runtime.model_dump()
     runtime.pop("num_threads")
     return {
-        "train": dataclasses.asdict(train_cfg),
-        "model": dataclasses.asdict(params.model),
+        "train": train_cfg.model_dump(),
+        "model": params.model.model_dump(),
         "runtime": runtime,
         "seed": params.seed,
         "data": data_digest(train_set),
