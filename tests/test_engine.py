@@ -2,7 +2,9 @@ import math
 
 import pytest
 import torch
+from torch.overrides import TorchFunctionMode
 
+from synthvit import engine
 from synthvit.config import ModelConfig, RuntimeConfig, TrainConfig
 from synthvit.data import ImageSet
 from synthvit.engine import autocast_dtype, seed_everything, build_schedule, predict_logits, steps_per_epoch, train
@@ -174,3 +176,66 @@ def test_streamed_image_folder_trains_exactly_like_the_in_memory_one(tmp_path):
         assert len(history) == 2
     for name, tensor in weights[0].items():
         assert torch.equal(tensor, weights[1][name]), name
+
+
+class HostReads(TorchFunctionMode):
+    """Counts the tensor calls that copy a value to Python (item, tolist, bool(), float(), ...).
+
+    On a GPU each one waits until the device has finished all queued work. A TorchFunctionMode
+    sees every such call made from Python during training, in synthvit, timm, torchvision or
+    torch itself, so the count is the number of host syncs the same run would make on CUDA.
+    """
+
+    READS = {torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.__bool__, torch.Tensor.__float__, torch.Tensor.__int__,
+             torch.Tensor.__index__, torch.Tensor.numpy, torch.Tensor.cpu, torch.Tensor.nonzero, torch.nonzero}
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.count += func in self.READS
+        return func(*args, **(kwargs or {}))
+
+
+def host_reads_in_one_epoch(images: int, **recipe) -> int:
+    # The full recipe's stateful and random parts (Mixup/CutMix, erasing, crop/flip, EMA, clipping) but
+    # torchvision's auto-augment policies, which draw their ops with .item() on CPU tensors (no device sync).
+    cfg = TrainConfig(epochs=1, batch_size=16, lr=1e-3, warmup_epochs=0, ema_decay=0.9, grad_clip=1.0, checkpoint_every=0,
+                      **recipe)
+    seed_everything(0)
+    model = create_model(TINY, 2)
+    with HostReads() as reads:
+        train(model, bright_vs_dark(images), cfg, CPU, seed=0)
+    return reads.count
+
+
+def test_the_training_step_never_waits_for_the_device(monkeypatch):
+    """Host syncs per epoch do not grow with the number of steps: the loss and accuracy are read
+    once at the end of the epoch, plus once every LOG_EVERY steps."""
+    assert host_reads_in_one_epoch(64) == host_reads_in_one_epoch(192) == 2  # 4 and 12 steps
+    monkeypatch.setattr(engine, "LOG_EVERY", 4)
+    assert host_reads_in_one_epoch(192) == 2 + 12 // 4
+
+
+def test_a_diverged_loss_stops_training_with_one_line():
+    seed_everything(0)
+    model = create_model(TINY, 2)
+    with torch.no_grad():
+        model.head.weight[0, 0] = float("nan")
+    cfg = TrainConfig(epochs=2, batch_size=16, lr=1e-3, warmup_epochs=0, checkpoint_every=0)
+    with pytest.raises(UserError, match=r"training diverged: the loss is nan in epoch 1; lower the lr"):
+        train(model, bright_vs_dark(64), cfg, CPU, seed=0)
+
+
+def test_fp16_steps_through_a_loss_scaler_and_other_precisions_do_not():
+    """fp16 gradients underflow unscaled: fp16 gets torch.amp.GradScaler, bf16/fp32 a pass-through."""
+    cfg = TrainConfig(epochs=2, batch_size=16, lr=2e-3, warmup_epochs=0, mixup_alpha=0, cutmix_alpha=0, random_erasing=0)
+    seed_everything(0)
+    loop = engine.set_up(create_model(TINY, 2), bright_vs_dark(64), cfg, RuntimeConfig(device="cpu", precision="fp16"),
+                         seed=0, desc="fp16", num_workers=0)
+    assert loop.scaler.is_enabled() and loop.amp_dtype is torch.float16
+    first, second = engine.train_one_epoch(loop, 1), engine.train_one_epoch(loop, 2)
+    assert math.isfinite(first["train_loss"]) and second["train_loss"] < first["train_loss"]
+    fp32 = engine.set_up(create_model(TINY, 2), bright_vs_dark(64), cfg, CPU, seed=0, desc="fp32", num_workers=0)
+    assert not fp32.scaler.is_enabled()

@@ -1,10 +1,16 @@
 """The training and inference loops: plain functions over uint8 image batches.
 
-One epoch: shuffle indices, take a batch (sliced from the in-memory tensor, or decoded
-by DataLoader workers when streamed), move it to the device, augment it there
-(RandAugment/TrivialAugment, crop/flip, Mixup/CutMix, random erasing), forward under
-autocast, step the optimizer and the per-step cosine schedule. Nothing here knows about DVC or MLflow;
-callers get per-epoch metrics through `on_epoch`.
+`train` = `set_up` (device, processes, optimizer, schedule, EMA, loss scaler, augmentation,
+generators: one `Loop`), then `train_one_epoch` per epoch, then `keep_final_weights` (the
+one place that decides which weights the model ends with).
+
+One step: take a batch (sliced from the in-memory tensor, or decoded by DataLoader workers
+when streamed), augment it on the device (RandAugment/TrivialAugment, crop/flip,
+Mixup/CutMix, random erasing), forward under autocast, step the optimizer (through the
+fp16 loss scaler), the EMA and the per-step cosine schedule. The step never reads a value
+back from the device: the loss is summed there and read every LOG_EVERY steps and at the
+end of the epoch. Nothing here knows about DVC or MLflow; callers get per-epoch metrics
+through `on_epoch`.
 """
 
 from __future__ import annotations
@@ -36,7 +42,9 @@ from synthvit.data import ImageSet, StreamedImages
 from synthvit.errors import UserError
 from synthvit.models import DEFAULT_MEAN, DEFAULT_STD
 from synthvit.progress import log, progress_bar
-from synthvit.resume import load_state, save_state
+from synthvit.resume import cpu_copy, load_state, save_state
+
+LOG_EVERY = 50  # steps between reads of the running loss: its finiteness check and the progress figure
 
 
 def seed_everything(seed: int) -> None:
@@ -84,23 +92,26 @@ def steps_per_epoch(num_images: int, batch_size: int) -> tuple[int, int]:
     return num_images // batch, batch
 
 
-def uint8_batches(train_set: ImageSet, slices: list[torch.Tensor], device: torch.device, num_workers: int):
-    """(uint8 images on the device, their indices) for each index slice, in order.
+def uint8_batches(train_set: ImageSet, order: torch.Tensor, starts: list[int], size: int, device: torch.device,
+                  num_workers: int):
+    """(uint8 images on the device, their indices) for each batch `order[start:start + size]`, in order.
 
     In memory: one gather per batch from the tensor (already on the device). Streamed: a
-    DataLoader decodes the same slices in worker processes, so both paths see the same
+    DataLoader decodes the same batches in worker processes, so both paths see the same
     images in the same order.
     """
     if not train_set.streamed:
-        for idx in slices:
+        for start in starts:
+            idx = order[start : start + size]
             yield train_set.images[idx], idx
         return
+    on_host = order.tolist()  # the sampler needs host indices: one copy per epoch
     # Its own generator: a DataLoader seeds its workers from the global one otherwise, which
     # would shift the augmentation draws (decoding itself draws nothing).
-    loader = DataLoader(StreamedImages(train_set), batch_sampler=[idx.tolist() for idx in slices], num_workers=num_workers,
-                        pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(0))
-    for (images, _), idx in zip(loader, slices):
-        yield images.to(device, non_blocking=True), idx
+    loader = DataLoader(StreamedImages(train_set), batch_sampler=[on_host[start : start + size] for start in starts],
+                        num_workers=num_workers, pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(0))
+    for (images, _), start in zip(loader, starts):
+        yield images.to(device, non_blocking=True), order[start : start + size]
 
 
 def build_mixup(cfg: TrainConfig, num_classes: int) -> Mixup | None:
@@ -125,12 +136,162 @@ def build_schedule(optimizer, cfg: TrainConfig, total_steps: int, steps_each_epo
     )
 
 
+@dataclasses.dataclass
+class Loop:
+    """What `set_up` builds once and every epoch uses."""
+
+    cfg: TrainConfig
+    desc: str
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    model: nn.Module  # the raw weights, trained in place
+    forward: nn.Module  # the model as called in the step: wrapped by DDP and/or torch.compile
+    optimizer: torch.optim.Optimizer
+    scheduler: CosineLRScheduler
+    scaler: torch.amp.GradScaler  # fp16 only; a pass-through otherwise
+    ema: ModelEmaV3 | None
+    mixup: Mixup | None
+    criterion: nn.Module
+    policy: object  # torchvision auto-augment policy, or None
+    erasing: RandomErasing | None
+    generators: dict[str, torch.Generator]  # "order" (same on every process), "augment" (per process)
+    train_set: ImageSet
+    labels: torch.Tensor
+    mean: torch.Tensor
+    std: torch.Tensor
+    steps: int  # optimizer steps per epoch
+    batch_size: int  # global batch, over all processes
+    num_workers: int
+
+    @property
+    def scored(self) -> nn.Module:
+        """The weights that are evaluated, kept and saved: the EMA's when it is on, else the raw ones."""
+        return self.ema.module if self.ema is not None else self.model
+
+
+def set_up(model: nn.Module, train_set: ImageSet, cfg: TrainConfig, runtime: RuntimeConfig, seed: int,
+           desc: str, num_workers: int) -> Loop:
+    """Device, processes, optimizer, schedule, EMA, loss scaler, augmentation and generators for one run."""
+    seed_everything(seed)
+    device = resolve_device(runtime)
+    distributed.setup(device.type)
+    world, rank = distributed.world_size(), distributed.rank()
+    set_deterministic(runtime.deterministic)
+    amp_dtype = autocast_dtype(runtime, device)
+    model.to(device)
+    if not train_set.streamed:  # decoded once; moved to the device once
+        train_set = dataclasses.replace(train_set, images=train_set.images.to(device))
+    steps, batch_size = steps_per_epoch(len(train_set), cfg.batch_size)
+    if batch_size % world:
+        raise UserError(f"params.yaml: {desc}.batch_size={batch_size} is invalid: must divide evenly over {world} processes")
+    forward = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else model
+    forward = torch.compile(forward) if runtime.compile else forward
+    # Fused: the step count lives on the device (a plain torch AdamW reads it back per step), and
+    # the fp16 scaler's overflow check stays there too (skipping a step costs no host sync).
+    optimizer = create_optimizer_v2(model, opt=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum,
+                                    layer_decay=cfg.layer_decay or None, fused=True)
+    mixup = build_mixup(cfg, train_set.num_classes)
+    return Loop(
+        cfg=cfg, desc=desc, device=device, amp_dtype=amp_dtype, model=model, forward=forward, optimizer=optimizer,
+        scheduler=build_schedule(optimizer, cfg, cfg.epochs * steps, steps),
+        scaler=torch.amp.GradScaler(device.type, enabled=amp_dtype is torch.float16),  # fp16 underflows unscaled
+        ema=ModelEmaV3(model, decay=cfg.ema_decay) if cfg.ema_decay > 0 else None,
+        mixup=mixup,
+        criterion=SoftTargetCrossEntropy() if mixup is not None else nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing),
+        policy=auto_augment_policy(cfg.auto_augment, cfg.auto_augment_magnitude),
+        erasing=RandomErasing(cfg.random_erasing, mode="pixel", device=device) if cfg.random_erasing > 0 else None,
+        # One order for all processes; each process its own augmentation draws.
+        generators={"order": torch.Generator(device=device).manual_seed(seed),
+                    "augment": torch.Generator(device=device).manual_seed(seed + 1 + rank)},
+        train_set=train_set, labels=train_set.labels.to(device),
+        mean=torch.tensor(DEFAULT_MEAN, device=device), std=torch.tensor(DEFAULT_STD, device=device),
+        steps=steps, batch_size=batch_size, num_workers=num_workers,
+    )
+
+
+def check_finite(loss_sum: torch.Tensor, count: int, where: str) -> float:
+    """The mean loss so far, read from the device (a host sync: only every LOG_EVERY steps)."""
+    mean = loss_sum.item() / count
+    if not math.isfinite(mean):
+        raise UserError(f"training diverged: the loss is {mean} {where}; lower the lr or enable grad_clip")
+    return mean
+
+
+def train_one_epoch(loop: Loop, epoch: int) -> dict:
+    """One pass over the training set; the step reads nothing back from the device."""
+    cfg, device = loop.cfg, loop.device
+    world, rank = distributed.world_size(), distributed.rank()
+    per_rank = loop.batch_size // world  # each process takes its slice of every global batch
+    loop.model.train()
+    started = time.perf_counter()
+    order = torch.randperm(len(loop.train_set), generator=loop.generators["order"], device=device)
+    starts = [i * loop.batch_size + rank * per_rank for i in range(loop.steps)]
+    loss_sum = torch.zeros((), device=device)  # summed on the device, read every LOG_EVERY steps
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    bar = progress_bar(uint8_batches(loop.train_set, order, starts, per_rank, device, loop.num_workers), total=loop.steps,
+                       desc=f"{loop.desc} epoch {epoch}/{cfg.epochs}", unit="batch")
+    for i, (batch, idx) in enumerate(bar):
+        step = (epoch - 1) * loop.steps + i + 1  # the global step: optimizer steps taken once this one is done
+        x = to_float(auto_augment(batch, loop.policy), loop.mean, loop.std)
+        y = loop.labels[idx]
+        x = random_resized_crop_flip(x, cfg.crop_scale, padding=cfg.crop_padding, hflip=cfg.hflip,
+                                     generator=loop.generators["augment"])
+        target = y
+        if loop.mixup is not None:
+            x, target = loop.mixup(x, y)
+        if loop.erasing is not None:
+            x = loop.erasing(x)
+        with autocast(device, loop.amp_dtype):
+            logits = loop.forward(x)
+            loss = loop.criterion(logits, target)
+        loop.optimizer.zero_grad(set_to_none=True)
+        loop.scaler.scale(loss).backward()
+        if cfg.grad_clip > 0:
+            loop.scaler.unscale_(loop.optimizer)  # clip the true gradients, not the scaled ones
+            nn.utils.clip_grad_norm_(loop.model.parameters(), cfg.grad_clip)
+        loop.scaler.step(loop.optimizer)
+        loop.scaler.update()
+        if loop.ema is not None:
+            loop.ema.update(loop.model, step=step)
+        loop.scheduler.step_update(step)
+        loss_sum += loss.detach()
+        correct += (logits.argmax(1) == y).sum()
+        if (i + 1) % LOG_EVERY == 0:
+            bar.set_postfix(loss=f"{check_finite(loss_sum, i + 1, f'in epoch {epoch} by step {i + 1}'):.3f}")
+    distributed.all_reduce_sum(loss_sum)
+    distributed.all_reduce_sum(correct)
+    seconds = time.perf_counter() - started
+    seen = loop.steps * loop.batch_size
+    return {
+        "epoch": epoch,
+        "train_loss": check_finite(loss_sum, loop.steps * world, f"in epoch {epoch}"),
+        "train_acc": correct.item() / seen,
+        "lr": loop.optimizer.param_groups[0]["lr"],
+        "epoch_seconds": seconds,
+        "train_images_per_s": seen / seconds,
+    }
+
+
+def keep_final_weights(loop: Loop, history: list[dict], best: dict) -> None:
+    """The one place that decides the weights training ends with, and marks their epoch `selected`:
+    the best validation epoch's when `best` holds one (keep_best), else the last epoch's;
+    either way the EMA's weights when EMA is on (`Loop.scored`)."""
+    if best["state"]:
+        loop.model.load_state_dict(best["state"])
+    elif loop.ema is not None:
+        loop.model.load_state_dict(loop.ema.module.state_dict())
+    selected = best["epoch"] if best["state"] else history[-1]["epoch"]
+    for metrics in history:
+        metrics["selected"] = int(metrics["epoch"] == selected)
+
+
 def train(
     model: nn.Module,
     train_set: ImageSet,
     cfg: TrainConfig,
     runtime: RuntimeConfig,
     seed: int,
+    *,
     eval_set: ImageSet | None = None,
     on_epoch: Callable[[dict], None] | None = None,
     desc: str = "train",
@@ -138,108 +299,29 @@ def train(
     keep_best: bool = False,
     num_workers: int = 2,
 ) -> list[dict]:
-    """Train in place; returns one dict of metrics per epoch.
+    """Train in place; returns one dict of metrics per epoch, the kept epoch marked `selected`.
 
+    Set-up, then `train_one_epoch` per epoch, then `keep_final_weights`.
     With `resume_file`, the full training state is saved there every
     `cfg.checkpoint_every` epochs, and a run that finds the file continues from it.
     With `keep_best`, the model ends with the weights of the epoch that scored best on
     `eval_set` (a validation split: the test set is for reporting only).
     A streamed `train_set` is decoded batch by batch by `num_workers` DataLoader workers.
     """
-    seed_everything(seed)
-    device = resolve_device(runtime)
-    distributed.setup(device.type)
-    world, rank, main = distributed.world_size(), distributed.rank(), distributed.is_main()
-    set_deterministic(runtime.deterministic)
-    amp_dtype = autocast_dtype(runtime, device)
-    model.to(device)
-    if not train_set.streamed:  # decoded once; moved to the device once
-        train_set = dataclasses.replace(train_set, images=train_set.images.to(device))
-    labels = train_set.labels.to(device)
-    num_classes = train_set.num_classes
-    mean = torch.tensor(DEFAULT_MEAN, device=device)  # made once, not per batch
-    std = torch.tensor(DEFAULT_STD, device=device)
-    steps, batch_size = steps_per_epoch(len(train_set), cfg.batch_size)
-    if batch_size % world:
-        raise UserError(f"params.yaml: {desc}.batch_size={batch_size} is invalid: must divide evenly over {world} processes")
-    per_rank = batch_size // world  # batch_size is global: each process takes its slice
-    forward = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else model
-    forward = torch.compile(forward) if runtime.compile else forward
-
-    optimizer = create_optimizer_v2(model, opt=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum,
-                                    layer_decay=cfg.layer_decay or None)
-    # Exponential moving average of the weights: evaluated, saved and returned in place of the raw ones.
-    ema = ModelEmaV3(model, decay=cfg.ema_decay) if cfg.ema_decay > 0 else None
-    scheduler = build_schedule(optimizer, cfg, cfg.epochs * steps, steps)
-    mixup = build_mixup(cfg, num_classes)
-    criterion = SoftTargetCrossEntropy() if mixup is not None else nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    policy = auto_augment_policy(cfg.auto_augment, cfg.auto_augment_magnitude)
-    erasing = RandomErasing(cfg.random_erasing, mode="pixel", device=device) if cfg.random_erasing > 0 else None
-    # One order for all processes; each process its own augmentation draws.
-    generators = {
-        "order": torch.Generator(device=device).manual_seed(seed),
-        "augment": torch.Generator(device=device).manual_seed(seed + 1 + rank),
-    }
-
-    history, first_epoch, best = [], 1, {"acc": -1.0, "state": {}}
+    loop = set_up(model, train_set, cfg, runtime, seed, desc, num_workers)
+    main = distributed.is_main()
+    history, first_epoch, best = [], 1, {"acc": -1.0, "epoch": 0, "state": {}}
     if resume_file is not None and resume_file.is_file():
-        done, history, best = load_state(resume_file, model, optimizer, scheduler, generators, ema, best)
+        done, history, best = load_state(resume_file, loop)
         first_epoch = done + 1
         log(f"{desc}: resuming after epoch {done} from {resume_file}")
     for epoch in range(first_epoch, cfg.epochs + 1):
-        model.train()
-        started = time.perf_counter()
-        order = torch.randperm(len(train_set), generator=generators["order"], device=device)
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device)
-        slices = [order[step * batch_size + rank * per_rank : step * batch_size + (rank + 1) * per_rank] for step in range(steps)]
-        bar = progress_bar(uint8_batches(train_set, slices, device, num_workers), total=steps,
-                           desc=f"{desc} epoch {epoch}/{cfg.epochs}", unit="batch")
-        for step, (batch, idx) in enumerate(bar):
-            x = to_float(auto_augment(batch, policy), mean, std)
-            y = labels[idx]
-            x = random_resized_crop_flip(x, cfg.crop_scale, padding=cfg.crop_padding, hflip=cfg.hflip,
-                                         generator=generators["augment"])
-            target = y
-            if mixup is not None:
-                x, target = mixup(x, y)
-            if erasing is not None:
-                x = erasing(x)
-            with autocast(device, amp_dtype):
-                logits = forward(x)
-                loss = criterion(logits, target)
-            if not torch.isfinite(loss):
-                raise RuntimeError(f"loss is {loss.item()} at epoch {epoch} step {step}: lower the lr or enable grad_clip")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip > 0:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
-            if ema is not None:
-                ema.update(model, step=(epoch - 1) * steps + step)
-            scheduler.step_update((epoch - 1) * steps + step + 1)
-            loss_sum += loss.detach()
-            correct += (logits.argmax(1) == y).sum()
-            if bar.n % 10 == 0:
-                bar.set_postfix(loss=f"{loss.item():.3f}")
-        distributed.all_reduce_sum(loss_sum)
-        distributed.all_reduce_sum(correct)
-        seconds = time.perf_counter() - started
-        seen = steps * batch_size
-        metrics = {
-            "epoch": epoch,
-            "train_loss": (loss_sum / (steps * world)).item(),
-            "train_acc": (correct / seen).item(),
-            "lr": optimizer.param_groups[0]["lr"],
-            "epoch_seconds": seconds,
-            "train_images_per_s": seen / seconds,
-        }
+        metrics = train_one_epoch(loop, epoch)
         if eval_set is not None:
-            scored = ema.module if ema is not None else model
-            metrics.update(evaluate_loss_acc(scored, eval_set, device, amp_dtype, batch_size=max(batch_size, 256)))
+            metrics.update(evaluate_loss_acc(loop.scored, eval_set, loop.device, loop.amp_dtype,
+                                             batch_size=max(loop.batch_size, 256)))
             if keep_best and metrics["eval_acc"] > best["acc"]:
-                best = {"acc": metrics["eval_acc"], "epoch": epoch,
-                        "state": {k: v.detach().cpu().clone() for k, v in scored.state_dict().items()}}
+                best = {"acc": metrics["eval_acc"], "epoch": epoch, "state": cpu_copy(loop.scored.state_dict())}
         history.append(metrics)
         if not main:
             continue
@@ -247,13 +329,8 @@ def train(
         if on_epoch is not None:
             on_epoch(metrics)
         if resume_file is not None and cfg.checkpoint_every and epoch % cfg.checkpoint_every == 0 and epoch < cfg.epochs:
-            save_state(resume_file, epoch, model, optimizer, scheduler, generators, history, ema, best)
-    if ema is not None:
-        model.load_state_dict(ema.module.state_dict())
-    if keep_best and best["state"]:
-        model.load_state_dict(best["state"])
-        for metrics in history:
-            metrics["selected"] = int(metrics["epoch"] == best["epoch"])
+            save_state(resume_file, epoch, loop, history, best)
+    keep_final_weights(loop, history, best)
     if resume_file is not None and main:
         resume_file.unlink(missing_ok=True)
     return history

@@ -92,8 +92,7 @@ def train_and_record(
         num_workers=params.data.num_workers,
     )
     wall = time.perf_counter() - started
-    # The model is the selected epoch's when keep_best, else the last one's.
-    last = next((h for h in history if h.get("selected")), history[-1])
+    last = next(h for h in history if h["selected"])  # the epoch whose weights the model ends with
     summary = {
         "selected_epoch": last["epoch"],
         "train_loss": last["train_loss"],

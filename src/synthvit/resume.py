@@ -20,30 +20,38 @@ import torch
 from synthvit.models import unwrap
 
 RESUME_DIR = Path(".synthvit/resume")
+STATE_FORMAT = 2  # part of the file name: a state saved by an older layout is never resumed
 
 
 def resume_path(stage: str, fingerprint: dict) -> Path:
-    digest = hashlib.sha256(json.dumps(fingerprint, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    keyed = {**fingerprint, "state_format": STATE_FORMAT}
+    digest = hashlib.sha256(json.dumps(keyed, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return RESUME_DIR / f"{stage}-{digest}.pt"
 
 
-def save_state(path: Path, epoch: int, model, optimizer, scheduler, generators: dict, history: list, ema=None,
-               best: dict | None = None) -> None:
+def cpu_copy(state_dict: dict) -> dict:
+    """A state dict's tensors copied to the CPU (detached): a snapshot later steps do not change."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in state_dict.items()}
+
+
+def save_state(path: Path, epoch: int, loop, history: list, best: dict) -> None:
+    """Everything `loop` (an engine.Loop) needs to continue after `epoch` as if never stopped."""
     numpy_state = np.random.get_state()
     state = {
         "epoch": epoch,
-        "model": {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()},
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "generators": {name: g.get_state().cpu() for name, g in generators.items()},
+        "model": cpu_copy(unwrap(loop.model).state_dict()),
+        "optimizer": loop.optimizer.state_dict(),
+        "scheduler": loop.scheduler.state_dict(),
+        "scaler": loop.scaler.state_dict(),
+        "ema": cpu_copy(loop.ema.module.state_dict()) if loop.ema is not None else {},
+        "generators": {name: g.get_state().cpu() for name, g in loop.generators.items()},
         "torch_rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         # numpy and python generators drive timm's Mixup and RandomErasing.
         "numpy_rng": [numpy_state[0], torch.from_numpy(numpy_state[1].astype(np.int64)), *numpy_state[2:]],
         "python_rng": random.getstate(),
         "history": history,
-        "best": best or {},
-        "ema": {k: v.detach().cpu() for k, v in ema.module.state_dict().items()} if ema is not None else {},
+        "best": best,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -51,13 +59,16 @@ def save_state(path: Path, epoch: int, model, optimizer, scheduler, generators: 
     os.replace(tmp, path)
 
 
-def load_state(path: Path, model, optimizer, scheduler, generators: dict, ema=None, best: dict | None = None):
-    """Restore in place; returns (last finished epoch, history so far, best epoch's record)."""
+def load_state(path: Path, loop) -> tuple[int, list, dict]:
+    """Restore `loop` in place; returns (last finished epoch, history so far, best epoch's record)."""
     state = torch.load(path, map_location="cpu", weights_only=True)
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    for name, generator in generators.items():
+    loop.model.load_state_dict(state["model"])
+    loop.optimizer.load_state_dict(state["optimizer"])
+    loop.scheduler.load_state_dict(state["scheduler"])
+    loop.scaler.load_state_dict(state["scaler"])
+    if loop.ema is not None:
+        loop.ema.module.load_state_dict(state["ema"])
+    for name, generator in loop.generators.items():
         generator.set_state(state["generators"][name])
     torch.set_rng_state(state["torch_rng"])
     if state["cuda_rng"]:
@@ -66,6 +77,4 @@ def load_state(path: Path, model, optimizer, scheduler, generators: dict, ema=No
     np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
     version, internal, gauss = state["python_rng"]
     random.setstate((version, tuple(internal), gauss))
-    if ema is not None:
-        ema.module.load_state_dict(state["ema"])
-    return state["epoch"], state["history"], state["best"] or best
+    return state["epoch"], state["history"], state["best"]
