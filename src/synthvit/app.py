@@ -76,10 +76,19 @@ class Classifier:
         }
 
 
-def build_app(classifier: Classifier):
-    """The Gradio Blocks page (gradio is imported here: the rest of synthvit does not need it)."""
+def import_gradio():
+    """gradio is an optional extra (`pip install 'synthvit[app]'`): only this page needs it."""
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
-    import gradio as gr
+    try:
+        import gradio
+    except ImportError:
+        raise UserError("synthvit app needs gradio, which is not installed: pip install 'synthvit[app]'") from None
+    return gradio
+
+
+def build_app(classifier: Classifier):
+    """The Gradio Blocks page."""
+    gr = import_gradio()
 
     loaded = classifier.loaded
     with gr.Blocks(title="synthvit demo", analytics_enabled=False) as demo:
@@ -124,6 +133,7 @@ def run(args) -> int:
         raise UserError(f"--max-upload-mb={args.max_upload_mb} is invalid: a size in MB in (0, 1024]")
     if not 0 < args.port < 65536:
         raise UserError(f"--port={args.port} is invalid: 1-65535")
+    import_gradio()  # before loading a model for nothing
     max_bytes = int(args.max_upload_mb * 2**20)
     classifier = Classifier(load_model(args.model), max_bytes)
     demo = build_app(classifier)
