@@ -1,6 +1,9 @@
 """Run by test_distributed.py under torchrun: tiny deterministic training, results saved by rank 0."""
 
+import json
+import os
 import sys
+from pathlib import Path
 
 import torch
 
@@ -20,6 +23,9 @@ def run(out_path: str) -> None:
     seed_everything(0)
     model = create_model(MODEL, 2)
     history = train(model, bright_vs_dark(64), RECIPE, RuntimeConfig(device="cpu"), seed=0, eval_set=bright_vs_dark(30, seed=5))
+    # Every process says who it was; only the job's main process writes the result.
+    ranks = {name: os.environ.get(name) for name in ("RANK", "LOCAL_RANK", "GROUP_RANK")}
+    Path(f"{out_path}.{os.getpid()}.ranks.json").write_text(json.dumps({**ranks, "wrote": distributed.is_main()}))
     if distributed.is_main():
         torch.save({"state": model.state_dict(), "history": history, "world": distributed.world_size()}, out_path)
     distributed.cleanup()
