@@ -1,7 +1,9 @@
-"""Multi-process training under `torchrun`: NCCL on GPUs, gloo on CPUs.
+"""Multi-process training under `torchrun`: NCCL on GPUs, gloo on CPUs, one node or several.
 
-torchrun sets WORLD_SIZE, RANK and LOCAL_RANK; without them everything here is a
-no-op and training runs in one process. Every rank holds the dataset and draws the
+torchrun sets WORLD_SIZE, RANK (global, over all nodes) and LOCAL_RANK (within a node);
+without them everything here is a no-op and training runs in one process. The main
+process is global rank 0: the only one in the whole job that writes outputs and MLflow
+runs (each node has a LOCAL_RANK 0). Every rank holds the dataset and draws the
 same shuffled order; each takes its slice of every global batch, so a run on N
 processes sees the same batches as one process with the same `batch_size`.
 """
@@ -44,6 +46,25 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     if dist.is_initialized():
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
+
+
+def from_main(make):
+    """`make()` computed by the main process and sent to every process (files it reads may
+    exist on its node only)."""
+    if not dist.is_initialized():
+        return make()
+    box = [make() if is_main() else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def gather(value) -> list:
+    """Each process's `value`, in rank order, on every process."""
+    if not dist.is_initialized():
+        return [value]
+    values = [None] * dist.get_world_size()
+    dist.all_gather_object(values, value)
+    return values
 
 
 class Silent:

@@ -42,7 +42,7 @@ from synthvit.data import ImageSet, StreamedImages
 from synthvit.errors import UserError
 from synthvit.models import DEFAULT_MEAN, DEFAULT_STD
 from synthvit.progress import log, progress_bar
-from synthvit.resume import cpu_copy, load_state, save_state
+from synthvit.resume import cpu_copy, read_state, restore_state, save_state
 
 LOG_EVERY = 50  # steps between reads of the running loss: its finiteness check and the progress figure
 
@@ -311,10 +311,12 @@ def train(
     loop = set_up(model, train_set, cfg, runtime, seed, desc, num_workers)
     main = distributed.is_main()
     history, first_epoch, best = [], 1, {"acc": -1.0, "epoch": 0, "state": {}}
-    if resume_file is not None and resume_file.is_file():
-        done, history, best = load_state(resume_file, loop)
+    saved = read_state(resume_file)
+    if saved is not None:
+        done, history, best = restore_state(saved, loop)
         first_epoch = done + 1
-        log(f"{desc}: resuming after epoch {done} from {resume_file}")
+        if main:
+            log(f"{desc}: resuming after epoch {done} from {resume_file}")
     for epoch in range(first_epoch, cfg.epochs + 1):
         metrics = train_one_epoch(loop, epoch)
         if eval_set is not None:
@@ -323,11 +325,10 @@ def train(
             if keep_best and metrics["eval_acc"] > best["acc"]:
                 best = {"acc": metrics["eval_acc"], "epoch": epoch, "state": cpu_copy(loop.scored.state_dict())}
         history.append(metrics)
-        if not main:
-            continue
-        log(f"{desc} epoch {epoch}/{cfg.epochs} " + " ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k != "epoch"))
-        if on_epoch is not None:
-            on_epoch(metrics)
+        if main:
+            log(f"{desc} epoch {epoch}/{cfg.epochs} " + " ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k != "epoch"))
+            if on_epoch is not None:
+                on_epoch(metrics)
         if resume_file is not None and cfg.checkpoint_every and epoch % cfg.checkpoint_every == 0 and epoch < cfg.epochs:
             save_state(resume_file, epoch, loop, history, best)
     keep_final_weights(loop, history, best)

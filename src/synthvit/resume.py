@@ -4,6 +4,8 @@ Saved at the end of every `checkpoint_every`-th epoch, atomically, to a file key
 fingerprint of the stage's inputs, so a killed stage re-run with the same params picks
 up where it stopped and a changed one starts afresh. It lives outside DVC's declared
 outputs (which DVC deletes before a stage runs) and is removed once training finishes.
+Under torchrun the main process writes and reads the file (other nodes need not see
+it) and it holds each process's own generators.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from synthvit import distributed
 from synthvit.models import unwrap
 
 RESUME_DIR = Path(".synthvit/resume")
@@ -35,7 +38,13 @@ def cpu_copy(state_dict: dict) -> dict:
 
 
 def save_state(path: Path, epoch: int, loop, history: list, best: dict) -> None:
-    """Everything `loop` (an engine.Loop) needs to continue after `epoch` as if never stopped."""
+    """Everything `loop` (an engine.Loop) needs to continue after `epoch` as if never stopped.
+    Every process calls this (it gathers their generators); the main process writes."""
+    own = {"augment": loop.generators["augment"].get_state().cpu(),
+           "cuda_rng": torch.cuda.get_rng_state(loop.device) if loop.device.type == "cuda" else torch.empty(0)}
+    per_process = distributed.gather(own)
+    if not distributed.is_main():
+        return
     numpy_state = np.random.get_state()
     state = {
         "epoch": epoch,
@@ -44,9 +53,9 @@ def save_state(path: Path, epoch: int, loop, history: list, best: dict) -> None:
         "scheduler": loop.scheduler.state_dict(),
         "scaler": loop.scaler.state_dict(),
         "ema": cpu_copy(loop.ema.module.state_dict()) if loop.ema is not None else {},
-        "generators": {name: g.get_state().cpu() for name, g in loop.generators.items()},
+        "order": loop.generators["order"].get_state().cpu(),  # the same on every process
+        "per_process": per_process,  # by rank: augmentation draws, CUDA generator (dropout, drop-path)
         "torch_rng": torch.get_rng_state(),
-        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         # numpy and python generators drive timm's Mixup and RandomErasing.
         "numpy_rng": [numpy_state[0], torch.from_numpy(numpy_state[1].astype(np.int64)), *numpy_state[2:]],
         "python_rng": random.getstate(),
@@ -59,20 +68,26 @@ def save_state(path: Path, epoch: int, loop, history: list, best: dict) -> None:
     os.replace(tmp, path)
 
 
-def load_state(path: Path, loop) -> tuple[int, list, dict]:
+def read_state(path: Path | None) -> dict | None:
+    """The saved state, read by the main process and sent to all; None when there is none."""
+    return distributed.from_main(lambda: torch.load(path, map_location="cpu", weights_only=True)
+                                 if path is not None and path.is_file() else None)
+
+
+def restore_state(state: dict, loop) -> tuple[int, list, dict]:
     """Restore `loop` in place; returns (last finished epoch, history so far, best epoch's record)."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
     loop.model.load_state_dict(state["model"])
     loop.optimizer.load_state_dict(state["optimizer"])
     loop.scheduler.load_state_dict(state["scheduler"])
     loop.scaler.load_state_dict(state["scaler"])
     if loop.ema is not None:
         loop.ema.module.load_state_dict(state["ema"])
-    for name, generator in loop.generators.items():
-        generator.set_state(state["generators"][name])
+    own = state["per_process"][distributed.rank()]
+    loop.generators["order"].set_state(state["order"])
+    loop.generators["augment"].set_state(own["augment"])
+    if loop.device.type == "cuda":
+        torch.cuda.set_rng_state(own["cuda_rng"], loop.device)
     torch.set_rng_state(state["torch_rng"])
-    if state["cuda_rng"]:
-        torch.cuda.set_rng_state_all(state["cuda_rng"])
     name, keys, *rest = state["numpy_rng"]
     np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
     version, internal, gauss = state["python_rng"]
