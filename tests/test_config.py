@@ -51,6 +51,7 @@ def test_defaults_fill_missing_sections():
         ({"pretrain": {"ema_decay": 1.0}}, "pretrain.ema_decay", "a number in [0, 1) (weight EMA"),
         ({"model": {"depth": 0}}, "model.depth", "an integer >= 1, or null"),
         ({"runtime": {"compile": 1}}, "runtime.compile", "must be true or false"),
+        ({"pretrain": {"lr": "1e-3"}}, "pretrain.lr", "write it with a dot, e.g. 1.0e-3"),
     ],
 )
 def test_invalid_values_name_key_value_and_allowed(raw, key, fragment):

@@ -252,13 +252,15 @@ def _field_at(loc: tuple) -> tuple[type[BaseModel], int]:
 
 
 def _bounds(metadata) -> str:
-    low = next((f">= {m.ge:g}" if hasattr(m, "ge") else f"> {m.gt:g}" for m in metadata
-                if isinstance(m, (annotated_types.Ge, annotated_types.Gt))), "")
-    high = next((f"<= {m.le:g}" if hasattr(m, "le") else f"< {m.lt:g}" for m in metadata
-                 if isinstance(m, (annotated_types.Le, annotated_types.Lt))), "")
-    if low and high:  # [0, 1) style
-        return f" in {'[' if low[1] == '=' else '('}{low.split()[1]}, {high.split()[1]}{']' if high[1] == '=' else ')'}"
-    return f" {low or high}".rstrip()
+    """' >= 1', ' > 0', ' in [0, 1)': a field's Field(ge=, gt=, le=, lt=) in words."""
+    low = next(((m.ge, "[", ">=") if isinstance(m, annotated_types.Ge) else (m.gt, "(", ">")
+                for m in metadata if isinstance(m, (annotated_types.Ge, annotated_types.Gt))), None)
+    high = next(((m.le, "]", "<=") if isinstance(m, annotated_types.Le) else (m.lt, ")", "<")
+                 for m in metadata if isinstance(m, (annotated_types.Le, annotated_types.Lt))), None)
+    if low and high:
+        return f" in {low[1]}{low[0]:g}, {high[0]:g}{high[1]}"
+    bound = low or high
+    return f" {bound[2]} {bound[0]:g}" if bound else ""
 
 
 def describe(field) -> str:
@@ -283,6 +285,14 @@ def describe(field) -> str:
     return f"{text} ({field.description})" if field.description else text
 
 
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _config_error(exc: ValidationError, raw) -> ConfigError:
     """The first of pydantic's errors as a ConfigError: dotted key, the value given, what is allowed."""
     error = exc.errors(include_url=False)[0]
@@ -291,9 +301,10 @@ def _config_error(exc: ValidationError, raw) -> ConfigError:
         key = ctx["key"] if "." in ctx["key"] else ".".join(map(str, (*loc, ctx["key"])))
         return ConfigError(key, ctx["value"], ctx["allowed"])
     section, depth = _field_at(loc)
-    key = ".".join(map(str, loc[:depth] if kind != "extra_forbidden" else loc)) or "(top level)"
+    named = loc if kind == "extra_forbidden" else loc[:depth]  # the key, not a list item within it
+    key = ".".join(map(str, named)) or "(top level)"
     value = raw
-    for part in loc[: depth if kind != "extra_forbidden" else len(loc)]:  # the whole value the user wrote
+    for part in named:  # the whole value the user wrote
         value = value.get(part) if isinstance(value, dict) else error["input"]
     if kind == "extra_forbidden":
         return ConfigError(key, value, f"unknown key; known keys here: {', '.join(section.model_fields)}")
@@ -301,7 +312,10 @@ def _config_error(exc: ValidationError, raw) -> ConfigError:
         return ConfigError(key, value, "a mapping of keys to values")
     field = section.model_fields[loc[depth - 1]]
     if kind.endswith(("_type", "_parsing")):  # a wrong type: say which type
-        return ConfigError(key, value, f"must be {describe(field)}")
+        hint = ""
+        if field.annotation is float and isinstance(value, str) and _is_number(value):
+            hint = f" (YAML 1.1 reads {value} as text: write it with a dot, e.g. 1.0e-3)"
+        return ConfigError(key, value, f"must be {describe(field)}{hint}")
     return ConfigError(key, value, describe(field))
 
 
