@@ -72,14 +72,20 @@ class SyntheticConfig(Section):
     instances_per_class: Positive = Field(100, description="fractaldb only; ofdb and onepfrac draw one image per class")
     image_size: int = Field(64, ge=8, le=4096)
     num_points: int = Field(20000, ge=100, description="chaos-game points per image")
-    fill_rate: Fraction = Field(0.2, description="minimum fraction of pixels covered for a category to be kept")
+    patch: Literal["random", "full"] = Field("random", description="3x3 point patches: random masks (FractalDB) or solid")
+    pad: Count = Field(0, description="pixels kept clear on each side (FractalDB: 6)")
+    gray_value: int = Field(255, ge=1, le=255, description="value of a lit pixel (FractalDB: 127)")
+    color: Literal["gray", "rgb"] = Field("gray", description="rgb: three equal channels, as FractalDB's files")
+    fill_rate: Fraction = Field(0.2, description="fractaldb/ofdb: keep a category when its 512-px point render fills >= this")
+    onepfrac_fill_rate: Fraction = Field(0.05, description="onepfrac: keep a perturbation when its 512-px patch render fills > this")
     min_maps: Positive = 2
     max_maps: Positive = 7
-    sigma: float = Field(3.5, gt=0, description="onepfrac: sigma-factor of the single IFS")
+    instance_weights: float = Field(0.1, gt=0, le=0.5, description="fractaldb: weight set step (FractalDB ships 0.1 and 0.4)")
+    ofdb_weighting: Literal["first_row", "none"] = Field("first_row", description="ofdb: first_row draws every map's a x 0.2")
+    sigma: float = Field(3.5, gt=0, description="onepfrac: sigma-factor of the single IFS (drawn within +-0.1)")
     onepfrac_maps: Positive = Field(2, description="onepfrac: affine maps in the single IFS (1p-frac uses 2)")
     delta: Fraction = Field(0.1, description="onepfrac: each coefficient times U(1-delta, 1+delta)")
     max_attempts: Positive = Field(1000, description="IFS draws allowed per category before giving up")
-    patch: Literal["random", "full"] = Field("random", description="3x3 point patches: random masks (FractalDB) or solid")
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -88,6 +94,8 @@ class SyntheticConfig(Section):
         if self.kind == "onepfrac" and self.sigma > 3 * self.onepfrac_maps:  # each map adds s1 + 2*s2 <= 3 to sigma
             raise invalid("sigma", self.sigma, f"a number in (0, {3 * self.onepfrac_maps}]: at most 3 per map "
                                                f"(onepfrac_maps={self.onepfrac_maps})")
+        if self.image_size - 2 * self.pad < 3:
+            raise invalid("pad", self.pad, f"an integer >= 0 leaving >= 3 pixels (image_size={self.image_size})")
         return self
 
 

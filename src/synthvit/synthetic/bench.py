@@ -24,8 +24,7 @@ from synthvit.synthetic import ifs
 from synthvit.synthetic.generate import write_dataset
 from synthvit.synthetic.parallel import InProcess, default_workers, worker_pool
 from synthvit.synthetic.reference import render_reference
-from synthvit.synthetic.render import fill_rates, render_batch
-from synthvit.synthetic.search import batch_size_for
+from synthvit.synthetic.render import batch_size_for, fill_rates, render_batch
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -16,10 +16,18 @@ from synthvit.synthetic.search import Candidate
 
 # One stream per kind of draw, so no two draws ever share a generator.
 SEARCH_STREAM, INSTANCE_STREAM, SIGMA_FACTOR_STREAM, PERTURBATION_STREAM = range(4)
-# FractalDB instance fluctuation: one coefficient (a..f) of every map times one of these
-# (its 25 weight rows: identity + 6 coefficients x 4 weights), then one of 4 flips.
-INSTANCE_WEIGHTS = (0.8, 0.9, 1.1, 1.2)
 FLIPS = ("none", "vertical", "horizontal", "both")
+PATTERNS_PER_ROW = 10  # FractalDB: 10 patch draws per weight row and flip (25 x 10 x 4 = 1,000)
+OFDB_FIRST_ROW = (0.2, 1.0, 1.0, 1.0, 1.0, 1.0)  # make_2dofdb.py renders weights_0.4.csv's first row only
+SIGMA_JITTER = 0.1  # 1p-frac draws its base IFS's sigma-factor from U(sigma - 0.1, sigma + 0.1)
+
+
+def weight_rows(step: float) -> list[tuple[str | None, float]]:
+    """FractalDB's weights_<step>.csv as (coefficient, weight) rows, identity first:
+    each of a..f times 1-2*step, 1-step, 1+step, 1+2*step (25 rows; the file lists the
+    same rows with the identity among a's)."""
+    weights = (1 - 2 * step, 1 - step, 1 + step, 1 + 2 * step)
+    return [(None, 1.0)] + [(name, round(w, 6)) for name in ifs.COEFFICIENT_NAMES for w in weights]
 
 
 def keyed_rng(seed: int, *key: int) -> np.random.Generator:
@@ -36,20 +44,27 @@ def _candidate(maps: np.ndarray, rng: np.random.Generator, **extra) -> Candidate
 
 @dataclass(frozen=True)
 class SearchDraw:
-    """FractalDB/OFDB category search: min..max maps, coefficients U(-1, 1)."""
+    """FractalDB/OFDB category search: min..max maps, coefficients U(-1, 1).
+
+    render_weights multiply every map's (a..f) in the dataset image only (OFDB's first
+    weight row); the search scores the drawn maps, as the official code does."""
 
     seed: int
     min_maps: int
     max_maps: int
+    render_weights: tuple | None = None
 
     def __call__(self, category: int, attempt: int) -> Candidate:
         rng = keyed_rng(self.seed, SEARCH_STREAM, category, attempt)
-        return _candidate(ifs.random_ifs(rng, self.min_maps, self.max_maps), rng)
+        candidate = _candidate(ifs.random_ifs(rng, self.min_maps, self.max_maps), rng)
+        if self.render_weights is not None:
+            candidate.render_maps = candidate.maps * np.asarray(self.render_weights)
+        return candidate
 
 
 @dataclass(frozen=True)
 class SigmaFactorDraw:
-    """1p-frac's single IFS: num_maps maps with sigma-factor sigma (category is ignored)."""
+    """1p-frac's single IFS: num_maps maps, sigma-factor U(sigma - 0.1, sigma + 0.1) (category is ignored)."""
 
     seed: int
     num_maps: int
@@ -57,7 +72,8 @@ class SigmaFactorDraw:
 
     def __call__(self, category: int, attempt: int) -> Candidate:
         rng = keyed_rng(self.seed, SIGMA_FACTOR_STREAM, attempt)
-        return _candidate(ifs.sigma_factor_ifs(rng, self.num_maps, self.sigma), rng)
+        low, high = max(1e-6, self.sigma - SIGMA_JITTER), min(3.0 * self.num_maps, self.sigma + SIGMA_JITTER)
+        return _candidate(ifs.sigma_factor_ifs(rng, self.num_maps, rng.uniform(low, high)), rng)
 
 
 @dataclass(frozen=True)
@@ -74,21 +90,25 @@ class PerturbationDraw:
         return _candidate(maps, rng, multipliers=multipliers.tolist())
 
 
-def instance_variation(seed: int, category: int, instance: int) -> dict:
-    """FractalDB instance >= 1: a weight row (one coefficient scaled, or none), a flip,
-    and its own render seed, which also gives it its own random patch masks."""
-    rng = keyed_rng(seed, INSTANCE_STREAM, category, instance)
-    row = int(rng.integers(1 + len(ifs.COEFFICIENT_NAMES) * len(INSTANCE_WEIGHTS)))
-    slot, weight = divmod(row - 1, len(INSTANCE_WEIGHTS))
+def instance_variation(seed: int, category: int, instance: int, weight_step: float) -> dict:
+    """FractalDB instance `instance`, enumerated as the official 25 weight rows x 10 patch
+    draws x 4 flips, flips fastest, then rows, then patch draws: any first 100 instances
+    cover every row and flip once; 1,000 are the official set. Instance 0 (identity, no
+    flip) is the searched image; each instance has its own render seed (patch masks)."""
+    rows = weight_rows(weight_step)
+    coefficient, weight = rows[(instance // len(FLIPS)) % len(rows)]
     return {
-        "coefficient": None if row == 0 else ifs.COEFFICIENT_NAMES[slot],
-        "weight": 1.0 if row == 0 else INSTANCE_WEIGHTS[weight],
-        "flip": FLIPS[int(rng.integers(len(FLIPS)))],
-        "render_seed": _render_seed(rng),
+        "coefficient": coefficient,
+        "weight": weight,
+        "flip": FLIPS[instance % len(FLIPS)],
+        "pattern": instance // (len(FLIPS) * len(rows)),
+        "render_seed": _render_seed(keyed_rng(seed, INSTANCE_STREAM, category, instance)),
     }
 
 
 def instance_maps(category_maps, variation: dict) -> np.ndarray:
+    """The category's maps with the variation's coefficient scaled (probabilities stay the
+    category's, as in FractalDB's renderer)."""
     maps = np.asarray(category_maps, dtype=np.float64)
     if variation["coefficient"] is None:
         return maps

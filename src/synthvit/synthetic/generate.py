@@ -1,7 +1,7 @@
 """The three datasets (fractaldb, ofdb, onepfrac), written as an image folder + manifest.
 
 Layout of out_dir:
-    images/<class>/<NNNN>.png   8-bit grayscale, class = zero-padded label ("00000");
+    images/<class>/<NNNN>.png   8-bit grayscale (or RGB, synthetic.color), class = zero-padded label ("00000");
                                 fractaldb: instances_per_class files, others: 0000.png
     manifest.json               see below
     preview.png                 a grid of the first images
@@ -9,11 +9,13 @@ Layout of out_dir:
 manifest.json: format, kind, seed, params (the SyntheticConfig), images_per_class,
 image_path, map_formula, renderer, [onepfrac: base {maps, probabilities, sigma_factor,
 fill_rate, attempts, render_seed}], and classes in label order, one line each:
-    name, maps [[a, b, c, d, e, f], ...], probabilities (sum 1, ~|det|), fill_rate (lit
-    fraction of image 0000), attempts (draws the search used), render_seed (re-renders
-    image 0000 exactly with render.render_ifs); onepfrac adds multipliers (maps / base
-    maps); fractaldb adds instances [{file, coefficient, weight, flip, render_seed,
-    fill_rate}], instance 0 being the searched image.
+    name, maps [[a, b, c, d, e, f], ...], probabilities (sum 1, ~|det|), fill_rate (the
+    acceptance score: fill of the official 512-px search render, search.py), attempts
+    (draws the search used), render_seed (re-renders image 0000 exactly with
+    render.render_ifs and the params' render settings); ofdb with first_row weighting adds
+    rendered_maps (what image 0000 draws); onepfrac adds multipliers (maps / base maps);
+    fractaldb adds instances [{file, coefficient, weight, flip, pattern, render_seed,
+    converged}], instance 0 being the searched image.
 
 Every random draw is keyed by (seed, stream, category, attempt or instance) (draws.py),
 so the bytes depend neither on scheduling nor on the number of cores. The folder is
@@ -40,9 +42,9 @@ from synthvit.config import SyntheticConfig
 from synthvit.errors import ConfigError
 from synthvit.synthetic import draws, ifs
 from synthvit.synthetic.parallel import default_workers, worker_pool
-from synthvit.synthetic.png import write_gray_png
-from synthvit.synthetic.render import BURN_IN, TABLE_SIZE, fill_rates, render_batch
-from synthvit.synthetic.search import Accepted, SearchFailed, batch_size_for, search
+from synthvit.synthetic.png import write_png
+from synthvit.synthetic.render import MAX_BURN_IN, TABLE_SIZE, TOLERANCE, RenderSettings, batch_size_for
+from synthvit.synthetic.search import SCORE_PAD, SCORE_POINTS, SCORE_SIZE, Accepted, Rule, SearchFailed, search
 
 MANIFEST_FORMAT = 1
 PREVIEW_TILES, PREVIEW_COLUMNS, PREVIEW_TILE_SIZE = 64, 8, 128
@@ -90,22 +92,22 @@ class _Layout:
         return self.root / "images" / self.class_name(category) / self.file_name(instance)
 
 
-def _search(cfg: SyntheticConfig, draw, num_categories: int, pool, workers: int, on_accept, failure: str) -> list[Accepted]:
+def _search(cfg: SyntheticConfig, draw, rule: Rule, key: str, num_categories: int, pool, workers: int, on_accept,
+            failure: str) -> list[Accepted]:
     try:
-        return search(num_categories, draw, cfg.image_size, cfg.num_points, cfg.fill_rate, cfg.max_attempts,
-                      pool, workers, on_accept, patch=cfg.patch)
+        return search(num_categories, draw, rule, RenderSettings.of(cfg), cfg.max_attempts, pool, workers, on_accept)
     except SearchFailed as failed:
         raise ConfigError(
-            "synthetic.fill_rate", cfg.fill_rate,
+            key, getattr(cfg, key.split(".")[1]),
             failure.format(category=failed.category, best=failed.best_fill_rate)
-            + f" within synthetic.max_attempts={cfg.max_attempts} draws; lower synthetic.fill_rate"
+            + f" within synthetic.max_attempts={cfg.max_attempts} draws; lower {key}"
             " or raise synthetic.max_attempts",
         ) from None
 
 
 def _class_entry(name: str, found: Accepted) -> dict:
     candidate = found.candidate
-    return {
+    entry = {
         "name": name,
         "maps": candidate.maps.tolist(),
         "probabilities": candidate.probabilities.tolist(),
@@ -114,45 +116,56 @@ def _class_entry(name: str, found: Accepted) -> dict:
         "render_seed": candidate.render_seed,
         **candidate.extra,
     }
+    if candidate.render_maps is not None:
+        entry["rendered_maps"] = candidate.render_maps.tolist()
+    return entry
 
 
-def _render_instances(jobs, *, layout: _Layout, image_size: int, num_points: int, seed: int, patch: str) -> list[dict]:
-    """Render and write FractalDB instances [(category, instance, category maps)] (in a worker)."""
-    variations = [draws.instance_variation(seed, c, i) for c, i, _ in jobs]
-    systems = []
-    for (_, _, maps), variation in zip(jobs, variations):
-        maps = draws.instance_maps(maps, variation)
-        systems.append((maps, ifs.map_probabilities(maps)))
-    images = render_batch(systems, image_size, num_points, [v["render_seed"] for v in variations], patch)
-    for (c, i, _), variation, image, rate in zip(jobs, variations, images, fill_rates(images)):
-        write_gray_png(layout.path(c, i), draws.flip(image, variation["flip"]))
-        variation["fill_rate"] = float(rate)
-    return [{"file": layout.file_name(i), **v} for (_, i, _), v in zip(jobs, variations)]
+def _render_instances(jobs, *, layout: _Layout, settings: RenderSettings, seed: int, weight_step: float) -> list[dict]:
+    """Render and write FractalDB instances [(category, instance, category maps, probabilities)] (in a worker)."""
+    variations = [draws.instance_variation(seed, c, i, weight_step) for c, i, _, _ in jobs]
+    systems = [(draws.instance_maps(maps, v), probabilities) for (_, _, maps, probabilities), v in zip(jobs, variations)]
+    images, converged = settings.render(systems, [v["render_seed"] for v in variations])
+    for (c, i, _, _), variation, image, ok in zip(jobs, variations, images, converged):
+        write_png(layout.path(c, i), draws.flip(image, variation["flip"]), settings.rgb)
+        variation["converged"] = bool(ok)
+    return [{"file": layout.file_name(i), **v} for (_, i, _, _), v in zip(jobs, variations)]
 
 
 def _fractaldb_instances(cfg: SyntheticConfig, seed: int, classes: list[dict], pool, layout, progress) -> None:
     """Instances 1.. of every category; instance 0 is the searched image itself."""
     for entry in classes:
         entry["instances"] = [{"file": layout.file_name(0), "coefficient": None, "weight": 1.0, "flip": "none",
-                               "render_seed": entry["render_seed"], "fill_rate": entry["fill_rate"]}]
-    jobs = [(c, i, classes[c]["maps"]) for c in range(len(classes)) for i in range(1, cfg.instances_per_class)]
+                               "pattern": 0, "render_seed": entry["render_seed"], "converged": True}]
+    jobs = [(c, i, classes[c]["maps"], classes[c]["probabilities"])
+            for c in range(len(classes)) for i in range(1, cfg.instances_per_class)]
     batch = batch_size_for(cfg.num_points)
     chunks = [jobs[k : k + batch] for k in range(0, len(jobs), batch)]
-    render = functools.partial(_render_instances, layout=layout, image_size=cfg.image_size,
-                               num_points=cfg.num_points, seed=seed, patch=cfg.patch)
+    render = functools.partial(_render_instances, layout=layout, settings=RenderSettings.of(cfg), seed=seed,
+                               weight_step=cfg.instance_weights)
     for chunk, variations in zip(chunks, pool.map(render, chunks)):
-        for (c, _, _), variation in zip(chunk, variations):
+        for (c, _, _, _), variation in zip(chunk, variations):
             classes[c]["instances"].append(variation)
         progress.update(len(chunk))
 
 
 def _onepfrac_base(cfg: SyntheticConfig, seed: int, pool, workers: int) -> Accepted:
-    """1p-frac's single IFS, searched until its own image reaches the fill rate."""
-    failure = (f"no sigma-factor IFS ({cfg.onepfrac_maps} maps, synthetic.sigma={cfg.sigma}) reached it"
+    """1p-frac's single IFS: the first sigma-factor draw that passes the categories' own rule.
+
+    The official code checks no base; a base whose image stays below the threshold makes
+    its category loop run forever (seen: seed 7, patched fill 0.033), so here the base
+    must pass the rule its perturbations are held to.
+    """
+    failure = (f"no sigma-factor IFS ({cfg.onepfrac_maps} maps, synthetic.sigma={cfg.sigma}) exceeded it"
                " (best fill rate {best:.3f})")
     draw = draws.SigmaFactorDraw(seed, cfg.onepfrac_maps, cfg.sigma)
-    [base] = _search(cfg, draw, 1, pool, workers, lambda *_: None, failure)
+    [base] = _search(cfg, draw, _onepfrac_rule(cfg), "synthetic.onepfrac_fill_rate", 1, pool, workers,
+                     lambda *_: None, failure)
     return base
+
+
+def _onepfrac_rule(cfg: SyntheticConfig) -> Rule:
+    return Rule(cfg.onepfrac_fill_rate, patched=True, strict=True)
 
 
 def _base_entry(base: Accepted) -> dict:
@@ -177,7 +190,7 @@ def _preview(layout: _Layout, image_size: int) -> np.ndarray:
     grid = np.full((math.ceil(len(keys) / columns) * step + gap, columns * step + gap), 96, np.uint8)
     for k, (category, instance) in enumerate(keys):
         with Image.open(layout.path(category, instance)) as image:
-            tile = np.asarray(image.resize((size, size), Image.Resampling.BOX))
+            tile = np.asarray(image.convert("L").resize((size, size), Image.Resampling.BOX))
         top, left = gap + (k // columns) * step, gap + (k % columns) * step
         grid[top : top + size, left : left + size] = tile
     return grid
@@ -204,9 +217,13 @@ def _build(cfg: SyntheticConfig, seed: int, root: Path, progress: bool, workers:
         "images_per_class": per_class,
         "image_path": "images/<class name>/<instance, 4+ digits>.png",
         "map_formula": "x' = a*x + b*y + e; y' = c*x + d*y + f; each map is [a, b, c, d, e, f]",
+        "acceptance": {"render": f"{SCORE_SIZE} px, {SCORE_POINTS} points, pad {SCORE_PAD}, "
+                                 + ("3x3 random-mask patches" if cfg.kind == "onepfrac" else "1 px per point"),
+                       "keep": (f"fill > {cfg.onepfrac_fill_rate}" if cfg.kind == "onepfrac" else f"fill >= {cfg.fill_rate}")
+                       + ", walk converged to an attractor"},
         "renderer": {"patch": ("3x3, random binary mask per point, later patches overwrite" if cfg.patch == "random"
                                else "3x3, solid (all nine cells lit) per point"),
-                     "burn_in": BURN_IN, "probability_slots": TABLE_SIZE},
+                     "burn_in": f"until the walk forgets its start to {TOLERANCE} (at most {MAX_BURN_IN} steps)", "probability_slots": TABLE_SIZE},
     }
     bar = _Progress(cfg.num_classes * per_class, progress, f"synthetic {cfg.kind}")
 
@@ -221,12 +238,15 @@ def _build(cfg: SyntheticConfig, seed: int, root: Path, progress: bool, workers:
                 base = _onepfrac_base(cfg, seed, pool, workers)
                 manifest["base"] = _base_entry(base)
                 draw = draws.PerturbationDraw(seed, tuple(map(tuple, base.candidate.maps.tolist())), cfg.delta)
+                rule, key = _onepfrac_rule(cfg), "synthetic.onepfrac_fill_rate"
                 failure = (f"category {{category}}: no perturbation (synthetic.delta={cfg.delta}) of the base IFS"
-                           " reached it (best fill rate {best:.3f})")
+                           " exceeded it (best fill rate {best:.3f})")
             else:
-                draw = draws.SearchDraw(seed, cfg.min_maps, cfg.max_maps)
+                weights = draws.OFDB_FIRST_ROW if cfg.kind == "ofdb" and cfg.ofdb_weighting == "first_row" else None
+                draw = draws.SearchDraw(seed, cfg.min_maps, cfg.max_maps, weights)
+                rule, key = Rule(cfg.fill_rate), "synthetic.fill_rate"
                 failure = "category {category} found no IFS reaching it (best fill rate {best:.3f})"
-            found = _search(cfg, draw, cfg.num_classes, pool, workers, write_found, failure)
+            found = _search(cfg, draw, rule, key, cfg.num_classes, pool, workers, write_found, failure)
             classes = [_class_entry(layout.class_name(c), f) for c, f in enumerate(found)]
             if cfg.kind == "fractaldb":
                 _fractaldb_instances(cfg, seed, classes, pool, layout, bar)

@@ -1,8 +1,9 @@
-"""Minimal 8-bit grayscale PNG writer.
+"""Minimal 8-bit grayscale (or gray-as-RGB) PNG writer.
 
 Fractal images are mostly runs of 0 and 255: zlib's run-length strategy with no row
 filter packs them smaller than Pillow's default and about 4x faster (PNG encoding would
-otherwise cost more than rendering). Any PNG reader opens the result as mode "L".
+otherwise cost more than rendering). Any PNG reader opens the result as mode "L", or
+"RGB" with three equal channels when asked (FractalDB's files are RGB).
 """
 
 from __future__ import annotations
@@ -19,19 +20,20 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
-def encode_gray_png(image: np.ndarray) -> bytes:
-    """PNG bytes of a 2-D uint8 array."""
+def encode_png(image: np.ndarray, rgb: bool = False) -> bytes:
+    """PNG bytes of a 2-D uint8 array: grayscale, or RGB with the gray value in every channel."""
     if image.ndim != 2 or image.dtype != np.uint8:
         raise ValueError(f"expected a 2-D uint8 array, got shape {image.shape} dtype {image.dtype}")
     height, width = image.shape
-    rows = np.zeros((height, width + 1), np.uint8)  # leading 0: filter type "none" per row
-    rows[:, 1:] = image
+    channels = 3 if rgb else 1
+    rows = np.zeros((height, width * channels + 1), np.uint8)  # leading 0: filter type "none" per row
+    rows[:, 1:] = np.repeat(image, channels, axis=1)
     compressor = zlib.compressobj(1, zlib.DEFLATED, 15, 9, zlib.Z_RLE)
     pixels = compressor.compress(rows.tobytes()) + compressor.flush()
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit, grayscale
+    header = struct.pack(">IIBBBBB", width, height, 8, 2 if rgb else 0, 0, 0, 0)  # 8-bit, RGB or grayscale
     return _SIGNATURE + _chunk(b"IHDR", header) + _chunk(b"IDAT", pixels) + _chunk(b"IEND", b"")
 
 
-def write_gray_png(path, image: np.ndarray) -> None:
+def write_png(path, image: np.ndarray, rgb: bool = False) -> None:
     with open(path, "wb") as file:
-        file.write(encode_gray_png(image))
+        file.write(encode_png(image, rgb))

@@ -1,12 +1,20 @@
-"""Bounded search: for each category, the first IFS draw whose image reaches the fill rate.
+"""Bounded search: for each category, the first IFS draw that the acceptance rule keeps.
+
+The rule is the official one, scored on the official cheap render whatever size the
+dataset is drawn at: FractalDB/OFDB (ifs_search.py) light one pixel per chaos-game point
+at 512 x 512 with 100k points and a 6-px pad and keep fill >= 0.2; 1p-frac
+(render_from_oneparam_mp.py) pastes 3x3 random-mask patches at the same size and keeps
+fill > 0.05. Here the points are the attractor's (render.py's burn-in), and a system whose
+walk does not converge (divergent or too slowly contracting) is never kept. A kept draw
+is then rendered with the dataset's RenderSettings.
 
 `draw(category, attempt)` must be a pure function of its arguments (it seeds its own
 generator from them) and picklable (it runs in worker processes), so a category's
 result is its first passing attempt whatever the batch sizes, worker count or
-machine. Candidates are rendered in rounds of tasks on a
-worker pool, most categories one attempt per round; the first category gets whole
-rounds until it passes and a category that keeps failing gets more attempts per round,
-so an impossible request runs out of attempts quickly instead of one attempt a round.
+machine. Candidates are scored in rounds of tasks on a worker pool, most categories
+one attempt per round; the first category gets whole rounds until it passes and a
+category that keeps failing gets more attempts per round, so an impossible request
+runs out of attempts quickly instead of one attempt a round.
 """
 
 from __future__ import annotations
@@ -17,31 +25,45 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from synthvit.synthetic.png import encode_gray_png
-from synthvit.synthetic.render import fill_rates, render_batch
+from synthvit.synthetic.render import RenderSettings, fill_rates, point_fill_rates, render_batch
 
-# Quarter-size preview (same points per pixel) before the full render: it turns away
-# the many hopeless draws at a fraction of the cost and never accepts one on its own.
-# Measured on 3,000 search draws at 362 px / 200k points: preview fill >= 0.99x the full
-# fill for every draw with full fill >= 0.1 (>= 1.02x at 0.2), so a margin of 0.8 lost
-# no passing draw and sent 30% of the draws on to the full render.
-PREVIEW_MIN_SIZE = 128
-PREVIEW_SHRINK = 4
-PREVIEW_MARGIN = 0.8
-POINTS_PER_BATCH = 1_000_000  # points rendered in one numpy batch (~8 bytes per point)
-# A round is at least 16 batches of draws, split into at least two tasks per worker; a
-# task previews its draws in one batch, then fully renders the survivors. Round and
-# task sizes change only the wasted work, never the result.
+SCORE_SIZE, SCORE_POINTS, SCORE_PAD = 512, 100_000, 6  # the official search render
+# Draws scored per numpy batch: the burn-in pre-run is call-bound, so larger batches share it
+# (measured: 20 a batch ~1.5x faster than 10, 40 no faster).
+SCORE_BATCH = 20
+# A round is at least 16 batches of draws, split into at least two tasks per worker.
+# Round and task sizes change only the wasted work, never the result.
 BATCHES_PER_ROUND = 16
 TASKS_PER_WORKER = 2
 
 
+@dataclass(frozen=True)
+class Rule:
+    """How a draw is scored: fill of the official 512-px render, kept above `threshold`."""
+
+    threshold: float
+    patched: bool = False  # False: 1 px per point (FractalDB/OFDB); True: 3x3 random-mask patches (1p-frac)
+    strict: bool = False  # 1p-frac keeps fill > threshold, FractalDB fill >= threshold
+
+    def score(self, systems, seeds) -> tuple[np.ndarray, np.ndarray]:
+        """(fill rates, converged) of the systems' official search renders."""
+        if not self.patched:
+            return point_fill_rates(systems, seeds, SCORE_SIZE, SCORE_POINTS, SCORE_PAD)
+        images, converged = render_batch(systems, SCORE_SIZE, SCORE_POINTS, seeds, "random", SCORE_PAD,
+                                         with_convergence=True)
+        return fill_rates(images), converged
+
+    def keeps(self, rate: float, converged: bool) -> bool:
+        return bool(converged) and (rate > self.threshold if self.strict else rate >= self.threshold)
+
+
 @dataclass
 class Candidate:
-    maps: np.ndarray  # (K, 6)
+    maps: np.ndarray  # (K, 6): what the rule scores
     probabilities: np.ndarray  # (K,)
     render_seed: int
     extra: dict = field(default_factory=dict)  # manifest fields the caller wants kept
+    render_maps: np.ndarray | None = None  # what the dataset image draws, when not `maps` (OFDB's first weight row)
 
 
 @dataclass
@@ -58,42 +80,33 @@ class SearchFailed(Exception):
         super().__init__(f"category {category}: no draw passed in {attempts} attempts (best fill rate {best_fill_rate:.3f})")
 
 
-def batch_size_for(num_points: int) -> int:
-    return int(np.clip(POINTS_PER_BATCH // num_points, 1, 64))
-
-
-def _evaluate(jobs, *, draw, image_size: int, num_points: int, fill_rate: float, batch: int, patch: str = "random"):
-    """[(candidate, fill rate, PNG bytes or None)] per (category, attempt); PNG when it passes."""
+def _evaluate(jobs, *, draw, rule: Rule, settings: RenderSettings):
+    """[(candidate, fill rate, PNG bytes or None)] per (category, attempt); PNG when kept."""
     candidates = [draw(category, attempt) for category, attempt in jobs]
-    systems = [(c.maps, c.probabilities) for c in candidates]
-    seeds = [c.render_seed for c in candidates]
-    rates = np.zeros(len(jobs))
-    hopeful = list(range(len(jobs)))
-    if image_size >= PREVIEW_MIN_SIZE and fill_rate > 0:
-        previews = render_batch(systems, image_size // PREVIEW_SHRINK, max(100, num_points // PREVIEW_SHRINK**2), seeds, patch)
-        rates = fill_rates(previews)  # estimates, for the error message of a failed search
-        hopeful = [i for i in hopeful if rates[i] >= PREVIEW_MARGIN * fill_rate]
     pngs = [None] * len(jobs)
-    for start in range(0, len(hopeful), batch):
-        chosen = hopeful[start : start + batch]
-        rendered = render_batch([systems[i] for i in chosen], image_size, num_points, [seeds[i] for i in chosen], patch)
-        for i, image, rate in zip(chosen, rendered, fill_rates(rendered)):
-            rates[i] = rate
-            pngs[i] = encode_gray_png(image) if rate >= fill_rate else None
+    rates = np.zeros(len(jobs))
+    batch = SCORE_BATCH
+    for start in range(0, len(jobs), batch):
+        chunk = candidates[start : start + batch]
+        scored, converged = rule.score([(c.maps, c.probabilities) for c in chunk], [c.render_seed for c in chunk])
+        rates[start : start + len(chunk)] = scored
+        kept = [start + i for i in range(len(chunk)) if rule.keeps(scored[i], converged[i])]
+        drawn = [candidates[i] for i in kept]
+        systems = [(c.maps if c.render_maps is None else c.render_maps, c.probabilities) for c in drawn]
+        for i, png in zip(kept, settings.render_pngs(systems, [c.render_seed for c in drawn])):
+            pngs[i] = png
     return [(candidates[i], float(rates[i]), pngs[i]) for i in range(len(jobs))]
 
 
 def search(
     num_categories: int,
     draw: Callable[[int, int], Candidate],
-    image_size: int,
-    num_points: int,
-    fill_rate: float,
+    rule: Rule,
+    settings: RenderSettings,
     max_attempts: int,
     pool,
     workers: int,
     on_accept: Callable[[int, Accepted], None],
-    patch: str = "random",
 ) -> list[Accepted]:
     """One Accepted per category, in category order; raises SearchFailed when one runs out.
 
@@ -101,9 +114,8 @@ def search(
     every earlier one failed. pool is an executor with `workers` workers (its map is
     used); on_accept(category, accepted) runs here as soon as a category is decided.
     """
-    batch = batch_size_for(num_points)
-    evaluate = functools.partial(_evaluate, draw=draw, image_size=image_size, num_points=num_points,
-                                 fill_rate=fill_rate, batch=batch, patch=patch)
+    batch = SCORE_BATCH
+    evaluate = functools.partial(_evaluate, draw=draw, rule=rule, settings=settings)
     num_tasks = TASKS_PER_WORKER * max(2, workers)
     round_size = batch * max(BATCHES_PER_ROUND, num_tasks)
     tried = [0] * num_categories
@@ -115,8 +127,11 @@ def search(
         # impossible request then fails after max_attempts renders, not max_attempts rounds.
         probing = not any(accepted)
         jobs, depths = [], {}
+        # Later, a category tries about as many draws a round as a category has needed so far.
+        done = [a.attempts for a in accepted if a is not None]
+        needed = sum(done) // max(1, len(done))
         for category in pending:
-            depth = round_size if probing else max(1, tried[category] // 4)
+            depth = round_size if probing else max(1, needed, tried[category] // 4)
             depths[category] = min(max_attempts - tried[category], depth)
             jobs += [(category, tried[category] + k) for k in range(depths[category])]
             if len(jobs) >= round_size:
