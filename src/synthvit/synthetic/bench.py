@@ -20,11 +20,14 @@ from pathlib import Path
 import numpy as np
 
 from synthvit.config import SyntheticConfig
-from synthvit.synthetic import ifs
+from synthvit.synthetic import ifs, official
 from synthvit.synthetic.generate import write_dataset
 from synthvit.synthetic.parallel import InProcess, default_workers, worker_pool
 from synthvit.synthetic.reference import render_reference
 from synthvit.synthetic.render import batch_size_for, fill_rates, render_batch
+
+
+PAD, GRAY = 6, 127  # FractalDB's pad and gray value (the sizes are the arguments' defaults)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,6 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--ofdb", action="store_true", help="also time an OFDB dataset end to end (search included)")
     parser.add_argument("--ofdb-classes", type=int, default=1000, help="categories for --ofdb")
+    parser.add_argument("--official", type=Path, help="FractalDB's category CSVs (folder or fixture file): re-score them")
+    parser.add_argument("--grid", type=Path, help="with --official: write an official-vs-synthvit image grid here")
 
 
 def _systems(seed: int, count: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -53,7 +58,7 @@ def _systems(seed: int, count: int) -> list[tuple[np.ndarray, np.ndarray]]:
 
 
 def _render_chunk(systems, *, size: int, points: int) -> list[float]:
-    images = render_batch(systems, size, points, list(range(len(systems))))
+    images = render_batch(systems, size, points, list(range(len(systems))), pad=PAD, value=GRAY)
     return fill_rates(images).tolist()  # send back a few numbers, not the images
 
 
@@ -68,12 +73,13 @@ def _time_fast(pool, systems, size: int, points: int) -> float:
 
 def _time_reference(system, size: int, points: int, seed: int) -> float:
     started = time.perf_counter()
-    render_reference(*system, size, points, seed)
+    render_reference(*system, size, points, seed, pad=PAD, value=GRAY)
     return time.perf_counter() - started
 
 
 def _time_ofdb(args, workers: int) -> None:
-    cfg = SyntheticConfig(kind="ofdb", num_classes=args.ofdb_classes, image_size=args.image_size, num_points=args.points)
+    cfg = SyntheticConfig(kind="ofdb", num_classes=args.ofdb_classes, image_size=args.image_size, num_points=args.points,
+                          pad=PAD, gray_value=GRAY)
     with tempfile.TemporaryDirectory(prefix="synthvit-bench-") as tmp:
         started = time.perf_counter()
         manifest = write_dataset(cfg, args.seed, Path(tmp) / "ofdb", progress=True, workers=workers)
@@ -82,13 +88,28 @@ def _time_ofdb(args, workers: int) -> None:
     print(f"ofdb end to end: {cfg.num_classes} categories at {cfg.image_size}px, {cfg.num_points} points, "
           f"fill_rate {cfg.fill_rate}: {seconds:.1f} s ({draws} IFS draws searched, "
           f"{cfg.num_classes / draws:.1%} accepted; {workers} workers)")
+    mix = np.bincount([len(c["maps"]) for c in manifest["classes"]], minlength=8)[2:]
+    print(f"ofdb categories by map count (2..7 maps): {'/'.join(map(str, mix))}")
+
+
+def _official(args) -> None:
+    categories = official.load_official(args.official)
+    scored = official.rescore(categories)
+    print(f"official categories ({args.official}): {scored['kept']}/{scored['categories']} kept by synthvit's rule, "
+          f"{scored['converged']} converge; by map count (2..7 maps): {'/'.join(map(str, scored['map_counts']))}")
+    if args.grid:
+        official.write_grid(categories, args.grid)
+        print(f"grid written: {args.grid} (columns: FractalDB's algorithm, synthvit faithful, synthvit 64 px random and solid patches)")
 
 
 def run(args) -> int:
+    if args.official:
+        _official(args)
+        return 0
     workers = args.workers or default_workers()
     size, points = args.image_size, args.points
     systems = _systems(args.seed, args.fast_images)
-    print(f"synthetic render benchmark: {size}x{size}, {points} points, 3x3 random-mask patches; "
+    print(f"synthetic render benchmark: {size}x{size}, {points} points, {PAD}-px pad, 3x3 random-mask patches; "
           f"fast renderer on {workers} worker processes")
     fast_seconds, reference_seconds = [], []
     with worker_pool(workers) as pool:

@@ -58,7 +58,7 @@ TANGENT_WALKERS = 64  # walkers whose contraction decides the burn-in
 TOLERANCE = 1e-4
 MIN_BURN_IN = 32
 MAX_BURN_IN = 512
-CHECK_EVERY = 8  # burn-ins are multiples of 8 steps: checking costs more than stepping
+CHECK_EVERY = START_STRIDE  # burn-ins are multiples of 8 steps: checking costs more than stepping
 DIVERGED = 1e12  # a walk that has amplified its start this much is taken as divergent
 PATCHES = ("random", "full")  # random 9-bit masks (FractalDB) or solid 3x3 squares
 LIT = 255  # default gray value of a lit pixel (FractalDB draws 127)
@@ -141,44 +141,47 @@ def _prerun(coef, walkers: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.
     pre = min(PRERUN_WALKERS, walkers)
     tangent_walkers = min(TANGENT_WALKERS, pre)
     collect = -(-walkers // pre)
-    linear = coef[:, :2]
+    linear = coef[:, :2]  # (a, c) and (b, d) rows
     position = np.zeros((count, 2, pre), np.float32)
     out, scratch = np.empty_like(position), np.empty_like(position)
-    tangents = [np.zeros((count, 2, tangent_walkers), np.float32) for _ in range(2)]
-    tangents[0][:, 0], tangents[1][:, 1] = 1, 1  # the identity: d(position) / d(start)
-    tangent_out, tangent_scratch = np.empty_like(tangents[0]), np.empty_like(tangents[0])
+    tangents = np.zeros((count, 2, 2, tangent_walkers), np.float32)  # (system, vector, x/y, walker)
+    tangents[:, 0, 0], tangents[:, 1, 1] = 1, 1  # the identity: d(position) / d(start)
+    tangent_scratch = np.empty_like(tangents)
     starts = np.empty((count, 2, collect, pre), np.float32)
     burn_in = np.full(count, -1)
     path = np.zeros((count, 2, MAX_BURN_IN + 1), np.float32)
     rows = np.arange(count)
     offsets = _offsets(0, MAX_BURN_IN + MAX_WALKERS)
+    deciding = np.ones(count, bool)
+    # Burn-ins are multiples of CHECK_EVERY == START_STRIDE, so every decision and every
+    # starting point falls on a step that is a multiple of it: the rest only step.
     for t in range(MAX_BURN_IN + START_STRIDE * collect):
         steps = t + 1
         _step(coef, int(offsets[t]), pre, position, out, scratch)
         position, out = out, position
-        if steps <= MAX_BURN_IN:
-            path[:, :, steps] = position[:, :, 0]
-        deciding = burn_in < 0
         if deciding.any():
-            for k, tangent in enumerate(tangents):
-                _step(linear, int(offsets[t]), tangent_walkers, tangent, tangent_out, tangent_scratch)
-                tangents[k], tangent_out = tangent_out, tangent
-        if deciding.any() and steps % CHECK_EVERY == 0:
-            worst = np.zeros(count, np.float32)
-            for tangent in tangents:
-                np.square(tangent, out=tangent_scratch)
-                norms = tangent_scratch.sum(axis=1).max(axis=1)
-                worst = np.fmax(worst, np.where(np.isnan(norms), np.inf, norms))
+            path[:, :, steps] = position[:, :, 0]
+            # Tangent vectors: (a, c) * x + (b, d) * y, both vectors of every walker at once.
+            window = slice(int(offsets[t]), int(offsets[t]) + tangent_walkers)
+            np.multiply(linear[:, 0, None, :, window], tangents[:, :, 0:1], out=tangent_scratch)
+            tangent_scratch += linear[:, 1, None, :, window] * tangents[:, :, 1:2]
+            tangents, tangent_scratch = tangent_scratch, tangents
+        if steps % CHECK_EVERY:
+            continue
+        if deciding.any():
+            norms = np.square(tangents).sum(axis=2).max(axis=(1, 2))
+            worst = np.where(np.isnan(norms), np.inf, norms)
             done = deciding & (steps >= MIN_BURN_IN) & (worst < TOLERANCE**2)
             burn_in[done] = steps
             # Grown past DIVERGED (or overflowed): it will not shrink to TOLERANCE in time.
             given_up = deciding & (worst > DIVERGED**2) if steps < MAX_BURN_IN else deciding & ~done
             burn_in[given_up] = MAX_BURN_IN
-        since, stride = steps - burn_in, START_STRIDE
-        taking = (burn_in >= 0) & (since > 0) & (since % stride == 0) & (since <= stride * collect)
+            deciding = burn_in < 0
+        since = steps - burn_in
+        taking = ~deciding & (since > 0) & (since <= START_STRIDE * collect)
         if taking.any():
-            starts[rows[taking], :, since[taking] // stride - 1] = position[taking]
-        if (burn_in >= 0).all() and (since >= stride * collect).all():
+            starts[rows[taking], :, since[taking] // START_STRIDE - 1] = position[taking]
+        if not deciding.any() and (since >= START_STRIDE * collect).all():
             break
     converged = burn_in < MAX_BURN_IN  # (one converging at exactly MAX_BURN_IN steps counts as not)
     return starts.reshape(count, 2, -1)[:, :, :walkers], burn_in, converged, path
