@@ -146,7 +146,7 @@ def test_official_fractaldb_categories_pass_the_rule(tmp_path):
     assert len(categories) == 100 and list(categories)[:2] == ["00000", "00001"]
     scored = official.rescore(categories)
     assert scored["converged"] == 100
-    assert scored["kept"] >= 85
+    assert scored["kept"] >= 80  # measured 86
     official.write_grid(categories, tmp_path / "grid.png", count=1)
     assert Image.open(tmp_path / "grid.png").size == (4 * (official.TILE + official.GAP) + official.GAP,
                                                       official.TILE + 2 * official.GAP)

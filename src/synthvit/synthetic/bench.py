@@ -96,7 +96,7 @@ def _official(args) -> None:
     categories = official.load_official(args.official)
     scored = official.rescore(categories)
     print(f"official categories ({args.official}): {scored['kept']}/{scored['categories']} kept by synthvit's rule, "
-          f"{scored['converged']} converge; by map count (2..7 maps): {'/'.join(map(str, scored['map_counts']))}")
+          f"{scored['converged']} converge, median fill {scored['median_fill']:.3f}; by map count (2..7 maps): {'/'.join(map(str, scored['map_counts']))}")
     if args.grid:
         official.write_grid(categories, args.grid)
         print(f"grid written: {args.grid} (columns: FractalDB's algorithm, synthvit faithful, synthvit 64 px random and solid patches)")

@@ -57,6 +57,7 @@ def rescore(categories: dict[str, np.ndarray], fill_rate: float = 0.2) -> dict:
         converged += c.tolist()
     kept = [Rule(fill_rate).keeps(r, c) for r, c in zip(rates, converged)]
     return {"categories": len(systems), "kept": int(sum(kept)), "converged": int(sum(converged)),
+            "median_fill": float(np.median(rates)),
             "map_counts": np.bincount([len(s[0]) for s in systems], minlength=8)[2:].tolist()}
 
 
