@@ -1,6 +1,7 @@
 """Stage evaluate: score the fine-tuned model on the test split.
 
-params: runtime.*, data.*, evaluate.*, tracking.experiment_name
+params: runtime.{device,precision,deterministic}, data.{name,root,test_per_class,ignore_class_case}, evaluate.*
+        (tracking.experiment_name only names the MLflow run)
 deps:   models/finetune.pt
 outs:   metrics/evaluate.json (with ECE), plots/evaluate/predictions.csv (confusion), plots/evaluate/per_class.csv,
         plots/evaluate/calibration.csv and reliability.png (reliability diagram)
@@ -18,7 +19,7 @@ from synthvit.engine import autocast_dtype, class_probabilities, resolve_device
 from synthvit.files import write_csv, write_json
 from synthvit.metrics import classification_report
 from synthvit.models import load_checkpoint, model_from_checkpoint
-from synthvit.pipeline import checkpoint_path
+from synthvit.paths import checkpoint_path
 from synthvit.runner import run_main
 
 PLOTS = Path("plots/evaluate")

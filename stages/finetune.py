@@ -1,7 +1,8 @@
 """Stage finetune: train on the real dataset from the synthetic pre-trained backbone (new head),
 from scratch, or from timm's ImageNet weights (finetune.init).
 
-params: seed, runtime.*, model.*, finetune.*, data.*, tracking.*
+params: seed, runtime.{device,precision,deterministic}, model.*, finetune.*, data.* but num_workers and download
+        (read but not declared in dvc.yaml, as they do not change the model: those, the other runtime keys, tracking.*)
 deps:   models/pretrain.pt
 outs:   models/finetune.pt, metrics/finetune.json, plots/finetune/history.csv
 """
@@ -11,7 +12,8 @@ from synthvit.config import as_flat_dict, load_params
 from synthvit.engine import seed_everything
 from synthvit.data import load_split, split_validation
 from synthvit.models import backbone_with_new_head, check_same_architecture, create_model, load_checkpoint
-from synthvit.pipeline import checkpoint_path, train_and_record
+from synthvit.paths import checkpoint_path
+from synthvit.pipeline import train_and_record
 from synthvit.runner import run_main
 
 

@@ -1,6 +1,6 @@
 """Stage generate_synthetic: render the fractal pre-training dataset.
 
-params: seed, synthetic.*, tracking.experiment_name
+params: seed, synthetic.*  (tracking.experiment_name is read too, but only names the MLflow run)
 outs:   data/synthetic/ (images/<class>/*.png, manifest.json, preview.png)
 """
 
@@ -8,7 +8,7 @@ import time
 
 from synthvit import tracking
 from synthvit.config import as_flat_dict, load_params
-from synthvit.pipeline import SYNTHETIC_DIR
+from synthvit.paths import SYNTHETIC_DIR
 from synthvit.runner import run_main
 from synthvit.synthetic import generate_dataset
 

@@ -1,6 +1,8 @@
 """Stage pretrain: train a timm ViT to classify the synthetic fractal categories.
 
-params: seed, runtime.*, model.*, pretrain.*, data.num_workers, tracking.experiment_name
+params: seed, runtime.{device,precision,deterministic}, model.*, pretrain.*
+        (read but not declared in dvc.yaml, as they do not change the model: the other runtime keys,
+        data.num_workers, tracking.experiment_name)
 deps:   data/synthetic/
 outs:   models/pretrain.pt, metrics/pretrain.json, plots/pretrain/history.csv
 """
@@ -10,7 +12,8 @@ from synthvit.config import as_flat_dict, load_params
 from synthvit.engine import seed_everything
 from synthvit.data import load_synthetic
 from synthvit.models import create_model
-from synthvit.pipeline import SYNTHETIC_DIR, train_and_record
+from synthvit.paths import SYNTHETIC_DIR
+from synthvit.pipeline import train_and_record
 from synthvit.runner import run_main
 
 

@@ -1,6 +1,7 @@
 """Stage visualize: the figures a person looks at first.
 
-params: data.*, model.img_size, visualize.*, tracking.experiment_name
+params: data.{name,root,test_per_class,ignore_class_case}, model.img_size, visualize.*
+        (tracking.experiment_name only names the MLflow run)
 deps:   plots/{pretrain,finetune}/history.csv, plots/evaluate/*.csv, data/synthetic/, models/finetune.pt
 outs:   plots/visualize/{pretrain_curves,finetune_curves,confusion_matrix,misclassified,synthetic_samples}.png,
         plots/visualize/attention_{layers,rollout}.png (ViTs, visualize.num_attention > 0)
@@ -18,7 +19,7 @@ from synthvit import attention, plots, tracking
 from synthvit.config import as_flat_dict, load_params
 from synthvit.data import decode_image, load_split
 from synthvit.models import load_checkpoint, model_from_checkpoint
-from synthvit.pipeline import SYNTHETIC_DIR, checkpoint_path, history_path
+from synthvit.paths import SYNTHETIC_DIR, checkpoint_path, history_path
 from synthvit.runner import run_main
 
 OUT = Path("plots/visualize")

@@ -29,8 +29,9 @@ def random_images(n, size=32, seed=0):
     return torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=generator)
 
 
-def test_recomputed_weights_reproduce_the_fused_attention_output():
-    """softmax(q k^T * scale) @ v through the module's projection gives exactly what timm's fused SDPA gave."""
+def test_hooked_weights_reproduce_the_fused_attention_output():
+    """The weights read from timm's unfused path, through v and the projection, give exactly what the
+    fused SDPA kernel gave in a plain forward pass; the model is left fused."""
     model = tiny_vit(depth=3, num_heads=4)
     assert all(block.attn.fused_attn for block in model.blocks)  # the path that hides the weights
     seen = []
@@ -39,19 +40,22 @@ def test_recomputed_weights_reproduce_the_fused_attention_output():
         seen.append((module, args[0], output))
 
     handles = [block.attn.register_forward_hook(capture) for block in model.blocks]
+    x = attention.to_float(random_images(2), DEFAULT_MEAN, DEFAULT_STD)
     with torch.no_grad():
-        model(attention.to_float(random_images(2), DEFAULT_MEAN, DEFAULT_STD))
+        fused_logits = model(x)
     for handle in handles:
         handle.remove()
-    assert len(seen) == 3
-    for module, x, output in seen:
-        weights = attention.attention_weights(module, x)
-        batch, tokens, _ = x.shape
-        v = module.qkv(x).reshape(batch, tokens, 3, module.num_heads, module.head_dim).permute(2, 0, 3, 1, 4)[2]
-        rebuilt = module.proj((weights @ v).transpose(1, 2).reshape(batch, tokens, -1))
+    logits, weights = attention.attention_weights(model, x)
+    assert all(block.attn.fused_attn for block in model.blocks)
+    torch.testing.assert_close(logits, fused_logits, atol=1e-5, rtol=1e-4)
+    assert len(seen) == 3 and len(weights) == 3
+    for (module, tokens_in, output), layer_weights in zip(seen, weights):
+        batch, tokens, _ = tokens_in.shape
+        v = module.qkv(tokens_in).reshape(batch, tokens, 3, module.num_heads, module.head_dim).permute(2, 0, 3, 1, 4)[2]
+        rebuilt = module.proj((layer_weights @ v).transpose(1, 2).reshape(batch, tokens, -1))
         torch.testing.assert_close(rebuilt, output, atol=1e-5, rtol=1e-4)
-        assert weights.shape == (2, 4, 17, 17)
-        torch.testing.assert_close(weights.sum(-1), torch.ones(2, 4, 17))
+        assert layer_weights.shape == (2, 4, 17, 17)
+        torch.testing.assert_close(layer_weights.sum(-1), torch.ones(2, 4, 17))
 
 
 def test_compute_attention_shapes_and_same_logits_as_inference():

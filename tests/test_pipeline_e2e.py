@@ -87,7 +87,7 @@ def test_pipeline_end_to_end(repo_copy, cifar10_root, tmp_path):
     parents = {tags[(run, "mlflow.parentRunId")] for run, _, _ in children}
     assert len(parents) == 1
     assert all(tags[(run, "dvc.exp_name")] == "e2e" for run, _, _ in children)
-    assert all(len(tags[(run, "git.commit")]) == 40 for run, _, _ in children)
+    assert all(len(tags[(run, "mlflow.source.git.commit")]) == 40 for run, _, _ in children)
     metric_keys = {(run, key) for run, key in db.execute("SELECT run_uuid, key FROM latest_metrics")}
     run_of = {name: run for run, name, _ in children}
     assert (run_of["finetune"], "eval_acc") in metric_keys and (run_of["evaluate"], "top1") in metric_keys

@@ -210,7 +210,7 @@ def test_pipeline_logs_to_team_server(mlflow_server, postgres, repo_copy, cifar1
     for run in children.values():
         assert run.info.status == "FINISHED", run.info
         assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
-        assert run.data.tags["dvc.exp_name"] == "team" and len(run.data.tags["git.commit"]) == 40
+        assert run.data.tags["dvc.exp_name"] == "team" and len(run.data.tags["mlflow.source.git.commit"]) == 40
 
     # The metrics in MLflow are the ones the stages wrote for DVC.
     evaluation = json.loads((repo / "metrics/evaluate.json").read_text())

@@ -177,7 +177,8 @@ def bare_folder(tmp_path, monkeypatch):
 def test_no_store_is_a_clear_error(bare_folder, capsys):
     code, _, err = run_cli([], capsys)
     assert code == 2
-    assert err == f"error: no MLflow store at {bare_folder / 'mlflow.db'}: run the pipeline first (dvc exp run), " \
+    assert err == f"error: cannot compare MLflow runs: there is no MLflow store at {bare_folder / 'mlflow.db'}; " \
+                  "run the pipeline first (dvc exp run), " \
                   "or point MLFLOW_TRACKING_URI at your store\n"
     assert not (bare_folder / "mlflow.db").exists()  # looking did not create one
 

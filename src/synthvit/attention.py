@@ -1,9 +1,10 @@
 """Attention maps and attention rollout for timm Vision Transformers.
 
 timm's `Attention` runs fused scaled-dot-product attention, which never materialises
-the attention weights. A forward pre-hook on each block's attention module takes the
-tokens it is given and recomputes the weights exactly as the unfused path does:
-softmax(q k^T * scale) after the qkv projection and the optional q/k norms.
+the attention weights. For the extraction we switch each module to timm's own unfused
+path (`fused_attn = False`), which computes softmax(q k^T * scale) and passes it through
+`attn_drop`; a forward hook there reads the weights (timm's AttentionExtract hooks the
+same module, but drops the logits of the pass, which the figures' captions need).
 
 Per layer we keep the mean over heads. The map shown for a layer is the attention
 from the class token to the patch tokens (the mean over all query tokens for models
@@ -75,19 +76,6 @@ def why_unsupported(model: nn.Module) -> str:
             "attention maps need a ViT (e.g. vit_tiny_patch16_224)")
 
 
-def attention_weights(module: nn.Module, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """B x heads x T x T: the softmax attention a timm `Attention` module computes for tokens x."""
-    from timm.layers.attention import maybe_add_mask, resolve_self_attn_mask
-
-    batch, tokens, _ = x.shape
-    qkv = module.qkv(x).reshape(batch, tokens, 3, module.num_heads, module.head_dim).permute(2, 0, 3, 1, 4)
-    q, k, _ = qkv.unbind(0)
-    q, k = module.q_norm(q), module.k_norm(k)
-    scores = (q * module.scale) @ k.transpose(-2, -1)
-    scores = maybe_add_mask(scores, resolve_self_attn_mask(tokens, scores, attn_mask, False))
-    return scores.float().softmax(dim=-1)
-
-
 def rollout(layers: torch.Tensor, residual: float = 0.5) -> torch.Tensor:
     """N x T x T rollout of N x L x T x T head-mean attention (rows sum to 1).
 
@@ -106,6 +94,24 @@ def rollout(layers: torch.Tensor, residual: float = 0.5) -> torch.Tensor:
 
 
 @torch.no_grad()
+def attention_weights(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """(logits, per block B x heads x T x T softmax weights) of one forward pass of a timm ViT."""
+    modules = attention_modules(model)
+    captured: list[torch.Tensor] = []
+    fused = [m.fused_attn for m in modules]
+    handles = [m.attn_drop.register_forward_hook(lambda _m, _args, out: captured.append(out)) for m in modules]
+    try:
+        for m in modules:
+            m.fused_attn = False  # the path that materialises the weights; the same maths as the fused kernel
+        logits = model(x)
+    finally:
+        for m, was_fused, handle in zip(modules, fused, handles):
+            m.fused_attn = was_fused
+            handle.remove()
+    return logits, captured
+
+
+@torch.no_grad()
 def compute_attention(model: nn.Module, images: torch.Tensor, mean, std, device: torch.device | str = "cpu",
                       batch_size: int = 64) -> AttentionResult:
     """Attention for uint8 N x 3 x S x S images (normalised with the checkpoint's mean and std)."""
@@ -113,24 +119,12 @@ def compute_attention(model: nn.Module, images: torch.Tensor, mean, std, device:
     if not modules:
         raise ValueError(why_unsupported(model))
     model.eval().to(device)
-    captured: list[torch.Tensor] = []
-
-    def hook(module, args, kwargs):
-        x = args[0] if args else kwargs["x"]
-        attn_mask = kwargs.get("attn_mask", args[1] if len(args) > 1 else None)
-        captured.append(attention_weights(module, x, attn_mask).mean(1).cpu())
-
-    handles = [m.register_forward_pre_hook(hook, with_kwargs=True) for m in modules]
     layers, logits = [], []
-    try:
-        for start in range(0, len(images), batch_size):
-            captured.clear()
-            x = to_float(images[start : start + batch_size].to(device), mean, std)
-            logits.append(model(x).float().cpu())
-            layers.append(torch.stack(captured, dim=1))
-    finally:
-        for handle in handles:
-            handle.remove()
+    for start in range(0, len(images), batch_size):
+        x = to_float(images[start : start + batch_size].to(device), mean, std)
+        batch_logits, weights = attention_weights(model, x)
+        logits.append(batch_logits.float().cpu())
+        layers.append(torch.stack([w.float().mean(1).cpu() for w in weights], dim=1))
     layers = torch.cat(layers)
     num_prefix = int(getattr(model, "num_prefix_tokens", 1 if getattr(model, "cls_token", None) is not None else 0))
     return AttentionResult(

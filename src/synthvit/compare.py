@@ -54,11 +54,8 @@ def open_mlflow_experiment(uri: str, name: str):
     """The experiment in the store at `uri`; a clear error when the store or experiment is missing."""
     import mlflow
 
-    db = tracking.sqlite_path(uri)
-    if db is not None and not db.is_file():  # opening a SQLite URI would create an empty store
-        raise UserError(f"no MLflow store at {db}: run the pipeline first (dvc exp run), "
-                        "or point MLFLOW_TRACKING_URI at your store")
-    mlflow.set_tracking_uri(uri)
+    tracking.use_store(create=False, missing="cannot compare MLflow runs; run the pipeline first (dvc exp run), "
+                       "or point MLFLOW_TRACKING_URI at your store")
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is None:
         names = [e.name for e in mlflow.search_experiments()]
@@ -136,7 +133,12 @@ def seconds(run: pd.Series) -> float | None:
 
 
 def dvc_exp_show() -> list:
-    """`dvc exp show --json` of the repository here, by the DVC of this environment."""
+    """`dvc exp show --json` of the repository here, by the DVC of this environment.
+
+    Not dvc.api.exp_show: in DVC 3.67 it returns the printed table's cells (7-character revs,
+    "07:11 PM" creation times without a date, integers as floats, "!" for a missing metric),
+    which lose the full rev, the date to order by and the params' types that this table needs.
+    """
     command = [sys.executable, "-m", "dvc", "exp", "show", "--json"]
     try:
         result = subprocess.run(command, capture_output=True, text=True)

@@ -12,7 +12,6 @@ Sources: torchvision's CIFAR-10 archive, an ImageFolder tree (`root/train/<class
 from __future__ import annotations
 
 import json
-import pickle
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -219,7 +218,7 @@ class StreamedImages(torch.utils.data.Dataset):
         return torch.from_numpy(image).permute(2, 0, 1), self.labels[i]
 
 
-# ---- CIFAR-10 (torchvision's archive) ----------------------------------------------
+# ---- CIFAR-10, CIFAR-100, MNIST (torchvision's archives) ------------------------------
 
 
 # Folder each torchvision archive unpacks into, under data.root.
@@ -235,8 +234,7 @@ def load_archive(name: str, root: Path, split: str, img_size: int, download: boo
         with FileLock(str(root / ".download.lock"), timeout=3600):  # queued experiments share the root
             if not (root / ARCHIVE_FOLDERS[name]).is_dir():
                 download_archive(name, root, download)
-    reader = {"cifar10": read_cifar10, "cifar100": read_cifar100, "mnist": read_mnist}[name]
-    images, labels, classes = reader(root, split)
+    images, labels, classes = read_archive(name, root, split)
     if per_class:
         keep = torch.cat([torch.nonzero(labels == c).flatten()[:per_class] for c in range(len(classes))]).sort().values
         images, labels = images[keep], labels[keep]
@@ -245,36 +243,25 @@ def load_archive(name: str, root: Path, split: str, img_size: int, download: boo
     return ImageSet(images=images, labels=labels, classes=classes)
 
 
-def read_cifar10(root: Path, split: str):
-    folder = root / ARCHIVE_FOLDERS["cifar10"]
-    names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
-    batches = [read_pickle(folder / name) for name in names]
-    data = np.concatenate([b[b"data"] for b in batches]).reshape(-1, 3, 32, 32)
-    labels = torch.tensor(np.concatenate([b[b"labels"] for b in batches]), dtype=torch.int64)
-    classes = [name.decode() for name in read_pickle(folder / "batches.meta")[b"label_names"]]
-    return torch.from_numpy(np.ascontiguousarray(data)), labels, classes
+def archive_dataset(name: str):
+    from torchvision import datasets
+
+    return {"cifar10": datasets.CIFAR10, "cifar100": datasets.CIFAR100, "mnist": datasets.MNIST}[name]
 
 
-def read_cifar100(root: Path, split: str):
-    """The 100 fine labels of CIFAR-100."""
-    folder = root / ARCHIVE_FOLDERS["cifar100"]
-    batch = read_pickle(folder / ("train" if split == "train" else "test"))
-    data = np.asarray(batch[b"data"]).reshape(-1, 3, 32, 32)
-    labels = torch.tensor(batch[b"fine_labels"], dtype=torch.int64)
-    classes = [name.decode() for name in read_pickle(folder / "meta")[b"fine_label_names"]]
-    return torch.from_numpy(np.ascontiguousarray(data)), labels, classes
-
-
-def read_mnist(root: Path, split: str):
-    """MNIST digits, grayscale repeated into three channels."""
-    from torchvision.datasets import MNIST
-
+def read_archive(name: str, root: Path, split: str):
+    """uint8 N x 3 x H x W images, int64 labels and class names from torchvision's dataset class,
+    which also checks the files (MD5 for CIFAR). MNIST's grey digits repeat into three channels."""
     try:
-        dataset = MNIST(str(root), train=split == "train", download=False)
+        dataset = archive_dataset(name)(str(root), train=split == "train", download=False)
     except RuntimeError as exc:
-        raise UserError(f"the MNIST copy in {root / ARCHIVE_FOLDERS['mnist']} is incomplete ({exc}); delete it to download again") from None
-    images = dataset.data.unsqueeze(1).repeat(1, 3, 1, 1).contiguous()
-    return images, dataset.targets.to(torch.int64), [str(d) for d in range(10)]
+        raise UserError(f"the {name} copy in {root / ARCHIVE_FOLDERS[name]} is incomplete or damaged ({exc}); "
+                        "delete it to download again") from None
+    images = torch.as_tensor(dataset.data)
+    if name == "mnist":
+        return images.unsqueeze(1).repeat(1, 3, 1, 1).contiguous(), dataset.targets.to(torch.int64), [str(d) for d in range(10)]
+    labels = torch.as_tensor(dataset.targets, dtype=torch.int64)
+    return images.permute(0, 3, 1, 2).contiguous(), labels, list(dataset.classes)
 
 
 def download_archive(name: str, root: Path, download: bool) -> None:
@@ -285,25 +272,15 @@ def download_archive(name: str, root: Path, download: bool) -> None:
             f"{name} not found: params.yaml data.root={str(root)!r} holds no {folder}/; "
             "set data.download=true, or use data.name=imagefolder with data.root at a local copy"
         )
-    from torchvision import datasets
-
-    dataset_class = {"cifar10": datasets.CIFAR10, "cifar100": datasets.CIFAR100, "mnist": datasets.MNIST}[name]
     try:
         for train in (True, False):
-            dataset_class(str(root), train=train, download=True)
+            archive_dataset(name)(str(root), train=train, download=True)
     except Exception as exc:  # network errors come in many types
         raise UserError(
             f"could not download {name} into {root} ({type(exc).__name__}: {exc}). Offline? Use a local copy: "
             "`-S data.name=imagefolder -S data.root=PATH` with PATH/train/<class>/ and PATH/test/<class>/ "
             f"(e.g. ../shared/datasets/cifar10), or put {folder}/ in data.root"
         ) from None
-
-
-def read_pickle(path: Path) -> dict:
-    if not path.is_file():
-        raise UserError(f"{path} is missing: the copy in {path.parent} is incomplete; delete the folder to download it again")
-    with open(path, "rb") as f:
-        return pickle.load(f, encoding="bytes")
 
 
 def resize_uint8(images: torch.Tensor, size: int, chunk: int = 2048) -> torch.Tensor:

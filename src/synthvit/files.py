@@ -10,7 +10,8 @@ from pathlib import Path
 import pandas as pd
 
 
-def _replace_from_tmp(path: Path, write) -> Path:
+def atomic_write(path: Path, write) -> Path:
+    """Call write(tmp) on a temporary file beside `path`, then rename it into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -23,22 +24,34 @@ def _replace_from_tmp(path: Path, write) -> Path:
 
 
 def write_json(path: Path, data) -> Path:
-    return _replace_from_tmp(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2) + "\n"))
+    return atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2) + "\n"))
 
 
 def write_text(path: Path, text: str) -> Path:
-    return _replace_from_tmp(path, lambda tmp: tmp.write_text(text))
+    return atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def write_csv(path: Path, frame: pd.DataFrame) -> Path:
-    return _replace_from_tmp(path, lambda tmp: frame.to_csv(tmp, index=False))
+    return atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False))
+
+
+def repo_root() -> Path:
+    """The repository: DVC_ROOT, which DVC points at the real repository even in a queued
+    experiment (a temporary copy, deleted afterwards, without the untracked data folders);
+    else the nearest folder up holding .dvc/ or dvc.yaml; else the working directory."""
+    if os.environ.get("DVC_ROOT"):
+        return Path(os.environ["DVC_ROOT"]).resolve()
+    here = Path.cwd().resolve()
+    for folder in (here, *here.parents):
+        if (folder / ".dvc").is_dir() or (folder / "dvc.yaml").is_file():
+            return folder
+    return here
 
 
 def user_path(path: str) -> Path:
-    """A path from params.yaml. Relative ones are relative to the repository root, also in a
-    queued experiment, which runs in a temporary copy without the untracked data folders
-    (DVC sets DVC_ROOT to the real repository there)."""
+    """A path from params.yaml: relative ones are relative to the repository root (stages run
+    there; a queued experiment runs in a copy, and DVC_ROOT names the real repository)."""
     candidate = Path(path).expanduser()
     if candidate.is_absolute() or not os.environ.get("DVC_ROOT"):
-        return candidate
-    return Path(os.environ["DVC_ROOT"]) / candidate
+        return candidate  # as the user wrote it, for messages
+    return repo_root() / candidate

@@ -8,7 +8,6 @@ the class names and the input normalisation.
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import timm
@@ -21,7 +20,7 @@ from torch import nn
 
 from synthvit.config import ModelConfig
 from synthvit.errors import UserError
-from synthvit.files import user_path
+from synthvit.files import atomic_write, user_path
 
 # Normalisation for models trained here: maps [0, 1] pixels to [-1, 1].
 DEFAULT_MEAN = (0.5, 0.5, 0.5)
@@ -29,10 +28,23 @@ DEFAULT_STD = (0.5, 0.5, 0.5)
 CHECKPOINT_FORMAT = 1
 
 
+# timm modules whose models are VisionTransformer (the class the patch/position ablations change).
+VIT_MODULES = ["vision_transformer", "deit"]
+
+
+def takes_img_size(name: str) -> bool:
+    """timm's registry says whether a model is built for one input size (ViTs: img_size sizes the
+    position embedding) or takes any (CNNs, which have no img_size argument; the data still uses it)."""
+    pretrained_cfg = timm.models.get_pretrained_cfg(name)
+    return pretrained_cfg is None or bool(pretrained_cfg.fixed_input_size)
+
+
 def model_kwargs(cfg: ModelConfig) -> dict:
     """Keyword overrides for timm.create_model; null params keep the model's default."""
     keys = ("img_size", "patch_size", "embed_dim", "depth", "num_heads")
     kwargs = {k: getattr(cfg, k) for k in keys if getattr(cfg, k) is not None}
+    if not takes_img_size(cfg.name):
+        kwargs.pop("img_size", None)
     kwargs["drop_path_rate"] = cfg.drop_path_rate
     if cfg.patch_embed == "conv":
         kwargs["embed_layer"] = conv_stem_embed
@@ -76,6 +88,9 @@ def create_model(cfg: ModelConfig, num_classes: int, imagenet_weights: str | Non
             f"params.yaml: model.name={cfg.name!r} is invalid: not a timm model"
             + (f"; similar names: {', '.join(close)}" if close else "; see timm.list_models()")
         )
+    if cfg.patch_embed == "conv" and not timm.models.is_model_in_modules(cfg.name, VIT_MODULES):
+        raise UserError(f"params.yaml: model.patch_embed=conv applies to timm ViTs (vit_*, deit_*), not {cfg.name!r}; "
+                        "set it to linear")
     model = build_timm_model(cfg, num_classes, imagenet_weights)
     ablated = cfg.patch_embed != "linear" or cfg.pos_embed != "learned"
     if ablated and not isinstance(model, VisionTransformer):
@@ -95,18 +110,8 @@ def build_timm_model(cfg: ModelConfig, num_classes: int, imagenet_weights: str |
             raise UserError(f"params.yaml: finetune.imagenet_weights={imagenet_weights!r} is invalid: no such file")
         kwargs["pretrained_cfg_overlay"] = {"file": str(weights.resolve())}
     try:
-        try:
-            return timm.create_model(cfg.name, pretrained=pretrained, num_classes=num_classes, **kwargs)
-        except TypeError as exc:
-            if "img_size" not in str(exc):
-                raise
-            # CNNs take any resolution and have no img_size argument: the data still uses it.
-            kwargs.pop("img_size")
-            return timm.create_model(cfg.name, pretrained=pretrained, num_classes=num_classes, **kwargs)
+        return timm.create_model(cfg.name, pretrained=pretrained, num_classes=num_classes, **kwargs)
     except TypeError as exc:
-        if "embed_layer" in str(exc):
-            raise UserError(f"params.yaml: model.patch_embed=conv applies to timm ViTs (vit_*, deit_*), not {cfg.name!r}; "
-                            "set it to linear") from None
         raise UserError(
             f"params.yaml: model.name={cfg.name!r} does not take these overrides ({exc}); "
             "set the ones it does not use (patch_size, embed_dim, depth, num_heads) to null"
@@ -137,8 +142,6 @@ def count_parameters(model: nn.Module) -> int:
 
 def save_checkpoint(path: Path, model: nn.Module, cfg: ModelConfig, classes: list[str], **extra) -> None:
     """Write atomically: a crash never leaves a truncated checkpoint behind."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}
     checkpoint = {
         "format": CHECKPOINT_FORMAT,
@@ -149,9 +152,7 @@ def save_checkpoint(path: Path, model: nn.Module, cfg: ModelConfig, classes: lis
         "std": list(DEFAULT_STD),
         **extra,
     }
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(checkpoint, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: torch.save(checkpoint, tmp))
 
 
 def load_checkpoint(path: Path) -> dict:

@@ -1,7 +1,7 @@
 """What the pretrain and finetune stages share: train, then write and log the results.
 
-Output paths are fixed here and declared the same way in dvc.yaml:
-models/<stage>.pt, metrics/<stage>.json, plots/<stage>/history.csv.
+Output paths (models/<stage>.pt, metrics/<stage>.json, plots/<stage>/history.csv) are
+fixed in paths.py and declared the same way in dvc.yaml.
 """
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from pathlib import Path
 
 import pandas as pd
 from torch import nn
@@ -20,21 +19,8 @@ from synthvit.data import ImageSet
 from synthvit.engine import train
 from synthvit.files import write_csv, write_json
 from synthvit.models import count_parameters, save_checkpoint
+from synthvit.paths import checkpoint_path, history_path, metrics_path
 from synthvit.resume import resume_path
-
-SYNTHETIC_DIR = Path("data/synthetic")
-MODELS_DIR = Path("models")
-METRICS_DIR = Path("metrics")
-PLOTS_DIR = Path("plots")
-
-
-def checkpoint_path(stage: str) -> Path:
-    return MODELS_DIR / f"{stage}.pt"
-
-
-def history_path(stage: str) -> Path:
-    return PLOTS_DIR / stage / "history.csv"
-
 
 def tensor_digest(*tensors) -> str:
     sha = hashlib.sha256()
@@ -109,7 +95,7 @@ def train_and_record(
         return summary  # under torchrun, process 0 writes the outputs
     save_checkpoint(checkpoint_path(stage), model, params.model, train_set.classes, stage=stage, summary=summary)
     write_csv(history_path(stage), pd.DataFrame(history))
-    write_json(METRICS_DIR / f"{stage}.json", summary)
+    write_json(metrics_path(stage), summary)
     mlflow.log_metrics({f"final_{k}": float(v) for k, v in summary.items()})
     mlflow.log_artifact(str(history_path(stage)))
     return summary

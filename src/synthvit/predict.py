@@ -88,17 +88,10 @@ def checkpoint_from_mlflow(uri: str) -> dict:
 
     from synthvit import tracking
 
-    store = tracking.tracking_uri()
-    db = tracking.sqlite_path(store)
-    if db is not None and not db.is_file():
-        db = Path("/" + str(db).lstrip("/")) if db.is_absolute() else db  # sqlite://// URIs parse to //path
-        raise UserError(
-            f"cannot load {uri}: there is no MLflow store at {db}; run the pipeline (the finetune stage "
-            "registers the model), set MLFLOW_TRACKING_URI to your server, or pass --model a checkpoint file"
-        )
+    store = tracking.use_store(create=False, missing=(
+        f"cannot load {uri}; run the pipeline (the finetune stage registers the model), "
+        "set MLFLOW_TRACKING_URI to your server, or pass --model a checkpoint file"))
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # keep stderr to one line per problem
-    mlflow.set_tracking_uri(store)
-    mlflow.set_registry_uri(store)
     with tempfile.TemporaryDirectory(prefix="synthvit-model-") as tmp:
         try:
             local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp))

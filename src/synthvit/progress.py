@@ -8,13 +8,12 @@ import time
 from tqdm.auto import tqdm
 
 
-def on_terminal() -> bool:
-    return sys.stderr.isatty()
-
-
 def progress_bar(iterable=None, **kwargs):
-    """A tqdm bar that stays silent when stderr is not a terminal."""
-    kwargs.setdefault("disable", not on_terminal())
+    """A tqdm bar that stays silent when stderr is not a terminal (tqdm's own `disable=None`).
+
+    A disabled bar does not count: never drive periodic work off `bar.n`.
+    """
+    kwargs.setdefault("disable", None)
     kwargs.setdefault("leave", False)
     kwargs.setdefault("dynamic_ncols", True)
     return tqdm(iterable, **kwargs)

@@ -14,29 +14,43 @@ from __future__ import annotations
 
 import contextlib
 import os
-import subprocess
 import uuid
 from pathlib import Path
 
 import psutil
 
+from synthvit.files import repo_root
+
 PIPELINE_TAG = "synthvit.pipeline"
+GIT_COMMIT_TAG = "mlflow.source.git.commit"  # MLflow's own; the UI links it to the source
 ERROR_TAG = "synthvit.error"
 _stage_run_opened = False  # set once this process's stage run exists: from then on it records how the stage ends
 
 
-def repo_root() -> Path:
-    if os.environ.get("DVC_ROOT"):
-        return Path(os.environ["DVC_ROOT"]).resolve()
-    here = Path.cwd().resolve()
-    for folder in (here, *here.parents):
-        if (folder / ".dvc").is_dir() or (folder / "dvc.yaml").is_file():
-            return folder
-    return here
-
-
 def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repo_root() / 'mlflow.db'}"
+
+
+def use_store(create: bool = True, missing: str = "") -> str:
+    """Point MLflow's tracking and registry at the store (models register beside their runs,
+    whatever was set before) and return its URI.
+
+    create=False: a SQLite store that does not exist is a UserError, "`missing`: there is no
+    MLflow store at PATH; `fix`" (opening it would create an empty one), where `missing` is
+    "what failed; the fix" split on the first ";".
+    """
+    import mlflow
+
+    uri = tracking_uri()
+    db = sqlite_path(uri)
+    if not create and db is not None and not db.is_file():
+        from synthvit.errors import UserError
+
+        what, _, fix = missing.partition("; ")
+        raise UserError(f"{what}: there is no MLflow store at {db}; {fix}")
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return uri
 
 
 def sqlite_path(uri: str) -> Path | None:
@@ -100,24 +114,19 @@ def pipeline_key() -> str:
     return f"dvc-{dvc.pid}-{int(dvc.create_time() * 1000)}"
 
 
-def git_commit(root: Path) -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None
-
-
 def run_tags(stage: str) -> dict:
     tags = {
         "dvc.stage": os.environ.get("DVC_STAGE", stage),
         "dvc.exp_name": os.environ.get("DVC_EXP_NAME", "workspace"),
         "dvc.baseline_rev": os.environ.get("DVC_EXP_BASELINE_REV", ""),
     }
-    commit = git_commit(Path.cwd())
+    from mlflow.utils.git_utils import get_git_commit
+
+    # mlflow.start_run sets this tag itself (from the script's git repository); runs made with
+    # MlflowClient.create_run (the parent, a failure record) get it from MLflow's same helper.
+    commit = get_git_commit(str(Path.cwd()))
     if commit:
-        tags["git.commit"] = commit
-        tags["mlflow.source.git.commit"] = commit
+        tags[GIT_COMMIT_TAG] = commit
     return tags
 
 
@@ -149,10 +158,8 @@ def stage_run(stage: str, params: dict, experiment_name: str):
         yield distributed.Silent()
         return
     _stage_run_opened = True
-    uri = tracking_uri()
+    uri = use_store()
     client = open_client(uri)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)  # models register in the same store, whatever was set before
     experiment_id = get_experiment_id(client, uri, experiment_name)
     tags = run_tags(stage)
     parent_id = find_or_create_parent(client, experiment_id, pipeline_key(), tags)
@@ -252,7 +259,9 @@ def register_model(mlflow, model_uri: str, name: str, alias: str = "") -> str:
     first version of one name at the same time.
     """
     run = mlflow.active_run()
-    tags = {k: v for k, v in (run.data.tags.items() if run else ()) if k.startswith(("dvc.", "git."))}
+    tags = {k: v for k, v in (run.data.tags.items() if run else ()) if k.startswith("dvc.")}
+    if run and GIT_COMMIT_TAG in run.data.tags:
+        tags["git.commit"] = run.data.tags[GIT_COMMIT_TAG]  # model versions get no mlflow.source.* tags of their own
     with store_lock(mlflow.get_tracking_uri()):
         version = mlflow.register_model(model_uri, name, tags=tags or None)
         if alias:

@@ -1,0 +1,102 @@
+"""dvc.yaml declares the code each stage runs: derived here from the stage script's imports."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SRC = REPO / "src"
+# Modules that only record or report a run (MLflow, progress lines, exit codes, the launcher):
+# editing them must not retrain a model, so dvc.yaml leaves them out and the walk stops there.
+BOOKKEEPING = {"synthvit.tracking", "synthvit.progress", "synthvit.runner", "synthvit.errors", "synthvit.launch"}
+
+
+def module_file(name: str) -> Path | None:
+    """src/synthvit/x.py or src/synthvit/x/__init__.py for a dotted synthvit module name."""
+    base = SRC.joinpath(*name.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def imported_modules(path: Path, package: str) -> set[str]:
+    """synthvit modules that the file imports anywhere (top level or inside functions)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative: from .x import y inside a package
+                parent = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                base = f"{parent}.{base}" if base else parent
+            found.add(base)
+            found |= {f"{base}.{alias.name}" for alias in node.names if module_file(f"{base}.{alias.name}")}
+    return {name for name in found if name.split(".")[0] == "synthvit" and module_file(name)}
+
+
+def code_dependencies(script: Path) -> set[str]:
+    """Repository paths of every synthvit module the script reaches, transitively, bookkeeping aside."""
+    seen: set[str] = set()
+    todo = imported_modules(script, "")
+    while todo:
+        name = todo.pop()
+        if name in seen or name in BOOKKEEPING:
+            continue
+        seen.add(name)
+        path = module_file(name)
+        package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+        todo |= imported_modules(path, package)
+    return {str(module_file(name).relative_to(REPO)) for name in seen}
+
+
+def covered(path: str, deps: list[str]) -> bool:
+    return any(path == dep or path.startswith(dep.rstrip("/") + "/") for dep in deps)
+
+
+def stages() -> dict:
+    return yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+
+
+def test_every_stage_declares_the_code_it_imports():
+    missing = {}
+    for name, stage in stages().items():
+        script = REPO / f"stages/{name}.py"
+        assert f"stages/{name}.py" in stage["deps"], name
+        lacking = sorted(p for p in code_dependencies(script) if not covered(p, stage["deps"]))
+        if lacking:
+            missing[name] = lacking
+    assert not missing, f"dvc.yaml stages miss code they import (add to deps): {missing}"
+
+
+def test_no_stage_declares_code_it_does_not_run():
+    extra = {}
+    for name, stage in stages().items():
+        code = code_dependencies(REPO / f"stages/{name}.py") | {f"stages/{name}.py"}
+        declared = [d for d in stage["deps"] if d.startswith(("src/", "stages/"))]
+        unused = [d for d in declared if not any(covered(p, [d]) for p in code)]
+        if unused:
+            extra[name] = unused
+    assert not extra, f"dvc.yaml stages declare code they never import (a change there re-runs them for nothing): {extra}"
+
+
+def test_the_walk_sees_imports_inside_functions_and_packages():
+    # calibration imports plots inside a function; evaluate reaches augment only through engine.
+    evaluate = code_dependencies(REPO / "stages/evaluate.py")
+    assert {"src/synthvit/plots.py", "src/synthvit/augment.py", "src/synthvit/calibration.py"} <= evaluate
+    assert "src/synthvit/tracking.py" not in evaluate
+    generate = code_dependencies(REPO / "stages/generate_synthetic.py")
+    assert "src/synthvit/synthetic/render.py" in generate and "src/synthvit/engine.py" not in generate
+
+
+def test_bookkeeping_params_are_not_stage_params():
+    for name, stage in stages().items():
+        params = stage.get("params", [])
+        for key in ("tracking", "runtime", "data", "runtime.num_threads", "runtime.compile", "runtime.launcher",
+                    "data.num_workers", "data.download", "tracking.experiment_name"):
+            assert key not in params, (name, key)
+        assert "${" not in stage["cmd"], f"{name}: an interpolated command re-runs the stage when the value changes"
