@@ -57,7 +57,11 @@ def git(*args, cwd):
 @pytest.fixture
 def repo_copy(tmp_path) -> Path:
     """A fresh git repo holding this working tree's files (tracked and new), as a clone would."""
-    dest = tmp_path / "repo"
+    return snapshot_repo(tmp_path / "repo")
+
+
+def snapshot_repo(dest: Path) -> Path:
+    """dest: a new git repo (branch main, one commit) of this working tree's tracked and new files."""
     dest.mkdir()
     files = git("ls-files", "-z", "--cached", "--others", "--exclude-standard", cwd=REPO).split("\0")
     for name in filter(None, files):

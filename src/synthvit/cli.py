@@ -6,6 +6,7 @@
     synthvit predict IMAGE|DIR|GLOB  classify images (--model a checkpoint or models:/NAME@ALIAS, --top-k, --json)
     synthvit app                     the web demo on 127.0.0.1 (--host, --port, --model)
     synthvit compare                 a table and plot of experiments from MLflow (or --source dvc) into compare/
+    synthvit record-restored         record in MLflow a pipeline execution that DVC restored from its cache
 """
 
 from __future__ import annotations
@@ -49,6 +50,13 @@ def build_parser() -> argparse.ArgumentParser:
                                     description=compare.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     compare.add_arguments(comparing)
     comparing.set_defaults(func=compare.run)
+
+    from synthvit import restored
+
+    recording = commands.add_parser("record-restored", help="record outputs DVC restored from its cache as MLflow runs",
+                                    description=restored.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    restored.add_arguments(recording)
+    recording.set_defaults(func=restored.run)
 
     bench = commands.add_parser("bench", help="benchmarks that print a figure")
     benches = bench.add_subparsers(dest="bench", required=True)
