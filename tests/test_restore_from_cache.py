@@ -56,7 +56,8 @@ def shared(tmp_path_factory, cifar10_root) -> dict:
     """Clone A ran the tiny pipeline as experiment `tiny` and pushed everything."""
     root = tmp_path_factory.mktemp("team")
     data = copy_subset(cifar10_root, root / "cifar", train_per_class=20, test_per_class=5)
-    overrides = [*TINY, "finetune.epochs=2", "data.name=imagefolder", f"data.root={data}"]
+    # A launcher other than plain `python` is exec'd by synthvit.launch (python3: the same interpreter).
+    overrides = [*TINY, "finetune.epochs=2", "data.name=imagefolder", f"data.root={data}", "runtime.launcher=python3"]
     origin = root / "origin.git"
     git("init", "-q", "--bare", "-b", "main", str(origin), cwd=root)
     a = snapshot_repo(root / "a")
@@ -119,3 +120,16 @@ def test_a_changed_finetune_param_reruns_only_finetune_and_what_follows(shared):
     assert restored_stages(output) == ["generate_synthetic", "pretrain"], output
     assert stages_run(output) == ["finetune", "evaluate", "visualize"]
     assert (c / "models/pretrain.pt").read_bytes() == (shared["a"] / "models/pretrain.pt").read_bytes()
+
+
+def test_bookkeeping_params_rerun_nothing_and_finetune_lr_reruns_its_descendants(shared):
+    """Runs last: it changes clone A's workspace."""
+    a, overrides = shared["a"], shared["overrides"]
+    bookkeeping = ["tracking.experiment_name=renamed", "data.num_workers=1", "runtime.launcher=python",
+                   "runtime.num_threads=1", "runtime.compile=true", "tracking.model_alias=other",
+                   "tracking.log_model=false", "data.download=false"]
+    output = dvc(a, "exp", "run", *sets([*overrides, *bookkeeping]))
+    assert stages_run(output) == [] and restored_stages(output) == [], output
+    assert "Data and pipelines are up to date" in dvc(a, "status")
+    # Back to the defaults (no re-run either), with one fine-tuning param changed.
+    assert stages_run(dvc(a, "exp", "run", *sets([*overrides, "finetune.lr=1e-3"]))) == ["finetune", "evaluate", "visualize"]
