@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import numpy as np
 import torch
 
 from synthvit import distributed
+from synthvit.files import atomic_write
 from synthvit.models import unwrap
 
 RESUME_DIR = Path(".synthvit/resume")
@@ -62,10 +62,7 @@ def save_state(path: Path, epoch: int, loop, history: list, best: dict) -> None:
         "history": history,
         "best": best,
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
 def read_state(path: Path | None) -> dict | None:
