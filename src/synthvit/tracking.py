@@ -86,13 +86,16 @@ def open_client(uri: str):
 
 def get_experiment_id(client, uri: str, name: str) -> str:
     """The experiment's id, created once (under the lock); artifacts sit beside a SQLite DB."""
+    from synthvit import execution_summary
+
     with store_lock(uri):
         experiment = client.get_experiment_by_name(name)
-        if experiment is not None:
-            return experiment.experiment_id
-        db = sqlite_path(uri)
-        location = (db.parent / "mlartifacts").resolve().as_uri() if db else None
-        return client.create_experiment(name, artifact_location=location)
+        if experiment is None:
+            db = sqlite_path(uri)
+            location = (db.parent / "mlartifacts").resolve().as_uri() if db else None
+            experiment = client.get_experiment(client.create_experiment(name, artifact_location=location))
+        execution_summary.tag_experiment(client, experiment)  # what MLflow's UI opens on
+        return experiment.experiment_id
 
 
 def launching_dvc_process() -> psutil.Process | None:
@@ -165,7 +168,7 @@ def stage_run(stage: str, params: dict, experiment_name: str):
     parent_id = find_or_create_parent(client, experiment_id, pipeline_key(), tags)
     status = "FAILED"
     try:
-        with mlflow.start_run(experiment_id=experiment_id, run_name=stage, parent_run_id=parent_id, tags=tags):
+        with mlflow.start_run(experiment_id=experiment_id, run_name=stage, parent_run_id=parent_id, tags=tags) as run:
             mlflow.log_params(params)
             try:
                 yield mlflow
@@ -173,8 +176,21 @@ def stage_run(stage: str, params: dict, experiment_name: str):
                 mlflow.end_run("FAILED")
                 raise
             status = "FINISHED"
+        record_on_parent(client, parent_id, stage, run.info.run_id)
     finally:
         client.set_terminated(parent_id, status)
+
+
+def record_on_parent(client, parent_id: str, stage: str, run_id: str) -> None:
+    """The execution's params and headline metrics on its parent run (execution_summary); never fails the stage."""
+    from synthvit import execution_summary
+
+    try:
+        execution_summary.record_stage(client, parent_id, stage, run_id)
+    except Exception as exc:  # noqa: BLE001 - the stage's outputs are written; the summary is a convenience
+        import sys
+
+        print(f"warning: could not record {stage}'s headline on the pipeline run: {exc}", file=sys.stderr)
 
 
 def record_early_failure(error: BaseException) -> None:

@@ -1,0 +1,103 @@
+"""The headline of each pipeline execution, on its MLflow parent run.
+
+MLflow's runs table shows a parent run's own params and metrics, not its children's: a
+parent without them cannot be compared with another execution without expanding every
+stage. So after each stage run ends, `record_stage` copies onto the parent:
+
+- params: every key of params.yaml, flattened (`finetune.init`, `model.depth`, ...),
+  which is what defines the execution (DVC does not change params.yaml during one);
+- metrics: `wall_<stage>_s` (the stage run's start to end) and the stage's headline
+  results, read from the metrics file the stage just wrote: `pretrain_train_acc`,
+  `finetune_train_acc`, `test_top1`, `test_top5`, `test_ece`.
+
+A stage that DVC skipped or restored from its cache logs no run, so its wall time is
+missing on that parent; the pre-training accuracy is still copied when finetune starts
+from the pre-trained weights, because DVC has just checked that metrics/pretrain.json
+belongs to those weights.
+
+The experiment gets two tags for MLflow's UI: its kind (machine learning, not GenAI) and
+a shared view of the runs table with these params and metrics as columns; `ui_url` links
+to it. (MLflow 3.17's UI takes the kind from its own GenAI / Model training switch,
+default GenAI, so the link also names `workflowType=machine_learning`.)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+
+# stage -> (metrics file, {key in the file: metric name on the parent})
+HEADLINES = {
+    "pretrain": ("metrics/pretrain.json", {"train_acc": "pretrain_train_acc"}),
+    "finetune": ("metrics/finetune.json", {"train_acc": "finetune_train_acc"}),
+    "evaluate": ("metrics/evaluate.json", {"top1": "test_top1", "top5": "test_top5", "ece": "test_ece"}),
+}
+HEADLINE_METRICS = [name for _, names in HEADLINES.values() for name in names.values()]
+VIEW_KEY = "synthvit-headline"
+# The runs table's columns in that view (MLflow's column ids): what defines and what answers an execution.
+VIEW_STATE = {
+    "selectedColumns": ["params.`finetune.init`", "params.`synthetic.kind`", "params.`model.name`", "params.`data.name`",
+                        *[f"metrics.`{name}`" for name in HEADLINE_METRICS],
+                        "metrics.`wall_pretrain_s`", "metrics.`wall_finetune_s`", "attributes.`Duration`"],
+    "orderByKey": "attributes.start_time", "orderByAsc": False,
+}
+# MLflow's experiment-kind tag with the value its UI calls "Machine learning" (genai_development lands on traces),
+# and the view above, which the UI opens from `?viewStateShareKey=` (ui_url).
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development",
+                   f"mlflow.sharedViewState.{VIEW_KEY}": json.dumps(VIEW_STATE)}
+
+
+def execution_params(params_file: Path = Path("params.yaml")) -> dict[str, str]:
+    """params.yaml flattened to `section.key` -> text, as MLflow stores params ({} outside a pipeline)."""
+    if not params_file.is_file():
+        return {}
+    raw = yaml.safe_load(params_file.read_text()) or {}
+    flat = pd.json_normalize(raw, sep=".").to_dict("records")[0]
+    return {key: str(value) for key, value in flat.items()}
+
+
+def headline_metrics(stage: str, params: dict[str, str]) -> dict[str, float]:
+    """The stage's headline results from the metrics file it wrote (and pre-training's, for a pre-trained finetune)."""
+    sources = [stage] if stage in HEADLINES else []
+    if stage == "finetune" and params.get("finetune.init") == "pretrained":
+        sources.insert(0, "pretrain")
+    metrics = {}
+    for source in sources:
+        path, names = HEADLINES[source]
+        if Path(path).is_file():
+            values = json.loads(Path(path).read_text())
+            metrics.update({name: float(values[key]) for key, name in names.items() if key in values})
+    return metrics
+
+
+def record_stage(client, parent_id: str, stage: str, stage_run_id: str) -> None:
+    """Copy the execution's params and this stage's wall time and headline metrics onto the parent run."""
+    params = execution_params()
+    run = client.get_run(stage_run_id).info
+    metrics = headline_metrics(stage, params)
+    if run.end_time and run.start_time:
+        metrics[f"wall_{stage}_s"] = (run.end_time - run.start_time) / 1000
+    from mlflow.entities import Metric, Param
+
+    # MLflow takes at most 100 params per call; a param logged again with the same value is accepted.
+    items = [Param(key, value) for key, value in params.items()]
+    for start in range(0, len(items), 100):
+        client.log_batch(parent_id, params=items[start:start + 100])
+    client.log_batch(parent_id, metrics=[Metric(key, value, run.end_time or 0, 0) for key, value in metrics.items()])
+
+
+def tag_experiment(client, experiment) -> None:
+    """Set the UI tags the experiment lacks (also on experiments made by earlier versions)."""
+    for key, value in EXPERIMENT_TAGS.items():
+        if experiment.tags.get(key) != value:
+            client.set_experiment_tag(experiment.experiment_id, key, value)
+
+
+def ui_url(uri: str, experiment_id: str) -> str:
+    """Where the UI shows the experiment's executions with their headline columns."""
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+    return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning&viewStateShareKey={VIEW_KEY}"

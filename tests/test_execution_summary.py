@@ -1,0 +1,80 @@
+"""The parent run's headline (params, test metrics, wall time per stage) and the experiment's UI tags,
+through `tracking.stage_run` on a real SQLite MLflow store; no pipeline, no model."""
+
+import json
+
+import mlflow
+import pytest
+import yaml
+
+from synthvit import execution_summary, tracking
+
+PARAMS = {"seed": 0, "finetune": {"init": "pretrained", "epochs": 8}, "pretrain": {"crop_scale": [0.6, 1.0]}}
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    """A fake repo root with params.yaml, a real SQLite store, one pipeline key."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    monkeypatch.setenv("DVC_EXP_NAME", "arm-a")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(tracking, "pipeline_key", lambda: "dvc-7-7")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(PARAMS))
+    (tmp_path / "metrics").mkdir()
+    yield tmp_path
+    mlflow.set_tracking_uri(None)
+    mlflow.set_registry_uri(None)
+
+
+def stage(name: str, metrics_file: dict | None = None) -> None:
+    with tracking.stage_run(name, {}, "unit"):
+        if metrics_file is not None:
+            (tracking.repo_root() / f"metrics/{name}.json").write_text(json.dumps(metrics_file))
+
+
+def test_parent_run_carries_params_headline_metrics_and_wall_times(store):
+    stage("pretrain", {"train_acc": 0.53, "wall_seconds": 1.0})
+    stage("finetune", {"train_acc": 0.61})
+    stage("evaluate", {"top1": 0.48, "top5": 0.92, "ece": 0.02, "num_images": 10000})
+    client = tracking.open_client(tracking.tracking_uri())
+    experiment = client.get_experiment_by_name("unit")
+    parent = next(r for r in client.search_runs([experiment.experiment_id]) if tracking.PIPELINE_TAG in r.data.tags)
+    assert parent.data.params == {"seed": "0", "finetune.init": "pretrained", "finetune.epochs": "8",
+                                  "pretrain.crop_scale": "[0.6, 1.0]"}
+    metrics = parent.data.metrics
+    assert {k: metrics[k] for k in execution_summary.HEADLINE_METRICS} == {
+        "pretrain_train_acc": 0.53, "finetune_train_acc": 0.61, "test_top1": 0.48, "test_top5": 0.92, "test_ece": 0.02}
+    assert all(metrics[f"wall_{s}_s"] >= 0 for s in ("pretrain", "finetune", "evaluate"))
+    assert "num_images" not in metrics and parent.info.status == "FINISHED"
+    # What MLflow's UI opens on: a machine-learning experiment, and the view with the headline columns.
+    assert {k: experiment.tags[k] for k in execution_summary.EXPERIMENT_TAGS} == execution_summary.EXPERIMENT_TAGS
+    view = json.loads(experiment.tags[f"mlflow.sharedViewState.{execution_summary.VIEW_KEY}"])
+    assert "metrics.`test_top1`" in view["selectedColumns"]
+
+
+def test_pretraining_accuracy_follows_the_weights_not_the_folder(store):
+    """A pre-trained finetune whose pretrain DVC skipped still reports it; a scratch one does not."""
+    (store / "metrics/pretrain.json").write_text(json.dumps({"train_acc": 0.5}))
+    stage("finetune", {"train_acc": 0.6})
+    assert execution_summary.headline_metrics("finetune", {"finetune.init": "pretrained"}) == {
+        "pretrain_train_acc": 0.5, "finetune_train_acc": 0.6}
+    assert execution_summary.headline_metrics("finetune", {"finetune.init": "scratch"}) == {"finetune_train_acc": 0.6}
+    client = tracking.open_client(tracking.tracking_uri())
+    parent = next(r for r in client.search_runs([client.get_experiment_by_name("unit").experiment_id])
+                  if tracking.PIPELINE_TAG in r.data.tags)
+    assert parent.data.metrics["pretrain_train_acc"] == 0.5 and "wall_pretrain_s" not in parent.data.metrics
+
+
+def test_existing_experiment_gets_the_ui_tags(store):
+    client = tracking.open_client(tracking.tracking_uri())
+    client.create_experiment("unit")  # as an earlier synthvit made it: no tags
+    stage("visualize")
+    assert execution_summary.EXPERIMENT_TAGS.items() <= client.get_experiment_by_name("unit").tags.items()
+
+
+def test_ui_url():
+    url = execution_summary.ui_url("http://mlflow.internal:5000/", "3")
+    assert url == ("http://mlflow.internal:5000/#/experiments/3/runs?workflowType=machine_learning"
+                   "&viewStateShareKey=synthvit-headline")
+    assert execution_summary.ui_url("sqlite:////x/mlflow.db", "1").startswith("http://127.0.0.1:5000/#/experiments/1/")
