@@ -243,9 +243,9 @@ def markdown_table(table: pd.DataFrame) -> str:
 # ---- outputs ------------------------------------------------------------------------
 
 
-def check_output_dir(folder: Path, force: bool) -> None:
+def check_output_dir(folder: Path, force: bool, names: tuple[str, ...] = OUTPUT_NAMES) -> None:
     """Refuse to replace same-named files this command did not write."""
-    existing = [name for name in OUTPUT_NAMES if (folder / name).exists()]
+    existing = [name for name in names if (folder / name).exists()]
     if existing and not (folder / MARKER).is_file() and not force:
         raise UserError(f"{folder} holds {', '.join(existing)} not written by synthvit compare: "
                         "choose another --output-dir, or --force to replace them")
@@ -298,6 +298,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--x", choices=tuple(X_AXES), default="params", help="x axis of the plot (default: params)")
     parser.add_argument("--output-dir", type=Path, default=Path("compare"), help="where the outputs go (default: compare/)")
     parser.add_argument("--force", action="store_true", help="replace same-named files not written by this command")
+    parser.add_argument("--arms", nargs=2, metavar=("A", "B"), help="two DVC experiments side by side (table, "
+                        "difference A - B, accuracy per epoch): what `make demo` ends with; see synthvit.compare_arms")
 
 
 def default_experiment() -> str:
@@ -309,6 +311,10 @@ def default_experiment() -> str:
 
 
 def run(args) -> int:
+    if args.arms:
+        from synthvit import compare_arms
+
+        return compare_arms.run(args)
     if args.last is not None and args.last < 1:
         raise UserError(f"--last {args.last} is invalid: give a number of runs >= 1")
     check_output_dir(args.output_dir, args.force)
