@@ -153,9 +153,11 @@ def test_mlflow_ui_shows_both_arms_test_top1(demo, mlflow_ui, browser):
     ARTIFACTS.mkdir(exist_ok=True)
 
     def column(col_id: str) -> dict[str, str]:
-        """Rendered cells of one runs-table column by row id (MLflow's runs table is an ag-grid)."""
+        """Rendered cells of one runs-table column by row id (MLflow's runs table is an ag-grid), last text line
+        (a run name cell starts with its colour's hex code, hidden)."""
         cells = browser.find_elements(By.CSS_SELECTOR, f'.ag-row [col-id="{col_id}"]')
-        return {cell.find_element(By.XPATH, "./ancestor::div[@row-id]").get_attribute("row-id"): cell.text for cell in cells}
+        return {cell.find_element(By.XPATH, "./ancestor::div[@row-id]").get_attribute("row-id"):
+                (cell.text.splitlines() or [""])[-1] for cell in cells}
 
     def both_rows_rendered(_):
         names, top1 = column("attributes.`Run Name`"), column("metrics.`test_top1`")
@@ -164,6 +166,7 @@ def test_mlflow_ui_shows_both_arms_test_top1(demo, mlflow_ui, browser):
 
     try:
         # The link `synthvit compare --arms` prints: the runs table (not GenAI traces), headline columns.
+        browser.set_window_size(2400, 1000)  # the table renders only the columns in view
         browser.get(execution_summary.ui_url(mlflow_ui, experiment.experiment_id))
         shown = WebDriverWait(browser, 90).until(both_rows_rendered)
         browser.save_screenshot(str(ARTIFACTS / "mlflow_runs_table.png"))

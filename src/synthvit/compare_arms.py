@@ -8,9 +8,10 @@ split), the pre-training accuracy when the arm starts from it, wall seconds of
 fine-tuning and of the whole execution, and the difference A - B. Those values are the
 headline metrics each parent run carries (execution_summary).
 
-The figure: the pre-training curve (training accuracy per epoch on the fractals) beside
-each arm's held-out accuracy per fine-tuning epoch (the test split when
-data.val_fraction is 0, as in the demo), on one axis.
+The figure: the pre-training curve (training accuracy per epoch on the fractals; from
+the latest pretrain run with the same params when DVC skipped the stage in both arms)
+beside both arms' held-out accuracy per fine-tuning epoch on one axis (the test split
+when data.val_fraction is 0, as in the demo).
 
 Writes arms.md (the table), arms.csv and arms.png into --output-dir, and logs them to
 both parent runs under `comparison/`.
@@ -32,6 +33,7 @@ COLUMNS = {
     "wall_pretrain_s": "pre-training s", "wall_finetune_s": "fine-tuning s", "wall_total_s": "total s",
 }
 OUTPUT_NAMES = ("arms.csv", "arms.md", "arms.png")
+PRETRAIN_SECTIONS = ("seed", "synthetic", "model", "pretrain")  # the params that define a pre-training
 
 
 def find_arm(client, experiment_id: str, name: str):
@@ -80,17 +82,34 @@ def history(client, run, key: str) -> pd.DataFrame:
     return pd.DataFrame({"epoch": [p.step for p in points], key: [p.value for p in points]}).sort_values("epoch")
 
 
-def curves_figure(client, arms: list[tuple[str, object, dict]], path: Path) -> Path:
+def pretrain_run(client, experiment_id: str, arms: list[tuple[str, object, dict]]):
+    """The pre-training run behind the arms: theirs, else the latest one with the same pre-training params.
+
+    DVC skips an unchanged pretrain stage (e.g. on a second `make demo`), so neither arm may have run it.
+    """
+    ran = [stages["pretrain"] for _, _, stages in arms if "pretrain" in stages]
+    if ran:
+        return ran[0]
+    params = arms[0][1].data.params
+    defining = {k: v for k, v in params.items() if k.split(".")[0] in PRETRAIN_SECTIONS}
+    for run in client.search_runs([experiment_id], "attributes.run_name = 'pretrain' and attributes.status = 'FINISHED'",
+                                  order_by=["attributes.start_time DESC"], max_results=50):
+        parent = client.get_run(run.data.tags["mlflow.parentRunId"]).data.params
+        if defining and all(parent.get(k) == v for k, v in defining.items()):
+            return run
+    return None
+
+
+def curves_figure(client, experiment_id: str, arms: list[tuple[str, object, dict]], path: Path) -> Path:
     from synthvit import plots  # sets the Agg backend
 
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, (ax_pre, ax_fine) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [1, 1.4]})
-    pretrain = next((stages["pretrain"] for _, _, stages in arms if "pretrain" in stages), None)
-    curve = history(client, pretrain, "train_acc")
+    curve = history(client, pretrain_run(client, experiment_id, arms), "train_acc")
     if curve.empty:
-        ax_pre.text(0.5, 0.5, "pre-training ran in an earlier execution\n(DVC reused its outputs)",
-                    ha="center", va="center", transform=ax_pre.transAxes)
+        ax_pre.text(0.5, 0.5, "no MLflow run of this pre-training", ha="center", va="center", transform=ax_pre.transAxes)
     else:
         ax_pre.plot(curve["epoch"], curve["train_acc"], marker=".", color="tab:gray")
     ax_pre.set(xlabel="epoch", ylabel="training accuracy", title="Pre-training on fractals", ylim=(0, 1))
@@ -102,6 +121,7 @@ def curves_figure(client, arms: list[tuple[str, object, dict]], path: Path) -> P
     held_out = "test" if on_test else "validation"
     ax_fine.set(xlabel="fine-tuning epoch", ylabel=f"{held_out} top-1", title=f"Fine-tuning: {held_out} accuracy per epoch")
     for ax in (ax_pre, ax_fine):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     ax_fine.legend()
     return plots.save(fig, path)
@@ -122,7 +142,7 @@ def run(args) -> int:
     text = markdown(table)
     paths = [write_csv(folder / "arms.csv", table),
              write_text(folder / "arms.md", f"# {first} against {second}\n\n{text}\n\n![accuracy per epoch](arms.png)\n"),
-             curves_figure(client, arms, folder / "arms.png")]
+             curves_figure(client, experiment.experiment_id, arms, folder / "arms.png")]
     for _, parent, _ in arms:
         for path in paths:
             client.log_artifact(parent.info.run_id, str(path), artifact_path="comparison")

@@ -40,9 +40,9 @@ HEADLINE_METRICS = [name for _, names in HEADLINES.values() for name in names.va
 VIEW_KEY = "synthvit-headline"
 # The runs table's columns in that view (MLflow's column ids): what defines and what answers an execution.
 VIEW_STATE = {
-    "selectedColumns": ["params.`finetune.init`", "params.`synthetic.kind`", "params.`model.name`", "params.`data.name`",
-                        *[f"metrics.`{name}`" for name in HEADLINE_METRICS],
-                        "metrics.`wall_pretrain_s`", "metrics.`wall_finetune_s`", "attributes.`Duration`"],
+    "selectedColumns": ["attributes.`Duration`", "metrics.`test_top1`", "metrics.`test_top5`", "metrics.`test_ece`",
+                        "metrics.`pretrain_train_acc`", "metrics.`wall_pretrain_s`", "metrics.`wall_finetune_s`",
+                        "params.`finetune.init`", "params.`synthetic.kind`", "params.`data.name`"],
     "orderByKey": "attributes.start_time", "orderByAsc": False,
 }
 # MLflow's experiment-kind tag with the value its UI calls "Machine learning" (genai_development lands on traces),
