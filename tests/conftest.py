@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -101,3 +105,32 @@ def tiny_finetuned_checkpoint(train_folder: Path, path: Path, model_cfg) -> Path
     train(model, train_set, cfg, RuntimeConfig(device="cpu"), seed=0)
     save_checkpoint(path, model, model_cfg, train_set.classes)
     return path
+
+
+@contextlib.contextmanager
+def running_server(command: list[str], ready_url: str, log: Path, timeout: float = 120, **popen):
+    """A server process answering 200 on `ready_url`, stopped with all its children afterwards."""
+    with open(log, "w") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, **popen)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"{command[0]} exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(ready_url, timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"{command[0]} did not answer on {ready_url} in {timeout:.0f} s:\n{log.read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield process
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)  # its own session: the server's workers stop with it
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()

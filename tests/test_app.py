@@ -9,17 +9,14 @@ from __future__ import annotations
 import os
 import shutil
 import socket
-import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
 import mlflow
 import pytest
 import torch
-from conftest import REPO, copy_subset, tiny_finetuned_checkpoint
+from conftest import REPO, copy_subset, running_server, tiny_finetuned_checkpoint
 
 from synthvit import tracking
 from synthvit.app import TOP_K, Classifier
@@ -151,31 +148,9 @@ def server(registered):
     env = {**os.environ, "DVC_ROOT": str(registered), "PYTHONUNBUFFERED": "1"}
     command = [str(Path(sys.executable).parent / "synthvit"), "app", "--model", "models:/synthvit-vit@current",
                "--host", "127.0.0.1", "--port", str(port), "--max-upload-mb", "0.05"]
-    with open(log, "w") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=registered)
     url = f"http://127.0.0.1:{port}/"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"synthvit app exited with {process.returncode}:\n{log.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(url, timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"synthvit app did not answer on {url} in 120 s:\n{log.read_text()[-3000:]}")
-            time.sleep(0.5)
+    with running_server(command, url, log, env=env, cwd=registered):
         yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def test_app_in_a_real_browser(server, browser, checkpoint, images, tmp_path):

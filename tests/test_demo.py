@@ -12,18 +12,16 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from conftest import copy_subset, snapshot_repo, pipeline_env
+from conftest import copy_subset, pipeline_env, running_server, snapshot_repo
 from test_app import ARTIFACTS, browser, free_port  # noqa: F401 - browser is a fixture
 from test_pipeline_e2e import TINY
 
@@ -112,34 +110,11 @@ def mlflow_ui(demo):
     log = demo["repo"] / "mlflow-ui.log"
     command = [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri",
                f"sqlite:///{demo['repo'] / 'mlflow.db'}", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    # No background job runner (GenAI jobs: a dozen processes on a 2-core machine); its own session, to stop it whole.
+    # No background job runner: its GenAI jobs would add a dozen processes on a 2-core machine.
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    with open(log, "w") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=demo["repo"], env=env,
-                                   start_new_session=True)
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"mlflow server exited with {process.returncode}:\n{log.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"mlflow server did not answer on {url} in 120 s:\n{log.read_text()[-3000:]}")
-            time.sleep(0.5)
+    with running_server(command, f"{url}/health", log, env=env, cwd=demo["repo"]):
         yield url
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
 
 
 def test_mlflow_ui_shows_both_arms_test_top1(demo, mlflow_ui, browser):
