@@ -1,4 +1,4 @@
-# synthvit: `make demo` runs the whole pipeline at CPU size; `make test` runs the tests.
+# synthvit: `make demo` answers "does synthetic pre-training help?" at CPU size (two arms, compared); `make test` runs the tests.
 # Both create .venv and install the pinned dependencies on first use.
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
