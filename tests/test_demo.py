@@ -96,6 +96,8 @@ def test_demo_runs_both_arms_and_compares_them(demo):
         assert parent.metrics["test_top1"] == pytest.approx(test_metrics[name]["top1"])
         assert parent.metrics["test_ece"] == pytest.approx(test_metrics[name]["ece"])
         assert all(parent.metrics[f"wall_{s}_s"] > 0 for s in ("finetune", "evaluate", "visualize"))
+        curve = client.get_metric_history(parents[name].info.run_id, "finetune_eval_acc")
+        assert [m.step for m in curve] == [1, 2, 3] and curve[-1].value == pytest.approx(test_metrics[name]["top1"])
         artifacts = {a.path for a in client.list_artifacts(parents[name].info.run_id, "comparison")}
         assert {"comparison/arms.png", "comparison/arms.md"} <= artifacts
     synthetic, scratch = (parents[name].data.metrics for name in ARMS)

@@ -27,15 +27,17 @@ def store(tmp_path, monkeypatch):
     mlflow.set_registry_uri(None)
 
 
-def stage(name: str, metrics_file: dict | None = None) -> None:
-    with tracking.stage_run(name, {}, "unit"):
+def stage(name: str, metrics_file: dict | None = None, curve: list[float] = ()) -> None:
+    with tracking.stage_run(name, {}, "unit") as run:
+        for epoch, value in enumerate(curve, 1):
+            run.log_metric("eval_acc", value, step=epoch)
         if metrics_file is not None:
             (tracking.repo_root() / f"metrics/{name}.json").write_text(json.dumps(metrics_file))
 
 
 def test_parent_run_carries_params_headline_metrics_and_wall_times(store):
     stage("pretrain", {"train_acc": 0.53, "wall_seconds": 1.0})
-    stage("finetune", {"train_acc": 0.61})
+    stage("finetune", {"train_acc": 0.61}, curve=[0.3, 0.45])
     stage("evaluate", {"top1": 0.48, "top5": 0.92, "ece": 0.02, "num_images": 10000})
     client = tracking.open_client(tracking.tracking_uri())
     experiment = client.get_experiment_by_name("unit")
@@ -47,6 +49,8 @@ def test_parent_run_carries_params_headline_metrics_and_wall_times(store):
         "pretrain_train_acc": 0.53, "finetune_train_acc": 0.61, "test_top1": 0.48, "test_top5": 0.92, "test_ece": 0.02}
     assert all(metrics[f"wall_{s}_s"] >= 0 for s in ("pretrain", "finetune", "evaluate"))
     assert "num_images" not in metrics and parent.info.status == "FINISHED"
+    curve = client.get_metric_history(parent.info.run_id, "finetune_eval_acc")
+    assert [(m.step, m.value) for m in curve] == [(1, 0.3), (2, 0.45)]
     # What MLflow's UI opens on: a machine-learning experiment, and the view with the headline columns.
     assert {k: experiment.tags[k] for k in execution_summary.EXPERIMENT_TAGS} == execution_summary.EXPERIMENT_TAGS
     view = json.loads(experiment.tags[f"mlflow.sharedViewState.{execution_summary.VIEW_KEY}"])

@@ -8,7 +8,9 @@ stage. So after each stage run ends, `record_stage` copies onto the parent:
   which is what defines the execution (DVC does not change params.yaml during one);
 - metrics: `wall_<stage>_s` (the stage run's start to end) and the stage's headline
   results, read from the metrics file the stage just wrote: `pretrain_train_acc`,
-  `finetune_train_acc`, `test_top1`, `test_top5`, `test_ece`.
+  `finetune_train_acc`, `test_top1`, `test_top5`, `test_ece`; and finetune's held-out
+  accuracy per epoch as `finetune_eval_acc`, so the UI's charts draw executions' curves
+  together.
 
 A stage that DVC skipped or restored from its cache logs no run, so its wall time is
 missing on that parent; the pre-training accuracy is still copied when finetune starts
@@ -87,7 +89,11 @@ def record_stage(client, parent_id: str, stage: str, stage_run_id: str) -> None:
     items = [Param(key, value) for key, value in params.items()]
     for start in range(0, len(items), 100):
         client.log_batch(parent_id, params=items[start:start + 100])
-    client.log_batch(parent_id, metrics=[Metric(key, value, run.end_time or 0, 0) for key, value in metrics.items()])
+    points = [Metric(key, value, run.end_time or 0, 0) for key, value in metrics.items()]
+    if stage == "finetune":
+        points += [Metric("finetune_eval_acc", m.value, m.timestamp, m.step)
+                   for m in client.get_metric_history(stage_run_id, "eval_acc")]
+    client.log_batch(parent_id, metrics=points)
 
 
 def tag_experiment(client, experiment) -> None:
