@@ -2,6 +2,7 @@
 
     synthvit compare [--source mlflow|dvc] [--experiment NAME] [--filter "MLFLOW FILTER"]
                      [--last N] [--all] [--x params|wall] [--output-dir compare] [--force]
+    synthvit compare --arms A B [--output-dir DIR]   two experiments side by side (compare_arms)
 
 One row per pipeline execution: from MLflow (default), a parent run with its stage
 runs; from DVC (`--source dvc`), an experiment in `dvc exp show --json` (and the

@@ -131,6 +131,8 @@ def run(args) -> int:
     first, second = args.arms
     if first == second:
         raise UserError(f"--arms needs two different experiments, got {first!r} twice")
+    if args.source == "dvc" or args.filter or args.last or args.all:
+        raise UserError("--arms names its two experiments and reads MLflow: leave out --source dvc, --filter, --last and --all")
     folder = args.output_dir
     compare.check_output_dir(folder, args.force, OUTPUT_NAMES)
     uri = tracking.tracking_uri()
