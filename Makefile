@@ -66,7 +66,7 @@ proof: demo
 test: $(TESTS_INSTALLED) browser-deps postgres-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-# Headless Chromium and its driver for the browser test (tests/test_app.py), from Debian's
+# Headless Chromium and its driver for the browser tests (tests/test_app.py, test_demo.py), from Debian's
 # packages: installed once (as root, or through sudo), a no-op when both are already there.
 browser-deps:
 	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then :; else \
