@@ -42,8 +42,8 @@ def find_arm(client, experiment_id: str, name: str):
                               order_by=["attributes.start_time DESC"])
     parents = [run for run in runs if tracking.PIPELINE_TAG in run.data.tags]  # the stage runs carry the name too
     if not parents:
-        raise UserError(f"no MLflow pipeline run of DVC experiment {name!r}: run it first (make demo), or check the "
-                        "name in `dvc exp show` (an experiment whose stages DVC all restored from its cache logs none)")
+        raise UserError(f"no MLflow pipeline run of DVC experiment {name!r}: check the name in `dvc exp show`; if DVC "
+                        f"restored its stages from the cache, record them first: synthvit record-restored --name {name}")
     parent = parents[0]
     children = client.search_runs([experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
     return parent, {run.info.run_name: run for run in sorted(children, key=lambda r: r.info.start_time)}
