@@ -124,15 +124,50 @@ def _step(coef, offset: int, walkers: int, position, out, scratch) -> None:
         out += coef[:, 2, :, window]  # + (e, f)
 
 
+def _burn_in(linear, tangent_walkers: int) -> np.ndarray:
+    """Burn-in steps (F,) of each system; MAX_BURN_IN: it never forgot its start.
+
+    Beside the first `tangent_walkers` pre-run walkers runs the product of the linear
+    parts they apply (two tangent vectors, same maps). System i's burn-in ends at the
+    first check >= MIN_BURN_IN where every tangent has norm < TOLERANCE (or at
+    MAX_BURN_IN). This needs no positions, so it runs alone first (2x2 products of 64
+    walkers: cheap) and the pre-run then steps each system only as long as it needs.
+    """
+    count = linear.shape[0]
+    tangents = np.zeros((count, 2, 2, tangent_walkers), np.float32)  # (system, vector, x/y, walker)
+    tangents[:, 0, 0], tangents[:, 1, 1] = 1, 1  # the identity: d(position) / d(start)
+    scratch = np.empty_like(tangents)
+    burn_in = np.full(count, -1)
+    offsets = _offsets(0, MAX_BURN_IN + MAX_WALKERS)
+    for t in range(MAX_BURN_IN):
+        steps = t + 1
+        # (a, c) * x + (b, d) * y, both vectors of every walker at once.
+        window = slice(int(offsets[t]), int(offsets[t]) + tangent_walkers)
+        np.multiply(linear[:, 0, None, :, window], tangents[:, :, 0:1], out=scratch)
+        scratch += linear[:, 1, None, :, window] * tangents[:, :, 1:2]
+        tangents, scratch = scratch, tangents
+        if steps % CHECK_EVERY:
+            continue
+        deciding = burn_in < 0
+        norms = np.square(tangents).sum(axis=2).max(axis=(1, 2))
+        worst = np.where(np.isnan(norms), np.inf, norms)
+        done = deciding & (steps >= MIN_BURN_IN) & (worst < TOLERANCE**2)
+        burn_in[done] = steps
+        # Grown past DIVERGED (or overflowed): it will not shrink to TOLERANCE in time.
+        given_up = deciding & (worst > DIVERGED**2) if steps < MAX_BURN_IN else deciding & ~done
+        burn_in[given_up] = MAX_BURN_IN
+        if (burn_in >= 0).all():
+            break
+    return burn_in
+
+
 def _prerun(coef, walkers: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(starting points (F, 2, walkers), burn-in steps (F,), converged (F,), path in) for each system.
 
-    PRERUN_WALKERS walkers start at the origin; beside the first TANGENT_WALKERS runs the
-    product of the linear parts they applied (two tangent vectors, same maps). System i's
-    burn-in ends at the first check >= MIN_BURN_IN where every tangent has norm <
-    TOLERANCE (or at MAX_BURN_IN: not converged); then every START_STRIDE-th position of
-    each pre-run walker becomes a starting point. Each system's burn-in depends on its own
-    table only, so its image does not depend on the batch it is rendered in.
+    PRERUN_WALKERS walkers start at the origin and step through the system's burn-in
+    (_burn_in); then every START_STRIDE-th position of each pre-run walker becomes a
+    starting point. Each system's burn-in depends on its own table only, so its image
+    does not depend on the batch it is rendered in.
 
     The path in (F, 2, MAX_BURN_IN + 1) is pre-run walker 0 from the origin, step by step
     (valid up to each system's burn-in): with the drawn points it makes one long walk from
@@ -140,50 +175,33 @@ def _prerun(coef, walkers: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.
     """
     count = coef.shape[0]
     pre = min(PRERUN_WALKERS, walkers)
-    tangent_walkers = min(TANGENT_WALKERS, pre)
     collect = -(-walkers // pre)
-    linear = coef[:, :2]  # (a, c) and (b, d) rows
+    burn_in = _burn_in(coef[:, :2], min(TANGENT_WALKERS, pre))
+    # Longest pre-run first, so the systems still stepping are always a prefix (a view,
+    # no gather): a batch no longer runs every system as long as its slowest one.
+    ends = burn_in + START_STRIDE * collect
+    order = np.argsort(-ends, kind="stable")
+    coef = np.take(coef, order, axis=0, out=_scratch("coef_sorted", coef.shape, coef.dtype))
+    ends = ends[order]
     position = np.zeros((count, 2, pre), np.float32)
     out, scratch = np.empty_like(position), np.empty_like(position)
-    tangents = np.zeros((count, 2, 2, tangent_walkers), np.float32)  # (system, vector, x/y, walker)
-    tangents[:, 0, 0], tangents[:, 1, 1] = 1, 1  # the identity: d(position) / d(start)
-    tangent_scratch = np.empty_like(tangents)
     starts = np.empty((count, 2, collect, pre), np.float32)
-    burn_in = np.full(count, -1)
     path = np.zeros((count, 2, MAX_BURN_IN + 1), np.float32)
-    rows = np.arange(count)
     offsets = _offsets(0, MAX_BURN_IN + MAX_WALKERS)
-    deciding = np.ones(count, bool)
-    # Burn-ins are multiples of CHECK_EVERY == START_STRIDE, so every decision and every
-    # starting point falls on a step that is a multiple of it: the rest only step.
-    for t in range(MAX_BURN_IN + START_STRIDE * collect):
+    running = count
+    for t in range(int(ends[0])):
         steps = t + 1
-        _step(coef, int(offsets[t]), pre, position, out, scratch)
+        running = int(np.count_nonzero(ends[:running] >= steps))  # ends descend
+        _step(coef[:running], int(offsets[t]), pre, position[:running], out[:running], scratch[:running])
         position, out = out, position
-        if deciding.any():
-            path[:, :, steps] = position[:, :, 0]
-            # Tangent vectors: (a, c) * x + (b, d) * y, both vectors of every walker at once.
-            window = slice(int(offsets[t]), int(offsets[t]) + tangent_walkers)
-            np.multiply(linear[:, 0, None, :, window], tangents[:, :, 0:1], out=tangent_scratch)
-            tangent_scratch += linear[:, 1, None, :, window] * tangents[:, :, 1:2]
-            tangents, tangent_scratch = tangent_scratch, tangents
-        if steps % CHECK_EVERY:
-            continue
-        if deciding.any():
-            norms = np.square(tangents).sum(axis=2).max(axis=(1, 2))
-            worst = np.where(np.isnan(norms), np.inf, norms)
-            done = deciding & (steps >= MIN_BURN_IN) & (worst < TOLERANCE**2)
-            burn_in[done] = steps
-            # Grown past DIVERGED (or overflowed): it will not shrink to TOLERANCE in time.
-            given_up = deciding & (worst > DIVERGED**2) if steps < MAX_BURN_IN else deciding & ~done
-            burn_in[given_up] = MAX_BURN_IN
-            deciding = burn_in < 0
-        since = steps - burn_in
-        taking = ~deciding & (since > 0) & (since <= START_STRIDE * collect)
-        if taking.any():
-            starts[rows[taking], :, since[taking] // START_STRIDE - 1] = position[taking]
-        if not deciding.any() and (since >= START_STRIDE * collect).all():
-            break
+        if steps <= MAX_BURN_IN:
+            path[order[:running], :, steps] = position[:running, :, 0]
+        # Burn-ins are multiples of START_STRIDE, so every starting point falls on a step
+        # that is a multiple of it.
+        if steps % START_STRIDE == 0:
+            since = steps - burn_in[order[:running]]
+            taking = np.flatnonzero(since > 0)
+            starts[order[taking], :, since[taking] // START_STRIDE - 1] = position[taking]
     converged = burn_in < MAX_BURN_IN  # (one converging at exactly MAX_BURN_IN steps counts as not)
     return starts.reshape(count, 2, -1)[:, :, :walkers], burn_in, converged, path
 
