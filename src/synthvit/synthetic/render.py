@@ -13,9 +13,11 @@ overwriting earlier ones, grayscale. The work is per pixel instead of per point:
 2. Walkers start on the attractor: a small pre-run from the origin, not drawn, hands out
    starting points START_STRIDE steps apart, so no drawn point is a transient and few
    are duplicates. Its burn-in
-   is as long as the system at hand needs: the pre-run also carries the product of the
-   maps' linear parts (how much the walk still remembers where it started) and stops
-   when that has shrunk below TOLERANCE, between MIN_BURN_IN and MAX_BURN_IN steps. A
+   is as long as the system at hand needs: a first pass carries only the product of the
+   linear parts the pre-run's first walkers will apply (how much the walk still
+   remembers where it started) and ends the burn-in when that has shrunk below
+   TOLERANCE, between MIN_BURN_IN and MAX_BURN_IN steps; the pre-run then steps each
+   system only that long, not as long as the slowest system in its batch. A
    system that does not forget its start by MAX_BURN_IN diverges or contracts so slowly
    that no chaos game draws its attractor: it is reported as not converged, and the
    search rejects it.
@@ -136,7 +138,7 @@ def _burn_in(linear, tangent_walkers: int) -> np.ndarray:
     count = linear.shape[0]
     tangents = np.zeros((count, 2, 2, tangent_walkers), np.float32)  # (system, vector, x/y, walker)
     tangents[:, 0, 0], tangents[:, 1, 1] = 1, 1  # the identity: d(position) / d(start)
-    scratch = np.empty_like(tangents)
+    scratch, product = np.empty_like(tangents), np.empty_like(tangents)
     burn_in = np.full(count, -1)
     offsets = _offsets(0, MAX_BURN_IN + MAX_WALKERS)
     for t in range(MAX_BURN_IN):
@@ -144,7 +146,7 @@ def _burn_in(linear, tangent_walkers: int) -> np.ndarray:
         # (a, c) * x + (b, d) * y, both vectors of every walker at once.
         window = slice(int(offsets[t]), int(offsets[t]) + tangent_walkers)
         np.multiply(linear[:, 0, None, :, window], tangents[:, :, 0:1], out=scratch)
-        scratch += linear[:, 1, None, :, window] * tangents[:, :, 1:2]
+        scratch += np.multiply(linear[:, 1, None, :, window], tangents[:, :, 1:2], out=product)
         tangents, scratch = scratch, tangents
         if steps % CHECK_EVERY:
             continue
@@ -182,28 +184,29 @@ def _prerun(coef, walkers: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.
     ends = burn_in + START_STRIDE * collect
     order = np.argsort(-ends, kind="stable")
     coef = np.take(coef, order, axis=0, out=_scratch("coef_sorted", coef.shape, coef.dtype))
-    ends = ends[order]
+    ends, sorted_burn_in = ends[order], burn_in[order]
     position = np.zeros((count, 2, pre), np.float32)
     out, scratch = np.empty_like(position), np.empty_like(position)
     starts = np.empty((count, 2, collect, pre), np.float32)
     path = np.zeros((count, 2, MAX_BURN_IN + 1), np.float32)
-    offsets = _offsets(0, MAX_BURN_IN + MAX_WALKERS)
-    running = count
-    for t in range(int(ends[0])):
+    offsets = _offsets(0, MAX_BURN_IN + MAX_WALKERS).tolist()
+    # Systems still stepping at each step (a step costs its numpy call overhead: few calls).
+    running_at = np.count_nonzero(ends >= np.arange(1, ends[0] + 1)[:, None], axis=1).tolist()
+    for t, running in enumerate(running_at):
         steps = t + 1
-        running = int(np.count_nonzero(ends[:running] >= steps))  # ends descend
-        _step(coef[:running], int(offsets[t]), pre, position[:running], out[:running], scratch[:running])
+        _step(coef[:running], offsets[t], pre, position[:running], out[:running], scratch[:running])
         position, out = out, position
-        if steps <= MAX_BURN_IN:
-            path[order[:running], :, steps] = position[:running, :, 0]
+        if steps <= sorted_burn_in[0]:
+            path[:running, :, steps] = position[:running, :, 0]
         # Burn-ins are multiples of START_STRIDE, so every starting point falls on a step
         # that is a multiple of it.
         if steps % START_STRIDE == 0:
-            since = steps - burn_in[order[:running]]
+            since = steps - sorted_burn_in[:running]
             taking = np.flatnonzero(since > 0)
-            starts[order[taking], :, since[taking] // START_STRIDE - 1] = position[taking]
+            starts[taking, :, since[taking] // START_STRIDE - 1] = position[taking]
+    unsort = np.argsort(order)
     converged = burn_in < MAX_BURN_IN  # (one converging at exactly MAX_BURN_IN steps counts as not)
-    return starts.reshape(count, 2, -1)[:, :, :walkers], burn_in, converged, path
+    return starts[unsort].reshape(count, 2, -1)[:, :, :walkers], burn_in, converged, path[unsort]
 
 
 def _chaos_game(systems, num_points: int, rngs) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -257,10 +260,11 @@ def _mark_points(xs: np.ndarray, ys: np.ndarray, grid: np.ndarray, low: int, hig
     np.floor(row, out=row)
     row *= dtype(size)
     row += col
+    row += dtype(low * (size + 1))  # the pad: low rows and low columns
     index = _scratch("index", xs.shape, np.intp)
     np.copyto(index, row, casting="unsafe")
     # Rounding can put a point one cell past high; that stays inside the grid (pad or patch room).
-    grid.reshape(-1)[index + low * (size + 1)] = True
+    grid.reshape(-1)[index] = True
 
 
 def _dilate3(grid: np.ndarray, covered: np.ndarray) -> None:
