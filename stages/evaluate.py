@@ -21,12 +21,14 @@ from synthvit.metrics import classification_report
 from synthvit.models import load_checkpoint, model_from_checkpoint
 from synthvit.paths import checkpoint_path
 from synthvit.runner import run_main
+from synthvit.tracking_check import check_tracking_store
 
 PLOTS = Path("plots/evaluate")
 
 
 def main() -> None:
     params = load_params()
+    check_tracking_store()  # within seconds, before any work: is the MLflow server there and letting us in?
     run_params = {**as_flat_dict(params.runtime, "runtime"), **as_flat_dict(params.data, "data"),
                   **as_flat_dict(params.evaluate, "evaluate")}
     checkpoint = load_checkpoint(checkpoint_path("finetune"))

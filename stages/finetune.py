@@ -15,10 +15,12 @@ from synthvit.models import backbone_with_new_head, check_same_architecture, cre
 from synthvit.paths import checkpoint_path
 from synthvit.pipeline import train_and_record
 from synthvit.runner import run_main
+from synthvit.tracking_check import check_tracking_store
 
 
 def main() -> None:
     params = load_params()
+    check_tracking_store()  # within seconds, before any work: is the MLflow server there and letting us in?
     seed_everything(params.seed)  # model init and the new head draw from it
     run_params = {"seed": params.seed, **as_flat_dict(params.runtime, "runtime"), **as_flat_dict(params.data, "data"),
                   **as_flat_dict(params.model, "model"), **as_flat_dict(params.finetune, "finetune")}
@@ -39,8 +41,8 @@ def main() -> None:
         train_and_record("finetune", model, train_set, params.finetune, params, mlflow, eval_set=eval_set,
                          keep_best=params.data.val_fraction > 0)
         if params.tracking.log_model:
-            tracking.log_model(mlflow, model, checkpoint_path("finetune"),
-                               params.tracking.registered_model, params.tracking.model_alias)
+            mlflow.log_synthvit_model(model, checkpoint_path("finetune"),
+                                      params.tracking.registered_model, params.tracking.model_alias)
         elif params.tracking.registered_model:
             print(f"model not registered as {params.tracking.registered_model!r}: tracking.log_model is false")
 

@@ -10,11 +10,13 @@ from synthvit import tracking
 from synthvit.config import as_flat_dict, load_params
 from synthvit.paths import SYNTHETIC_DIR
 from synthvit.runner import run_main
+from synthvit.tracking_check import check_tracking_store
 from synthvit.synthetic import generate_dataset
 
 
 def main() -> None:
     params = load_params()
+    check_tracking_store()  # within seconds, before any work: is the MLflow server there and letting us in?
     run_params = {"seed": params.seed, **as_flat_dict(params.synthetic, "synthetic")}
     with tracking.stage_run("generate_synthetic", run_params, params.tracking.experiment_name) as mlflow:
         started = time.perf_counter()

@@ -15,10 +15,12 @@ from synthvit.models import create_model
 from synthvit.paths import SYNTHETIC_DIR
 from synthvit.pipeline import train_and_record
 from synthvit.runner import run_main
+from synthvit.tracking_check import check_tracking_store
 
 
 def main() -> None:
     params = load_params()
+    check_tracking_store()  # within seconds, before any work: is the MLflow server there and letting us in?
     seed_everything(params.seed)  # model init and the new head draw from it
     run_params = {"seed": params.seed, **as_flat_dict(params.runtime, "runtime"),
                   **as_flat_dict(params.model, "model"), **as_flat_dict(params.pretrain, "pretrain")}

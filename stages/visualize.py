@@ -21,6 +21,7 @@ from synthvit.data import decode_image, load_split
 from synthvit.models import load_checkpoint, model_from_checkpoint
 from synthvit.paths import SYNTHETIC_DIR, checkpoint_path, history_path
 from synthvit.runner import run_main
+from synthvit.tracking_check import check_tracking_store
 
 OUT = Path("plots/visualize")
 EVALUATE = Path("plots/evaluate")
@@ -84,6 +85,7 @@ def attention_figures(params, predictions: pd.DataFrame) -> list[Path]:
 
 def main() -> None:
     params = load_params()
+    check_tracking_store()  # within seconds, before any work: is the MLflow server there and letting us in?
     run_params = {**as_flat_dict(params.visualize, "visualize"), "model.img_size": params.model.img_size}
     with tracking.stage_run("visualize", run_params, params.tracking.experiment_name) as mlflow:
         predictions = pd.read_csv(EVALUATE / "predictions.csv")

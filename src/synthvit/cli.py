@@ -7,6 +7,8 @@
     synthvit app                     the web demo on 127.0.0.1 (--host, --port, --model)
     synthvit compare                 a table and plot of experiments from MLflow (or --source dvc) into compare/
     synthvit record-restored         record in MLflow a pipeline execution that DVC restored from its cache
+    synthvit tracking check          does the MLflow store (MLFLOW_TRACKING_URI) answer and let you in?
+    synthvit tracking sync           upload tracking calls kept in .synthvit/outbox while the server was away
 """
 
 from __future__ import annotations
@@ -21,6 +23,25 @@ def cmd_check(args) -> int:
 
     params = load_params(args.params)
     print(f"{args.params}: valid (data {params.data.name}, synthetic {params.synthetic.kind}, model {params.model.name})")
+    return 0
+
+
+def cmd_tracking_check(args) -> int:
+    from synthvit import tracking, tracking_check
+
+    uri = tracking.tracking_uri()
+    if tracking.sqlite_path(uri) is not None:
+        print(f"MLflow tracking store {uri} is a local SQLite file: nothing to check")
+        return 0
+    tracking_check.check_tracking_store(uri)
+    print(f"MLflow tracking store {tracking_check.redact(uri)} answers")
+    return 0
+
+
+def cmd_tracking_sync(args) -> int:
+    from synthvit import outbox
+
+    outbox.sync()
     return 0
 
 
@@ -57,6 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
                                     description=restored.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     restored.add_arguments(recording)
     recording.set_defaults(func=restored.run)
+
+    tracking = commands.add_parser("tracking", help="the MLflow tracking store: check it, upload what waits for it")
+    tracking_commands = tracking.add_subparsers(dest="tracking", required=True)
+    tracking_commands.add_parser("check", help="does the store answer and accept your credentials?").set_defaults(
+        func=cmd_tracking_check)
+    tracking_commands.add_parser("sync", help="upload the tracking calls kept in .synthvit/outbox during an outage").set_defaults(
+        func=cmd_tracking_sync)
 
     bench = commands.add_parser("bench", help="benchmarks that print a figure")
     benches = bench.add_subparsers(dest="bench", required=True)

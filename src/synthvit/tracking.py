@@ -146,14 +146,16 @@ def find_or_create_parent(client, experiment_id: str, key: str, tags: dict) -> s
 
 @contextlib.contextmanager
 def stage_run(stage: str, params: dict, experiment_name: str):
-    """An active MLflow run for one stage, nested under its pipeline's parent run.
+    """An MLflow run for one stage, nested under its pipeline's parent run.
 
-    Yields the `mlflow` module with the run active. The stage run and its parent end
-    FINISHED, or FAILED when the stage raises.
+    Yields an `outbox.OutboxRun`: the `mlflow` module's logging calls on the active run,
+    kept in a local outbox while the server is away (see outbox.py). The stage run and
+    its parent end FINISHED, FAILED when the stage raises, KILLED on Ctrl-C or SIGTERM.
     """
     import mlflow
 
-    from synthvit import distributed
+    from synthvit import distributed, tracking_check
+    from synthvit.outbox import OutboxRun
 
     global _stage_run_opened
 
@@ -161,24 +163,26 @@ def stage_run(stage: str, params: dict, experiment_name: str):
         yield distributed.Silent()
         return
     _stage_run_opened = True
+    tracking_check.shorten_http_retries()
     uri = use_store()
     client = open_client(uri)
     experiment_id = get_experiment_id(client, uri, experiment_name)
     tags = run_tags(stage)
     parent_id = find_or_create_parent(client, experiment_id, pipeline_key(), tags)
+    run = OutboxRun(uri, mlflow.start_run(experiment_id=experiment_id, run_name=stage, parent_run_id=parent_id,
+                                          tags=tags).info.run_id)
     status = "FAILED"
     try:
-        with mlflow.start_run(experiment_id=experiment_id, run_name=stage, parent_run_id=parent_id, tags=tags) as run:
-            mlflow.log_params(params)
-            try:
-                yield mlflow
-            except BaseException:
-                mlflow.end_run("FAILED")
-                raise
-            status = "FINISHED"
-        record_on_parent(client, parent_id, stage, run.info.run_id)
+        run.log_params(params)
+        yield run
+        status = "FINISHED"
+    except KeyboardInterrupt:  # also SIGTERM (runner.Terminated)
+        status = "KILLED"
+        raise
     finally:
-        client.set_terminated(parent_id, status)
+        run.end(status, parent_id)
+    if not run.pending():  # finished, and its metrics are on the server to summarise
+        record_on_parent(client, parent_id, stage, run.run_id)
 
 
 def record_on_parent(client, parent_id: str, stage: str, run_id: str) -> None:
@@ -214,6 +218,10 @@ def record_early_failure(error: BaseException) -> None:
     if db is not None and not db.is_file():
         return
     status = "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
+    from synthvit import tracking_check
+
+    if tracking_check.store_problem(uri):  # a server that is down has nothing to record into
+        return
     try:
         client = open_client(uri)
         experiments = [e.experiment_id for e in client.search_experiments()]
