@@ -50,11 +50,32 @@ def test_load_checkpoint_rejects_other_files(tmp_path):
         load_checkpoint(tmp_path / "nothing.pt")
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"\x00garbage")
-    with pytest.raises(UserError, match="cannot load checkpoint"):
+    with pytest.raises(UserError, match="junk.pt is damaged or foreign"):
         load_checkpoint(junk)
     torch.save({"weights": torch.zeros(1)}, tmp_path / "other.pt")
     with pytest.raises(UserError, match="not a synthvit checkpoint"):
         load_checkpoint(tmp_path / "other.pt")
+
+
+def test_damaged_checkpoint_names_the_file_and_the_rebuild(tmp_path):
+    """Truncated, or a foreign pickle: one line with the file and the stage to re-run, never torch's weights_only advice."""
+    models = tmp_path / "models"
+    models.mkdir()
+    good = models / "pretrain.pt"
+    save_checkpoint(good, create_model(TINY, num_classes=3), TINY, ["a", "b", "c"])
+    truncated = models / "finetune.pt"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(UserError) as caught:
+        load_checkpoint(truncated)
+    assert str(caught.value) == (f"checkpoint {truncated} is damaged or foreign (truncated or not a PyTorch file); "
+                                 "rebuild it with `dvc repro -f finetune`")
+    torch.save(create_model(TINY, num_classes=3), good)  # a whole pickled module: code, not data
+    with pytest.raises(UserError) as caught:
+        load_checkpoint(good)
+    message = str(caught.value)
+    assert "\n" not in message and "weights_only" not in message
+    assert message.endswith("(it holds Python objects, not plain tensors: a foreign file, unsafe to unpickle); "
+                            "rebuild it with `dvc repro -f pretrain`")
 
 
 def test_backbone_keeps_weights_and_replaces_head(tmp_path):

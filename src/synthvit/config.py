@@ -25,6 +25,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
 
+from synthvit.damage import rebuild_hint
 from synthvit.errors import ConfigError, UserError
 
 SyntheticKind = Literal["fractaldb", "ofdb", "onepfrac"]
@@ -341,8 +342,13 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         raise UserError(f"{path} not found: run from the repository root, where params.yaml lives")
     try:
         raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise UserError(f"{path} is not valid YAML: {exc}") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise UserError(f"{path} is not valid YAML ({problem}{where}); {rebuild_hint(path)}") from None
+    if raw is not None and not isinstance(raw, dict):
+        raise UserError(f"{path} is damaged: it holds a {type(raw).__name__}, not sections of params; {rebuild_hint(path)}")
     return parse_params(raw)
 
 

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from synthvit.config import DATASETS, DataConfig
+from synthvit.damage import damaged_message, rebuild_hint
 from synthvit.errors import UserError
 from synthvit.files import user_path
 from synthvit.progress import progress_bar
@@ -95,7 +96,10 @@ def load_synthetic(root: Path, img_size: int, num_workers: int = 2) -> ImageSet:
     manifest_path = root / "manifest.json"
     if not manifest_path.is_file():
         raise UserError(f"{manifest_path} not found: run the generate_synthetic stage first (dvc repro)")
-    classes = [c["name"] for c in json.loads(manifest_path.read_text())["classes"]]
+    try:
+        classes = [c["name"] for c in json.loads(manifest_path.read_text())["classes"]]
+    except (ValueError, KeyError, TypeError) as exc:  # not JSON, or not the manifest's layout
+        raise UserError(damaged_message(manifest_path, "synthetic manifest", type(exc).__name__)) from None
     return load_image_folder(root / "images", img_size, 0, num_workers, classes=classes)
 
 
@@ -173,7 +177,7 @@ def decode_image(path: Path, img_size: int) -> np.ndarray:
             image = image.crop((left, top, left + img_size, top + img_size))
             return np.asarray(image, dtype=np.uint8)
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise UserError(f"cannot read image {path}: {exc}; remove or replace the file") from None
+        raise UserError(f"cannot read image {path}: {exc}; {rebuild_hint(path)}") from None
 
 
 def decode_files(paths: list, img_size: int, num_workers: int = 2, desc: str = "decode") -> torch.Tensor:

@@ -19,6 +19,7 @@ from timm.models.vision_transformer_hybrid import ConvStem
 from torch import nn
 
 from synthvit.config import ModelConfig
+from synthvit.damage import damaged_message, torch_load_reason
 from synthvit.errors import UserError
 from synthvit.files import atomic_write, user_path
 
@@ -162,9 +163,9 @@ def load_checkpoint(path: Path) -> dict:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise UserError(f"cannot load checkpoint {path} ({type(exc).__name__}: {exc}); is it a synthvit checkpoint?") from None
+        raise UserError(damaged_message(path, "checkpoint", torch_load_reason(exc))) from None
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
-        raise UserError(f"{path} is not a synthvit checkpoint (format {CHECKPOINT_FORMAT})")
+        raise UserError(damaged_message(path, "checkpoint", f"not a synthvit checkpoint of format {CHECKPOINT_FORMAT}"))
     return checkpoint
 
 

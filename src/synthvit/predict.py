@@ -86,11 +86,13 @@ def checkpoint_from_mlflow(uri: str) -> dict:
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from synthvit import tracking
+    from synthvit import tracking, tracking_check
 
     store = tracking.use_store(create=False, missing=(
         f"cannot load {uri}; run the pipeline (the finetune stage registers the model), "
         "set MLFLOW_TRACKING_URI to your server, or pass --model a checkpoint file"))
+    tracking_check.check_tracking_store(store)  # a server that is down or refuses the login: one line, in seconds
+    tracking_check.shorten_http_retries()
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # keep stderr to one line per problem
     with tempfile.TemporaryDirectory(prefix="synthvit-model-") as tmp:
         try:

@@ -19,8 +19,10 @@ import numpy as np
 import torch
 
 from synthvit import distributed
+from synthvit.damage import torch_load_reason
 from synthvit.files import atomic_write
 from synthvit.models import unwrap
+from synthvit.progress import log
 
 RESUME_DIR = Path(".synthvit/resume")
 STATE_FORMAT = 2  # part of the file name: a state saved by an older layout is never resumed
@@ -66,9 +68,25 @@ def save_state(path: Path, epoch: int, loop, history: list, best: dict) -> None:
 
 
 def read_state(path: Path | None) -> dict | None:
-    """The saved state, read by the main process and sent to all; None when there is none."""
-    return distributed.from_main(lambda: torch.load(path, map_location="cpu", weights_only=True)
-                                 if path is not None and path.is_file() else None)
+    """The saved state, read by the main process and sent to all; None when there is none or it is damaged."""
+    return distributed.from_main(lambda: load_intact_state(path))
+
+
+def load_intact_state(path: Path | None) -> dict | None:
+    """The state in `path`; one that does not load (cut short by a full disk, a foreign file) is
+    removed with a warning, so training starts over instead of failing the stage."""
+    if path is None or not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(state, dict) or not {"epoch", "model", "optimizer", "scheduler", "history"} <= set(state):
+            raise ValueError("not a synthvit resume state")
+    except Exception as exc:  # noqa: BLE001 - whatever is wrong with it, it cannot be resumed
+        reason = str(exc) if isinstance(exc, ValueError) else torch_load_reason(exc)
+        log(f"warning: resume state {path} is damaged ({reason}); removed it: training starts over")
+        path.unlink()
+        return None
+    return state
 
 
 def restore_state(state: dict, loop) -> tuple[int, list, dict]:
