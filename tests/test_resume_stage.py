@@ -1,4 +1,4 @@
-"""kill -9 in the middle of finetune, then `dvc repro` again: it continues and ends as an uninterrupted run."""
+"""kill -9 or SIGTERM in the middle of finetune, then `dvc repro` again: it continues and ends as an uninterrupted run."""
 
 import json
 import os
@@ -6,6 +6,7 @@ import signal
 import subprocess
 import time
 
+import psutil
 import pytest
 import yaml
 
@@ -61,4 +62,61 @@ def test_killed_finetune_resumes_to_the_same_result(repo_copy, cifar10_root, tmp
     assert not list(resume_dir.glob("finetune-*.pt"))  # removed once finished
 
     dvc(repo, "repro", "--force", "finetune")  # the same run, uninterrupted
+    assert finetune_metrics(repo) == resumed
+
+
+def start_and_terminate_finetune(repo, args=()):
+    """`dvc repro finetune`, sent SIGTERM (all its processes, as `kill` on a job does) once an epoch is saved."""
+    process = subprocess.Popen(["dvc", "repro", *args, "finetune"], cwd=repo, env=pipeline_env(repo), start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    resume_dir = repo / ".synthvit/resume"
+    deadline = time.time() + 300
+    while not list(resume_dir.glob("finetune-*.pt")) and time.time() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    assert process.poll() is None, "finetune finished before it could be terminated"
+    family = [process, *psutil.Process(process.pid).children(recursive=True)]
+    os.killpg(process.pid, signal.SIGTERM)
+    gone, alive = psutil.wait_procs([psutil.Process(p.pid) if isinstance(p, subprocess.Popen) else p for p in family],
+                                    timeout=120)
+    assert not alive, f"still running 2 minutes after SIGTERM: {alive}"
+    process.wait()
+    (state,) = resume_dir.glob("finetune-*.pt")
+    return state
+
+
+def test_terminated_finetune_is_killed_in_mlflow_and_resumes(repo_copy, cifar10_root, tmp_path):
+    from mlflow import MlflowClient
+
+    repo = repo_copy
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    for section, values in TINY.items():
+        params[section].update(values)
+    data = copy_subset(cifar10_root, tmp_path / "cifar", train_per_class=40, test_per_class=10)
+    params["data"].update(name="imagefolder", root=str(data))
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    dvc(repo, "repro", "pretrain")
+
+    start_and_terminate_finetune(repo)
+    # No half-written output: neither the declared outputs nor an atomic writer's temporary file.
+    assert not (repo / "metrics/finetune.json").exists() and not (repo / "models/finetune.pt").exists()
+    assert not [p for p in repo.rglob("*.tmp-*") if ".dvc" not in p.parts]
+    uri = f"sqlite:///{repo / 'mlflow.db'}"
+    client = MlflowClient(uri, registry_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name("synthvit").experiment_id])
+    (finetune,) = [r for r in runs if r.info.run_name == "finetune"]
+    (parent,) = [r for r in runs if r.info.run_id == finetune.data.tags["mlflow.parentRunId"]]
+    assert (finetune.info.status, parent.info.status) == ("KILLED", "KILLED")
+
+    output = dvc(repo, "repro", "finetune")
+    assert "finetune: resuming after epoch" in output
+    resumed = finetune_metrics(repo)
+
+    # Terminated again, and its resume state then cut short (a full disk): ignored with a warning, training starts
+    # over, and ends where the resumed run ended, the uninterrupted result.
+    state = start_and_terminate_finetune(repo, ["--force"])
+    state.write_bytes(state.read_bytes()[: state.stat().st_size // 3])
+    output = dvc(repo, "repro", "finetune")
+    assert f"warning: resume state .synthvit/resume/{state.name} is damaged (truncated or not a PyTorch file); " \
+           "removed it: training starts over" in output
+    assert "resuming after epoch" not in output
     assert finetune_metrics(repo) == resumed
