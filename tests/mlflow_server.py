@@ -40,11 +40,11 @@ class MlflowServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.process: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 300) -> None:
+    def start(self, timeout: float = 300, extra_env: dict | None = None) -> None:
         command = [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", self.backend_uri,
                    "--artifacts-destination", str(self.artifacts), "--host", "127.0.0.1", "--port", str(self.port),
                    "--workers", "1"]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+        env = {**{k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}, **(extra_env or {})}
         if self.auth_config:
             command += ["--app-name", "basic-auth"]
             env["MLFLOW_AUTH_CONFIG_PATH"] = str(self.auth_config)

@@ -1,8 +1,10 @@
 """Team tracking: the real pipeline logs to a real `mlflow server` backed by a real PostgreSQL.
 
 A throwaway PostgreSQL cluster (Debian's server binaries, `make postgres-deps`) and an
-MLflow server that serves artifacts run for the test; the pipeline only gets
-MLFLOW_TRACKING_URI=http://..., as a team member's shell would.
+MLflow server behind MLflow's basic-auth app, serving artifacts, run for the test; the
+pipeline only gets MLFLOW_TRACKING_URI=http://... and a team member's
+MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD, as that member's shell would. A
+client without the password gets HTTP 401 and can neither read nor delete runs.
 """
 
 from __future__ import annotations
@@ -13,19 +15,16 @@ import os
 import pwd
 import secrets
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from conftest import copy_subset, pipeline_env
+from mlflow_server import MlflowServer, free_port, tail
 from test_pipeline_e2e import STAGES, TINY
 
 pytestmark = pytest.mark.e2e
@@ -54,16 +53,6 @@ def postgres_bin_dir() -> Path | None:
         if all((folder / tool).is_file() for tool in SERVER_TOOLS):
             return folder
     return None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def tail(path: Path, chars: int = 4000) -> str:
-    return path.read_text(errors="replace")[-chars:] if path.is_file() else f"({path} not written)"
 
 
 def has_account(name: str) -> bool:
@@ -133,71 +122,86 @@ def postgres(tmp_path):
 
 
 @dataclass
-class MlflowServer:
-    url: str
-    artifacts: Path  # --artifacts-destination
+class Team:
+    server: MlflowServer
+    user: str
+    password: str
+    admin_password: str
 
 
 @pytest.fixture
-def mlflow_server(postgres, tmp_path):
-    """`mlflow server` on the PostgreSQL store, serving artifacts from a folder of its own; stopped afterwards."""
-    port = free_port()
-    artifacts, workdir, log = tmp_path / "server-artifacts", tmp_path / "server", tmp_path / "mlflow-server.log"
-    workdir.mkdir()
-    command = [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", postgres.uri,
-               "--artifacts-destination", str(artifacts), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    with open(log, "w") as out:
-        # Its own session: the server's uvicorn workers are stopped with it.
-        server = subprocess.Popen(command, cwd=workdir, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                  start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
+def team_server(postgres, tmp_path, monkeypatch):
+    """`mlflow server --app-name basic-auth` on the PostgreSQL store, with one team member's account; stopped afterwards.
+
+    Set up as README "Team tracking" says: a basic_auth.ini whose users live in the same
+    PostgreSQL, `default_permission = EDIT`, the admin password from the environment at
+    first start, a secret key for its CSRF protection, the member's account created by the admin through MLflow's auth client.
+    """
+    from mlflow.server import get_app_client
+
+    admin_password, password = secrets.token_urlsafe(16), secrets.token_urlsafe(16)
+    config = tmp_path / "basic_auth.ini"
+    config.write_text("[mlflow]\ndefault_permission = EDIT\n"
+                      f"database_uri = {postgres.uri}\nadmin_username = admin\n"
+                      "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+    server = MlflowServer(postgres.uri, tmp_path, auth_config=config)
+    # Creating the schema in a fresh database takes a while on 2 cores.
+    server.start(timeout=300, extra_env={"MLFLOW_AUTH_ADMIN_PASSWORD": admin_password,
+                                         "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(24)})
     try:
-        deadline = time.monotonic() + 240  # creating the schema in a fresh database takes a while on 2 cores
-        while True:
-            assert server.poll() is None, f"mlflow server exited with {server.returncode}:\n{tail(log)}"
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=5) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, f"mlflow server not healthy after 240 s:\n{tail(log)}"
-            time.sleep(1)
-        yield MlflowServer(url, artifacts)
+        with monkeypatch.context() as admin:
+            admin.setenv("MLFLOW_TRACKING_USERNAME", "admin")
+            admin.setenv("MLFLOW_TRACKING_PASSWORD", admin_password)
+            get_app_client("basic-auth", tracking_uri=server.url).create_user("alice", password)
+        yield Team(server, "alice", password, admin_password)
     finally:
-        if server.poll() is None:
-            os.killpg(server.pid, signal.SIGTERM)
-            try:
-                server.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)
-                server.wait()
+        server.stop()
 
 
-def test_pipeline_logs_to_team_server(mlflow_server, postgres, repo_copy, cifar10_root, tmp_path, monkeypatch):
+def run_stage(repo, stage: str, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, f"stages/{stage}.py"], cwd=repo, env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_pipeline_logs_to_team_server(team_server, postgres, repo_copy, cifar10_root, tmp_path, monkeypatch):
     import mlflow
     import psycopg
+    import requests
     from mlflow import MlflowClient
 
     from synthvit import tracking
     from synthvit.models import load_checkpoint
     from synthvit.predict import checkpoint_from_mlflow
 
-    repo = repo_copy
+    repo, url = repo_copy, team_server.server.url
+    anonymous = {**pipeline_env(repo), "MLFLOW_TRACKING_URI": url}
+    member = {**anonymous, "MLFLOW_TRACKING_USERNAME": team_server.user, "MLFLOW_TRACKING_PASSWORD": team_server.password}
+
+    # Without the password, or with a wrong one: one line before any work.
+    result = run_stage(repo, "generate_synthetic", anonymous)
+    assert result.returncode == 2 and result.stderr.strip().splitlines()[-1] == (
+        f"error: MLflow tracking server {url} requires a login (HTTP 401): set MLFLOW_TRACKING_USERNAME and "
+        "MLFLOW_TRACKING_PASSWORD to your account on it (its admin creates accounts)"), result.stderr[-3000:]
+    result = run_stage(repo, "generate_synthetic", {**member, "MLFLOW_TRACKING_PASSWORD": "not-" + team_server.password})
+    assert result.returncode == 2 and result.stderr.strip().splitlines()[-1] == (
+        f"error: MLflow tracking server {url} refused user 'alice' (HTTP 401: wrong password or unknown user): "
+        "check MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"), result.stderr[-3000:]
+    assert not (repo / "data/synthetic").exists()
+
     data = copy_subset(cifar10_root, tmp_path / "cifar", train_per_class=10, test_per_class=5)
     overrides = {**OVERRIDES, "data.name": "imagefolder", "data.root": str(data)}
-    env = {**pipeline_env(repo), "MLFLOW_TRACKING_URI": mlflow_server.url}
     args = [arg for key, value in overrides.items() for arg in ("-S", f"{key}={value}")]
-    result = subprocess.run(["dvc", "exp", "run", "-n", "team", *args], cwd=repo, env=env,
+    result = subprocess.run(["dvc", "exp", "run", "-n", "team", *args], cwd=repo, env=member,
                             capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, f"dvc exp run failed:\n{(result.stdout + result.stderr)[-6000:]}"
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", team_server.user)  # this test reads the runs as the member
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", team_server.password)
 
     # Nothing went to the embedded SQLite default.
     assert not (repo / "mlflow.db").exists()
     assert not (repo / "mlartifacts").exists()
 
-    client = MlflowClient(mlflow_server.url, registry_uri=mlflow_server.url)  # never a registry set by another test
+    client = MlflowClient(url, registry_uri=url)  # never a registry set by another test
     experiment = client.get_experiment_by_name("synthvit")
     assert experiment.artifact_location == f"mlflow-artifacts:/{experiment.experiment_id}"  # the server's, proxied
     runs = client.search_runs([experiment.experiment_id])
@@ -227,14 +231,14 @@ def test_pipeline_logs_to_team_server(mlflow_server, postgres, repo_copy, cifar1
     evaluate_id = children["evaluate"].info.run_id
     downloaded = client.download_artifacts(evaluate_id, "per_class.csv", str(tmp_path / "download"))
     assert Path(downloaded).read_bytes() == (repo / "plots/evaluate/per_class.csv").read_bytes()
-    stored = mlflow_server.artifacts / experiment.experiment_id
+    stored = team_server.server.artifacts / experiment.experiment_id
     assert len(list(stored.rglob("figures/*.png"))) == 5
     assert list(stored.rglob("MLmodel")), "the fine-tuned model is logged as an MLflow model on the server"
 
     # The registered model resolves through the server and holds the stage's checkpoint.
     version = client.get_model_version_by_alias("synthvit-vit", "current")
     assert str(version.version) == "1" and version.run_id == finetune_id  # an int or a str, by MLflow client path
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.url)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
     try:
         served = checkpoint_from_mlflow("models:/synthvit-vit@current")
     finally:
@@ -251,3 +255,29 @@ def test_pipeline_logs_to_team_server(mlflow_server, postgres, repo_copy, cifar1
         rows = db.execute("SELECT name, status FROM runs WHERE experiment_id = %s",
                           (int(experiment.experiment_id),)).fetchall()
     assert sorted(rows) == sorted([(name, "FINISHED") for name in [*STAGES, parent.info.run_name]])
+
+    # A stranger, without the password or with a wrong one, is refused: runs, artifacts and the model alias
+    # can be neither read nor deleted.
+    run_id = children["finetune"].info.run_id
+    api = f"{url}/api/2.0/mlflow"
+    for auth in (None, (team_server.user, "wrong-password-1234")):
+        attempts = [
+            requests.get(f"{api}/runs/get", params={"run_id": run_id}, auth=auth, timeout=30),
+            requests.post(f"{api}/runs/delete", json={"run_id": run_id}, auth=auth, timeout=30),
+            requests.get(f"{url}/api/2.0/mlflow-artifacts/artifacts/{experiment.experiment_id}/{run_id}/artifacts/history.csv",
+                         auth=auth, timeout=30),
+            requests.get(f"{api}/registered-models/alias", params={"name": "synthvit-vit", "alias": "current"},
+                         auth=auth, timeout=30),
+            requests.delete(f"{api}/registered-models/delete", json={"name": "synthvit-vit"}, auth=auth, timeout=30),
+        ]
+        assert [r.status_code for r in attempts] == [401] * len(attempts), [(r.url, r.status_code) for r in attempts]
+    assert client.get_run(run_id).info.lifecycle_stage == "active"
+    assert str(client.get_model_version_by_alias("synthvit-vit", "current").version) == "1"
+
+    # `synthvit predict` with the model alias: a wrong password is one line.
+    image = next((data / "test").rglob("*.jpg"))
+    result = subprocess.run([sys.executable, "-m", "synthvit.cli", "predict", str(image), "--model", "models:/synthvit-vit@current"],
+                            cwd=repo, env={**member, "MLFLOW_TRACKING_PASSWORD": "wrong-password-1234"},
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and result.stderr.strip().splitlines()[-1].startswith(
+        f"error: MLflow tracking server {url} refused user 'alice' (HTTP 401"), result.stderr[-3000:]
