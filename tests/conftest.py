@@ -54,6 +54,16 @@ def small_imagefolder(cifar10_root, tmp_path) -> Path:
     return copy_subset(cifar10_root, tmp_path / "cifar_small", train_per_class=6, test_per_class=3)
 
 
+def update_params(repo: Path, sections: dict) -> None:
+    """Merge {section: {key: value}} into the repo's params.yaml, as a user editing it would."""
+    import yaml
+
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    for section, values in sections.items():
+        params[section].update(values)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
 def git(*args, cwd):
     return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout
 

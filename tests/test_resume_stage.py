@@ -8,9 +8,8 @@ import time
 
 import psutil
 import pytest
-import yaml
 
-from conftest import copy_subset, pipeline_env
+from conftest import copy_subset, pipeline_env, update_params
 
 pytestmark = pytest.mark.e2e
 
@@ -34,69 +33,54 @@ def finetune_metrics(repo):
     return {k: v for k, v in metrics.items() if k not in ("wall_seconds", "train_images_per_s")}
 
 
-def test_killed_finetune_resumes_to_the_same_result(repo_copy, cifar10_root, tmp_path):
-    repo = repo_copy
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    for section, values in TINY.items():
-        params[section].update(values)
+@pytest.fixture
+def pretrained_repo(repo_copy, cifar10_root, tmp_path):
+    """The tiny recipe on real CIFAR-10 images, pre-trained: ready for finetune."""
     data = copy_subset(cifar10_root, tmp_path / "cifar", train_per_class=40, test_per_class=10)
-    params["data"].update(name="imagefolder", root=str(data))
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    dvc(repo, "repro", "pretrain")
-
-    # Start finetune and kill -9 the whole DVC process group once an epoch has been saved.
-    process = subprocess.Popen(["dvc", "repro", "finetune"], cwd=repo, env=pipeline_env(repo), start_new_session=True,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    resume_dir = repo / ".synthvit/resume"
-    deadline = time.time() + 300
-    while not list(resume_dir.glob("finetune-*.pt")) and time.time() < deadline and process.poll() is None:
-        time.sleep(0.05)
-    assert process.poll() is None, "finetune finished before it could be killed"
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
-    assert not (repo / "metrics/finetune.json").exists()
-
-    output = dvc(repo, "repro", "finetune")
-    assert "finetune: resuming after epoch" in output
-    resumed = finetune_metrics(repo)
-    assert not list(resume_dir.glob("finetune-*.pt"))  # removed once finished
-
-    dvc(repo, "repro", "--force", "finetune")  # the same run, uninterrupted
-    assert finetune_metrics(repo) == resumed
+    update_params(repo_copy, {**TINY, "data": {"name": "imagefolder", "root": str(data)}})
+    dvc(repo_copy, "repro", "pretrain")
+    return repo_copy
 
 
-def start_and_terminate_finetune(repo, args=()):
-    """`dvc repro finetune`, sent SIGTERM (all its processes, as `kill` on a job does) once an epoch is saved."""
+def signal_finetune(repo, sig, args=()):
+    """`dvc repro finetune`, sent `sig` (all its processes, as `kill` on a job does) once an epoch is saved;
+    returns the resume state once every process has ended."""
     process = subprocess.Popen(["dvc", "repro", *args, "finetune"], cwd=repo, env=pipeline_env(repo), start_new_session=True,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     resume_dir = repo / ".synthvit/resume"
     deadline = time.time() + 300
     while not list(resume_dir.glob("finetune-*.pt")) and time.time() < deadline and process.poll() is None:
         time.sleep(0.05)
-    assert process.poll() is None, "finetune finished before it could be terminated"
-    family = [process, *psutil.Process(process.pid).children(recursive=True)]
-    os.killpg(process.pid, signal.SIGTERM)
-    gone, alive = psutil.wait_procs([psutil.Process(p.pid) if isinstance(p, subprocess.Popen) else p for p in family],
-                                    timeout=120)
-    assert not alive, f"still running 2 minutes after SIGTERM: {alive}"
+    assert process.poll() is None, "finetune finished before the signal"
+    family = [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]
+    os.killpg(process.pid, sig)
+    _, alive = psutil.wait_procs(family, timeout=120)
+    assert not alive, f"still running 2 minutes after signal {sig}: {alive}"
     process.wait()
     (state,) = resume_dir.glob("finetune-*.pt")
     return state
 
 
-def test_terminated_finetune_is_killed_in_mlflow_and_resumes(repo_copy, cifar10_root, tmp_path):
+def test_killed_finetune_resumes_to_the_same_result(pretrained_repo):
+    repo = pretrained_repo
+    signal_finetune(repo, signal.SIGKILL)
+    assert not (repo / "metrics/finetune.json").exists()
+
+    output = dvc(repo, "repro", "finetune")
+    assert "finetune: resuming after epoch" in output
+    resumed = finetune_metrics(repo)
+    assert not list((repo / ".synthvit/resume").glob("finetune-*.pt"))  # removed once finished
+
+    dvc(repo, "repro", "--force", "finetune")  # the same run, uninterrupted
+    assert finetune_metrics(repo) == resumed
+
+
+def test_terminated_finetune_is_killed_in_mlflow_and_resumes(pretrained_repo):
     from mlflow import MlflowClient
 
-    repo = repo_copy
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    for section, values in TINY.items():
-        params[section].update(values)
-    data = copy_subset(cifar10_root, tmp_path / "cifar", train_per_class=40, test_per_class=10)
-    params["data"].update(name="imagefolder", root=str(data))
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    dvc(repo, "repro", "pretrain")
+    repo = pretrained_repo
 
-    start_and_terminate_finetune(repo)
+    signal_finetune(repo, signal.SIGTERM)
     # No half-written output: neither the declared outputs nor an atomic writer's temporary file.
     assert not (repo / "metrics/finetune.json").exists() and not (repo / "models/finetune.pt").exists()
     assert not [p for p in repo.rglob("*.tmp-*") if ".dvc" not in p.parts]
@@ -113,7 +97,7 @@ def test_terminated_finetune_is_killed_in_mlflow_and_resumes(repo_copy, cifar10_
 
     # Terminated again, and its resume state then cut short (a full disk): ignored with a warning, training starts
     # over, and ends where the resumed run ended, the uninterrupted result.
-    state = start_and_terminate_finetune(repo, ["--force"])
+    state = signal_finetune(repo, signal.SIGTERM, ["--force"])
     state.write_bytes(state.read_bytes()[: state.stat().st_size // 3])
     output = dvc(repo, "repro", "finetune")
     assert f"warning: resume state .synthvit/resume/{state.name} is damaged (truncated or not a PyTorch file); " \

@@ -18,9 +18,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import yaml
 
-from conftest import copy_subset, pipeline_env
+from conftest import copy_subset, pipeline_env, update_params
 from mlflow_server import MlflowServer
 
 pytestmark = pytest.mark.e2e
@@ -43,12 +42,8 @@ def server(tmp_path):
 
 @pytest.fixture
 def repo(repo_copy, cifar10_root, tmp_path):
-    params = yaml.safe_load((repo_copy / "params.yaml").read_text())
-    for section, values in TINY.items():
-        params[section].update(values)
     data = copy_subset(cifar10_root, tmp_path / "cifar", train_per_class=20, test_per_class=5)
-    params["data"].update(name="imagefolder", root=str(data))
-    (repo_copy / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    update_params(repo_copy, {**TINY, "data": {"name": "imagefolder", "root": str(data)}})
     return repo_copy
 
 
