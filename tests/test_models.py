@@ -50,7 +50,7 @@ def test_load_checkpoint_rejects_other_files(tmp_path):
         load_checkpoint(tmp_path / "nothing.pt")
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"\x00garbage")
-    with pytest.raises(UserError, match="junk.pt is damaged or foreign"):
+    with pytest.raises(UserError, match=r"junk.pt is damaged or foreign \(truncated or not a PyTorch file\)"):
         load_checkpoint(junk)
     torch.save({"weights": torch.zeros(1)}, tmp_path / "other.pt")
     with pytest.raises(UserError, match="not a synthvit checkpoint"):
