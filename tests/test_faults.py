@@ -17,7 +17,7 @@ from mlflow_server import free_port
 from synthvit.config import load_params
 from synthvit.data import decode_image, load_synthetic
 from synthvit.errors import UserError
-from synthvit.resume import discard_if_damaged, save_state
+from synthvit.resume import read_state
 from synthvit.tracking_check import check_tracking_store
 
 
@@ -87,18 +87,14 @@ def test_damaged_params_is_one_line(tmp_path):
 
 
 def test_damaged_resume_state_is_removed_with_a_warning(tmp_path, capsys):
-    model = torch.nn.Linear(4, 2)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, 1)
+    model = torch.nn.Linear(64, 64)
     state = tmp_path / "finetune-0123.pt"
-    save_state(state, 3, model, optimizer, scheduler, {"order": torch.Generator()}, [{"epoch": 1}])
-    discard_if_damaged(state)
-    assert state.is_file()  # a good one stays
-    state.write_bytes(state.read_bytes()[:200])
-    discard_if_damaged(state)
+    torch.save({"epoch": 3, "model": model.state_dict(), "optimizer": {}, "scheduler": {}, "history": [{"epoch": 1}]}, state)
+    assert read_state(state)["epoch"] == 3  # a good one is read
+    state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
+    assert read_state(state) is None  # the engine then starts over
     assert not state.exists()
     assert (f"warning: resume state {state} is damaged (truncated or not a PyTorch file); removed it: "
             "training starts over") in capsys.readouterr().err
     torch.save({"weights": torch.zeros(1)}, state)  # a foreign file
-    discard_if_damaged(state)
-    assert not state.exists()
+    assert read_state(state) is None and not state.exists()
