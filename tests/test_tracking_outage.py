@@ -120,7 +120,7 @@ def test_server_down_before_or_during_stages(server, repo, tmp_path):
         assert result.stderr.strip().splitlines()[-1] == (
             f"error: MLflow tracking server {server.url} does not answer (connection refused): start the server, "
             "or unset MLFLOW_TRACKING_URI to record in the local SQLite store (mlflow.db)")
-        assert seconds < 30
+        assert seconds < 60  # mostly torch's import on a busy 2-core machine; the check is one request of <= 5 s
         assert name not in outputs or not (repo / outputs[name]).exists()
     assert not (repo / "mlflow.db").exists()
 
