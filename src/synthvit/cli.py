@@ -45,39 +45,28 @@ def cmd_tracking_sync(args) -> int:
     return 0
 
 
+def add_module_command(commands, name: str, module, help: str) -> None:
+    """A subcommand run by `module.run(args)`, its options from `module.add_arguments`, its page from the module's docstring."""
+    command = commands.add_parser(name, help=help, description=module.__doc__,
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    module.add_arguments(command)
+    command.set_defaults(func=module.run)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from synthvit import app, bench_train, compare, predict, restored
+    from synthvit.synthetic import bench as synthetic_bench
+
     parser = argparse.ArgumentParser(prog="synthvit", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
 
     check = commands.add_parser("check", help="validate params.yaml")
     check.add_argument("params", nargs="?", default="params.yaml")
     check.set_defaults(func=cmd_check)
-
-    from synthvit import app, predict
-
-    predicting = commands.add_parser("predict", help="classify image files, folders or glob patterns",
-                                     description=predict.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    predict.add_arguments(predicting)
-    predicting.set_defaults(func=predict.run)
-
-    serving = commands.add_parser("app", help="serve the web demo (Gradio) on this machine",
-                                  description=app.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    app.add_arguments(serving)
-    serving.set_defaults(func=app.run)
-
-    from synthvit import compare
-
-    comparing = commands.add_parser("compare", help="compare experiments: table (CSV, Markdown) and accuracy-cost plot",
-                                    description=compare.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    compare.add_arguments(comparing)
-    comparing.set_defaults(func=compare.run)
-
-    from synthvit import restored
-
-    recording = commands.add_parser("record-restored", help="record outputs DVC restored from its cache as MLflow runs",
-                                    description=restored.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    restored.add_arguments(recording)
-    recording.set_defaults(func=restored.run)
+    add_module_command(commands, "predict", predict, "classify image files, folders or glob patterns")
+    add_module_command(commands, "app", app, "serve the web demo (Gradio) on this machine")
+    add_module_command(commands, "compare", compare, "compare experiments: table (CSV, Markdown) and accuracy-cost plot")
+    add_module_command(commands, "record-restored", restored, "record outputs DVC restored from its cache as MLflow runs")
 
     tracking = commands.add_parser("tracking", help="the MLflow tracking store: check it, upload what waits for it")
     tracking_commands = tracking.add_subparsers(dest="tracking", required=True)
@@ -88,16 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser("bench", help="benchmarks that print a figure")
     benches = bench.add_subparsers(dest="bench", required=True)
-    from synthvit.synthetic import bench as synthetic_bench
-
-    synthetic = benches.add_parser("synthetic", help="fractal rendering images/s vs a per-point reference")
-    synthetic_bench.add_arguments(synthetic)
-    synthetic.set_defaults(func=synthetic_bench.run)
-    from synthvit import bench_train
-
-    training = benches.add_parser("train", help="training img/s: engine vs a plain DataLoader loop")
-    bench_train.add_arguments(training)
-    training.set_defaults(func=bench_train.run)
+    add_module_command(benches, "synthetic", synthetic_bench, "fractal rendering images/s vs a per-point reference")
+    add_module_command(benches, "train", bench_train, "training img/s: engine vs a plain DataLoader loop")
     return parser
 
 
