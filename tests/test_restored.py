@@ -27,3 +27,27 @@ def test_missing_outputs_are_named(tmp_path, monkeypatch, capsys):
     code, err = record(capsys)
     assert code == 2 and "outputs named in dvc.lock are missing (models/pretrain.pt)" in err
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_the_restored_parent_carries_the_headline_but_no_wall_time(tmp_path, monkeypatch, capsys):
+    """A restored execution is comparable in MLflow's runs table like a live one (real SQLite store)."""
+    from mlflow import MlflowClient
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    (tmp_path / "params.yaml").write_text("seed: 3\nfinetune:\n  init: scratch\n")
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics/evaluate.json").write_text('{"top1": 0.625, "top5": 0.9, "ece": 0.05}\n')
+    (tmp_path / "dvc.lock").write_text("schema: '2.0'\nstages:\n  evaluate:\n    cmd: x\n    params:\n      params.yaml:\n"
+                                       "        seed: 3\n    outs:\n    - path: metrics/evaluate.json\n      md5: abc\n")
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["record-restored", "--name", "exp-a", "--experiment", "restored-test"])
+    assert exit_info.value.code == 0, capsys.readouterr().err
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("restored-test")
+    [parent] = client.search_runs([experiment.experiment_id], "tags.`synthvit.restored` = 'true' and attributes.run_name LIKE 'pipeline%'")
+    assert parent.data.metrics["test_top1"] == 0.625 and parent.data.metrics["test_ece"] == 0.05
+    assert parent.data.params["seed"] == "3" and parent.data.params["finetune.init"] == "scratch"
+    assert not any(key.startswith("wall_") for key in parent.data.metrics)

@@ -31,14 +31,17 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from synthvit.paths import metrics_path
 
-# stage -> (metrics file, {key in the file: metric name on the parent})
+RESTORED_TAG = "synthvit.restored"  # on runs that `synthvit record-restored` made from DVC-restored outputs
+
+# stage -> {key in its metrics file: metric name on the parent}
 HEADLINES = {
-    "pretrain": ("metrics/pretrain.json", {"train_acc": "pretrain_train_acc"}),
-    "finetune": ("metrics/finetune.json", {"train_acc": "finetune_train_acc"}),
-    "evaluate": ("metrics/evaluate.json", {"top1": "test_top1", "top5": "test_top5", "ece": "test_ece"}),
+    "pretrain": {"train_acc": "pretrain_train_acc"},
+    "finetune": {"train_acc": "finetune_train_acc"},
+    "evaluate": {"top1": "test_top1", "top5": "test_top5", "ece": "test_ece"},
 }
-HEADLINE_METRICS = [name for _, names in HEADLINES.values() for name in names.values()]
+HEADLINE_METRICS = [name for names in HEADLINES.values() for name in names.values()]
 VIEW_KEY = "synthvit-headline"
 # The runs table's columns in that view (MLflow's column ids): what defines and what answers an execution.
 VIEW_STATE = {
@@ -57,9 +60,13 @@ def execution_params(params_file: Path = Path("params.yaml")) -> dict[str, str]:
     """params.yaml flattened to `section.key` -> text, as MLflow stores params ({} outside a pipeline)."""
     if not params_file.is_file():
         return {}
-    raw = yaml.safe_load(params_file.read_text()) or {}
-    flat = pd.json_normalize(raw, sep=".").to_dict("records")[0]
-    return {key: str(value) for key, value in flat.items()}
+    return flatten(yaml.safe_load(params_file.read_text()) or {})
+
+
+def flatten(params: dict) -> dict[str, str]:
+    """A nested params mapping as MLflow's dotted keys and text values."""
+    flat = pd.json_normalize(params, sep=".").to_dict("records") if params else [{}]
+    return {key: str(value) for key, value in flat[0].items()}
 
 
 def headline_metrics(stage: str, params: dict[str, str]) -> dict[str, float]:
@@ -69,19 +76,21 @@ def headline_metrics(stage: str, params: dict[str, str]) -> dict[str, float]:
         sources.insert(0, "pretrain")
     metrics = {}
     for source in sources:
-        path, names = HEADLINES[source]
-        if Path(path).is_file():
-            values = json.loads(Path(path).read_text())
-            metrics.update({name: float(values[key]) for key, name in names.items() if key in values})
+        path = metrics_path(source)
+        if path.is_file():
+            values = json.loads(path.read_text())
+            metrics.update({name: float(values[key]) for key, name in HEADLINES[source].items() if key in values})
     return metrics
 
 
 def record_stage(client, parent_id: str, stage: str, stage_run_id: str) -> None:
     """Copy the execution's params and this stage's wall time and headline metrics onto the parent run."""
     params = execution_params()
-    run = client.get_run(stage_run_id).info
+    stage_run = client.get_run(stage_run_id)
+    run = stage_run.info
     metrics = headline_metrics(stage, params)
-    if run.end_time and run.start_time:
+    # A restored stage ran no code: its run's duration is the recording's, not the stage's.
+    if run.end_time and run.start_time and RESTORED_TAG not in stage_run.data.tags:
         metrics[f"wall_{stage}_s"] = (run.end_time - run.start_time) / 1000
     from mlflow.entities import Metric, Param
 

@@ -25,19 +25,13 @@ import pandas as pd
 import yaml
 from mlflow.entities import Metric, Param
 
-from synthvit import tracking
+from synthvit import execution_summary, tracking
+from synthvit.execution_summary import RESTORED_TAG, flatten
 from synthvit.errors import UserError
 from synthvit.paths import history_path, metrics_path
 
-RESTORED_TAG = "synthvit.restored"
 STAGES = ["generate_synthetic", "pretrain", "finetune", "evaluate", "visualize"]
 TRAINING_STAGES = ("pretrain", "finetune")
-
-
-def flat_params(params: dict) -> dict:
-    """dvc.lock's `params: {params.yaml: {...}}` as MLflow's dotted keys."""
-    flat = pd.json_normalize(params.get("params.yaml") or {}, sep=".").to_dict("records")
-    return {k: v for k, v in (flat[0] if flat else {}).items()}
 
 
 def stage_metrics(stage: str) -> dict:
@@ -95,7 +89,7 @@ def record(name: str, experiment_name: str) -> str:
             **tags, "dvc.stage": stage, "mlflow.parentRunId": parent.info.run_id,
             "dvc.outs": " ".join(f"{o['path']}:{o.get('md5', '')}" for o in outs)})
         run_id = run.info.run_id
-        params = [Param(k, str(v)) for k, v in flat_params(entry.get("params") or {}).items()]
+        params = [Param(k, v) for k, v in flatten((entry.get("params") or {}).get("params.yaml") or {}).items()]
         metrics = [Metric(tracking.metric_name(k), v, now, 0) for k, v in stage_metrics(stage).items()]
         if stage in TRAINING_STAGES and history_path(stage).is_file():
             history = pd.read_csv(history_path(stage))
@@ -108,6 +102,7 @@ def record(name: str, experiment_name: str) -> str:
             folder = str(path.parent) if path.parent != Path(".") else None
             client.log_artifact(run_id, str(path), artifact_path=folder)
         client.set_terminated(run_id, "FINISHED")
+        execution_summary.record_stage(client, parent.info.run_id, stage, run_id)  # headline on the parent, as live runs
     client.set_terminated(parent.info.run_id, "FINISHED")
     print(f"recorded restored execution {name!r}: run {parent.info.run_id} in MLflow experiment "
           f"{experiment_name!r} ({uri}), stages {', '.join(s for s in STAGES if s in stages)}")
