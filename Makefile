@@ -14,16 +14,16 @@ export PATH := $(abspath $(BIN)):$(PATH)
 # skips both: same params). Scored on the whole test split, compared by `synthvit compare`.
 # The size knobs below are the only difference between `make demo` (about 15 minutes on
 # 2 CPU cores) and `make proof` (the longer, stronger version, about 35 minutes).
-DEMO_INSTANCES ?= 16
+DEMO_INSTANCES ?= 32
 DEMO_FINETUNE_EPOCHS ?= 8
 DEMO_TRAIN_PER_CLASS ?= 250
-proof: DEMO_INSTANCES = 32
+proof: DEMO_INSTANCES = 64
 proof: DEMO_FINETUNE_EPOCHS = 20
 proof: DEMO_TRAIN_PER_CLASS = 500
 DEMO_OVERRIDES = \
-	-S synthetic.num_classes=64 -S synthetic.instances_per_class=$(DEMO_INSTANCES) -S synthetic.num_points=10000 \
+	-S synthetic.num_classes=32 -S synthetic.instances_per_class=$(DEMO_INSTANCES) -S synthetic.num_points=10000 \
 	-S synthetic.fill_rate=0.1 -S synthetic.patch=full \
-	-S model.embed_dim=128 -S model.depth=6 -S model.num_heads=4 \
+	-S model.embed_dim=128 -S model.depth=6 -S model.num_heads=4 -S model.patch_embed=conv \
 	-S pretrain.epochs=40 -S pretrain.batch_size=64 -S pretrain.warmup_epochs=2 -S pretrain.lr=1e-3 \
 	-S pretrain.mixup_alpha=0 -S pretrain.cutmix_alpha=0 -S pretrain.random_erasing=0 -S pretrain.crop_scale=[0.6,1.0] \
 	-S finetune.epochs=$(DEMO_FINETUNE_EPOCHS) -S finetune.batch_size=64 -S finetune.warmup_epochs=1 -S finetune.lr=1e-3 \
