@@ -1,7 +1,7 @@
 """Stage generate_synthetic: render the fractal pre-training dataset.
 
 params: seed, synthetic.*  (tracking.experiment_name is read too, but only names the MLflow run)
-outs:   data/synthetic/ (images/<class>/*.png, manifest.json, preview.png)
+outs:   data/synthetic/ (manifest.json, preview.png; store=shards: shards/*.npy; store=images: images/<class>/*.png)
 """
 
 import time
@@ -23,7 +23,7 @@ def main() -> None:
         manifest = generate_dataset(params.synthetic, params.seed, SYNTHETIC_DIR)
         seconds = time.perf_counter() - started
         fill_rates = [c["fill_rate"] for c in manifest["classes"]]
-        num_images = sum(1 for _ in (SYNTHETIC_DIR / "images").glob("*/*.png"))
+        num_images = len(manifest["classes"]) * manifest["images_per_class"]  # stored or rendered on the fly
         mlflow.log_metrics({
             "num_classes": len(manifest["classes"]),
             "num_images": num_images,

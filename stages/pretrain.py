@@ -3,18 +3,18 @@
 params: seed, runtime.{device,precision,deterministic}, model.*, pretrain.*
         (read but not declared in dvc.yaml, as they do not change the model: the other runtime keys,
         data.num_workers, tracking.experiment_name)
-deps:   data/synthetic/
+deps:   data/synthetic/ (its manifest: with synthetic.store=manifest, batches are rendered from it)
 outs:   models/pretrain.pt, metrics/pretrain.json, plots/pretrain/history.csv
 """
 
 from synthvit import tracking
 from synthvit.config import as_flat_dict, load_params
 from synthvit.engine import seed_everything
-from synthvit.data import load_synthetic
 from synthvit.models import create_model
 from synthvit.paths import SYNTHETIC_DIR
 from synthvit.pipeline import train_and_record
 from synthvit.runner import run_main
+from synthvit.synthetic_set import load_synthetic
 from synthvit.tracking_check import check_tracking_store
 
 

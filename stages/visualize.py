@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image
 from sklearn.metrics import confusion_matrix
 
 from synthvit import attention, plots, tracking
@@ -21,6 +20,7 @@ from synthvit.data import decode_image, load_split
 from synthvit.models import load_checkpoint, model_from_checkpoint
 from synthvit.paths import SYNTHETIC_DIR, checkpoint_path, history_path
 from synthvit.runner import run_main
+from synthvit.synthetic_set import synthetic_samples
 from synthvit.tracking_check import check_tracking_store
 
 OUT = Path("plots/visualize")
@@ -49,11 +49,9 @@ def misclassified_grid(params, predictions: pd.DataFrame, path: Path) -> Path:
 
 
 def synthetic_grid(count: int, path: Path) -> Path:
-    """One image from each of the first `count` fractal categories."""
-    folders = sorted(p for p in (SYNTHETIC_DIR / "images").iterdir() if p.is_dir())[:count]
-    files = [sorted(folder.glob("*.png"))[0] for folder in folders]
-    images = np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])
-    return plots.image_grid(images, [f.parent.name for f in files], path, "Synthetic pre-training categories")
+    """Image 0 of each of the first `count` fractal categories, rendered from the manifest."""
+    images, names = synthetic_samples(SYNTHETIC_DIR, count)
+    return plots.image_grid(images, names, path, "Synthetic pre-training categories")
 
 
 def spread_over_classes(predictions: pd.DataFrame, count: int) -> pd.DataFrame:

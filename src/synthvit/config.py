@@ -87,6 +87,10 @@ class SyntheticConfig(Section):
     onepfrac_maps: Positive = Field(2, description="onepfrac: affine maps in the single IFS (1p-frac uses 2)")
     delta: Fraction = Field(0.1, description="onepfrac: each coefficient times U(1-delta, 1+delta)")
     max_attempts: Positive = Field(1000, description="IFS draws allowed per category before giving up")
+    store: Literal["manifest", "shards", "images"] = Field(
+        "manifest", description="manifest: formulas only, pre-training renders on the fly | shards: + one uint8 .npy "
+                                "per group of categories | images: + one PNG per image")
+    fresh_instances: bool = Field(False, description="pre-training renders new patch masks and walks every epoch")
 
     @model_validator(mode="after")
     def _consistent(self):

@@ -6,12 +6,11 @@ An image folder too large for memory can instead be streamed (data.loader=stream
 training split keeps only file paths, and a DataLoader's worker processes decode each
 batch; the batches then take the same device augmentation path.
 Sources: torchvision's CIFAR-10 archive, an ImageFolder tree (`root/train/<class>/`,
-`root/test/<class>/`, any size or mode), and the synthetic fractal folder.
+`root/test/<class>/`, any size or mode), and the synthetic fractal set (synthetic_set.py: rendered from its manifest, or stored).
 """
 
 from __future__ import annotations
 
-import json
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,7 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from synthvit.config import DATASETS, DataConfig
-from synthvit.damage import damaged_message, rebuild_hint
+from synthvit.damage import rebuild_hint
 from synthvit.errors import UserError
 from synthvit.files import user_path
 from synthvit.progress import progress_bar
@@ -37,6 +36,9 @@ class ImageSet:
     classes: list[str]
     paths: list[str] | None = None  # source files, when the set came from files
     img_size: int = 0  # decode size of a streamed set
+    # A streamed set rendered from formulas (synthetic_set.RenderedImages): a Dataset with
+    # for_epoch(epoch) and a digest, batches read through its __getitems__.
+    source: object | None = None
 
     @property
     def streamed(self) -> bool:
@@ -89,18 +91,6 @@ def split_validation(data: ImageSet, fraction: float, seed: int, num_workers: in
     if val.streamed:  # scored every epoch: decoded once, like any evaluation set
         val.images = decode_files(val.paths, val.img_size, num_workers, desc="decode validation")
     return train, val
-
-
-def load_synthetic(root: Path, img_size: int, num_workers: int = 2) -> ImageSet:
-    """The fractal dataset written by generate_synthetic (classes in manifest order)."""
-    manifest_path = root / "manifest.json"
-    if not manifest_path.is_file():
-        raise UserError(f"{manifest_path} not found: run the generate_synthetic stage first (dvc repro)")
-    try:
-        classes = [c["name"] for c in json.loads(manifest_path.read_text())["classes"]]
-    except (ValueError, KeyError, TypeError) as exc:  # not JSON, or not the manifest's layout
-        raise UserError(damaged_message(manifest_path, "synthetic manifest", type(exc).__name__)) from None
-    return load_image_folder(root / "images", img_size, 0, num_workers, classes=classes)
 
 
 # ---- ImageFolder -------------------------------------------------------------------
@@ -168,16 +158,21 @@ def decode_image(path: Path, img_size: int) -> np.ndarray:
     """RGB uint8 HxWx3 at img_size: resize the short side, centre-crop the long one."""
     try:
         with Image.open(path) as image:
-            image = image.convert("RGB")
-            scale = img_size / min(image.size)
-            width, height = max(img_size, round(image.width * scale)), max(img_size, round(image.height * scale))
-            if (width, height) != image.size:
-                image = image.resize((width, height), Image.BICUBIC)
-            left, top = (width - img_size) // 2, (height - img_size) // 2
-            image = image.crop((left, top, left + img_size, top + img_size))
-            return np.asarray(image, dtype=np.uint8)
+            return fit_image(image, img_size)
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
         raise UserError(f"cannot read image {path}: {exc}; {rebuild_hint(path)}") from None
+
+
+def fit_image(image: Image.Image, img_size: int) -> np.ndarray:
+    """RGB uint8 HxWx3 at img_size: resize the short side, centre-crop the long one."""
+    image = image.convert("RGB")
+    scale = img_size / min(image.size)
+    width, height = max(img_size, round(image.width * scale)), max(img_size, round(image.height * scale))
+    if (width, height) != image.size:
+        image = image.resize((width, height), Image.BICUBIC)
+    left, top = (width - img_size) // 2, (height - img_size) // 2
+    image = image.crop((left, top, left + img_size, top + img_size))
+    return np.asarray(image, dtype=np.uint8)
 
 
 def decode_files(paths: list, img_size: int, num_workers: int = 2, desc: str = "decode") -> torch.Tensor:

@@ -93,12 +93,12 @@ def steps_per_epoch(num_images: int, batch_size: int) -> tuple[int, int]:
 
 
 def uint8_batches(train_set: ImageSet, order: torch.Tensor, starts: list[int], size: int, device: torch.device,
-                  num_workers: int):
+                  num_workers: int, epoch: int = 1):
     """(uint8 images on the device, their indices) for each batch `order[start:start + size]`, in order.
 
     In memory: one gather per batch from the tensor (already on the device). Streamed: a
-    DataLoader decodes the same batches in worker processes, so both paths see the same
-    images in the same order.
+    DataLoader decodes the same batches in worker processes (or renders them, for a set
+    with a `source`: its images of `epoch`), so both paths see the same images in the same order.
     """
     if not train_set.streamed:
         for start in starts:
@@ -108,7 +108,8 @@ def uint8_batches(train_set: ImageSet, order: torch.Tensor, starts: list[int], s
     on_host = order.tolist()  # the sampler needs host indices: one copy per epoch
     # Its own generator: a DataLoader seeds its workers from the global one otherwise, which
     # would shift the augmentation draws (decoding itself draws nothing).
-    loader = DataLoader(StreamedImages(train_set), batch_sampler=[on_host[start : start + size] for start in starts],
+    dataset = train_set.source.for_epoch(epoch) if train_set.source is not None else StreamedImages(train_set)
+    loader = DataLoader(dataset, batch_sampler=[on_host[start : start + size] for start in starts],
                         num_workers=num_workers, pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(0))
     for (images, _), start in zip(loader, starts):
         yield images.to(device, non_blocking=True), order[start : start + size]
@@ -228,7 +229,7 @@ def train_one_epoch(loop: Loop, epoch: int) -> dict:
     starts = [i * loop.batch_size + rank * per_rank for i in range(loop.steps)]
     loss_sum = torch.zeros((), device=device)  # summed on the device, read every LOG_EVERY steps
     correct = torch.zeros((), device=device, dtype=torch.long)
-    bar = progress_bar(uint8_batches(loop.train_set, order, starts, per_rank, device, loop.num_workers), total=loop.steps,
+    bar = progress_bar(uint8_batches(loop.train_set, order, starts, per_rank, device, loop.num_workers, epoch), total=loop.steps,
                        desc=f"{loop.desc} epoch {epoch}/{cfg.epochs}", unit="batch")
     for i, (batch, idx) in enumerate(bar):
         step = (epoch - 1) * loop.steps + i + 1  # the global step: optimizer steps taken once this one is done

@@ -30,7 +30,10 @@ def tensor_digest(*tensors) -> str:
 
 
 def data_digest(data: ImageSet) -> str:
-    """The pixels and labels; for a streamed set, its files' paths, sizes and mtimes."""
+    """The pixels and labels; for a streamed set, its files' paths, sizes and mtimes (a rendered
+    set: its manifest and which images)."""
+    if data.source is not None:
+        return data.source.digest
     if not data.streamed:
         return tensor_digest(data.images, data.labels)
     sha = hashlib.sha256(tensor_digest(data.labels).encode())

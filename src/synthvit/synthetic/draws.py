@@ -102,8 +102,13 @@ def instance_variation(seed: int, category: int, instance: int, weight_step: flo
         "weight": weight,
         "flip": FLIPS[instance % len(FLIPS)],
         "pattern": instance // (len(FLIPS) * len(rows)),
-        "render_seed": _render_seed(keyed_rng(seed, INSTANCE_STREAM, category, instance)),
+        "render_seed": instance_render_seed(seed, category, instance),
     }
+
+
+def instance_render_seed(seed: int, category: int, instance: int) -> int:
+    """Render seed (patch masks, map table) of instance `instance` of `category`, any number."""
+    return _render_seed(keyed_rng(seed, INSTANCE_STREAM, category, instance))
 
 
 def instance_maps(category_maps, variation: dict) -> np.ndarray:

@@ -44,10 +44,13 @@ from synthvit.synthetic import draws, ifs
 from synthvit.synthetic.parallel import default_workers, worker_pool
 from synthvit.synthetic.png import write_png
 from synthvit.synthetic.render import MAX_BURN_IN, TABLE_SIZE, TOLERANCE, RenderSettings, batch_size_for
+from synthvit.synthetic.source import ManifestImages
 from synthvit.synthetic.search import SCORE_PAD, SCORE_POINTS, SCORE_SIZE, Accepted, Rule, SearchFailed, search
 
-MANIFEST_FORMAT = 1
+MANIFEST_FORMAT = 2  # 2: store, image_index; FractalDB instances listed only with store=images
 PREVIEW_TILES, PREVIEW_COLUMNS, PREVIEW_TILE_SIZE = 64, 8, 128
+SHARD_IMAGES = 65_536  # images a shard holds, about (256 MB at 64 px): whole categories
+TASK_BATCHES = 16  # numpy render batches per worker call
 
 
 class _Progress:
@@ -121,32 +124,65 @@ def _class_entry(name: str, found: Accepted) -> dict:
     return entry
 
 
-def _render_instances(jobs, *, layout: _Layout, settings: RenderSettings, seed: int, weight_step: float) -> list[dict]:
-    """Render and write FractalDB instances [(category, instance, category maps, probabilities)] (in a worker)."""
-    variations = [draws.instance_variation(seed, c, i, weight_step) for c, i, _, _ in jobs]
-    systems = [(draws.instance_maps(maps, v), probabilities) for (_, _, maps, probabilities), v in zip(jobs, variations)]
-    images, converged = settings.render(systems, [v["render_seed"] for v in variations])
-    for (c, i, _, _), variation, image, ok in zip(jobs, variations, images, converged):
-        write_png(layout.path(c, i), draws.flip(image, variation["flip"]), settings.rgb)
-        variation["converged"] = bool(ok)
-    return [{"file": layout.file_name(i), **v} for (_, i, _, _), v in zip(jobs, variations)]
+def _write_pngs(indices, *, source: ManifestImages, layout: _Layout) -> list[bool]:
+    """Render and write images (flat indices) as PNG files (in a worker); their converged flags."""
+    images, converged = source.render(indices)
+    for index, image in zip(indices, images):
+        write_png(layout.path(*divmod(index, layout.images_per_class)), image, source.settings.rgb)
+    return converged.tolist()
 
 
-def _fractaldb_instances(cfg: SyntheticConfig, seed: int, classes: list[dict], pool, layout, progress) -> None:
-    """Instances 1.. of every category; instance 0 is the searched image itself."""
+def _render(indices, *, source: ManifestImages) -> np.ndarray:
+    return source.render(indices)[0]
+
+
+def _tasks(indices: list[int], source: ManifestImages) -> list[list[int]]:
+    """Work for one worker call: several numpy batches, so the manifest is pickled rarely."""
+    size = batch_size_for(source.settings.num_points) * TASK_BATCHES
+    return [indices[k : k + size] for k in range(0, len(indices), size)]
+
+
+def _fractaldb_instances(classes: list[dict], source: ManifestImages, pool, layout: _Layout, progress) -> None:
+    """Write instances 1.. of every category as PNG files and list them in the manifest;
+    instance 0 is the searched image itself (already written)."""
     for entry in classes:
         entry["instances"] = [{"file": layout.file_name(0), "coefficient": None, "weight": 1.0, "flip": "none",
                                "pattern": 0, "render_seed": entry["render_seed"], "converged": True}]
-    jobs = [(c, i, classes[c]["maps"], classes[c]["probabilities"])
-            for c in range(len(classes)) for i in range(1, cfg.instances_per_class)]
-    batch = batch_size_for(cfg.num_points)
-    chunks = [jobs[k : k + batch] for k in range(0, len(jobs), batch)]
-    render = functools.partial(_render_instances, layout=layout, settings=RenderSettings.of(cfg), seed=seed,
-                               weight_step=cfg.instance_weights)
-    for chunk, variations in zip(chunks, pool.map(render, chunks)):
-        for (c, _, _, _), variation in zip(chunk, variations):
-            classes[c]["instances"].append(variation)
-        progress.update(len(chunk))
+    per_class = layout.images_per_class
+    indices = [c * per_class + i for c in range(len(classes)) for i in range(1, per_class)]
+    tasks = _tasks(indices, source)
+    write = functools.partial(_write_pngs, source=source, layout=layout)
+    for task, converged in zip(tasks, pool.map(write, tasks)):
+        for index, ok in zip(task, converged):
+            category, instance = divmod(index, per_class)
+            variation = draws.instance_variation(source.seed, category, instance, source.cfg.instance_weights)
+            classes[category]["instances"].append({"file": layout.file_name(instance), **variation, "converged": ok})
+        progress.update(len(task))
+
+
+def _write_shards(root: Path, source: ManifestImages, pool, layout: _Layout, progress) -> list[dict]:
+    """shards/<first class>-<last class>.npy: uint8 (images, S, S) in flat index order, about
+    SHARD_IMAGES images a shard (whole categories); returns the manifest's list of them."""
+    per_class = layout.images_per_class
+    categories = max(1, SHARD_IMAGES // per_class)
+    (root / "shards").mkdir()
+    shards = []
+    render = functools.partial(_render, source=source)
+    for first in range(0, layout.num_classes, categories):
+        last = min(first + categories, layout.num_classes) - 1
+        name = f"shards/{layout.class_name(first)}-{layout.class_name(last)}.npy"
+        size = source.settings.image_size
+        indices = list(range(first * per_class, (last + 1) * per_class))
+        shard = np.lib.format.open_memmap(root / name, "w+", np.uint8, (len(indices), size, size))
+        done = 0
+        for images in pool.map(render, _tasks(indices, source)):
+            shard[done : done + len(images)] = images
+            done += len(images)
+            progress.update(len(images))
+        shard.flush()
+        del shard
+        shards.append({"file": name, "classes": [first, last]})
+    return shards
 
 
 def _onepfrac_base(cfg: SyntheticConfig, seed: int, pool, workers: int) -> Accepted:
@@ -179,18 +215,19 @@ def _base_entry(base: Accepted) -> dict:
     }
 
 
-def _preview(layout: _Layout, image_size: int) -> np.ndarray:
+def _preview(source: ManifestImages, num_classes: int, per_class: int) -> np.ndarray:
     """A grid of the first images: a row of instances per class, or 8 classes a row."""
-    shown = min(PREVIEW_COLUMNS, layout.images_per_class)
+    shown = min(PREVIEW_COLUMNS, per_class)
     columns = shown if shown > 1 else PREVIEW_COLUMNS
-    keys = [(c, i) for c in range(min(layout.num_classes, PREVIEW_TILES // shown)) for i in range(shown)]
+    keys = [(c, i) for c in range(min(num_classes, PREVIEW_TILES // shown)) for i in range(shown)]
     columns = min(columns, len(keys))
+    image_size = source.settings.image_size
     size, gap = min(PREVIEW_TILE_SIZE, image_size), 2
     step = size + gap
     grid = np.full((math.ceil(len(keys) / columns) * step + gap, columns * step + gap), 96, np.uint8)
-    for k, (category, instance) in enumerate(keys):
-        with Image.open(layout.path(category, instance)) as image:
-            tile = np.asarray(image.convert("L").resize((size, size), Image.Resampling.BOX))
+    images, _ = source.render([c * per_class + i for c, i in keys])
+    for k, image in enumerate(images):
+        tile = np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BOX))
         top, left = gap + (k // columns) * step, gap + (k % columns) * step
         grid[top : top + size, left : left + size] = tile
     return grid
@@ -207,15 +244,21 @@ def _manifest_json(manifest: dict) -> str:
 def _build(cfg: SyntheticConfig, seed: int, root: Path, progress: bool, workers: int) -> dict:
     per_class = cfg.instances_per_class if cfg.kind == "fractaldb" else 1
     layout = _Layout(root, cfg.num_classes, per_class)
-    for category in range(cfg.num_classes):
-        layout.path(category, 0).parent.mkdir(parents=True)
+    root.mkdir(parents=True)
+    if cfg.store == "images":
+        for category in range(cfg.num_classes):
+            layout.path(category, 0).parent.mkdir(parents=True)
     manifest = {
         "format": MANIFEST_FORMAT,
         "kind": cfg.kind,
         "seed": seed,
         "params": cfg.model_dump(),
         "images_per_class": per_class,
-        "image_path": "images/<class name>/<instance, 4+ digits>.png",
+        "store": cfg.store,
+        "image_index": "category * images_per_class + instance; instance 0 is the searched image (render_seed), "
+                       + ("instance i > 0 draws synthvit.synthetic.draws.instance_variation(seed, category, i, "
+                          "params.instance_weights)" if cfg.kind == "fractaldb" else "the only one"),
+        **({"image_path": "images/<class name>/<instance, 4+ digits>.png"} if cfg.store == "images" else {}),
         "map_formula": "x' = a*x + b*y + e; y' = c*x + d*y + f; each map is [a, b, c, d, e, f]",
         "acceptance": {"render": f"{SCORE_SIZE} px, {SCORE_POINTS} points, pad {SCORE_PAD}, "
                                  + ("3x3 random-mask patches" if cfg.kind == "onepfrac" else "1 px per point"),
@@ -225,11 +268,13 @@ def _build(cfg: SyntheticConfig, seed: int, root: Path, progress: bool, workers:
                                else "3x3, solid (all nine cells lit) per point"),
                      "burn_in": f"until the walk forgets its start to {TOLERANCE} (at most {MAX_BURN_IN} steps)", "probability_slots": TABLE_SIZE},
     }
-    bar = _Progress(cfg.num_classes * per_class, progress, f"synthetic {cfg.kind}")
+    files = {"manifest": 0, "images": cfg.num_classes * (per_class - 1), "shards": cfg.num_classes * per_class}[cfg.store]
+    bar = _Progress(cfg.num_classes + files, progress, f"synthetic {cfg.kind}")
 
-    def write_found(category: int, found: Accepted) -> None:
-        layout.path(category, 0).write_bytes(found.png)
-        found.png = None  # written; 1,000 kept images would be memory for nothing
+    def found_one(category: int, found: Accepted) -> None:
+        if cfg.store == "images":
+            layout.path(category, 0).write_bytes(found.png)
+        found.png = None  # written, or not wanted; 1,000 kept images would be memory for nothing
         bar.update()
 
     try:
@@ -246,15 +291,17 @@ def _build(cfg: SyntheticConfig, seed: int, root: Path, progress: bool, workers:
                 draw = draws.SearchDraw(seed, cfg.min_maps, cfg.max_maps, weights)
                 rule, key = Rule(cfg.fill_rate), "synthetic.fill_rate"
                 failure = "category {category} found no IFS reaching it (best fill rate {best:.3f})"
-            found = _search(cfg, draw, rule, key, cfg.num_classes, pool, workers, write_found, failure)
-            classes = [_class_entry(layout.class_name(c), f) for c, f in enumerate(found)]
-            if cfg.kind == "fractaldb":
-                _fractaldb_instances(cfg, seed, classes, pool, layout, bar)
+            found = _search(cfg, draw, rule, key, cfg.num_classes, pool, workers, found_one, failure)
+            manifest["classes"] = [_class_entry(layout.class_name(c), f) for c, f in enumerate(found)]
+            source = ManifestImages(manifest)
+            if cfg.store == "images" and cfg.kind == "fractaldb":
+                _fractaldb_instances(manifest["classes"], source, pool, layout, bar)
+            elif cfg.store == "shards":
+                manifest["shards"] = _write_shards(root, source, pool, layout, bar)
     finally:
         bar.close()
-    manifest["classes"] = classes
     (root / "manifest.json").write_text(_manifest_json(manifest))
-    Image.fromarray(_preview(layout, cfg.image_size)).save(root / "preview.png")
+    Image.fromarray(_preview(source, cfg.num_classes, per_class)).save(root / "preview.png")
     return manifest
 
 

@@ -1,0 +1,85 @@
+"""The dataset as its formulas: any image of a manifest, rendered when asked for.
+
+An image is addressed by its flat index, category * images_per_class + instance, as
+the stored layouts order them. Instance 0 of a category is its searched image (the
+manifest's render_seed, rendered_maps when OFDB's weighting applies); FractalDB's
+instances 1.. are draws.instance_variation of the category's maps, a pure function
+of (seed, category, instance), so the manifest need not list them. With fresh
+instances, epoch e (from 1) reads instance numbers (e - 1) * images_per_class + i:
+epoch 1 is the stored set, later epochs new patch masks and walks over the same
+enumeration of weight rows and flips (FractalDB), or new masks and walks of the
+category image (OFDB, 1p-frac).
+
+Rendering is the vectorised numpy renderer (render.py), so an image is byte-identical
+whichever batch, process or epoch asks for it; the generator writes its files (PNG
+folder or shards) through `render` too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+import numpy as np
+
+from synthvit.config import SyntheticConfig
+from synthvit.synthetic import draws
+from synthvit.synthetic.render import RenderSettings, batch_size_for
+
+
+@dataclass(frozen=True)
+class Category:
+    maps: tuple  # rows of 6 floats: what instances vary (FractalDB)
+    image_maps: tuple  # what the category image draws (OFDB's first weight row, else maps)
+    probabilities: tuple
+    render_seed: int
+
+
+class ManifestImages:
+    """Every image a manifest describes (numpy; picklable, small: categories only)."""
+
+    def __init__(self, manifest: dict):
+        self.cfg = SyntheticConfig.model_validate(manifest["params"])
+        self.kind, self.seed = manifest["kind"], manifest["seed"]
+        self.per_class = manifest["images_per_class"]
+        self.settings = RenderSettings.of(self.cfg)
+        self.categories = [
+            Category(tuple(map(tuple, c["maps"])), tuple(map(tuple, c.get("rendered_maps", c["maps"]))),
+                     tuple(c["probabilities"]), c["render_seed"])
+            for c in manifest["classes"]
+        ]
+        self.names = [c["name"] for c in manifest["classes"]]
+        self.digest = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
+
+    def __len__(self) -> int:
+        return len(self.categories) * self.per_class
+
+    def system(self, category: int, instance: int) -> tuple[np.ndarray, np.ndarray, int, str]:
+        """(maps, probabilities, render seed, flip) of image `instance` of `category` (any instance number)."""
+        entry = self.categories[category]
+        probabilities = np.asarray(entry.probabilities)
+        if instance == 0:
+            return np.asarray(entry.image_maps), probabilities, entry.render_seed, "none"
+        if self.kind != "fractaldb":  # fresh draws of a one-image category: new masks and walk
+            return np.asarray(entry.image_maps), probabilities, draws.instance_render_seed(self.seed, category, instance), "none"
+        variation = draws.instance_variation(self.seed, category, instance, self.cfg.instance_weights)
+        return draws.instance_maps(entry.maps, variation), probabilities, variation["render_seed"], variation["flip"]
+
+    def instance_number(self, index: int, epoch: int, fresh: bool) -> int:
+        instance = index % self.per_class
+        return instance + (epoch - 1) * self.per_class if fresh else instance
+
+    def render(self, indices, epoch: int = 1, fresh: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """(images (N, S, S) uint8 at synthetic.image_size, gray and flipped as stored; converged (N,))."""
+        size = self.settings.image_size
+        images, converged = np.empty((len(indices), size, size), np.uint8), np.empty(len(indices), bool)
+        systems = [self.system(i // self.per_class, self.instance_number(i, epoch, fresh)) for i in indices]
+        batch = batch_size_for(self.settings.num_points)
+        for start in range(0, len(systems), batch):
+            chunk = systems[start : start + batch]
+            drawn, ok = self.settings.render([(m, p) for m, p, _, _ in chunk], [s for _, _, s, _ in chunk])
+            for k, (image, (_, _, _, how)) in enumerate(zip(drawn, chunk)):
+                images[start + k] = draws.flip(image, how)
+            converged[start : start + len(chunk)] = ok
+        return images, converged

@@ -1,0 +1,138 @@
+"""The synthetic pre-training set as training reads it: rendered from its manifest, or stored.
+
+`load_synthetic(root, img_size)` reads data/synthetic/manifest.json and returns an ImageSet:
+- store=manifest (or fresh_instances): nothing is decoded up front; the set's `source`, a
+  RenderedImages, renders each batch from the formulas (synthetic/source.py) in the
+  training DataLoader's worker processes, epoch by epoch;
+- store=shards: the uint8 shards, resized into one in-memory tensor;
+- store=images: the PNG folder, decoded into one in-memory tensor.
+All three give the same pixels for the same params and seed: images are resized to
+img_size exactly as the PNG files are decoded (data.fit_image).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from synthvit.damage import damaged_message
+from synthvit.data import ImageSet, fit_image, load_image_folder
+from synthvit.errors import UserError
+from synthvit.progress import progress_bar
+from synthvit.synthetic.source import ManifestImages
+
+
+def fit_gray(images: np.ndarray, img_size: int) -> torch.Tensor:
+    """uint8 N x 3 x S x S from gray (N, H, W) renders, resized as their PNG files decode."""
+    out = np.empty((len(images), img_size, img_size, 3), np.uint8)
+    for k, image in enumerate(images):
+        out[k] = fit_image(Image.fromarray(image), img_size)
+    return torch.from_numpy(out).permute(0, 3, 1, 2)
+
+
+@dataclasses.dataclass
+class RenderedImages(torch.utils.data.Dataset):
+    """Images `indices` (flat: category * images_per_class + instance) of a manifest, rendered
+    when a DataLoader asks: one numpy render per batch through __getitems__."""
+
+    images: ManifestImages
+    img_size: int
+    fresh: bool = False  # epoch e reads new instance numbers (source.py)
+    indices: np.ndarray | None = None  # None: every image
+    epoch: int = 1
+
+    def __post_init__(self):
+        if self.indices is None:
+            self.indices = np.arange(len(self.images))
+
+    @property
+    def labels(self) -> torch.Tensor:
+        return torch.from_numpy(self.indices // self.images.per_class).to(torch.int64)
+
+    @property
+    def digest(self) -> str:
+        """What the pixels depend on: the manifest, the size, fresh draws and which images."""
+        sha = hashlib.sha256(f"{self.images.digest}\0{self.img_size}\0{self.fresh}\0".encode())
+        sha.update(np.ascontiguousarray(self.indices, np.int64).tobytes())
+        return sha.hexdigest()
+
+    def for_epoch(self, epoch: int) -> "RenderedImages":
+        return dataclasses.replace(self, epoch=epoch)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitems__(self, positions: list[int]) -> list:
+        flat = self.indices[positions]
+        rendered, _ = self.images.render(flat.tolist(), self.epoch, self.fresh)
+        labels = (flat // self.images.per_class).tolist()
+        return list(zip(fit_gray(rendered, self.img_size), labels))
+
+    def __getitem__(self, position: int):
+        return self.__getitems__([position])[0]
+
+    def tensor(self, batch: int = 1024) -> torch.Tensor:
+        """All its images, rendered into one uint8 tensor (epoch `self.epoch`)."""
+        return torch.cat([torch.stack([image for image, _ in self.__getitems__(list(range(start, min(start + batch, len(self)))))])
+                          for start in range(0, len(self), batch)])
+
+
+def read_manifest(root: Path) -> dict:
+    path = root / "manifest.json"
+    if not path.is_file():
+        raise UserError(f"{path} not found: run the generate_synthetic stage first (dvc repro)")
+    try:
+        manifest = json.loads(path.read_text())
+        [c["name"] for c in manifest["classes"]]  # noqa: B018 - the layout check
+    except (ValueError, KeyError, TypeError) as exc:  # not JSON, or not the manifest's layout
+        raise UserError(damaged_message(path, "synthetic manifest", type(exc).__name__)) from None
+    return manifest
+
+
+def load_shards(root: Path, manifest: dict, img_size: int, num_workers: int = 2) -> torch.Tensor:
+    """uint8 N x 3 x S x S from the shards, in flat index order, resized by a thread pool."""
+    total = len(manifest["classes"]) * manifest["images_per_class"]
+    out = torch.empty((total, 3, img_size, img_size), dtype=torch.uint8)
+    done = 0
+    for shard in progress_bar(manifest["shards"], desc="load shards", unit="shard"):
+        try:
+            images = np.load(root / shard["file"], mmap_mode="r")
+        except (OSError, ValueError) as exc:
+            raise UserError(damaged_message(root / shard["file"], "synthetic shard", type(exc).__name__)) from None
+        chunks = [images[k : k + 1024] for k in range(0, len(images), 1024)]
+        # PIL releases the GIL while resizing, so threads give real parallelism here.
+        with ThreadPoolExecutor(max(1, num_workers)) as pool:
+            for fitted in pool.map(lambda chunk: fit_gray(np.asarray(chunk), img_size), chunks):
+                out[done : done + len(fitted)] = fitted
+                done += len(fitted)
+    return out
+
+
+def load_synthetic(root: Path, img_size: int, num_workers: int = 2) -> ImageSet:
+    """The fractal set written by generate_synthetic (classes in manifest order)."""
+    manifest = read_manifest(root)
+    names = [c["name"] for c in manifest["classes"]]
+    store = manifest.get("store", "images")  # manifests before format 2 always had the PNG folder
+    if store == "manifest" or manifest["params"].get("fresh_instances"):
+        source = RenderedImages(ManifestImages(manifest), img_size, fresh=manifest["params"].get("fresh_instances", False))
+        return ImageSet(None, source.labels, names, img_size=img_size, source=source)
+    if store == "shards":
+        labels = torch.arange(len(names) * manifest["images_per_class"]) // manifest["images_per_class"]
+        return ImageSet(load_shards(root, manifest, img_size, num_workers), labels, names, img_size=img_size)
+    return load_image_folder(root / "images", img_size, 0, num_workers, classes=names)
+
+
+def synthetic_samples(root: Path, count: int) -> tuple[np.ndarray, list[str]]:
+    """(uint8 N x H x W x 3, class names): image 0 of the first `count` categories, as rendered."""
+    manifest = read_manifest(root)
+    images = ManifestImages(manifest)
+    shown = list(range(min(count, len(images.names))))
+    rendered, _ = images.render([c * images.per_class for c in shown])
+    return np.repeat(rendered[..., None], 3, axis=-1), [images.names[c] for c in shown]
