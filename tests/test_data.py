@@ -6,7 +6,8 @@ import torch
 from PIL import Image
 
 from synthvit.config import DataConfig
-from synthvit.data import load_archive, matched_class_folders, load_split, load_synthetic
+from synthvit.data import load_archive, matched_class_folders, load_split
+from synthvit.synthetic_set import load_synthetic
 from synthvit.errors import UserError
 from conftest import CIFAR10_CLASSES
 

@@ -15,7 +15,8 @@ from PIL import Image
 
 from mlflow_server import free_port
 from synthvit.config import load_params
-from synthvit.data import decode_image, load_synthetic
+from synthvit.data import decode_image
+from synthvit.synthetic_set import load_synthetic
 from synthvit.errors import UserError
 from synthvit.resume import read_state
 from synthvit.tracking_check import check_tracking_store

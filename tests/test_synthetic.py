@@ -21,7 +21,7 @@ from synthvit.synthetic.reference import chaos_game_reference, render_reference
 from synthvit.synthetic.render import chaos_game_points, render_batch, render_ifs
 from synthvit.synthetic.search import Rule
 
-SMALL = dict(num_classes=4, instances_per_class=3, image_size=32, num_points=3000, max_attempts=200)
+SMALL = dict(num_classes=4, instances_per_class=3, image_size=32, num_points=3000, max_attempts=200, store="images")
 SIERPINSKI = np.array([[0.5, 0, 0, 0.5, 0, 0], [0.5, 0, 0, 0.5, 0.5, 0], [0.5, 0, 0, 0.5, 0.25, 0.5]])
 FERN = np.array([
     [0.0, 0.0, 0.0, 0.16, 0.0, 0.0],
@@ -306,7 +306,7 @@ def test_png_writer_round_trips(tmp_path):
 
 def test_training_resolution_renders_the_same_categories_as_the_faithful_preset(tmp_path):
     faithful = SyntheticConfig(kind="ofdb", num_classes=3, image_size=362, num_points=200_000, pad=6, gray_value=127,
-                               color="rgb")
+                               color="rgb", store="images")
     small = SyntheticConfig(kind="ofdb", num_classes=3, image_size=32, num_points=2000)
     big = generate_dataset(faithful, 0, tmp_path / "faithful", progress=False)
     little = generate_dataset(small, 0, tmp_path / "small", progress=False)
