@@ -363,7 +363,8 @@ def point_fill_rates(systems, seeds, image_size: int, num_points: int, pad: int)
         walk = min(int(burn_in[i]) + 1, num_points)  # the origin and the path in
         walk_xs = np.concatenate([path[i, 0, :walk], xs[i, : num_points - walk]])
         walk_ys = np.concatenate([path[i, 1, :walk], ys[i, : num_points - walk]])
-        _mark_points(walk_xs, walk_ys, grid[i], pad, image_size - pad)
+        # The box's far edge lands on pixel image_size - pad: inside the grid only with a pad.
+        _mark_points(walk_xs, walk_ys, grid[i], pad, min(image_size - pad, image_size - 1))
     return np.count_nonzero(grid, axis=(1, 2)) / image_size**2, converged
 
 
