@@ -148,6 +148,6 @@ def test_fractaldb_1k_stage_outputs_hold_no_per_image_files(repo_copy):
     manifest = json.loads((repo_copy / "data/synthetic/manifest.json").read_text())
     assert len(manifest["classes"]) * manifest["images_per_class"] == 1_000_000
     assert (repo_copy / "data/synthetic/manifest.json").stat().st_size < 2_000_000
-    status = subprocess.run(["dvc", "status"], cwd=repo_copy, env=env, capture_output=True, text=True, timeout=120)
+    status = subprocess.run(["dvc", "status", "generate_synthetic"], cwd=repo_copy, env=env, capture_output=True, text=True, timeout=120)
     assert "up to date" in status.stdout, status.stdout + status.stderr
     print(f"generate_synthetic at 1000 x 1000 through dvc repro: {seconds:.1f} s")
