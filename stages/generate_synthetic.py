@@ -24,6 +24,8 @@ def main() -> None:
         seconds = time.perf_counter() - started
         fill_rates = [c["fill_rate"] for c in manifest["classes"]]
         num_images = len(manifest["classes"]) * manifest["images_per_class"]  # stored or rendered on the fly
+        print(f"generate_synthetic: {len(manifest['classes'])} categories, {num_images} images "
+              f"(store={params.synthetic.store}) in {seconds:.1f} s")
         mlflow.log_metrics({
             "num_classes": len(manifest["classes"]),
             "num_images": num_images,
