@@ -3,6 +3,7 @@
     synthvit check [params.yaml]     validate params without running anything
     synthvit bench synthetic         fractal rendering speed against a per-point reference
     synthvit bench train             training img/s of the engine against a plain DataLoader loop
+    synthvit bench pretrain          pre-training img/s on batches rendered from the manifest vs a preloaded tensor
     synthvit predict IMAGE|DIR|GLOB  classify images (--model a checkpoint or models:/NAME@ALIAS, --top-k, --json)
     synthvit app                     the web demo on 127.0.0.1 (--host, --port, --model)
     synthvit compare                 a table and plot of experiments from MLflow (or --source dvc) into compare/
@@ -54,7 +55,7 @@ def add_module_command(commands, name: str, module, help: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from synthvit import app, bench_train, compare, predict, restored
+    from synthvit import app, bench_source, bench_train, compare, predict, restored
     from synthvit.synthetic import bench as synthetic_bench
 
     parser = argparse.ArgumentParser(prog="synthvit", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -79,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     benches = bench.add_subparsers(dest="bench", required=True)
     add_module_command(benches, "synthetic", synthetic_bench, "fractal rendering images/s vs a per-point reference")
     add_module_command(benches, "train", bench_train, "training img/s: engine vs a plain DataLoader loop")
+    add_module_command(benches, "pretrain", bench_source, "pre-training img/s: rendered from the manifest vs preloaded")
     return parser
 
 
