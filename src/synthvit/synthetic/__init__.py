@@ -2,8 +2,9 @@
 
     generate_dataset(cfg, seed, out_dir) -> manifest dict
 
-writes out_dir/images/<class>/<NNNN>.png, out_dir/manifest.json and out_dir/preview.png
-(see generate.py for the layout, render.py for how images are drawn).
+writes out_dir/manifest.json and out_dir/preview.png, and the images as shards or PNG files
+when synthetic.store asks (generate.py: the layout; source.py: any image from the manifest;
+render.py: how images are drawn).
 """
 
 from __future__ import annotations

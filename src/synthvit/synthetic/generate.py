@@ -1,21 +1,25 @@
-"""The three datasets (fractaldb, ofdb, onepfrac), written as an image folder + manifest.
+"""The three datasets (fractaldb, ofdb, onepfrac): their manifest, a preview, and images when asked.
 
-Layout of out_dir:
-    images/<class>/<NNNN>.png   8-bit grayscale (or RGB, synthetic.color), class = zero-padded label ("00000");
-                                fractaldb: instances_per_class files, others: 0000.png
-    manifest.json               see below
-    preview.png                 a grid of the first images
+Layout of out_dir (synthetic.store says which images are written):
+    manifest.json               always; see below
+    preview.png                 always: a grid of the first images
+    shards/<first>-<last>.npy   store=shards: uint8 (images, S, S), whole categories, flat index order
+    images/<class>/<NNNN>.png   store=images: 8-bit grayscale (or RGB, synthetic.color), class = zero-padded
+                                label ("00000"); fractaldb: instances_per_class files, others: 0000.png
 
-manifest.json: format, kind, seed, params (the SyntheticConfig), images_per_class,
-image_path, map_formula, renderer, [onepfrac: base {maps, probabilities, sigma_factor,
-fill_rate, attempts, render_seed}], and classes in label order, one line each:
+manifest.json: format, kind, seed, params (the SyntheticConfig), images_per_class, store,
+image_index, [image_path], map_formula, acceptance, renderer, [shards: file, classes
+[first, last]], [onepfrac: base {maps, probabilities, sigma_factor, fill_rate, attempts,
+render_seed}], and classes in label order, one line each:
     name, maps [[a, b, c, d, e, f], ...], probabilities (sum 1, ~|det|), fill_rate (the
     acceptance score: fill of the official 512-px search render, search.py), attempts
-    (draws the search used), render_seed (re-renders image 0000 exactly with
-    render.render_ifs and the params' render settings); ofdb with first_row weighting adds
-    rendered_maps (what image 0000 draws); onepfrac adds multipliers (maps / base maps);
-    fractaldb adds instances [{file, coefficient, weight, flip, pattern, render_seed,
-    converged}], instance 0 being the searched image.
+    (draws the search used), render_seed (image 0000, with the params' render settings);
+    ofdb with first_row weighting adds rendered_maps (what image 0000 draws); onepfrac
+    adds multipliers (maps / base maps); fractaldb with store=images adds instances
+    [{file, coefficient, weight, flip, pattern, render_seed, converged}], instance 0 being
+    the searched image (otherwise they follow from draws.instance_variation, unlisted).
+Any image re-renders from the manifest (source.ManifestImages), and every written image
+is rendered through it.
 
 Every random draw is keyed by (seed, stream, category, attempt or instance) (draws.py),
 so the bytes depend neither on scheduling nor on the number of cores. The folder is
