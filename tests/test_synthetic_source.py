@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -151,3 +152,17 @@ def test_fractaldb_1k_stage_outputs_hold_no_per_image_files(repo_copy):
     status = subprocess.run(["dvc", "status", "generate_synthetic"], cwd=repo_copy, env=env, capture_output=True, text=True, timeout=120)
     assert "up to date" in status.stdout, status.stdout + status.stderr
     print(f"generate_synthetic at 1000 x 1000 through dvc repro: {seconds:.1f} s")
+
+
+def test_bench_pretrain_prints_both_rates_and_the_cost(stores, capsys):
+    from synthvit import bench_source
+    from synthvit.cli import build_parser
+
+    args = build_parser().parse_args([
+        "bench", "pretrain", "--synthetic", str(stores["manifest"]), "--params", str(Path(__file__).resolve().parents[1] / "params.yaml"), "--images", "8",
+        "--repeats", "1", "-S", "model.img_size=16", "-S", "model.depth=1", "-S", "model.embed_dim=32",
+        "-S", "model.num_heads=2", "-S", "pretrain.batch_size=4", "-S", "data.num_workers=0", "-S", "runtime.device=cpu"])
+    assert bench_source.run(args) == 0
+    out = capsys.readouterr().out
+    assert "on 8 of the 12 images" in out and "rendered on the fly (0 DataLoader workers)" in out
+    assert "preloaded uint8 tensor" in out and "cost of rendering on the fly" in out

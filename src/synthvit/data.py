@@ -163,9 +163,9 @@ def decode_image(path: Path, img_size: int) -> np.ndarray:
         raise UserError(f"cannot read image {path}: {exc}; {rebuild_hint(path)}") from None
 
 
-def fit_image(image: Image.Image, img_size: int) -> np.ndarray:
-    """RGB uint8 HxWx3 at img_size: resize the short side, centre-crop the long one."""
-    image = image.convert("RGB")
+def fit_image(image: Image.Image, img_size: int, mode: str = "RGB") -> np.ndarray:
+    """uint8 HxWx3 (mode "L": HxW) at img_size: resize the short side, centre-crop the long one."""
+    image = image.convert(mode)
     scale = img_size / min(image.size)
     width, height = max(img_size, round(image.width * scale)), max(img_size, round(image.height * scale))
     if (width, height) != image.size:
