@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch.utils.data import DataLoader
 
 from conftest import pipeline_env, update_params
 from synthvit.config import ModelConfig, RuntimeConfig, SyntheticConfig, TrainConfig
@@ -56,11 +57,15 @@ def test_rendered_batches_equal_the_stored_images(stores):
     assert torch.equal(shards.images, files.images) and torch.equal(shards.labels, files.labels)
     assert torch.equal(rendered_tensor(stores["manifest"]), files.images)
     assert torch.equal(rendered.labels, files.labels) and rendered.classes == files.classes
-    # Through the training loop's path: shuffled batches rendered by DataLoader worker processes.
+    # Through the training loop's path (on a CPU: rendered in this process), shuffled batches.
     order = torch.randperm(len(rendered), generator=torch.Generator().manual_seed(3))
     batches = list(uint8_batches(rendered, order, [0, 5], 5, torch.device("cpu"), num_workers=2))
     for images, idx in batches:
         assert torch.equal(images, files.images[idx])
+    # As CUDA training reads them: batches rendered by DataLoader worker processes.
+    loader = DataLoader(rendered.source.for_epoch(1), batch_sampler=[[7, 1, 3], [0, 11]], num_workers=2)
+    for (images, labels), idx in zip(loader, [[7, 1, 3], [0, 11]]):
+        assert torch.equal(images, files.images[idx]) and torch.equal(labels, files.labels[idx])
 
 
 def test_two_runs_are_bit_identical(stores, tmp_path):
@@ -164,5 +169,5 @@ def test_bench_pretrain_prints_both_rates_and_the_cost(stores, capsys):
         "-S", "model.num_heads=2", "-S", "pretrain.batch_size=4", "-S", "data.num_workers=0", "-S", "runtime.device=cpu"])
     assert bench_source.run(args) == 0
     out = capsys.readouterr().out
-    assert "on 8 of the 12 images" in out and "rendered on the fly (0 DataLoader workers)" in out
+    assert "on 8 of the 12 images" in out and "rendered on the fly (in the training process)" in out
     assert "preloaded uint8 tensor" in out and "cost of rendering on the fly" in out

@@ -3,7 +3,7 @@ against the same images preloaded as a uint8 tensor, in one run.
 
 It reads the synthetic set that generate_synthetic wrote (data/synthetic) and the
 params (model, pretrain recipe, runtime, data.num_workers: the DataLoader worker
-processes that render). Both sides train the same freshly initialised model for one
+processes that render on CUDA; on a CPU the training process renders). Both sides train the same freshly initialised model for one
 epoch over the same images (--images of them, spread evenly over every category of the
 set) through the engine, alternating, so both see the same machine load; the cost of
 rendering is 1 - rendered / preloaded img/s (medians).
@@ -21,7 +21,7 @@ import yaml
 
 from synthvit.config import load_params, parse_params
 from synthvit.data import ImageSet
-from synthvit.engine import seed_everything, train
+from synthvit.engine import resolve_device, seed_everything, train
 from synthvit.models import create_model
 from synthvit.paths import SYNTHETIC_DIR
 from synthvit.synthetic.source import ManifestImages
@@ -75,7 +75,8 @@ def run(args) -> int:
             history = train(model, sets[name], cfg, params.runtime, params.seed, desc=name, num_workers=workers)
             rates[name].append(history[0]["train_images_per_s"])
     rendered_rate, preloaded_rate = (statistics.median(rates[name]) for name in ("rendered", "preloaded"))
-    print(f"rendered on the fly ({workers} DataLoader workers): {rendered_rate:8.1f} img/s  "
+    where = f"{workers} DataLoader workers" if resolve_device(params.runtime).type == "cuda" else "in the training process"
+    print(f"rendered on the fly ({where}): {rendered_rate:8.1f} img/s  "
           f"(epochs: {', '.join(f'{r:.1f}' for r in rates['rendered'])})")
     print(f"preloaded uint8 tensor:                {preloaded_rate:8.1f} img/s  "
           f"(epochs: {', '.join(f'{r:.1f}' for r in rates['preloaded'])})")

@@ -109,6 +109,10 @@ def uint8_batches(train_set: ImageSet, order: torch.Tensor, starts: list[int], s
     # Its own generator: a DataLoader seeds its workers from the global one otherwise, which
     # would shift the augmentation draws (decoding itself draws nothing).
     dataset = train_set.source.for_epoch(epoch) if train_set.source is not None else StreamedImages(train_set)
+    if train_set.source is not None and device.type == "cpu":
+        # Rendering workers compete with torch's threads for the cores: rendering in this process
+        # cost 2% of pre-training img/s on 2 cores, 1-4 workers 24-34% (README "Synthetic data").
+        num_workers = 0
     loader = DataLoader(dataset, batch_sampler=[on_host[start : start + size] for start in starts],
                         num_workers=num_workers, pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(0))
     for (images, _), start in zip(loader, starts):
