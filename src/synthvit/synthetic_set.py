@@ -2,8 +2,8 @@
 
 `load_synthetic(root, img_size)` reads data/synthetic/manifest.json and returns an ImageSet:
 - store=manifest (or fresh_instances): nothing is decoded up front; the set's `source`, a
-  RenderedImages, renders each batch from the formulas (synthetic/source.py) in the
-  training DataLoader's worker processes, epoch by epoch;
+  RenderedImages, renders each batch from the formulas (synthetic/source.py), epoch by
+  epoch (engine.uint8_batches: DataLoader workers on CUDA, the training process on a CPU);
 - store=shards: the uint8 shards, resized into one in-memory tensor;
 - store=images: the PNG folder, decoded into one in-memory tensor.
 All three give the same pixels for the same params and seed: images are resized to
