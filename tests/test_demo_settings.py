@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from synthvit.config import SyntheticConfig, parse_params
-from synthvit.data import load_synthetic
+from synthvit.synthetic_set import load_synthetic
 from synthvit.synthetic import generate_dataset
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -76,7 +76,8 @@ def test_the_recipe_renders_learnable_fractals_at_the_training_resolution(tmp_pa
     assert all(entry["fill_rate"] >= cfg.fill_rate for entry in manifest["classes"])  # the official rule
 
     seen = load_synthetic(tmp_path, params.model.img_size, num_workers=1)  # what pre-training trains on
-    images, labels = seen.images[:, 0].numpy(), seen.labels.numpy()
+    pixels = seen.source.tensor() if seen.source is not None else seen.images  # store=manifest: rendered batches
+    images, labels = pixels[:, 0].numpy(), seen.labels.numpy()
     assert images.shape[1:] == (params.model.img_size, params.model.img_size)
     ink = images.mean(axis=(1, 2)) / cfg.gray_value
     assert ink.min() > 0.05 and ink.max() < 0.8, f"ink coverage {ink.round(2)}: empty or saturated images"
