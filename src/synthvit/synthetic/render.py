@@ -183,7 +183,8 @@ def _prerun(coef, walkers: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.
     # no gather): a batch no longer runs every system as long as its slowest one.
     ends = burn_in + START_STRIDE * collect
     order = np.argsort(-ends, kind="stable")
-    coef = np.take(coef, order, axis=0, out=_scratch("coef_sorted", coef.shape, coef.dtype))
+    # mode="clip" (the indices are in range): the default "raise" buffers `out`, ~1.5x slower.
+    coef = np.take(coef, order, axis=0, out=_scratch("coef_sorted", coef.shape, coef.dtype), mode="clip")
     ends, sorted_burn_in = ends[order], burn_in[order]
     position = np.zeros((count, 2, pre), np.float32)
     out, scratch = np.empty_like(position), np.empty_like(position)
@@ -220,7 +221,7 @@ def _chaos_game(systems, num_points: int, rngs) -> tuple[np.ndarray, np.ndarray,
     coef = _scratch("coef", (count, 6, slots), np.float32)
     for i, ((maps, probabilities), rng) in enumerate(zip(systems, rngs)):
         columns = np.asarray(maps, np.float32).T[[0, 2, 1, 3, 4, 5]]  # rows a, c, b, d, e, f
-        np.take(columns, _map_table(np.asarray(probabilities, np.float64), rng, slots), axis=1, out=coef[i])
+        np.take(columns, _map_table(np.asarray(probabilities, np.float64), rng, slots), axis=1, out=coef[i], mode="clip")
     coef = coef.reshape(count, 3, 2, slots)
 
     with np.errstate(over="ignore", invalid="ignore", under="ignore"):  # divergent systems overflow to inf/nan
