@@ -36,7 +36,7 @@ def stores(tmp_path_factory):
 
 
 def rendered_tensor(folder, img_size=16, epoch=1):
-    data = load_synthetic(folder, img_size)
+    data = load_synthetic(folder, img_size, preload_bytes=0)  # a set too large to keep in memory
     assert data.images is None and data.source is not None  # nothing decoded up front
     return data.source.for_epoch(epoch).tensor(batch=5)  # odd batches: an image does not depend on its batch
 
@@ -53,8 +53,10 @@ def test_only_the_manifest_and_preview_are_written_and_they_name_the_same_catego
 def test_rendered_batches_equal_the_stored_images(stores):
     files = load_synthetic(stores["images"], 16)  # PNGs decoded
     shards = load_synthetic(stores["shards"], 16)
-    rendered = load_synthetic(stores["manifest"], 16)
+    rendered = load_synthetic(stores["manifest"], 16, preload_bytes=0)
+    preloaded = load_synthetic(stores["manifest"], 16, num_workers=2)  # small: rendered once, up front
     assert torch.equal(shards.images, files.images) and torch.equal(shards.labels, files.labels)
+    assert preloaded.source is None and torch.equal(preloaded.images, files.images)
     assert torch.equal(rendered_tensor(stores["manifest"]), files.images)
     assert torch.equal(rendered.labels, files.labels) and rendered.classes == files.classes
     # Through the training loop's path (on a CPU: rendered in this process), shuffled batches.
