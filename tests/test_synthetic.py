@@ -102,7 +102,7 @@ def test_layout_and_manifest(tmp_path):
         image = Image.open(root / "images" / entry["name"] / "0001.png")
         assert image.mode == "L" and image.size == (32, 32)
         # The manifest is enough to re-render an image exactly.
-        again = render_ifs(np.array(entry["maps"]), np.array(entry["probabilities"]), 32, 3000, entry["render_seed"])
+        again = render_ifs(np.array(entry["maps"]), np.array(entry["probabilities"]), 32, 3000, entry["render_seed"], patch=cfg.patch)
         np.testing.assert_array_equal(again, np.asarray(Image.open(root / "images" / entry["name"] / "0000.png")))
     assert Image.open(root / "preview.png").mode == "L"
     assert not list(tmp_path.glob(".out.*"))  # no staging folder left behind
@@ -305,7 +305,7 @@ def test_png_writer_round_trips(tmp_path):
 
 
 def test_training_resolution_renders_the_same_categories_as_the_faithful_preset(tmp_path):
-    faithful = SyntheticConfig(kind="ofdb", num_classes=3, image_size=362, num_points=200_000, pad=6, gray_value=127,
+    faithful = SyntheticConfig(kind="ofdb", num_classes=3, image_size=362, num_points=200_000, pad=6, gray_value=127, patch="random",
                                color="rgb", store="images")
     small = SyntheticConfig(kind="ofdb", num_classes=3, image_size=32, num_points=2000)
     big = generate_dataset(faithful, 0, tmp_path / "faithful", progress=False)
