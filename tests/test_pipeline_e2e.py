@@ -17,7 +17,7 @@ pytestmark = pytest.mark.e2e
 
 STAGES = ["generate_synthetic", "pretrain", "finetune", "evaluate", "visualize"]
 TINY = [
-    "synthetic.num_classes=10", "synthetic.instances_per_class=4", "synthetic.image_size=32", "synthetic.num_points=3000",
+    "synthetic.num_classes=10", "synthetic.instances_per_class=4", "synthetic.image_size=32", "synthetic.num_points=3000", "synthetic.patch=random",
     "model.embed_dim=48", "model.depth=2", "model.num_heads=3", "model.patch_size=4",
     "pretrain.epochs=2", "pretrain.batch_size=16", "pretrain.warmup_epochs=0",
     "finetune.epochs=4", "finetune.batch_size=32", "finetune.warmup_epochs=0", "finetune.lr=2e-3",
