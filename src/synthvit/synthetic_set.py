@@ -30,7 +30,7 @@ from synthvit.data import ImageSet, fit_image, load_image_folder
 from synthvit.errors import UserError
 from synthvit.progress import progress_bar
 from synthvit.synthetic.parallel import default_workers, worker_pool
-from synthvit.synthetic.source import ManifestImages
+from synthvit.synthetic.source import ManifestImages, worker_tasks
 
 # A set without fresh instances reads the same pixels every epoch: rendering it once beats
 # rendering it every epoch (2-15% of CPU pre-training throughput, README "Synthetic data") as
@@ -130,9 +130,9 @@ def _render_positions(positions: list[int], *, source: RenderedImages) -> torch.
     return torch.stack([image for image, _ in source.__getitems__(positions)])
 
 
-def render_all(source: RenderedImages, num_workers: int = 2, chunk: int = 256) -> torch.Tensor:
+def render_all(source: RenderedImages, num_workers: int = 2) -> torch.Tensor:
     """Every image of `source` (its epoch) in one uint8 tensor, rendered by `num_workers` processes."""
-    chunks = [list(range(start, min(start + chunk, len(source)))) for start in range(0, len(source), chunk)]
+    chunks = worker_tasks(list(range(len(source))), source.images)
     with worker_pool(min(num_workers, default_workers())) as pool:
         rendered = pool.map(functools.partial(_render_positions, source=source), chunks)
         return torch.cat(list(progress_bar(rendered, total=len(chunks), desc="render synthetic set", unit="chunk")))

@@ -48,13 +48,12 @@ from synthvit.synthetic import draws, ifs
 from synthvit.synthetic.parallel import default_workers, worker_pool
 from synthvit.synthetic.png import write_png
 from synthvit.synthetic.render import MAX_BURN_IN, TABLE_SIZE, TOLERANCE, RenderSettings, batch_size_for
-from synthvit.synthetic.source import ManifestImages
+from synthvit.synthetic.source import ManifestImages, worker_tasks
 from synthvit.synthetic.search import SCORE_PAD, SCORE_POINTS, SCORE_SIZE, Accepted, Rule, SearchFailed, search
 
 MANIFEST_FORMAT = 2  # 2: store, image_index; FractalDB instances listed only with store=images
 PREVIEW_TILES, PREVIEW_COLUMNS, PREVIEW_TILE_SIZE = 64, 8, 128
 SHARD_IMAGES = 65_536  # images a shard holds, about (256 MB at 64 px): whole categories
-TASK_BATCHES = 16  # numpy render batches per worker call
 
 
 class _Progress:
@@ -140,12 +139,6 @@ def _render(indices, *, source: ManifestImages) -> np.ndarray:
     return source.render(indices)[0]
 
 
-def _tasks(indices: list[int], source: ManifestImages) -> list[list[int]]:
-    """Work for one worker call: several numpy batches, so the manifest is pickled rarely."""
-    size = batch_size_for(source.settings.num_points) * TASK_BATCHES
-    return [indices[k : k + size] for k in range(0, len(indices), size)]
-
-
 def _fractaldb_instances(classes: list[dict], source: ManifestImages, pool, layout: _Layout, progress) -> None:
     """Write instances 1.. of every category as PNG files and list them in the manifest;
     instance 0 is the searched image itself (already written)."""
@@ -154,7 +147,7 @@ def _fractaldb_instances(classes: list[dict], source: ManifestImages, pool, layo
                                "pattern": 0, "render_seed": entry["render_seed"], "converged": True}]
     per_class = layout.images_per_class
     indices = [c * per_class + i for c in range(len(classes)) for i in range(1, per_class)]
-    tasks = _tasks(indices, source)
+    tasks = worker_tasks(indices, source)
     write = functools.partial(_write_pngs, source=source, layout=layout)
     for task, converged in zip(tasks, pool.map(write, tasks)):
         for index, ok in zip(task, converged):
@@ -179,7 +172,7 @@ def _write_shards(root: Path, source: ManifestImages, pool, layout: _Layout, pro
         indices = list(range(first * per_class, (last + 1) * per_class))
         shard = np.lib.format.open_memmap(root / name, "w+", np.uint8, (len(indices), size, size))
         done = 0
-        for images in pool.map(render, _tasks(indices, source)):
+        for images in pool.map(render, worker_tasks(indices, source)):
             shard[done : done + len(images)] = images
             done += len(images)
             progress.update(len(images))

@@ -83,3 +83,12 @@ class ManifestImages:
                 images[start + k] = draws.flip(image, how)
             converged[start : start + len(chunk)] = ok
         return images, converged
+
+
+TASK_BATCHES = 16  # numpy render batches per worker call
+
+
+def worker_tasks(indices: list[int], images: ManifestImages) -> list[list[int]]:
+    """Work for one worker call: several numpy batches, so the manifest is pickled rarely."""
+    size = batch_size_for(images.settings.num_points) * TASK_BATCHES
+    return [indices[k : k + size] for k in range(0, len(indices), size)]
