@@ -28,6 +28,7 @@ DEMO_OVERRIDES = \
 	-S pretrain.mixup_alpha=0 -S pretrain.cutmix_alpha=0 -S pretrain.random_erasing=0 -S pretrain.crop_scale=[0.6,1.0] \
 	-S finetune.epochs=$(DEMO_FINETUNE_EPOCHS) -S finetune.batch_size=64 -S finetune.warmup_epochs=1 -S finetune.lr=1e-3 \
 	-S finetune.mixup_alpha=0 -S finetune.cutmix_alpha=0 -S finetune.random_erasing=0 -S finetune.auto_augment=none \
+	-S finetune.curve_test_per_class=200 \
 	-S data.train_per_class=$(DEMO_TRAIN_PER_CLASS) -S data.val_fraction=0
 # Extra `dvc exp run` arguments for both arms (the last -S of a key wins).
 DEMO_ARGS ?=

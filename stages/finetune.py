@@ -28,7 +28,11 @@ def main() -> None:
     if params.data.val_fraction > 0:  # the best epoch is chosen on validation; evaluate reports test once
         train_set, eval_set = split_validation(train_set, params.data.val_fraction, params.seed, params.data.num_workers)
     else:  # curves on the test set, for watching only: the last epoch is kept
-        eval_set = load_split(params.data, "test", params.model.img_size)
+        curve_data = params.data
+        if params.finetune.curve_test_per_class:  # a curve needs fewer images than the score evaluate gives
+            per_class = min(n for n in (params.data.test_per_class, params.finetune.curve_test_per_class) if n)
+            curve_data = params.data.model_copy(update={"test_per_class": per_class})
+        eval_set = load_split(curve_data, "test", params.model.img_size)
     if params.finetune.init == "pretrained":
         pretrained = load_checkpoint(checkpoint_path("pretrain"))
         check_same_architecture(pretrained, params.model, str(checkpoint_path("pretrain")))

@@ -33,7 +33,8 @@ pytestmark = pytest.mark.e2e
 NAME = "tiny"
 ARMS = {f"{NAME}-synthetic": "pretrained", f"{NAME}-scratch": "scratch"}
 # The demo's own sizes are overridden (the last -S of a key wins): all 20 training images per class.
-TINY_DEMO = [*TINY, "data.train_per_class=0", "finetune.epochs=3", "data.num_workers=1"]
+# The per-epoch curve on 5 of the 10 test images per class; evaluate scores all 10.
+TINY_DEMO = [*TINY, "data.train_per_class=0", "finetune.epochs=3", "data.num_workers=1", "finetune.curve_test_per_class=5"]
 
 
 @pytest.fixture(scope="module")
@@ -65,9 +66,11 @@ def test_demo_runs_both_arms_and_compares_them(demo):
     experiments = {rev["name"]: rev["data"] for baseline in shown for e in baseline.get("experiments") or [] for rev in e["revs"]}
     assert set(ARMS) <= set(experiments)
     test_metrics = {name: experiments[name]["metrics"]["metrics/evaluate.json"]["data"] for name in ARMS}
+    curve_metrics = {name: experiments[name]["metrics"]["metrics/finetune.json"]["data"] for name in ARMS}
     for name, init in ARMS.items():
         assert experiments[name]["params"]["params.yaml"]["data"]["finetune"]["init"] == init
         assert test_metrics[name]["num_images"] == 100  # the whole (tiny) test split
+        assert curve_metrics[name]["eval_images"] == 50  # the curve's first 5 per class
 
     # The table (terminal and files) and the figure, with both arms and their difference.
     table = pd.read_csv(repo / "plots/demo/arms.csv")
@@ -97,7 +100,7 @@ def test_demo_runs_both_arms_and_compares_them(demo):
         assert parent.metrics["test_ece"] == pytest.approx(test_metrics[name]["ece"])
         assert all(parent.metrics[f"wall_{s}_s"] > 0 for s in ("finetune", "evaluate", "visualize"))
         curve = client.get_metric_history(parents[name].info.run_id, "finetune_eval_acc")
-        assert [m.step for m in curve] == [1, 2, 3] and curve[-1].value == pytest.approx(test_metrics[name]["top1"])
+        assert [m.step for m in curve] == [1, 2, 3] and curve[-1].value == pytest.approx(curve_metrics[name]["eval_acc"])
         artifacts = {a.path for a in client.list_artifacts(parents[name].info.run_id, "comparison")}
         assert {"comparison/arms.png", "comparison/arms.md"} <= artifacts
     synthetic, scratch = (parents[name].data.metrics for name in ARMS)

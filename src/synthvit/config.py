@@ -197,6 +197,9 @@ class FinetuneConfig(TrainConfig):
     crop_scale: list[float] = Field([0.6, 1.0], description="area fraction [min, max] of random resized crops")
     crop_padding: Count = Field(4, description="zero padding (pixels) around the image before cropping")
     grad_clip: float = Field(1.0, ge=0, description="max gradient norm; 0 = off")
+    curve_test_per_class: Count = Field(
+        0, description="data.val_fraction 0: score the per-epoch test curve on at most N test images per class "
+                       "(0 = all); evaluate always scores the whole test split")
 
 
 class EvaluateConfig(Section):

@@ -86,7 +86,8 @@ def train_and_record(
         "selected_epoch": last["epoch"],
         "train_loss": last["train_loss"],
         "train_acc": last["train_acc"],
-        **({"eval_acc": last["eval_acc"], "eval_loss": last["eval_loss"]} if "eval_acc" in last else {}),
+        **({"eval_acc": last["eval_acc"], "eval_loss": last["eval_loss"], "eval_images": len(eval_set)}
+           if "eval_acc" in last else {}),
         "epochs": len(history),
         "train_images": len(train_set),
         "num_parameters": num_parameters,
