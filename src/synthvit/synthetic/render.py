@@ -112,6 +112,11 @@ def _map_table(probabilities: np.ndarray, rng: np.random.Generator, length: int)
     return np.concatenate([table, table[: length - TABLE_SIZE]])
 
 
+def map_columns(maps) -> np.ndarray:
+    """(6, K) float32 rows a, c, b, d, e, f of K maps (a..f each): the layout _step reads."""
+    return np.asarray(maps, np.float32).T[[0, 2, 1, 3, 4, 5]]
+
+
 def _step(coef, offset: int, walkers: int, position, out, scratch) -> None:
     """One chaos-game step for every walker of every image; positions are (F, 2, walkers).
 
@@ -220,8 +225,7 @@ def _chaos_game(systems, num_points: int, rngs) -> tuple[np.ndarray, np.ndarray,
     slots = TABLE_SIZE + walkers
     coef = _scratch("coef", (count, 6, slots), np.float32)
     for i, ((maps, probabilities), rng) in enumerate(zip(systems, rngs)):
-        columns = np.asarray(maps, np.float32).T[[0, 2, 1, 3, 4, 5]]  # rows a, c, b, d, e, f
-        np.take(columns, _map_table(np.asarray(probabilities, np.float64), rng, slots), axis=1, out=coef[i], mode="clip")
+        np.take(map_columns(maps), _map_table(np.asarray(probabilities, np.float64), rng, slots), axis=1, out=coef[i], mode="clip")
     coef = coef.reshape(count, 3, 2, slots)
 
     with np.errstate(over="ignore", invalid="ignore", under="ignore"):  # divergent systems overflow to inf/nan
@@ -279,8 +283,13 @@ def _dilate3(grid: np.ndarray, covered: np.ndarray) -> None:
     covered[..., 2:, :] |= rows[..., :-2, :]
 
 
+def coin_flip_bytes(rng: np.random.Generator, size: int) -> np.ndarray:
+    """A size x size image's mask coin flips, packed 8 to a byte (np.unpackbits order)."""
+    return np.frombuffer(rng.bytes(-(-size * size // 8)), np.uint8)
+
+
 def _coin_flips(rng: np.random.Generator, size: int) -> np.ndarray:
-    flips = np.unpackbits(np.frombuffer(rng.bytes(-(-size * size // 8)), np.uint8))
+    flips = np.unpackbits(coin_flip_bytes(rng, size))
     return flips[: size * size].reshape(size, size).view(np.bool_)
 
 
