@@ -43,6 +43,7 @@ from synthvit.errors import UserError
 from synthvit.models import DEFAULT_MEAN, DEFAULT_STD
 from synthvit.progress import log, progress_bar
 from synthvit.resume import cpu_copy, read_state, restore_state, save_state
+from synthvit.synthetic_set import device_batches
 
 LOG_EVERY = 50  # steps between reads of the running loss: its finiteness check and the progress figure
 
@@ -98,7 +99,8 @@ def uint8_batches(train_set: ImageSet, order: torch.Tensor, starts: list[int], s
 
     In memory: one gather per batch from the tensor (already on the device). Streamed: a
     DataLoader decodes the same batches in worker processes (or renders them, for a set
-    with a `source`: its images of `epoch`), so both paths see the same images in the same order.
+    with a `source`: its images of `epoch`; on CUDA the GPU renders them, the workers only
+    draw their random numbers), so both paths see the same images in the same order.
     """
     if not train_set.streamed:
         for start in starts:
@@ -106,6 +108,13 @@ def uint8_batches(train_set: ImageSet, order: torch.Tensor, starts: list[int], s
             yield train_set.images[idx], idx
         return
     on_host = order.tolist()  # the sampler needs host indices: one copy per epoch
+    if train_set.source is not None and device.type == "cuda":
+        # Rendered on the GPU with torch (synthetic_set.device_batches): CPU workers would starve it.
+        batches = [on_host[start : start + size] for start in starts]
+        rendered = device_batches(train_set.source.for_epoch(epoch), batches, device, num_workers)
+        for images, start in zip(rendered, starts):
+            yield images, order[start : start + size]
+        return
     # Its own generator: a DataLoader seeds its workers from the global one otherwise, which
     # would shift the augmentation draws (decoding itself draws nothing).
     dataset = train_set.source.for_epoch(epoch) if train_set.source is not None else StreamedImages(train_set)

@@ -5,7 +5,8 @@
   PRELOAD_BYTES at img_size is rendered once, by worker processes, into an in-memory tensor
   (every epoch reads the same pixels); a larger one, or fresh_instances, keeps nothing up
   front: the set's `source`, a RenderedImages, renders each batch epoch by epoch
-  (engine.uint8_batches: DataLoader workers on CUDA, the training process on a CPU);
+  (engine.uint8_batches): on CUDA with torch on the GPU (`device_batches`: DataLoader
+  workers draw the random numbers), on a CPU with numpy in the training process;
 - store=shards: the uint8 shards, resized into one in-memory tensor;
 - store=images: the PNG folder, decoded into one in-memory tensor.
 All three give the same pixels for the same params and seed: images are resized to
@@ -20,16 +21,20 @@ import hashlib
 import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
 from PIL import Image
+from torch.utils.data import DataLoader
 
 from synthvit.damage import damaged_message
 from synthvit.data import ImageSet, fit_image, load_image_folder
 from synthvit.errors import UserError
 from synthvit.progress import progress_bar
 from synthvit.synthetic.parallel import default_workers, worker_pool
+from synthvit.synthetic import torch_render
+from synthvit.synthetic.resize import resize
 from synthvit.synthetic.source import ManifestImages, worker_tasks
 
 # A set without fresh instances reads the same pixels every epoch: rendering it once beats
@@ -89,10 +94,53 @@ class RenderedImages(torch.utils.data.Dataset):
     def __getitem__(self, position: int):
         return self.__getitems__([position])[0]
 
+    def draws(self, positions: list[int]) -> torch_render.Draws:
+        """The host half of rendering these positions on a device: each image's random numbers."""
+        systems = self.images.systems(self.indices[positions].tolist(), self.epoch, self.fresh)
+        return torch_render.draw([(maps, p) for maps, p, _, _ in systems], [seed for _, _, seed, _ in systems],
+                                 self.images.settings, [how for _, _, _, how in systems])
+
+    def render_on(self, draws: torch_render.Draws, device: torch.device) -> torch.Tensor:
+        """uint8 N x 3 x S x S on `device`: the pixels __getitems__ gives, rendered and resized there."""
+        images, _ = torch_render.render(draws, self.images.settings, device)
+        return resize(images, self.img_size)[:, None].expand(-1, 3, -1, -1).contiguous()
+
     def tensor(self, batch: int = 1024) -> torch.Tensor:
         """All its images, rendered into one uint8 tensor (epoch `self.epoch`)."""
         return torch.cat([torch.stack([image for image, _ in self.__getitems__(list(range(start, min(start + batch, len(self)))))])
                           for start in range(0, len(self), batch)])
+
+
+@dataclasses.dataclass
+class _DrawnImages(torch.utils.data.Dataset):
+    """`source`'s images as the device renderer's host inputs: one Draws per batch."""
+
+    source: RenderedImages
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitems__(self, positions: list[int]) -> torch_render.Draws:
+        return self.source.draws(positions)
+
+
+def _as_drawn(draws: torch_render.Draws) -> torch_render.Draws:
+    return draws  # one Draws is the whole batch already
+
+
+def device_batches(source: RenderedImages, batches: list[list[int]], device: torch.device,
+                   num_workers: int) -> Iterator[torch.Tensor]:
+    """uint8 N x 3 x S x S on `device` for each batch of positions of `source`, rendered there.
+
+    `num_workers` DataLoader workers draw each image's random numbers on the host (numpy,
+    render.py's functions); this process renders and resizes on the device (torch_render.py,
+    resize.py): the same pixels as __getitems__.
+    """
+    # Its own generator: a DataLoader seeds its workers from the global one otherwise (augmentation draws).
+    loader = DataLoader(_DrawnImages(source), batch_sampler=batches, num_workers=num_workers, collate_fn=_as_drawn,
+                        pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(0))
+    for draws in loader:
+        yield source.render_on(draws, device)
 
 
 def read_manifest(root: Path) -> dict:

@@ -12,7 +12,8 @@ category image (OFDB, 1p-frac).
 
 Rendering is the vectorised numpy renderer (render.py), so an image is byte-identical
 whichever batch, process or epoch asks for it; the generator writes its files (PNG
-folder or shards) through `render` too.
+folder or shards) through `render` too. Pre-training on CUDA renders the same `systems`
+with the torch port (torch_render.py, through synthetic_set.device_batches).
 """
 
 from __future__ import annotations
@@ -70,11 +71,15 @@ class ManifestImages:
         instance = index % self.per_class
         return instance + (epoch - 1) * self.per_class if fresh else instance
 
+    def systems(self, indices, epoch: int = 1, fresh: bool = False) -> list[tuple[np.ndarray, np.ndarray, int, str]]:
+        """ManifestImages.system of each flat index, in epoch `epoch`."""
+        return [self.system(i // self.per_class, self.instance_number(i, epoch, fresh)) for i in indices]
+
     def render(self, indices, epoch: int = 1, fresh: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """(images (N, S, S) uint8 at synthetic.image_size, gray and flipped as stored; converged (N,))."""
         size = self.settings.image_size
         images, converged = np.empty((len(indices), size, size), np.uint8), np.empty(len(indices), bool)
-        systems = [self.system(i // self.per_class, self.instance_number(i, epoch, fresh)) for i in indices]
+        systems = self.systems(indices, epoch, fresh)
         batch = batch_size_for(self.settings.num_points)
         for start in range(0, len(systems), batch):
             chunk = systems[start : start + batch]

@@ -1,0 +1,99 @@
+"""The torch renderer (what pre-training on CUDA renders with) against the numpy reference,
+run on the CPU: the same bytes, the same converged flags, the same training batches."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from synthvit.config import SyntheticConfig
+from synthvit.data import fit_image
+from synthvit.synthetic import generate_dataset, ifs, torch_render
+from synthvit.synthetic.render import RenderSettings, render_batch
+from synthvit.synthetic.resize import resize
+from synthvit.synthetic_set import device_batches, load_synthetic
+from test_synthetic import FERN, FERN_PROBABILITIES, SIERPINSKI, slow_rotations
+
+CPU = torch.device("cpu")
+EXPLODING = np.array([[3.0, 0.5, -0.2, 2.5, 1.0, 1.0], [-2.0, 1.0, 0.3, 2.0, 0.0, 1.0]])  # overflows to inf
+BARELY = np.array([[0.999, 0, 0, 0.999, 1, 0], [0.999, 0, 0, 0.999, 0, 1]])  # contracts too slowly
+# Expands by 1.16 a step: finite points spanning ~1e37, which numpy rasterises in float64.
+WIDE = np.array([[1.16, 0.1, 0, 1.16, 1, 0], [1.16, 0, -0.1, 1.16, 0, 1]])
+SYSTEMS = [(SIERPINSKI, [1 / 3] * 3), (FERN, FERN_PROBABILITIES), (slow_rotations(), [0.5, 0.5]),
+           (EXPLODING, [0.5, 0.5]), (BARELY, [0.5, 0.5]), (WIDE, [0.3, 0.7]), (FERN * 0.9, FERN_PROBABILITIES)]
+SEEDS = [11, 12, 13, 14, 15, 16, 17]
+
+
+def search_draws(count: int) -> list:
+    """Systems as the category search draws them (coefficients U(-1, 1)): some diverge."""
+    rng = np.random.default_rng(0)
+    return [(maps, ifs.map_probabilities(maps)) for maps in (ifs.random_ifs(rng, 2, 7) for _ in range(count))]
+
+
+@pytest.mark.parametrize("settings", [
+    RenderSettings(32, 2000),  # random masks, 64 walkers
+    RenderSettings(64, 10_000, "full"),  # the demo's preset
+    RenderSettings(48, 20_000, "random", pad=6, value=127),  # FractalDB's pad and gray, 625 walkers
+    RenderSettings(40, 50_000, "full", pad=2),  # several starting points per pre-run walker
+])
+def test_torch_renderer_gives_numpys_bytes_and_converged_flags(settings):
+    s = settings
+    expected, converged = render_batch(SYSTEMS, s.image_size, s.num_points, SEEDS, s.patch, s.pad, s.value,
+                                       with_convergence=True)
+    images, flags = torch_render.render(torch_render.draw(SYSTEMS, SEEDS, s), s, CPU)
+    assert converged.tolist() == [True, True, True, False, False, False, True]  # the cases above are what they say
+    assert flags.tolist() == converged.tolist()
+    assert images.dtype == torch.uint8 and np.array_equal(images.numpy(), expected)
+    assert (expected > 0).any(axis=(1, 2)).sum() == len(SYSTEMS) - 1  # only the overflowing walk draws nothing
+    other, _ = torch_render.render(torch_render.draw(SYSTEMS, [seed + 1 for seed in SEEDS], s), s, CPU)
+    assert not np.array_equal(other.numpy(), expected)  # the seeds matter: the comparison can fail
+
+
+def test_torch_renderer_matches_on_search_draws_in_uneven_batches(monkeypatch):
+    systems, seeds, settings = search_draws(30), list(range(100, 130)), RenderSettings(32, 3000, "random", pad=1)
+    expected, converged = render_batch(systems, 32, 3000, seeds, "random", 1, with_convergence=True)
+    monkeypatch.setattr(torch_render, "device_batch_size", lambda points, device: 7)
+    images, flags = torch_render.render(torch_render.draw(systems, seeds, settings), settings, CPU)
+    assert 0 < converged.sum() < len(systems)
+    assert np.array_equal(flags, converged) and np.array_equal(images.numpy(), expected)
+
+
+def test_image_flips_are_draws_flips():
+    settings = RenderSettings(24, 2000, "full")
+    systems, hows = [(FERN, FERN_PROBABILITIES)] * 4, ["none", "vertical", "horizontal", "both"]
+    images, _ = torch_render.render(torch_render.draw(systems, [3] * 4, settings, hows), settings, CPU)
+    plain = images[0]
+    for image, expected in zip(images, [plain, plain.flip(0), plain.flip(1), plain.flip(0).flip(1)]):
+        assert torch.equal(image, expected)
+    assert not torch.equal(images[1], plain)
+
+
+@pytest.mark.parametrize("size,out", [(64, 32), (362, 32), (362, 224), (64, 48), (32, 64), (100, 37)])
+def test_resize_is_pillows_bicubic(size, out):
+    rng = np.random.default_rng(size + out)
+    sparse = (rng.random((6, size, size)) < 0.2) * rng.integers(1, 256, (6, 1, 1))
+    images = np.concatenate([sparse, rng.integers(0, 256, (2, size, size))]).astype(np.uint8)
+    expected = np.stack([fit_image(Image.fromarray(image), out, mode="L") for image in images])
+    assert np.array_equal(resize(torch.from_numpy(images), out).numpy(), expected)
+    assert not np.array_equal(resize(torch.from_numpy(images[:, ::-1].copy()), out).numpy(), expected)
+
+
+SMALL = dict(num_classes=3, instances_per_class=4, image_size=32, num_points=2000, max_attempts=300, store="manifest")
+
+
+@pytest.mark.parametrize("kind,fresh", [("fractaldb", False), ("fractaldb", True), ("ofdb", True)])
+def test_device_batches_equal_the_numpy_batches(tmp_path, kind, fresh):
+    generate_dataset(SyntheticConfig(kind=kind, fresh_instances=fresh, **SMALL), 5, tmp_path, progress=False)
+    source = load_synthetic(tmp_path, 16, preload_bytes=0).source
+    order = np.random.default_rng(1).permutation(len(source)).tolist()
+    third, half = len(order) // 3, len(order) // 2 + 1
+    batches = [order[:third], order[third:half], order[half:]]  # shuffled, uneven
+    for epoch in (1, 2):
+        numpy_side = source.for_epoch(epoch).tensor(batch=5)
+        rendered = list(device_batches(source.for_epoch(epoch), batches, CPU, num_workers=2 if epoch == 1 else 0))
+        for images, positions in zip(rendered, batches):
+            assert images.shape == (len(positions), 3, 16, 16) and torch.equal(images, numpy_side[positions])
+    epoch_one, epoch_two = (torch.cat(list(device_batches(source.for_epoch(e), batches, CPU, 0))) for e in (1, 2))
+    assert torch.equal(epoch_one, epoch_two) != fresh  # fresh instances: other images in epoch 2
