@@ -367,3 +367,4 @@ def test_bench_prints_both_rates_and_the_ratio(capsys):
     assert bench.run(args) == 0
     out = capsys.readouterr().out
     assert "reference, per-point Python loop:" in out and out.count("speed-up") == 2
+    assert "torch port, 1 process, 1 thread:" in out and "x numpy in 1 process" in out

@@ -2,8 +2,9 @@
 against the same images preloaded as a uint8 tensor, in one run.
 
 It reads the synthetic set that generate_synthetic wrote (data/synthetic) and the
-params (model, pretrain recipe, runtime, data.num_workers: the DataLoader worker
-processes that render on CUDA; on a CPU the training process renders). Both sides train the same freshly initialised model for one
+params (model, pretrain recipe, runtime, data.num_workers: on CUDA the DataLoader
+workers that draw each batch's random numbers for the GPU to render; on a CPU the
+training process renders with numpy). Both sides train the same freshly initialised model for one
 epoch over the same images (--images of them, spread evenly over every category of the
 set) through the engine, alternating, so both see the same machine load; the cost of
 rendering is 1 - rendered / preloaded img/s (medians).
@@ -75,7 +76,8 @@ def run(args) -> int:
             history = train(model, sets[name], cfg, params.runtime, params.seed, desc=name, num_workers=workers)
             rates[name].append(history[0]["train_images_per_s"])
     rendered_rate, preloaded_rate = (statistics.median(rates[name]) for name in ("rendered", "preloaded"))
-    where = f"{workers} DataLoader workers" if resolve_device(params.runtime).type == "cuda" else "in the training process"
+    where = (f"on the GPU, {workers} DataLoader workers drawing" if resolve_device(params.runtime).type == "cuda"
+             else "in the training process")
     print(f"rendered on the fly ({where}): {rendered_rate:8.1f} img/s  "
           f"(epochs: {', '.join(f'{r:.1f}' for r in rates['rendered'])})")
     print(f"preloaded uint8 tensor:                {preloaded_rate:8.1f} img/s  "

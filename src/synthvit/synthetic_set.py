@@ -134,13 +134,25 @@ def device_batches(source: RenderedImages, batches: list[list[int]], device: tor
 
     `num_workers` DataLoader workers draw each image's random numbers on the host (numpy,
     render.py's functions); this process renders and resizes on the device (torch_render.py,
-    resize.py): the same pixels as __getitems__.
+    resize.py): the same pixels as __getitems__. Consecutive batches are rendered together
+    up to torch_render.device_batch_size images (an image does not depend on its batch):
+    a render call costs ~3,000 small kernels whatever its size.
     """
     # Its own generator: a DataLoader seeds its workers from the global one otherwise (augmentation draws).
     loader = DataLoader(_DrawnImages(source), batch_sampler=batches, num_workers=num_workers, collate_fn=_as_drawn,
                         pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(0))
+    per_call, pending = torch_render.device_batch_size(source.images.settings.num_points, device), []
     for draws in loader:
-        yield source.render_on(draws, device)
+        pending.append(draws)
+        if sum(map(len, pending)) >= per_call:
+            yield from _render_together(source, pending, device)
+            pending = []
+    yield from _render_together(source, pending, device)
+
+
+def _render_together(source: RenderedImages, parts: list[torch_render.Draws], device: torch.device) -> Iterator[torch.Tensor]:
+    if parts:
+        yield from source.render_on(torch_render.concat(parts), device).split([len(part) for part in parts])
 
 
 def read_manifest(root: Path) -> dict:

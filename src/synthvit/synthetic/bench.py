@@ -1,10 +1,12 @@
 """`synthvit bench synthetic`: the fast renderer against the per-point reference, one run.
 
 Both render the same IFS (contractive, 2-7 maps) at the same size, points and 3x3
-random-mask patches; their timed runs alternate so that both see the same machine
-load, and the ratio of their images/s is the speed-up. The fast renderer is timed on
-the worker processes the generators use and in one process. --ofdb also times a whole
-OFDB dataset (category search, rendering, PNG writing) end to end.
+patches (random masks, or --patch full); their timed runs alternate so that both see the
+same machine load, and the ratio of their images/s is the speed-up. The fast renderer is
+timed on the worker processes the generators use and in one process, alternating with
+its torch port (torch_render.py: what pre-training on CUDA renders with) on this
+machine's device (CUDA if visible, else the CPU). --ofdb also times a whole OFDB dataset
+(category search, rendering, PNG writing) end to end.
 """
 
 from __future__ import annotations
@@ -18,13 +20,14 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from synthvit.config import SyntheticConfig
-from synthvit.synthetic import ifs, official
+from synthvit.synthetic import ifs, official, torch_render
 from synthvit.synthetic.generate import write_dataset
 from synthvit.synthetic.parallel import InProcess, default_workers, worker_pool
 from synthvit.synthetic.reference import render_reference
-from synthvit.synthetic.render import batch_size_for, fill_rates, render_batch
+from synthvit.synthetic.render import RenderSettings, batch_size_for, fill_rates
 
 
 PAD, GRAY = 6, 127  # FractalDB's pad and gray value (the sizes are the arguments' defaults)
@@ -33,6 +36,8 @@ PAD, GRAY = 6, 127  # FractalDB's pad and gray value (the sizes are the argument
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-size", type=int, default=362, help="image side in pixels (FractalDB: 362)")
     parser.add_argument("--points", type=int, default=200_000, help="chaos-game points per image (FractalDB: 200k)")
+    parser.add_argument("--patch", choices=("random", "full"), default="random",
+                        help="3x3 patches: FractalDB's random masks or solid (the demo's)")
     parser.add_argument("--fast-images", type=int, default=256, help="images per timed fast run")
     parser.add_argument("--reference-images", type=int, default=3, help="images the per-point reference renders (~1 s each)")
     parser.add_argument("--repeats", type=int, default=3, help="timed fast runs (the median counts)")
@@ -57,23 +62,31 @@ def _systems(seed: int, count: int) -> list[tuple[np.ndarray, np.ndarray]]:
     return systems
 
 
-def _render_chunk(systems, *, size: int, points: int) -> list[float]:
-    images = render_batch(systems, size, points, list(range(len(systems))), pad=PAD, value=GRAY)
+def _render_chunk(systems, *, settings: RenderSettings) -> list[float]:
+    images = settings.render(systems, list(range(len(systems))))[0]
     return fill_rates(images).tolist()  # send back a few numbers, not the images
 
 
-def _time_fast(pool, systems, size: int, points: int) -> float:
+def _time_fast(pool, systems, settings: RenderSettings) -> float:
     """Seconds to render all systems in numpy batches on the pool's workers."""
-    batch = batch_size_for(points)
+    batch = batch_size_for(settings.num_points)
     chunks = [systems[k : k + batch] for k in range(0, len(systems), batch)]
     started = time.perf_counter()
-    list(pool.map(functools.partial(_render_chunk, size=size, points=points), chunks))
+    list(pool.map(functools.partial(_render_chunk, settings=settings), chunks))
     return time.perf_counter() - started
 
 
-def _time_reference(system, size: int, points: int, seed: int) -> float:
+def _time_torch(systems, settings: RenderSettings, device: torch.device) -> float:
+    """Seconds for the torch port to draw and render all systems on `device`, fill rates read back."""
     started = time.perf_counter()
-    render_reference(*system, size, points, seed, pad=PAD, value=GRAY)
+    images, _ = torch_render.render(torch_render.draw(systems, list(range(len(systems))), settings), settings, device)
+    images.count_nonzero(dim=(1, 2)).cpu()  # waits for the device
+    return time.perf_counter() - started
+
+
+def _time_reference(system, settings: RenderSettings, seed: int) -> float:
+    started = time.perf_counter()
+    render_reference(*system, settings.image_size, settings.num_points, seed, settings.patch, PAD, GRAY)
     return time.perf_counter() - started
 
 
@@ -107,28 +120,40 @@ def run(args) -> int:
         _official(args)
         return 0
     workers = args.workers or default_workers()
-    size, points = args.image_size, args.points
+    settings = RenderSettings(args.image_size, args.points, args.patch, PAD, GRAY)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     systems = _systems(args.seed, args.fast_images)
-    print(f"synthetic render benchmark: {size}x{size}, {points} points, {PAD}-px pad, 3x3 random-mask patches; "
-          f"fast renderer on {workers} worker processes")
+    print(f"synthetic render benchmark: {settings.image_size}x{settings.image_size}, {settings.num_points} points, "
+          f"{PAD}-px pad, 3x3 {args.patch} patches; fast renderer on {workers} worker processes")
     fast_seconds, reference_seconds = [], []
     with worker_pool(workers) as pool:
-        _time_fast(pool, systems[: batch_size_for(points) * workers], size, points)  # start and warm the workers
+        _time_fast(pool, systems[: batch_size_for(settings.num_points) * workers], settings)  # start and warm the workers
         for repeat in range(max(args.repeats, args.reference_images)):  # alternate: same machine load
             if repeat < args.repeats:
-                fast_seconds.append(_time_fast(pool, systems, size, points))
+                fast_seconds.append(_time_fast(pool, systems, settings))
             if repeat < args.reference_images:
-                reference_seconds.append(_time_reference(systems[repeat], size, points, args.seed))
-    one_process = _time_fast(InProcess(), systems, size, points)
+                reference_seconds.append(_time_reference(systems[repeat], settings, args.seed))
+    one_seconds, torch_seconds = [], []
+    _time_torch(systems[:2], settings, device)  # warm-up (CUDA context, kernels)
+    threads = torch.get_num_threads()
+    for _ in range(args.repeats):  # alternate: same machine load
+        one_seconds.append(_time_fast(InProcess(), systems, settings))
+        # On a CPU one thread, as numpy's one process: torch's small ops slowed ~8x on 2 threads of a busy 2-core machine.
+        torch.set_num_threads(1 if device.type == "cpu" else threads)
+        torch_seconds.append(_time_torch(systems, settings, device))
+        torch.set_num_threads(threads)
 
     reference_rate = len(reference_seconds) / sum(reference_seconds)
     fast_rate = len(systems) / statistics.median(fast_seconds)
-    one_rate = len(systems) / one_process
+    one_rate = len(systems) / statistics.median(one_seconds)
+    torch_rate = len(systems) / statistics.median(torch_seconds)
     rows = [
         ("reference, per-point Python loop", reference_rate, f"({len(reference_seconds)} images)"),
         (f"fast, {workers} worker processes", fast_rate,
          f"speed-up {fast_rate / reference_rate:.0f}x  (median of {len(fast_seconds)} runs of {len(systems)} images)"),
         ("fast, 1 process", one_rate, f"speed-up {one_rate / reference_rate:.0f}x"),
+        (f"torch port, 1 process, {'1 thread' if device.type == 'cpu' else device.type}", torch_rate,
+         f"{torch_rate / one_rate:.2f}x numpy in 1 process"),
     ]
     for label, rate, note in rows:
         print(f"{label + ':':<34} {rate:8.2f} img/s  {note}")

@@ -60,6 +60,15 @@ class Draws:
         return self._map(lambda t: t[start:stop])
 
 
+def concat(parts: list[Draws]) -> Draws:
+    """Several batches' draws as one (one render call: on a GPU a call's cost is mostly kernel launches)."""
+    most_maps = max(part.columns.shape[2] for part in parts)
+    columns = [torch.nn.functional.pad(part.columns, (0, most_maps - part.columns.shape[2])) for part in parts]
+    flip_bytes = None if parts[0].flip_bytes is None else torch.cat([part.flip_bytes for part in parts])
+    return Draws(torch.cat(columns), torch.cat([part.tables for part in parts]), flip_bytes,
+                 torch.cat([part.flips for part in parts]))
+
+
 def draw(systems, seeds, settings: RenderSettings, flips: list[str] | None = None) -> Draws:
     """Each image's map table and coin flips, from its seed exactly as render_batch draws them.
 
