@@ -14,7 +14,7 @@ from synthvit.synthetic import generate_dataset, ifs, torch_render
 from synthvit.synthetic.render import RenderSettings, render_batch
 from synthvit.synthetic.resize import resize
 from synthvit.synthetic_set import device_batches, load_synthetic
-from test_synthetic import FERN, FERN_PROBABILITIES, SIERPINSKI, slow_rotations
+from test_synthetic import FERN, FERN_PROBABILITIES, SIERPINSKI, official_categories, slow_rotations
 
 CPU = torch.device("cpu")
 EXPLODING = np.array([[3.0, 0.5, -0.2, 2.5, 1.0, 1.0], [-2.0, 1.0, 0.3, 2.0, 0.0, 1.0]])  # overflows to inf
@@ -58,6 +58,15 @@ def test_torch_renderer_matches_on_search_draws_in_uneven_batches(monkeypatch):
     images, flags = torch_render.render(torch_render.draw(systems, seeds, settings), settings, CPU)
     assert 0 < converged.sum() < len(systems)
     assert np.array_equal(flags, converged) and np.array_equal(images.numpy(), expected)
+
+
+def test_torch_renderer_matches_on_the_official_fractaldb_categories():
+    systems = [(rows[:, :6], rows[:, 6]) for rows in official_categories().values()]  # 100, 2-7 maps
+    seeds, settings = list(range(len(systems))), RenderSettings(64, 10_000, "full")  # the demo's preset
+    expected, converged = settings.render(systems, seeds)
+    images, flags = torch_render.render(torch_render.draw(systems, seeds, settings), settings, CPU)
+    assert converged.all() and flags.all()
+    assert np.array_equal(images.numpy(), expected)
 
 
 def test_image_flips_are_draws_flips():
