@@ -172,4 +172,5 @@ def test_bench_pretrain_prints_both_rates_and_the_cost(stores, capsys):
     assert bench_source.run(args) == 0
     out = capsys.readouterr().out
     assert "on 8 of the 12 images" in out and "rendered on the fly (in the training process)" in out
+    assert "drawing the GPU renderer's random numbers alone, one process:" in out
     assert "preloaded uint8 tensor" in out and "cost of rendering on the fly" in out

@@ -61,13 +61,17 @@ def run(args) -> int:
     started = time.perf_counter()
     tensor = rendered.tensor()
     render_rate = count / (time.perf_counter() - started)
+    started = time.perf_counter()
+    rendered.draws(list(range(count)))  # what each DataLoader worker does on CUDA, where the GPU renders
+    draw_rate = count / (time.perf_counter() - started)
     sets = {"rendered": ImageSet(None, rendered.labels, images.names, img_size=img_size, source=rendered),
             "preloaded": ImageSet(tensor, rendered.labels, images.names, img_size=img_size)}
     cfg = params.pretrain.model_copy(update={"epochs": 1, "warmup_epochs": 0, "checkpoint_every": 0})
     print(f"pre-training {params.model.name} (depth {params.model.depth}, dim {params.model.embed_dim}) at {img_size}px, "
           f"batch {cfg.batch_size}, on {count} of the {len(images)} images of {args.synthetic} "
           f"({len(images.names)} categories, rendered at {images.settings.image_size}px, {images.settings.num_points} points); "
-          f"rendering alone, one process: {render_rate:.0f} img/s")
+          f"rendering alone, one process: {render_rate:.0f} img/s; drawing the GPU renderer's random numbers alone, "
+          f"one process: {draw_rate:.0f} img/s")
     rates = {name: [] for name in sets}
     for repeat in range(args.repeats):
         for name in sorted(sets, reverse=bool(repeat % 2)):  # alternate which side goes first
