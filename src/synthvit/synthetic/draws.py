@@ -120,9 +120,15 @@ def instance_maps(category_maps, variation: dict) -> np.ndarray:
     return ifs.scale_coefficient(maps, ifs.COEFFICIENT_NAMES.index(variation["coefficient"]), variation["weight"])
 
 
+def mirrors(how: str) -> tuple[bool, bool]:
+    """(reverse the rows, reverse the columns) of flip `how` (one of FLIPS)."""
+    return how in ("vertical", "both"), how in ("horizontal", "both")
+
+
 def flip(image: np.ndarray, how: str) -> np.ndarray:
-    if how in ("vertical", "both"):
+    rows, columns = mirrors(how)
+    if rows:
         image = image[::-1]
-    if how in ("horizontal", "both"):
+    if columns:
         image = image[:, ::-1]
     return np.ascontiguousarray(image)

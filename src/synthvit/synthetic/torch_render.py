@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from synthvit.synthetic import render as np_render
+from synthvit.synthetic.draws import mirrors
 from synthvit.synthetic.render import (
     CHECK_EVERY, DIVERGED, MAX_BURN_IN, MAX_WALKERS, MIN_BURN_IN, PRERUN_WALKERS, START_STRIDE, TABLE_SIZE,
     TANGENT_WALKERS, TOLERANCE, RenderSettings, batch_size_for, walker_layout,
@@ -42,13 +43,14 @@ class Draws:
     columns: torch.Tensor  # (F, 6, K) float32: rows a, c, b, d, e, f of each system's maps, zero-padded
     tables: torch.Tensor  # (F, slots) uint8: the map each table slot applies
     flip_bytes: torch.Tensor | None  # (F, bytes) uint8: packed mask coin flips (random patches only)
-    flips: torch.Tensor  # (F, 2) bool: mirror the image vertically, horizontally (draws.flip)
+    flips: torch.Tensor  # (F, 2) bool: reverse the image's rows, its columns (draws.mirrors)
 
     def __len__(self) -> int:
         return len(self.columns)
 
     def _map(self, fn) -> "Draws":
-        return Draws(*(None if t is None else fn(t) for t in dataclasses.astuple(self)))
+        fields = (getattr(self, field.name) for field in dataclasses.fields(self))  # (astuple would deep-copy)
+        return Draws(*(None if t is None else fn(t) for t in fields))
 
     def pin_memory(self) -> "Draws":  # DataLoader(pin_memory=True) calls this
         return self._map(torch.Tensor.pin_memory)
@@ -89,8 +91,7 @@ def draw(systems, seeds, settings: RenderSettings, flips: list[str] | None = Non
         tables[i] = np_render._map_table(np.asarray(probabilities, np.float64), rng, slots)
         if settings.patch == "random":  # drawn after the table, from the same generator, as render_batch does
             flip_bytes.append(np_render.coin_flip_bytes(rng, settings.image_size))
-    hows = flips or ["none"] * len(systems)
-    mirror = [(how in ("vertical", "both"), how in ("horizontal", "both")) for how in hows]
+    mirror = [mirrors(how) for how in flips or ["none"] * len(systems)]
     return Draws(torch.from_numpy(columns), torch.from_numpy(tables),
                  torch.from_numpy(np.stack(flip_bytes)) if flip_bytes else None,
                  torch.tensor(mirror, dtype=torch.bool).reshape(len(systems), 2))
@@ -114,9 +115,9 @@ def render(draws: Draws, settings: RenderSettings, device: torch.device) -> tupl
         chunk = draws.chunk(start, start + batch).to(device)
         xs, ys, converged[start : start + len(chunk)] = _chaos_game(chunk, settings.num_points)
         drawn = _rasterize(xs, ys, chunk.flip_bytes, settings)
-        vertical, horizontal = chunk.flips[:, 0, None, None], chunk.flips[:, 1, None, None]
-        drawn = torch.where(vertical, drawn.flip(-2), drawn)
-        images[start : start + len(chunk)] = torch.where(horizontal, drawn.flip(-1), drawn)
+        rows, columns = chunk.flips[:, 0, None, None], chunk.flips[:, 1, None, None]
+        drawn = torch.where(rows, drawn.flip(-2), drawn)
+        images[start : start + len(chunk)] = torch.where(columns, drawn.flip(-1), drawn)
     return images, converged
 
 
