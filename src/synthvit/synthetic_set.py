@@ -136,7 +136,7 @@ def device_batches(source: RenderedImages, batches: list[list[int]], device: tor
     render.py's functions); this process renders and resizes on the device (torch_render.py,
     resize.py): the same pixels as __getitems__. Consecutive batches are rendered together
     up to torch_render.device_batch_size images (an image does not depend on its batch):
-    a render call costs ~3,000 small kernels whatever its size.
+    a render call costs a few thousand small kernels whatever its size.
     """
     # Its own generator: a DataLoader seeds its workers from the global one otherwise (augmentation draws).
     loader = DataLoader(_DrawnImages(source), batch_sampler=batches, num_workers=num_workers, collate_fn=_as_drawn,
