@@ -368,3 +368,4 @@ def test_bench_prints_both_rates_and_the_ratio(capsys):
     out = capsys.readouterr().out
     assert "reference, per-point Python loop:" in out and out.count("speed-up") == 2
     assert "torch port, 1 process, 1 thread:" in out and "x numpy in 1 process" in out
+    assert "torch port on cpu gives numpy's bytes and converged flags (8 images): yes" in out

@@ -5,7 +5,8 @@ patches (random masks, or --patch full); their timed runs alternate so that both
 same machine load, and the ratio of their images/s is the speed-up. The fast renderer is
 timed on the worker processes the generators use and in one process, alternating with
 its torch port (torch_render.py: what pre-training on CUDA renders with) on this
-machine's device (CUDA if visible, else the CPU). --ofdb also times a whole OFDB dataset
+machine's device (CUDA if visible, else the CPU), whose images are then compared with
+numpy's byte for byte. --ofdb also times a whole OFDB dataset
 (category search, rendering, PNG writing) end to end.
 """
 
@@ -86,6 +87,15 @@ def _time_torch(systems, settings: RenderSettings, device: torch.device) -> tupl
     return time.perf_counter() - started, drawn - started
 
 
+def _same_bytes(systems, settings: RenderSettings, device: torch.device) -> str:
+    """Whether the torch port on `device` gives numpy's bytes and converged flags for `systems`."""
+    seeds = list(range(len(systems)))
+    expected, converged = settings.render(systems, seeds)
+    images, flags = torch_render.render(torch_render.draw(systems, seeds, settings), settings, device)
+    same = np.array_equal(images.cpu().numpy(), expected) and np.array_equal(flags, converged)
+    return f"torch port on {device.type} gives numpy's bytes and converged flags ({len(systems)} images): {'yes' if same else 'NO'}"
+
+
 def _time_reference(system, settings: RenderSettings, seed: int) -> float:
     started = time.perf_counter()
     render_reference(*system, settings.image_size, settings.num_points, seed, settings.patch, PAD, GRAY)
@@ -160,6 +170,7 @@ def run(args) -> int:
     ]
     for label, rate, note in rows:
         print(f"{label + ':':<34} {rate:8.2f} img/s  {note}")
+    print(_same_bytes(systems, settings, device))
     if args.ofdb:
         _time_ofdb(args, workers)
     return 0
