@@ -32,8 +32,8 @@ from synthvit.damage import damaged_message
 from synthvit.data import ImageSet, fit_image, load_image_folder
 from synthvit.errors import UserError
 from synthvit.progress import progress_bar
-from synthvit.synthetic.parallel import default_workers, worker_pool
 from synthvit.synthetic import torch_render
+from synthvit.synthetic.parallel import default_workers, worker_pool
 from synthvit.synthetic.resize import resize
 from synthvit.synthetic.source import ManifestImages, worker_tasks
 
