@@ -43,7 +43,6 @@ from synthvit.errors import UserError
 from synthvit.models import DEFAULT_MEAN, DEFAULT_STD
 from synthvit.progress import log, progress_bar
 from synthvit.resume import cpu_copy, read_state, restore_state, save_state
-from synthvit.synthetic_set import device_batches
 
 LOG_EVERY = 50  # steps between reads of the running loss: its finiteness check and the progress figure
 
@@ -111,7 +110,7 @@ def uint8_batches(train_set: ImageSet, order: torch.Tensor, starts: list[int], s
     if train_set.source is not None and device.type == "cuda":
         # Rendered on the GPU with torch (synthetic_set.device_batches): CPU workers would starve it.
         batches = [on_host[start : start + size] for start in starts]
-        rendered = device_batches(train_set.source.for_epoch(epoch), batches, device, num_workers)
+        rendered = train_set.source.for_epoch(epoch).render_batches_on(batches, device, num_workers)
         for images, start in zip(rendered, starts):
             yield images, order[start : start + size]
         return

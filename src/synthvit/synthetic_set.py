@@ -105,6 +105,11 @@ class RenderedImages(torch.utils.data.Dataset):
         images, _ = torch_render.render(draws, self.images.settings, device)
         return resize(images, self.img_size)[:, None].expand(-1, 3, -1, -1).contiguous()
 
+    def render_batches_on(self, batches: list[list[int]], device: torch.device, num_workers: int) -> Iterator[torch.Tensor]:
+        """device_batches of this set: the training loop calls it through the ImageSet's
+        source, so the stages that train without fractals do not import the renderer."""
+        return device_batches(self, batches, device, num_workers)
+
     def tensor(self, batch: int = 1024) -> torch.Tensor:
         """All its images, rendered into one uint8 tensor (epoch `self.epoch`)."""
         return torch.cat([torch.stack([image for image, _ in self.__getitems__(list(range(start, min(start + batch, len(self)))))])
