@@ -119,7 +119,11 @@ def curves_figure(client, experiment_id: str, arms: list[tuple[str, object, dict
         label = f"{name} ({parent.data.params.get('finetune.init', '?')})"
         ax_fine.plot(curve["epoch"], curve["eval_acc"], marker=".", label=label)
     held_out = "test" if on_test else "validation"
-    ax_fine.set(xlabel="fine-tuning epoch", ylabel=f"{held_out} top-1", title=f"Fine-tuning: {held_out} accuracy per epoch")
+    # The curve may score fewer images than the table's test top-1 (finetune.curve_test_per_class): say how many.
+    counts = {stages["finetune"].data.metrics.get("final_eval_images") if "finetune" in stages else None
+              for _, _, stages in arms}
+    scored = f" ({int(counts.pop()):,} images)" if len(counts) == 1 and None not in counts else ""
+    ax_fine.set(xlabel="fine-tuning epoch", ylabel=f"{held_out} top-1", title=f"Fine-tuning: {held_out} accuracy per epoch{scored}")
     for ax in (ax_pre, ax_fine):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
