@@ -13,7 +13,7 @@ from synthvit.data import fit_image
 from synthvit.synthetic import generate_dataset, ifs, torch_render
 from synthvit.synthetic.render import RenderSettings, render_batch
 from synthvit.synthetic.resize import resize
-from synthvit.synthetic_set import device_batches, load_synthetic
+from synthvit.synthetic_set import load_synthetic
 from test_synthetic import FERN, FERN_PROBABILITIES, SIERPINSKI, official_categories, slow_rotations
 
 CPU = torch.device("cpu")
@@ -103,8 +103,8 @@ def test_device_batches_equal_the_numpy_batches(tmp_path, monkeypatch, kind, fre
         numpy_side = source.for_epoch(epoch).tensor(batch=5)
         if epoch == 2:  # render calls that group some batches and not others
             monkeypatch.setattr(torch_render, "device_batch_size", lambda points, device: 7)
-        rendered = list(device_batches(source.for_epoch(epoch), batches, CPU, num_workers=2 if epoch == 1 else 0))
+        rendered = list(source.for_epoch(epoch).device_batches(batches, CPU, num_workers=2 if epoch == 1 else 0))
         for images, positions in zip(rendered, batches):
             assert images.shape == (len(positions), 3, 16, 16) and torch.equal(images, numpy_side[positions])
-    epoch_one, epoch_two = (torch.cat(list(device_batches(source.for_epoch(e), batches, CPU, 0))) for e in (1, 2))
+    epoch_one, epoch_two = (torch.cat(list(source.for_epoch(e).device_batches(batches, CPU, 0))) for e in (1, 2))
     assert torch.equal(epoch_one, epoch_two) != fresh  # fresh instances: other images in epoch 2

@@ -108,9 +108,9 @@ def uint8_batches(train_set: ImageSet, order: torch.Tensor, starts: list[int], s
         return
     on_host = order.tolist()  # the sampler needs host indices: one copy per epoch
     if train_set.source is not None and device.type == "cuda":
-        # Rendered on the GPU with torch (synthetic_set.device_batches): CPU workers would starve it.
+        # Rendered on the GPU with torch (synthetic_set.RenderedImages.device_batches): CPU workers would starve it.
         batches = [on_host[start : start + size] for start in starts]
-        rendered = train_set.source.for_epoch(epoch).render_batches_on(batches, device, num_workers)
+        rendered = train_set.source.for_epoch(epoch).device_batches(batches, device, num_workers)
         for images, start in zip(rendered, starts):
             yield images, order[start : start + size]
         return

@@ -5,7 +5,7 @@
   PRELOAD_BYTES at img_size is rendered once, by worker processes, into an in-memory tensor
   (every epoch reads the same pixels); a larger one, or fresh_instances, keeps nothing up
   front: the set's `source`, a RenderedImages, renders each batch epoch by epoch
-  (engine.uint8_batches): on CUDA with torch on the GPU (`device_batches`: DataLoader
+  (engine.uint8_batches): on CUDA with torch on the GPU (`RenderedImages.device_batches`: DataLoader
   workers draw the random numbers), on a CPU with numpy in the training process;
 - store=shards: the uint8 shards, resized into one in-memory tensor;
 - store=images: the PNG folder, decoded into one in-memory tensor.
@@ -105,10 +105,31 @@ class RenderedImages(torch.utils.data.Dataset):
         images, _ = torch_render.render(draws, self.images.settings, device)
         return resize(images, self.img_size)[:, None].expand(-1, 3, -1, -1).contiguous()
 
-    def render_batches_on(self, batches: list[list[int]], device: torch.device, num_workers: int) -> Iterator[torch.Tensor]:
-        """device_batches of this set: the training loop calls it through the ImageSet's
-        source, so the stages that train without fractals do not import the renderer."""
-        return device_batches(self, batches, device, num_workers)
+    def device_batches(self, batches: list[list[int]], device: torch.device, num_workers: int) -> Iterator[torch.Tensor]:
+        """uint8 N x 3 x S x S on `device` for each batch of positions, rendered there.
+
+        `num_workers` DataLoader workers draw each image's random numbers on the host (numpy,
+        render.py's functions); this process renders and resizes on the device (torch_render.py,
+        resize.py): the same pixels as __getitems__. Consecutive batches are rendered together
+        up to torch_render.device_batch_size images (an image does not depend on its batch):
+        a render call costs a few thousand small kernels whatever its size. The training loop
+        calls this through the ImageSet's source, so stages that train without fractals do not
+        import the renderer.
+        """
+        # Its own generator: a DataLoader seeds its workers from the global one otherwise (augmentation draws).
+        loader = DataLoader(_DrawnImages(self), batch_sampler=batches, num_workers=num_workers, collate_fn=_as_drawn,
+                            pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(0))
+        per_call, pending = torch_render.device_batch_size(self.images.settings.num_points, device), []
+        for draws in loader:
+            pending.append(draws)
+            if sum(map(len, pending)) >= per_call:
+                yield from self._render_together(pending, device)
+                pending = []
+        yield from self._render_together(pending, device)
+
+    def _render_together(self, parts: list[torch_render.Draws], device: torch.device) -> Iterator[torch.Tensor]:
+        if parts:
+            yield from self.render_on(torch_render.concat(parts), device).split([len(part) for part in parts])
 
     def tensor(self, batch: int = 1024) -> torch.Tensor:
         """All its images, rendered into one uint8 tensor (epoch `self.epoch`)."""
@@ -130,34 +151,8 @@ class _DrawnImages(torch.utils.data.Dataset):
 
 
 def _as_drawn(draws: torch_render.Draws) -> torch_render.Draws:
-    return draws  # one Draws is the whole batch already
+    return draws  # one Draws is the whole batch already (a module function: workers pickle it)
 
-
-def device_batches(source: RenderedImages, batches: list[list[int]], device: torch.device,
-                   num_workers: int) -> Iterator[torch.Tensor]:
-    """uint8 N x 3 x S x S on `device` for each batch of positions of `source`, rendered there.
-
-    `num_workers` DataLoader workers draw each image's random numbers on the host (numpy,
-    render.py's functions); this process renders and resizes on the device (torch_render.py,
-    resize.py): the same pixels as __getitems__. Consecutive batches are rendered together
-    up to torch_render.device_batch_size images (an image does not depend on its batch):
-    a render call costs a few thousand small kernels whatever its size.
-    """
-    # Its own generator: a DataLoader seeds its workers from the global one otherwise (augmentation draws).
-    loader = DataLoader(_DrawnImages(source), batch_sampler=batches, num_workers=num_workers, collate_fn=_as_drawn,
-                        pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(0))
-    per_call, pending = torch_render.device_batch_size(source.images.settings.num_points, device), []
-    for draws in loader:
-        pending.append(draws)
-        if sum(map(len, pending)) >= per_call:
-            yield from _render_together(source, pending, device)
-            pending = []
-    yield from _render_together(source, pending, device)
-
-
-def _render_together(source: RenderedImages, parts: list[torch_render.Draws], device: torch.device) -> Iterator[torch.Tensor]:
-    if parts:
-        yield from source.render_on(torch_render.concat(parts), device).split([len(part) for part in parts])
 
 
 def read_manifest(root: Path) -> dict:

@@ -13,7 +13,7 @@ category image (OFDB, 1p-frac).
 Rendering is the vectorised numpy renderer (render.py), so an image is byte-identical
 whichever batch, process or epoch asks for it; the generator writes its files (PNG
 folder or shards) through `render` too. Pre-training on CUDA renders the same `systems`
-with the torch port (torch_render.py, through synthetic_set.device_batches).
+with the torch port (torch_render.py, through synthetic_set.RenderedImages.device_batches).
 """
 
 from __future__ import annotations

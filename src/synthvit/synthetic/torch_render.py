@@ -1,6 +1,6 @@
 """render.py's renderer in torch, on any device: the same algorithm, the same bytes.
 
-Pre-training on CUDA renders on the GPU with it (synthetic_set.device_batches); everything
+Pre-training on CUDA renders on the GPU with it (synthetic_set.RenderedImages.device_batches); everything
 else renders with numpy (render.py stays the reference). The work splits in two:
 
 - `draw` (host, numpy): everything random, by render.py's own functions from the same
