@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import ast
+import subprocess
 from pathlib import Path
 
 import yaml
+
+from conftest import pipeline_env, snapshot_repo
 
 REPO = Path(__file__).resolve().parents[1]
 SRC = REPO / "src"
@@ -102,3 +105,21 @@ def test_bookkeeping_params_are_not_stage_params():
                     "data.num_workers", "data.download", "tracking.experiment_name"):
             assert key not in params, (name, key)
         assert "${" not in stage["cmd"], f"{name}: an interpolated command re-runs the stage when the value changes"
+
+
+def test_compiled_and_byte_code_caches_do_not_change_code_deps(tmp_path):
+    # Python writes __pycache__/*.pyc and numba its kernels' caches beside the sources on first import.
+    repo, env = snapshot_repo(tmp_path / "repo"), pipeline_env(tmp_path)
+
+    def dvc(*args):
+        return subprocess.run(["dvc", *args], cwd=repo, env=env, check=True, capture_output=True, text=True).stdout
+
+    dvc("stage", "add", "-n", "probe", "-d", "src/synthvit/synthetic", "-o", "probe.txt", "echo x > probe.txt")
+    dvc("repro", "probe")
+    cache = repo / "src/synthvit/synthetic/__pycache__"
+    cache.mkdir(exist_ok=True)
+    (cache / "kernels.chaos_steps-1.py311.nbi").write_bytes(b"compiled")
+    (cache / "render.cpython-311.pyc").write_bytes(b"byte code")
+    assert "up to date" in dvc("status", "probe")
+    (repo / "src/synthvit/synthetic/render.py").write_text("# changed\n", encoding="utf-8")
+    assert "modified" in dvc("status", "probe")  # the probe can fail: a source change shows
