@@ -42,6 +42,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from synthvit.synthetic import kernels
 from synthvit.synthetic.png import encode_png
 
 TABLE_SIZE = 4096  # map-choice slots: probabilities are quantised to 1/4096
@@ -140,12 +141,15 @@ def _burn_in(linear, tangent_walkers: int) -> np.ndarray:
     MAX_BURN_IN). This needs no positions, so it runs alone first (2x2 products of 64
     walkers: cheap) and the pre-run then steps each system only as long as it needs.
     """
+    offsets = _offsets(0, MAX_BURN_IN + MAX_WALKERS)
+    if kernels.ENABLED:
+        return kernels.burn_in_steps(linear, tangent_walkers, offsets, MIN_BURN_IN, MAX_BURN_IN, CHECK_EVERY,
+                                     TOLERANCE**2, DIVERGED**2)
     count = linear.shape[0]
     tangents = np.zeros((count, 2, 2, tangent_walkers), np.float32)  # (system, vector, x/y, walker)
     tangents[:, 0, 0], tangents[:, 1, 1] = 1, 1  # the identity: d(position) / d(start)
     scratch, product = np.empty_like(tangents), np.empty_like(tangents)
     burn_in = np.full(count, -1)
-    offsets = _offsets(0, MAX_BURN_IN + MAX_WALKERS)
     for t in range(MAX_BURN_IN):
         steps = t + 1
         # (a, c) * x + (b, d) * y, both vectors of every walker at once.
@@ -184,6 +188,12 @@ def _prerun(coef, walkers: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.
     pre = min(PRERUN_WALKERS, walkers)
     collect = -(-walkers // pre)
     burn_in = _burn_in(coef[:, :2], min(TANGENT_WALKERS, pre))
+    converged = burn_in < MAX_BURN_IN  # (one converging at exactly MAX_BURN_IN steps counts as not)
+    if kernels.ENABLED:
+        starts = np.empty((count, 2, collect, pre), np.float32)
+        path = np.zeros((count, 2, MAX_BURN_IN + 1), np.float32)
+        kernels.prerun(coef, burn_in, pre, START_STRIDE, _offsets(0, MAX_BURN_IN + MAX_WALKERS), starts, path)
+        return starts.reshape(count, 2, -1)[:, :, :walkers], burn_in, converged, path
     # Longest pre-run first, so the systems still stepping are always a prefix (a view,
     # no gather): a batch no longer runs every system as long as its slowest one.
     ends = burn_in + START_STRIDE * collect
@@ -211,7 +221,6 @@ def _prerun(coef, walkers: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.
             taking = np.flatnonzero(since > 0)
             starts[taking, :, since[taking] // START_STRIDE - 1] = position[taking]
     unsort = np.argsort(order)
-    converged = burn_in < MAX_BURN_IN  # (one converging at exactly MAX_BURN_IN steps counts as not)
     return starts[unsort].reshape(count, 2, -1)[:, :, :walkers], burn_in, converged, path[unsort]
 
 
@@ -231,16 +240,23 @@ def _chaos_game(systems, num_points: int, rngs) -> tuple[np.ndarray, np.ndarray,
     with np.errstate(over="ignore", invalid="ignore", under="ignore"):  # divergent systems overflow to inf/nan
         position, burn_in, converged, path = _prerun(coef, walkers)
         history = _scratch("history", (count, 2, steps, walkers), np.float32)
-        scratch = _scratch("step", (count, 2, walkers), np.float32)
-        for t, offset in enumerate(_offsets(1, steps)):
-            _step(coef, offset, walkers, position, history[:, :, t], scratch)
-            position = history[:, :, t]
+        if kernels.ENABLED:
+            kernels.chaos_steps(coef, _offsets(1, steps), position, history)
+        else:
+            scratch = _scratch("step", (count, 2, walkers), np.float32)
+            for t, offset in enumerate(_offsets(1, steps)):
+                _step(coef, offset, walkers, position, history[:, :, t], scratch)
+                position = history[:, :, t]
     points = history.reshape(count, 2, -1)[:, :, :num_points]
     return points[:, 0], points[:, 1], burn_in, converged, path
 
 
 def _mark_points(xs: np.ndarray, ys: np.ndarray, grid: np.ndarray, low: int, high: int) -> None:
     """Set grid[row, col] at each point; x and y scale separately to [low, high] (y up)."""
+    if kernels.ENABLED:
+        kernels.mark_points(xs, ys, (xs.min(), xs.max(), ys.min(), ys.max()), grid, low, high,
+                            _scratch("index32", xs.shape, np.int32))
+        return
     size = grid.shape[0]
     bounds = xs.min(), xs.max(), ys.min(), ys.max()
     if not np.isfinite(bounds).all():  # a divergent walk: keep its finite points only
