@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 from pathlib import Path
 
 import numpy as np
@@ -366,6 +367,7 @@ def test_bench_prints_both_rates_and_the_ratio(capsys):
                               "--reference-images", "1", "--repeats", "1", "--workers", "1"])
     assert bench.run(args) == 0
     out = capsys.readouterr().out
-    assert "reference, per-point Python loop:" in out and out.count("speed-up") == 2
-    assert "torch port, 1 process, 1 thread:" in out and "x numpy in 1 process" in out
+    assert "reference, per-point Python loop:" in out and out.count("speed-up") == 3
+    assert "compiled loops (numba)" in out and re.search(r"numpy only: +[0-9.]+ img/s .*compiled loops [0-9.]+x numpy", out)
+    assert "torch port, 1 process, 1 thread:" in out and "x the fast renderer in 1 process" in out
     assert "torch port on cpu gives numpy's bytes and converged flags (8 images): yes" in out

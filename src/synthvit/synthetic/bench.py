@@ -4,7 +4,7 @@ Both render the same IFS (contractive, 2-7 maps) at the same size, points and 3x
 patches (random masks, or --patch full); their timed runs alternate so that both see the
 same machine load, and the ratio of their images/s is the speed-up. The fast renderer is
 timed on the worker processes the generators use and in one process, alternating with
-its torch port (torch_render.py: what pre-training on CUDA renders with) on this
+its numpy-only path (what runs without numba: kernels.py) and its torch port (torch_render.py: what pre-training on CUDA renders with) on this
 machine's device (CUDA if visible, else the CPU), whose images are then compared with
 numpy's byte for byte. --ofdb also times a whole OFDB dataset
 (category search, rendering, PNG writing) end to end.
@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from synthvit.config import SyntheticConfig
-from synthvit.synthetic import ifs, official, torch_render
+from synthvit.synthetic import ifs, kernels, official, torch_render
 from synthvit.synthetic.generate import write_dataset
 from synthvit.synthetic.parallel import InProcess, default_workers, worker_pool
 from synthvit.synthetic.reference import render_reference
@@ -136,7 +136,8 @@ def run(args) -> int:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     systems = _systems(args.seed, args.fast_images)
     print(f"synthetic render benchmark: {settings.image_size}x{settings.image_size}, {settings.num_points} points, "
-          f"{PAD}-px pad, 3x3 {args.patch} patches; fast renderer on {workers} worker processes")
+          f"{PAD}-px pad, 3x3 {args.patch} patches; fast renderer on {workers} worker processes, "
+          f"{'compiled loops (numba)' if kernels.ENABLED else 'numpy only (no numba)'}")
     fast_seconds, reference_seconds = [], []
     with worker_pool(workers) as pool:
         _time_fast(pool, systems[: batch_size_for(settings.num_points) * workers], settings)  # start and warm the workers
@@ -145,11 +146,14 @@ def run(args) -> int:
                 fast_seconds.append(_time_fast(pool, systems, settings))
             if repeat < args.reference_images:
                 reference_seconds.append(_time_reference(systems[repeat], settings, args.seed))
-    one_seconds, torch_seconds = [], []
+    one_seconds, numpy_seconds, torch_seconds = [], [], []
     _time_torch(systems[:2], settings, device)  # warm-up (CUDA context, kernels)
-    threads = torch.get_num_threads()
+    threads, compiled = torch.get_num_threads(), kernels.ENABLED
     for _ in range(args.repeats):  # alternate: same machine load
         one_seconds.append(_time_fast(InProcess(), systems, settings))
+        kernels.ENABLED = False
+        numpy_seconds.append(_time_fast(InProcess(), systems, settings))
+        kernels.ENABLED = compiled
         # On a CPU one thread, as numpy's one process: torch's small ops slowed ~8x on 2 threads of a busy 2-core machine.
         torch.set_num_threads(1 if device.type == "cpu" else threads)
         torch_seconds.append(_time_torch(systems, settings, device))
@@ -158,6 +162,7 @@ def run(args) -> int:
     reference_rate = len(reference_seconds) / sum(reference_seconds)
     fast_rate = len(systems) / statistics.median(fast_seconds)
     one_rate = len(systems) / statistics.median(one_seconds)
+    numpy_rate = len(systems) / statistics.median(numpy_seconds)
     torch_rate = len(systems) / statistics.median(seconds for seconds, _ in torch_seconds)
     draw_rate = len(systems) / statistics.median(drawing for _, drawing in torch_seconds)
     rows = [
@@ -165,8 +170,10 @@ def run(args) -> int:
         (f"fast, {workers} worker processes", fast_rate,
          f"speed-up {fast_rate / reference_rate:.0f}x  (median of {len(fast_seconds)} runs of {len(systems)} images)"),
         ("fast, 1 process", one_rate, f"speed-up {one_rate / reference_rate:.0f}x"),
+        ("fast, 1 process, numpy only", numpy_rate,
+         f"speed-up {numpy_rate / reference_rate:.0f}x; compiled loops {one_rate / numpy_rate:.2f}x numpy"),
         (f"torch port, 1 process, {'1 thread' if device.type == 'cpu' else device.type}", torch_rate,
-         f"{torch_rate / one_rate:.2f}x numpy in 1 process (its host draws alone: {draw_rate:.0f} img/s)"),
+         f"{torch_rate / one_rate:.2f}x the fast renderer in 1 process (its host draws alone: {draw_rate:.0f} img/s)"),
     ]
     for label, rate, note in rows:
         print(f"{label + ':':<34} {rate:8.2f} img/s  {note}")
