@@ -31,6 +31,10 @@ overwriting earlier ones, grayscale. The work is per pixel instead of per point:
 Step offsets are one fixed sequence for every image; an image's own randomness (table
 permutation, mask bits) comes from its seed alone, so an image is byte-identical
 whichever batch, process or machine renders it.
+
+With numba installed, the burn-in, the pre-run, the steps and the marks run as compiled
+loops (kernels.py: the same float32 operations in the same order, so the same bytes);
+the numpy code below stays as what runs without it, and as their specification.
 """
 
 from __future__ import annotations
