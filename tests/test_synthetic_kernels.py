@@ -25,6 +25,7 @@ def numpy_and_compiled(monkeypatch, fn):
     return expected, fn()
 
 
+@pytest.mark.skipif(os.environ.get("SYNTHVIT_NUMBA") == "0", reason="SYNTHVIT_NUMBA=0: the numpy path asked for")
 def test_the_kernels_are_what_the_tests_and_the_pipeline_run():
     assert kernels.numba is not None and kernels.ENABLED  # numba is pinned in requirements.txt
 
