@@ -13,7 +13,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 # fine-tuning from scratch. The second arm reuses the fractals and the pre-training (DVC
 # skips both: same params). Scored on the whole test split, compared by `synthvit compare`.
 # The size knobs below are the only difference between `make demo` (budget: 15 minutes on
-# 2 CPU cores: 12 min 4 s measured, README) and `make proof` (the longer version).
+# 2 CPU cores: 10 min 4 s measured, README) and `make proof` (the longer version).
 DEMO_INSTANCES ?= 32
 DEMO_FINETUNE_EPOCHS ?= 8
 DEMO_TRAIN_PER_CLASS ?= 250
