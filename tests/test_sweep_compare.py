@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import mlflow
 import pandas as pd
+import psutil
 import pytest
 from mlflow import MlflowClient
 from PIL import Image
@@ -49,9 +52,17 @@ def synthvit_compare(repo: Path, *args: str) -> str:
 
 
 def experiments_shown(repo: Path) -> dict[str, dict]:
-    """name -> {state, rev, metrics} of every experiment in `dvc exp show --json`."""
+    """name -> {state, rev, metrics} of every experiment in `dvc exp show --json`; {} while it fails.
+
+    While the queue runs, `dvc exp show` can fail to read a running experiment's
+    temporary copy of the repo that has just been removed (DVC 3.67); the next poll reads it.
+    """
+    result = subprocess.run(["dvc", "exp", "show", "--json"], cwd=repo, env=pipeline_env(repo), capture_output=True,
+                            text=True, timeout=300)
+    if result.returncode:
+        return {}
     shown = {}
-    for baseline in json.loads(dvc(repo, "exp", "show", "--json")):
+    for baseline in json.loads(result.stdout):
         for experiment in baseline.get("experiments") or []:
             for rev in experiment["revs"]:
                 metrics = ((rev.get("data") or {}).get("metrics")) or {}
@@ -60,8 +71,45 @@ def experiments_shown(repo: Path) -> dict[str, dict]:
     return shown
 
 
+def start_queue(repo: Path, jobs: int, log: Path) -> None:
+    """`dvc queue start -j jobs`, its output to a file: the workers it starts inherit that
+    output, so a captured pipe would keep this call waiting as long as they live."""
+    with log.open("w") as out:
+        subprocess.run(["dvc", "queue", "start", "-j", str(jobs)], cwd=repo, env=pipeline_env(repo), stdout=out,
+                       stderr=subprocess.STDOUT, timeout=300, check=True)
+
+
+def queue_workers(repo: Path) -> list[psutil.Process]:
+    """The repo's DVC queue worker processes still alive (from their pid files)."""
+    workers = []
+    for pid_file in (repo / ".dvc/tmp/exps/celery").glob("dvc-exp-worker-*.pid"):
+        try:
+            process = psutil.Process(int(pid_file.read_text()))
+            if "queue-worker" in process.cmdline():  # not a reused pid
+                workers.append(process)
+        except (psutil.Error, ValueError):
+            pass
+    return workers
+
+
+def end_queue_workers(repo: Path, grace: float = 60) -> None:
+    """Give the workers `grace` seconds to exit; end the ones still alive.
+
+    dvc-task 0.40 can wedge a worker: its idle monitor asked it to shut down while its
+    task was still running, and after the task it neither exited nor answered `dvc queue
+    stop` (seen once in CI, 2026-11-24; README, "Studies"). Not synthvit's to fix: the
+    test ends such a worker so that it does not outlive the repository copy.
+    """
+    deadline = time.monotonic() + grace
+    while (workers := queue_workers(repo)) and time.monotonic() < deadline:
+        time.sleep(2)
+    for worker in workers:
+        warnings.warn(f"DVC queue worker {worker.pid} still alive {grace:.0f} s after the queue emptied: ended")
+        worker.send_signal(signal.SIGKILL)
+
+
 def wait_for_queue(repo: Path, names: set[str], timeout: float = 1200) -> dict[str, dict]:
-    """Poll `dvc exp show --json` until every named experiment ended, then until the workers have exited."""
+    """Poll `dvc exp show --json` until every named experiment ended, then end the workers."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         shown = experiments_shown(repo)
@@ -70,9 +118,7 @@ def wait_for_queue(repo: Path, names: set[str], timeout: float = 1200) -> dict[s
         time.sleep(5)
     else:
         pytest.fail(f"queue did not finish in {timeout} s:\n{dvc(repo, 'queue', 'status')}")
-    # Idle workers exit by themselves within ~10 s; let them go before the repo copy is deleted.
-    while time.monotonic() < deadline and not re.search(r"0 active, 0 idle", dvc(repo, "queue", "status")):
-        time.sleep(2)
+    end_queue_workers(repo)
     failed = [n for n in names if shown[n]["state"] != "success"]
     assert not failed, "\n".join(dvc(repo, "queue", "logs", n) for n in failed)
     return shown
@@ -89,7 +135,7 @@ def test_queued_sweep_then_compare(repo_copy, cifar10_root, tmp_path):
     output = dvc(repo, "exp", "run", "--queue", "-n", "seed", *sets, "-S", "seed=0,1")
     assert output.count("Queued experiment") == 2, output
     started = time.monotonic()
-    dvc(repo, "queue", "start", "-j", "2")
+    start_queue(repo, 2, tmp_path / "queue-start.log")
     shown = wait_for_queue(repo, set(SEEDS))
     print(f"queue of 2 tiny experiments, -j 2: {time.monotonic() - started:.0f} s")
 
