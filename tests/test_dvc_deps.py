@@ -109,7 +109,8 @@ def test_bookkeeping_params_are_not_stage_params():
 
 def test_compiled_and_byte_code_caches_do_not_change_code_deps(tmp_path):
     # Python writes __pycache__/*.pyc and numba its kernels' caches beside the sources on first import.
-    repo, env = snapshot_repo(tmp_path / "repo"), pipeline_env(tmp_path)
+    repo = snapshot_repo(tmp_path / "repo")
+    env = pipeline_env(repo)
 
     def dvc(*args):
         return subprocess.run(["dvc", *args], cwd=repo, env=env, check=True, capture_output=True, text=True).stdout

@@ -154,7 +154,6 @@ def _as_drawn(draws: torch_render.Draws) -> torch_render.Draws:
     return draws  # one Draws is the whole batch already (a module function: workers pickle it)
 
 
-
 def read_manifest(root: Path) -> dict:
     path = root / "manifest.json"
     if not path.is_file():

@@ -30,7 +30,7 @@ def _compiled(fn):
         return fn
     try:
         return numba.njit(cache=True)(fn)
-    except RuntimeError:  # no writable cache location: compile in every process instead (~10 s)
+    except RuntimeError:  # no writable cache location: compile in every process instead (~7 s)
         return numba.njit(fn)
 
 
