@@ -21,6 +21,7 @@ from synthvit.metrics import classification_report
 from synthvit.models import load_checkpoint, model_from_checkpoint
 from synthvit.paths import checkpoint_path
 from synthvit.runner import run_main
+from synthvit.timing import write_timing
 from synthvit.tracking_check import check_tracking_store
 
 PLOTS = Path("plots/evaluate")
@@ -67,6 +68,7 @@ def main() -> None:
         write_csv(PLOTS / "calibration.csv", bins[bins["count"] > 0])  # empty bins have no accuracy to draw
         reliability_diagram(bins, ece, PLOTS / "reliability.png", title="Reliability (test)")
         write_json(Path("metrics/evaluate.json"), summary)
+        mlflow.log_artifact(str(write_timing("evaluate")))
         mlflow.log_metrics({k: float(v) for k, v in summary.items()})
         mlflow.log_metrics({tracking.metric_name(f"f1.{row['class']}"): row["f1"] for _, row in per_class.iterrows()})
         mlflow.log_dict({"classes": classes, "matrix": report["confusion"]}, "confusion_matrix.json")

@@ -10,6 +10,7 @@ from synthvit import tracking
 from synthvit.config import as_flat_dict, load_params
 from synthvit.paths import SYNTHETIC_DIR
 from synthvit.runner import run_main
+from synthvit.timing import write_timing
 from synthvit.tracking_check import check_tracking_store
 from synthvit.synthetic import generate_dataset
 
@@ -33,6 +34,7 @@ def main() -> None:
             "wall_seconds": seconds,
             "images_per_s": num_images / seconds,
         })
+        mlflow.log_artifact(str(write_timing("generate_synthetic", generate_seconds=round(seconds, 2))))
         mlflow.log_artifact(str(SYNTHETIC_DIR / "manifest.json"))
         mlflow.log_artifact(str(SYNTHETIC_DIR / "preview.png"))
 

@@ -20,6 +20,7 @@ from synthvit.data import decode_image, load_split
 from synthvit.models import load_checkpoint, model_from_checkpoint
 from synthvit.paths import SYNTHETIC_DIR, checkpoint_path, history_path
 from synthvit.runner import run_main
+from synthvit.timing import write_timing
 from synthvit.synthetic_set import synthetic_samples
 from synthvit.tracking_check import check_tracking_store
 
@@ -100,6 +101,7 @@ def main() -> None:
             mlflow.log_artifact(str(figure), artifact_path="figures")
         for figure in attention_figures(params, predictions):
             mlflow.log_artifact(str(figure), artifact_path="attention")
+        mlflow.log_artifact(str(write_timing("visualize")))
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import time
 
 import pandas as pd
 from torch import nn
@@ -21,6 +20,11 @@ from synthvit.files import write_csv, write_json
 from synthvit.models import count_parameters, save_checkpoint
 from synthvit.paths import checkpoint_path, history_path, metrics_path
 from synthvit.resume import resume_path
+from synthvit.timing import write_timing
+
+# Per-epoch figures that depend on the machine's load, not on what was learned: logged to
+# MLflow and the stage's timing file, kept out of history.csv (byte-identical across runs).
+TIMING_KEYS = ("epoch_seconds", "train_images_per_s")
 
 def tensor_digest(*tensors) -> str:
     sha = hashlib.sha256()
@@ -71,7 +75,6 @@ def train_and_record(
     num_parameters = count_parameters(model)
     mlflow.log_params({"model.num_parameters": num_parameters, "data.train_images": len(train_set),
                        "data.num_classes": train_set.num_classes})
-    started = time.perf_counter()
     history = train(
         model, train_set, train_cfg, params.runtime, params.seed, eval_set=eval_set,
         on_epoch=lambda metrics: mlflow.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=metrics["epoch"]),
@@ -80,7 +83,6 @@ def train_and_record(
         keep_best=keep_best,
         num_workers=params.data.num_workers,
     )
-    wall = time.perf_counter() - started
     last = next(h for h in history if h["selected"])  # the epoch whose weights the model ends with
     summary = {
         "selected_epoch": last["epoch"],
@@ -91,15 +93,17 @@ def train_and_record(
         "epochs": len(history),
         "train_images": len(train_set),
         "num_parameters": num_parameters,
-        "wall_seconds": wall,
-        "train_images_per_s": sum(h["train_images_per_s"] * h["epoch_seconds"] for h in history)
-        / sum(h["epoch_seconds"] for h in history),
     }
+    seconds = [h["epoch_seconds"] for h in history]
+    images_per_s = sum(h["train_images_per_s"] * t for h, t in zip(history, seconds)) / sum(seconds)
     if not distributed.is_main():
         return summary  # under torchrun, process 0 writes the outputs
     save_checkpoint(checkpoint_path(stage), model, params.model, train_set.classes, stage=stage, summary=summary)
-    write_csv(history_path(stage), pd.DataFrame(history))
+    write_csv(history_path(stage), pd.DataFrame(history).drop(columns=list(TIMING_KEYS)))
     write_json(metrics_path(stage), summary)
+    timing = write_timing(stage, train_images_per_s=round(images_per_s, 2), epoch_seconds=[round(t, 2) for t in seconds])
     mlflow.log_metrics({f"final_{k}": float(v) for k, v in summary.items()})
+    mlflow.log_metric("final_train_images_per_s", images_per_s)
+    mlflow.log_artifact(str(timing))
     mlflow.log_artifact(str(history_path(stage)))
     return summary
