@@ -1,9 +1,10 @@
 """Stage visualize: the figures a person looks at first.
 
-params: data.{name,root,test_per_class,ignore_class_case}, model.img_size, visualize.*
-        (tracking.experiment_name only names the MLflow run)
+params: data.{name,root,test_per_class,ignore_class_case}, model.img_size, finetune.init, visualize.*
+        (tracking.* only names the MLflow run)
 deps:   plots/{pretrain,finetune}/history.csv, plots/evaluate/*.csv, data/synthetic/, models/finetune.pt
-outs:   plots/visualize/{pretrain_curves,finetune_curves,confusion_matrix,misclassified,synthetic_samples}.png,
+outs:   plots/visualize/{finetune_curves,confusion_matrix,misclassified}.png,
+        plots/visualize/{pretrain_curves,synthetic_samples}.png (finetune.init=pretrained),
         plots/visualize/attention_{layers,rollout}.png (ViTs, visualize.num_attention > 0)
 """
 
@@ -14,15 +15,13 @@ import pandas as pd
 import torch
 from sklearn.metrics import confusion_matrix
 
-from synthvit import attention, plots, tracking
-from synthvit.config import as_flat_dict, load_params
-from synthvit.data import decode_image, load_split
+from synthvit.data.fractals import synthetic_samples
+from synthvit.data.images import decode_image, load_split
+from synthvit.errors import run_main
+from synthvit.evaluation import attention, plots
+from synthvit.files import SYNTHETIC_DIR, checkpoint_path, history_path
 from synthvit.models import load_checkpoint, model_from_checkpoint
-from synthvit.paths import SYNTHETIC_DIR, checkpoint_path, history_path
-from synthvit.runner import run_main
-from synthvit.timing import write_timing
-from synthvit.synthetic_set import synthetic_samples
-from synthvit.tracking_check import check_tracking_store
+from synthvit.tracking.runs import stage_context
 
 OUT = Path("plots/visualize")
 EVALUATE = Path("plots/evaluate")
@@ -83,25 +82,28 @@ def attention_figures(params, predictions: pd.DataFrame) -> list[Path]:
 
 
 def main() -> None:
-    params = load_params()
-    check_tracking_store()  # within seconds, before any work: is the MLflow server there and letting us in?
-    run_params = {**as_flat_dict(params.visualize, "visualize"), "model.img_size": params.model.img_size}
-    with tracking.stage_run("visualize", run_params, params.tracking.experiment_name) as mlflow:
+    with stage_context(
+        "visualize", "visualize", needs=[checkpoint_path("finetune"), EVALUATE / "predictions.csv"]
+    ) as stage:
+        params, mlflow = stage.params, stage.run
+        mlflow.log_params({"model.img_size": params.model.img_size, "finetune.init": params.finetune.init})
         predictions = pd.read_csv(EVALUATE / "predictions.csv")
         classes = pd.read_csv(EVALUATE / "per_class.csv")["class"].tolist()
         matrix = confusion_matrix(predictions["actual"], predictions["predicted"], labels=classes)
         figures = [
-            plots.training_curves(pd.read_csv(history_path("pretrain")), "pretrain", OUT / "pretrain_curves.png"),
             plots.training_curves(pd.read_csv(history_path("finetune")), "finetune", OUT / "finetune_curves.png"),
             plots.confusion_matrix(matrix, classes, OUT / "confusion_matrix.png"),
             misclassified_grid(params, predictions, OUT / "misclassified.png"),
-            synthetic_grid(params.visualize.num_synthetic, OUT / "synthetic_samples.png"),
         ]
+        if params.finetune.init == "pretrained":  # only a model that started from the fractals shows them
+            figures += [
+                plots.training_curves(pd.read_csv(history_path("pretrain")), "pretrain", OUT / "pretrain_curves.png"),
+                synthetic_grid(params.visualize.num_synthetic, OUT / "synthetic_samples.png"),
+            ]
         for figure in figures:
             mlflow.log_artifact(str(figure), artifact_path="figures")
         for figure in attention_figures(params, predictions):
             mlflow.log_artifact(str(figure), artifact_path="attention")
-        mlflow.log_artifact(str(write_timing("visualize")))
 
 
 if __name__ == "__main__":

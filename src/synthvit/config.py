@@ -18,15 +18,14 @@ from __future__ import annotations
 import re
 from pathlib import Path
 from types import NoneType
-from typing import Annotated, Literal, Optional, Union, get_args, get_origin
+from typing import Annotated, Literal, Union, get_args, get_origin
 
 import annotated_types
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
 
-from synthvit.damage import rebuild_hint
-from synthvit.errors import ConfigError, UserError
+from synthvit.errors import ConfigError, UserError, rebuild_hint
 
 SyntheticKind = Literal["fractaldb", "ofdb", "onepfrac"]
 Dataset = Literal["cifar10", "cifar100", "mnist", "imagefolder"]
@@ -38,12 +37,14 @@ Fraction = Annotated[float, Field(ge=0, lt=1)]
 Probability = Annotated[float, Field(ge=0, le=1)]
 Count = Annotated[int, Field(ge=0)]
 Positive = Annotated[int, Field(ge=1)]
-Override = Optional[Annotated[int, Field(ge=1)]]  # a timm create_model override; null keeps the model's default
+Override = Annotated[int, Field(ge=1)] | None  # a timm create_model override; null keeps the model's default
 
 
 def invalid(key: str, value, allowed: str) -> PydanticCustomError:
     """The error a cross-key rule raises: `key` is the field within the section that is wrong."""
-    return PydanticCustomError("invalid", "{key} is invalid: {allowed}", {"key": key, "value": value, "allowed": allowed})
+    return PydanticCustomError(
+        "invalid", "{key} is invalid: {allowed}", {"key": key, "value": value, "allowed": allowed}
+    )
 
 
 class Section(BaseModel):
@@ -53,7 +54,9 @@ class Section(BaseModel):
 
 class RuntimeConfig(Section):
     device: Device = Field("auto", description="auto picks CUDA when present")
-    precision: Precision = Field("auto", description="auto: bf16 autocast on CUDA, fp32 on CPU; fp16 uses a loss scaler")
+    precision: Precision = Field(
+        "auto", description="auto: bf16 autocast on CUDA, fp32 on CPU; fp16 uses a loss scaler"
+    )
     num_threads: Count = Field(0, description="torch CPU threads; 0 keeps torch's default")
     deterministic: bool = False  # deterministic kernels (bit-reproducible runs, slower on GPU)
     compile: bool = False  # torch.compile the model for training
@@ -63,7 +66,9 @@ class RuntimeConfig(Section):
     def _launcher_runs_python(self):
         first = self.launcher.split()[0] if self.launcher.split() else ""
         if not (first in ("python", "python3", "torchrun") or first.endswith(("/python", "/python3", "/torchrun"))):
-            raise invalid("launcher", self.launcher, "python, or torchrun with its options (e.g. torchrun --nproc-per-node 4)")
+            raise invalid(
+                "launcher", self.launcher, "python, or torchrun with its options (e.g. torchrun --nproc-per-node 4)"
+            )
         return self
 
 
@@ -77,19 +82,29 @@ class SyntheticConfig(Section):
     pad: Count = Field(0, description="pixels kept clear on each side (FractalDB: 6)")
     gray_value: int = Field(255, ge=1, le=255, description="value of a lit pixel (FractalDB: 127)")
     color: Literal["gray", "rgb"] = Field("gray", description="rgb: three equal channels, as FractalDB's files")
-    fill_rate: Fraction = Field(0.2, description="fractaldb/ofdb: keep a category when its 512-px point render fills >= this")
-    onepfrac_fill_rate: Fraction = Field(0.05, description="onepfrac: keep a perturbation when its 512-px patch render fills > this")
+    fill_rate: Fraction = Field(
+        0.2, description="fractaldb/ofdb: keep a category when its 512-px point render fills >= this"
+    )
+    onepfrac_fill_rate: Fraction = Field(
+        0.05, description="onepfrac: keep a perturbation when its 512-px patch render fills > this"
+    )
     min_maps: Positive = 2
     max_maps: Positive = 7
-    instance_weights: float = Field(0.1, gt=0, le=0.5, description="fractaldb: weight set step (FractalDB ships 0.1 and 0.4)")
-    ofdb_weighting: Literal["first_row", "none"] = Field("first_row", description="ofdb: first_row draws every map's a x 0.2")
+    instance_weights: float = Field(
+        0.1, gt=0, le=0.5, description="fractaldb: weight set step (FractalDB ships 0.1 and 0.4)"
+    )
+    ofdb_weighting: Literal["first_row", "none"] = Field(
+        "first_row", description="ofdb: first_row draws every map's a x 0.2"
+    )
     sigma: float = Field(3.5, gt=0, description="onepfrac: sigma-factor of the single IFS (drawn within +-0.1)")
     onepfrac_maps: Positive = Field(2, description="onepfrac: affine maps in the single IFS (1p-frac uses 2)")
     delta: Fraction = Field(0.1, description="onepfrac: each coefficient times U(1-delta, 1+delta)")
     max_attempts: Positive = Field(1000, description="IFS draws allowed per category before giving up")
     store: Literal["manifest", "shards", "images"] = Field(
-        "manifest", description="manifest: formulas only, pre-training renders on the fly | shards: + one uint8 .npy "
-                                "per group of categories | images: + one PNG per image")
+        "manifest",
+        description="manifest: formulas only, pre-training renders on the fly | shards: + one uint8 .npy "
+        "per group of categories | images: + one PNG per image",
+    )
     fresh_instances: bool = Field(False, description="pre-training renders new patch masks and walks every epoch")
 
     @model_validator(mode="after")
@@ -97,8 +112,11 @@ class SyntheticConfig(Section):
         if self.max_maps < self.min_maps:
             raise invalid("max_maps", self.max_maps, f"an integer >= min_maps ({self.min_maps})")
         if self.kind == "onepfrac" and self.sigma > 3 * self.onepfrac_maps:  # each map adds s1 + 2*s2 <= 3 to sigma
-            raise invalid("sigma", self.sigma, f"a number in (0, {3 * self.onepfrac_maps}]: at most 3 per map "
-                                               f"(onepfrac_maps={self.onepfrac_maps})")
+            raise invalid(
+                "sigma",
+                self.sigma,
+                f"a number in (0, {3 * self.onepfrac_maps}]: at most 3 per map (onepfrac_maps={self.onepfrac_maps})",
+            )
         if self.image_size - 2 * self.pad < 3:
             raise invalid("pad", self.pad, f"an integer >= 0 leaving >= 3 pixels (image_size={self.image_size})")
         return self
@@ -113,12 +131,18 @@ class DataConfig(Section):
     num_workers: Count = Field(4, description="image decoding threads (processes when streaming)")
     val_fraction: float = Field(0.0, ge=0, le=0.9, description="held out of train to pick the best epoch; 0 = none")
     ignore_class_case: bool = False  # imagefolder: match train/ and test/ class folders case-insensitively
-    loader: Literal["memory", "stream"] = Field("memory", description="stream: imagefolder train split decoded per batch")
+    loader: Literal["memory", "stream"] = Field(
+        "memory", description="stream: imagefolder train split decoded per batch"
+    )
 
     @model_validator(mode="after")
     def _stream_needs_folder(self):
         if self.loader == "stream" and self.name != "imagefolder":
-            raise invalid("loader", self.loader, f"memory for data.name={self.name} (stream is for image folders too large for memory)")
+            raise invalid(
+                "loader",
+                self.loader,
+                f"memory for data.name={self.name} (stream is for image folders too large for memory)",
+            )
         return self
 
 
@@ -131,13 +155,27 @@ class ModelConfig(Section):
     depth: Override = 12
     num_heads: Override = 3
     drop_path_rate: Fraction = 0.1
-    patch_embed: Literal["linear", "conv"] = Field("linear", description="ViTs: conv is a convolutional stem (Xiao et al. 2021)")
+    patch_embed: Literal["linear", "conv"] = Field(
+        "linear", description="ViTs: conv is a convolutional stem (Xiao et al. 2021)"
+    )
     pos_embed: Literal["learned", "sincos"] = Field("learned", description="ViTs: sincos is a fixed 2-D embedding")
+
+    def summary(self) -> str:
+        """What the model is, in words: 'ViT of 6 blocks, width 128, 4 heads, linear 4-px patches, at 32 px'."""
+        if self.depth is None or self.embed_dim is None:
+            return f"timm {self.name} at {self.img_size} px"
+        patches = f"{'convolutional stem to' if self.patch_embed == 'conv' else 'linear'} {self.patch_size}-px patches"
+        return (
+            f"ViT of {self.depth} blocks, width {self.embed_dim}, {self.num_heads} heads, {patches}, "
+            f"{self.pos_embed} positions, at {self.img_size} px (timm {self.name})"
+        )
 
     @model_validator(mode="after")
     def _shapes_fit(self):
         patch = self.patch_size
-        if self.patch_embed == "conv" and (patch is None or patch < 2 or patch & (patch - 1)):  # one stride-2 conv per halving
+        if self.patch_embed == "conv" and (
+            patch is None or patch < 2 or patch & (patch - 1)
+        ):  # one stride-2 conv per halving
             raise invalid("patch_size", patch, "a power of 2 (>= 2) with model.patch_embed=conv")
         if patch is not None and self.img_size % patch:
             raise invalid("patch_size", patch, f"must divide model.img_size={self.img_size}")
@@ -187,7 +225,8 @@ class TrainConfig(Section):
 
 class FinetuneConfig(TrainConfig):
     init: Literal["pretrained", "scratch", "imagenet"] = Field(
-        "pretrained", description="the pretrain checkpoint (new head), scratch, or timm's ImageNet weights")
+        "pretrained", description="the pretrain checkpoint (new head), scratch, or timm's ImageNet weights"
+    )
     imagenet_weights: str = Field("", description="init=imagenet: a local weights file; empty downloads from the hub")
     # Fine-tuning's recipe where it differs from pre-training's.
     epochs: Positive = 200
@@ -198,8 +237,10 @@ class FinetuneConfig(TrainConfig):
     crop_padding: Count = Field(4, description="zero padding (pixels) around the image before cropping")
     grad_clip: float = Field(1.0, ge=0, description="max gradient norm; 0 = off")
     curve_test_per_class: Count = Field(
-        0, description="data.val_fraction 0: score the per-epoch test curve on at most N test images per class "
-                       "(0 = all); evaluate always scores the whole test split")
+        0,
+        description="data.val_fraction 0: score the per-epoch test curve on at most N test images per class "
+        "(0 = all); evaluate always scores the whole test split",
+    )
 
 
 class EvaluateConfig(Section):
@@ -223,7 +264,9 @@ class TrackingConfig(Section):
     def _mlflow_accepts_names(self):
         name = self.registered_model
         if name and (len(name) > 256 or "/" in name or ":" in name or name.strip() != name):
-            raise invalid("registered_model", name, "a model name without '/', ':' or surrounding spaces, or \"\" to not register")
+            raise invalid(
+                "registered_model", name, "a model name without '/', ':' or surrounding spaces, or \"\" to not register"
+            )
         alias = self.model_alias
         if not re.fullmatch(r"[\w\-]{1,255}", alias) or alias.lower() == "latest" or re.fullmatch(r"[vV]\d+", alias):
             raise invalid("model_alias", alias, "letters, digits, _ and -; not 'latest' or v<N>, which MLflow reserves")
@@ -245,8 +288,11 @@ class Params(Section):
     @model_validator(mode="after")
     def _imagenet_weights_fit(self):
         if self.finetune.init == "imagenet" and self.model.patch_embed != "linear":  # ImageNet ViTs have no conv stem
-            raise invalid("model.patch_embed", self.model.patch_embed,
-                          "linear with finetune.init=imagenet (ImageNet weights have no convolutional stem)")
+            raise invalid(
+                "model.patch_embed",
+                self.model.patch_embed,
+                "linear with finetune.init=imagenet (ImageNet weights have no convolutional stem)",
+            )
         return self
 
 
@@ -269,10 +315,22 @@ def _field_at(loc: tuple) -> tuple[type[BaseModel], int]:
 
 def _bounds(metadata) -> str:
     """' >= 1', ' > 0', ' in [0, 1)': a field's Field(ge=, gt=, le=, lt=) in words."""
-    low = next(((m.ge, "[", ">=") if isinstance(m, annotated_types.Ge) else (m.gt, "(", ">")
-                for m in metadata if isinstance(m, (annotated_types.Ge, annotated_types.Gt))), None)
-    high = next(((m.le, "]", "<=") if isinstance(m, annotated_types.Le) else (m.lt, ")", "<")
-                 for m in metadata if isinstance(m, (annotated_types.Le, annotated_types.Lt))), None)
+    low = next(
+        (
+            (m.ge, "[", ">=") if isinstance(m, annotated_types.Ge) else (m.gt, "(", ">")
+            for m in metadata
+            if isinstance(m, (annotated_types.Ge, annotated_types.Gt))
+        ),
+        None,
+    )
+    high = next(
+        (
+            (m.le, "]", "<=") if isinstance(m, annotated_types.Le) else (m.lt, ")", "<")
+            for m in metadata
+            if isinstance(m, (annotated_types.Le, annotated_types.Lt))
+        ),
+        None,
+    )
     if low and high:
         return f" in {low[1]}{low[0]:g}, {high[0]:g}{high[1]}"
     bound = low or high
@@ -309,13 +367,17 @@ def _is_number(text: str) -> bool:
     return True
 
 
-def _config_error(exc: ValidationError, raw) -> ConfigError:
+def _config_error(exc: ValidationError, raw, source: str) -> ConfigError:
     """The first of pydantic's errors as a ConfigError: dotted key, the value given, what is allowed."""
     error = exc.errors(include_url=False)[0]
     loc, kind, ctx = error["loc"], error["type"], error.get("ctx", {})
+
+    def config_error(key, value, allowed):
+        return ConfigError(key, value, allowed, source)
+
     if kind == "invalid":  # a cross-key rule; a Params-level one names its key in full
         key = ctx["key"] if "." in ctx["key"] else ".".join(map(str, (*loc, ctx["key"])))
-        return ConfigError(key, ctx["value"], ctx["allowed"])
+        return config_error(key, ctx["value"], ctx["allowed"])
     section, depth = _field_at(loc)
     named = loc if kind == "extra_forbidden" else loc[:depth]  # the key, not a list item within it
     key = ".".join(map(str, named)) or "(top level)"
@@ -323,42 +385,116 @@ def _config_error(exc: ValidationError, raw) -> ConfigError:
     for part in named:  # the whole value the user wrote
         value = value.get(part) if isinstance(value, dict) else error["input"]
     if kind == "extra_forbidden":
-        return ConfigError(key, value, f"unknown key; known keys here: {', '.join(section.model_fields)}")
+        return config_error(key, value, f"unknown key; known keys here: {', '.join(section.model_fields)}")
     if kind in ("model_type", "model_attributes_type", "dict_type"):
-        return ConfigError(key, value, "a mapping of keys to values")
+        return config_error(key, value, "a mapping of keys to values")
     field = section.model_fields[loc[depth - 1]]
     if kind.endswith(("_type", "_parsing")):  # a wrong type: say which type
         hint = ""
         if field.annotation is float and isinstance(value, str) and _is_number(value):
             hint = f" (YAML 1.1 reads {value} as text: write it with a dot, e.g. 1.0e-3)"
-        return ConfigError(key, value, f"must be {describe(field)}{hint}")
-    return ConfigError(key, value, describe(field))
+        return config_error(key, value, f"must be {describe(field)}{hint}")
+    return config_error(key, value, describe(field))
 
 
-def parse_params(raw: dict | None) -> Params:
-    """Validate a params mapping (as loaded from YAML) into Params; missing keys take their defaults."""
+def parse_params(raw: dict | None, source: str = "params.yaml") -> Params:
+    """Validate a params mapping (as loaded from YAML) into Params; missing keys take their defaults.
+    `source` names the file in error messages."""
     try:
         return Params.model_validate({} if raw is None else raw)
     except ValidationError as exc:
-        raise _config_error(exc, raw) from None
+        raise _config_error(exc, raw, source) from None
+
+
+class DuplicateKey(yaml.YAMLError):
+    def __init__(self, key, first_line: int, line: int):
+        self.key, self.first_line, self.line = key, first_line, line
+
+
+class StrictLoader(yaml.SafeLoader):
+    """YAML as DVC reads params files: a key written twice in one mapping is an error
+    (PyYAML alone would keep the last one silently, while DVC refuses the file)."""
+
+
+def _unique_mapping(loader: StrictLoader, node: yaml.MappingNode) -> dict:
+    lines = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        line = key_node.start_mark.line + 1
+        if key in lines:
+            raise DuplicateKey(key, lines[key], line)
+        lines[key] = line
+    return loader.construct_mapping(node, deep=True)
+
+
+StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
+def read_yaml(path: Path):
+    """A YAML file as DVC reads it (duplicate keys refused); errors are one line naming the file and the fix."""
+    try:
+        return yaml.load(path.read_text(), Loader=StrictLoader)
+    except DuplicateKey as exc:
+        raise UserError(
+            f"{path}: key {exc.key!r} is written twice (lines {exc.first_line} and {exc.line}); "
+            "DVC refuses such a file: keep one"
+        ) from None
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise UserError(f"{path} is not valid YAML ({problem}{where}); {rebuild_hint(path)}") from None
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path} not found: run from the repository root, where params.yaml lives")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or type(exc).__name__
-        raise UserError(f"{path} is not valid YAML ({problem}{where}); {rebuild_hint(path)}") from None
+    raw = read_yaml(path)
     if raw is not None and not isinstance(raw, dict):
-        raise UserError(f"{path} is damaged: it holds a {type(raw).__name__}, not sections of params; {rebuild_hint(path)}")
-    return parse_params(raw)
+        raise UserError(
+            f"{path} is damaged: it holds a {type(raw).__name__}, not sections of params; {rebuild_hint(path)}"
+        )
+    return parse_params(raw, source=str(path))
 
 
-def as_flat_dict(section: BaseModel, prefix: str) -> dict:
-    """`{"prefix.key": value}` for logging a section as MLflow params."""
-    return {f"{prefix}.{k}": v for k, v in section.model_dump().items()}
+# ---- named recipes (recipes.yaml) ----------------------------------------------------------
+
+RECIPES_FILE = Path("recipes.yaml")
+
+
+def load_recipes(path: Path = RECIPES_FILE) -> dict:
+    """recipes.yaml: {name: {about, include: [names], set: {dotted key: value}}}."""
+    if not path.is_file():
+        raise UserError(f"{path} not found: run from the repository root, where recipes.yaml lives")
+    recipes = read_yaml(path) or {}
+    for name, recipe in recipes.items():
+        unknown = set(recipe) - {"about", "include", "set"}
+        if unknown:
+            raise UserError(f"{path}: recipe {name!r} has unknown keys {sorted(unknown)}; allowed: about, include, set")
+    return recipes
+
+
+def recipe_overrides(name: str, recipes: dict | None = None) -> dict:
+    """The recipe's `{dotted key: value}` overrides, its includes first (a later value of a key wins)."""
+    recipes = load_recipes() if recipes is None else recipes
+    if name not in recipes:
+        raise UserError(f"no recipe {name!r} in {RECIPES_FILE}; recipes: {', '.join(recipes)}")
+    recipe = recipes[name]
+    overrides = {}
+    for included in recipe.get("include") or []:
+        overrides.update(recipe_overrides(included, recipes))
+    overrides.update(recipe.get("set") or {})
+    return overrides
+
+
+def apply_overrides(raw: dict, overrides: dict) -> dict:
+    """A params mapping with `{dotted key: value}` overrides applied, as `dvc exp run -S` applies them."""
+    raw = {section: dict(values) if isinstance(values, dict) else values for section, values in raw.items()}
+    for key, value in overrides.items():
+        *sections, leaf = key.split(".")
+        node = raw
+        for section in sections:
+            node = node.setdefault(section, {})
+        node[leaf] = value
+    return raw

@@ -1,13 +1,135 @@
-"""Errors that are the user's to fix: printed as one line, never as a traceback."""
+"""Errors that are the user's to fix, and how an entry point reports them: one line, never a traceback.
+
+A `UserError` names the problem and the fix; `run_main` (every stage and `synthvit`
+command runs under it) prints it as `error: ...` and exits 2. SIGTERM (what `kill`,
+`dvc queue kill` and CI timeouts send) is raised as `Terminated`, a KeyboardInterrupt,
+so a terminated stage unwinds like a Ctrl-C one: the atomic writers remove their
+partial files, its MLflow run ends KILLED, and the resume state saved at the last
+finished epoch stays for the next `dvc repro`. A full disk or a read-only folder
+(OSError ENOSPC, EROFS, EACCES) is also one line, naming the path.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
 
 
 class UserError(Exception):
-    """Bad input (params, paths, files). The message names the problem and the fix."""
+    """Bad input (params, paths, files) or a machine problem the user can fix; the message names the fix."""
 
 
 class ConfigError(UserError):
-    """An invalid value in params.yaml."""
+    """An invalid value in a params file."""
 
-    def __init__(self, key: str, value, allowed: str):
+    def __init__(self, key: str, value, allowed: str, source: str = "params.yaml"):
         self.key, self.value, self.allowed = key, value, allowed
-        super().__init__(f"params.yaml: {key}={value!r} is invalid: {allowed}")
+        super().__init__(f"{source}: {key}={value!r} is invalid: {allowed}")
+
+
+class Terminated(KeyboardInterrupt):
+    """The process received SIGTERM."""
+
+
+# ---- damaged files ------------------------------------------------------------------
+
+# Files each stage writes, so a damaged one names the command that rebuilds it.
+WRITTEN_BY = {
+    "models/pretrain.pt": "pretrain",
+    "models/finetune.pt": "finetune",
+    "data/synthetic": "generate_synthetic",
+}
+
+
+def rebuild_hint(path) -> str:
+    """How to replace `path` with a good copy."""
+    parts = Path(path).as_posix()
+    for output, stage in WRITTEN_BY.items():
+        if parts == output or parts.endswith("/" + output) or f"{output}/" in parts:
+            return f"rebuild it with `dvc repro -f {stage}`"
+    if Path(path).name == "params.yaml":
+        return f"fix it, or restore the committed one with `git checkout {path}`"
+    return "remove or replace the file"
+
+
+def torch_load_reason(exc: Exception) -> str:
+    """Why torch.load(weights_only=True) refused a file, in a few words (never torch's advice to unpickle)."""
+    if "Unsupported global" in str(exc):  # a pickle naming classes or functions: code, not data
+        return "it holds Python objects, not plain tensors: a foreign file, unsafe to unpickle"
+    # Anything else (EOFError, a zip without its central directory, garbage opcodes) is a file cut short or not torch's.
+    return "truncated or not a PyTorch file"
+
+
+def damaged_message(path, what: str, reason: str) -> str:
+    return f"{what} {path} is damaged or foreign ({reason}); {rebuild_hint(path)}"
+
+
+# ---- the machine refusing a write ------------------------------------------------------
+
+DISK_ERRORS = {
+    errno.ENOSPC: "the disk is full",
+    errno.EDQUOT: "the disk quota is exceeded",
+    errno.EROFS: "the file system is read-only",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+}
+
+
+def disk_error_message(exc: OSError) -> str | None:
+    """One line for a write the machine refused (full disk, read-only, no permission); None for other errors."""
+    reason = DISK_ERRORS.get(exc.errno)
+    if reason is None:
+        return None
+    where = f" writing {exc.filename}" if exc.filename else ""
+    fix = (
+        "free some space (or move the repository to a bigger disk) and run it again"
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT)
+        else "run it in a copy you can write to (git clone), or fix the folder's permissions"
+    )
+    return f"{reason}{where}: {fix}"
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """torch.save reports a full disk as a RuntimeError from its zip writer, not as ENOSPC."""
+    return (
+        isinstance(exc, OSError)
+        and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+        or (isinstance(exc, RuntimeError) and "unexpected pos" in str(exc))
+    )
+
+
+# ---- the entry point ----------------------------------------------------------------
+
+
+def raise_terminated(signum, frame) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process at once
+    raise Terminated()
+
+
+def run_main(main: Callable[[], int | None]) -> None:
+    """Run `main` as a process: exit 0 (or its code), 2 with one line for a UserError or a refused
+    write, 130/143 for Ctrl-C/SIGTERM; any other exception keeps its traceback (a bug to report)."""
+    signal.signal(signal.SIGTERM, raise_terminated)
+    try:
+        code = main()
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except BrokenPipeError:  # `synthvit ... | head` closed the pipe: stop quietly, as other CLI tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at interpreter exit
+        sys.exit(1)
+    except OSError as exc:
+        message = disk_error_message(exc)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt as exc:
+        terminated = isinstance(exc, Terminated)
+        print("terminated" if terminated else "interrupted", file=sys.stderr)
+        sys.exit(128 + (signal.SIGTERM if terminated else signal.SIGINT))
+    sys.exit(code or 0)

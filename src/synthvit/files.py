@@ -1,5 +1,6 @@
-"""File helpers: atomic writes (a crashed stage never leaves a truncated output that looks
-valid) and where relative paths from params.yaml point."""
+"""Files: where the stages write (declared the same way in dvc.yaml), where relative paths
+from params.yaml point, and atomic writes (a crashed stage never leaves a truncated output
+that DVC would cache as valid)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,28 @@ import os
 from pathlib import Path
 
 import pandas as pd
+
+# The stages' outputs (dvc.yaml declares the same paths).
+SYNTHETIC_DIR = Path("data/synthetic")
+MODELS_DIR = Path("models")
+METRICS_DIR = Path("metrics")
+PLOTS_DIR = Path("plots")
+
+
+def checkpoint_path(stage: str) -> Path:
+    return MODELS_DIR / f"{stage}.pt"
+
+
+def metrics_path(stage: str) -> Path:
+    return METRICS_DIR / f"{stage}.json"
+
+
+def history_path(stage: str) -> Path:
+    return PLOTS_DIR / stage / "history.csv"
+
+
+def timing_path(stage: str) -> Path:
+    return METRICS_DIR / "timing" / f"{stage}.json"
 
 
 def atomic_write(path: Path, write) -> Path:

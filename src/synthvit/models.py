@@ -8,10 +8,14 @@ the class names and the input normalisation.
 from __future__ import annotations
 
 import math
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import timm
 import torch
+from huggingface_hub import try_to_load_from_cache
+from huggingface_hub.file_download import _CACHED_NO_EXIST
 from timm.layers import HybridEmbed
 from timm.layers.pos_embed_sincos import build_sincos2d_pos_embed
 from timm.models.vision_transformer import VisionTransformer
@@ -19,8 +23,7 @@ from timm.models.vision_transformer_hybrid import ConvStem
 from torch import nn
 
 from synthvit.config import ModelConfig
-from synthvit.damage import damaged_message, torch_load_reason
-from synthvit.errors import UserError
+from synthvit.errors import UserError, damaged_message, torch_load_reason
 from synthvit.files import atomic_write, user_path
 
 # Normalisation for models trained here: maps [0, 1] pixels to [-1, 1].
@@ -60,8 +63,13 @@ def conv_stem_embed(patch_size: int, embed_dim: int, in_chans: int = 3, **kwargs
     """
     halvings = int(math.log2(patch_size))
     channels = tuple(max(16, embed_dim >> (halvings - 1 - i)) for i in range(halvings)) + (embed_dim,)
-    stem = ConvStem(in_chans=in_chans, depth=halvings + 1, channels=channels, kernel_size=(3,) * halvings + (1,),
-                    stride=(2,) * halvings + (1,))
+    stem = ConvStem(
+        in_chans=in_chans,
+        depth=halvings + 1,
+        channels=channels,
+        kernel_size=(3,) * halvings + (1,),
+        stride=(2,) * halvings + (1,),
+    )
     return HybridEmbed(stem, patch_size=1, in_chans=in_chans, embed_dim=embed_dim, proj=False, **kwargs)
 
 
@@ -90,13 +98,17 @@ def create_model(cfg: ModelConfig, num_classes: int, imagenet_weights: str | Non
             + (f"; similar names: {', '.join(close)}" if close else "; see timm.list_models()")
         )
     if cfg.patch_embed == "conv" and not timm.models.is_model_in_modules(cfg.name, VIT_MODULES):
-        raise UserError(f"params.yaml: model.patch_embed=conv applies to timm ViTs (vit_*, deit_*), not {cfg.name!r}; "
-                        "set it to linear")
+        raise UserError(
+            f"params.yaml: model.patch_embed=conv applies to timm ViTs (vit_*, deit_*), not {cfg.name!r}; "
+            "set it to linear"
+        )
     model = build_timm_model(cfg, num_classes, imagenet_weights)
     ablated = cfg.patch_embed != "linear" or cfg.pos_embed != "learned"
     if ablated and not isinstance(model, VisionTransformer):
-        raise UserError(f"params.yaml: model.patch_embed/pos_embed apply to timm ViTs (vit_*, deit_*), not {cfg.name!r}; "
-                        "set them to linear/learned")
+        raise UserError(
+            f"params.yaml: model.patch_embed/pos_embed apply to timm ViTs (vit_*, deit_*), not {cfg.name!r}; "
+            "set them to linear/learned"
+        )
     if cfg.pos_embed == "sincos":
         fix_sincos_pos_embed(model)
     return model
@@ -137,6 +149,31 @@ def build_timm_model(cfg: ModelConfig, num_classes: int, imagenet_weights: str |
         ) from None
 
 
+def check_weights_available(cfg: ModelConfig, imagenet_weights: str) -> None:
+    """Fail in seconds when finetune.init=imagenet cannot get its weights (no file, hub out of reach)."""
+    if imagenet_weights:
+        if not user_path(imagenet_weights).is_file():
+            raise UserError(f"params.yaml: finetune.imagenet_weights={imagenet_weights!r} is invalid: no such file")
+        return
+    hub_cfg = timm.models.get_pretrained_cfg(cfg.name) if timm.is_model(cfg.name) else None
+    hub_id = hub_cfg.hf_hub_id if hub_cfg else None
+    if hub_id and try_to_load_from_cache(hub_id, "model.safetensors") not in (None, _CACHED_NO_EXIST):
+        return  # downloaded before: timm loads it from the cache offline
+    try:
+        with urllib.request.urlopen(urllib.request.Request("https://huggingface.co", method="HEAD"), timeout=5):
+            return
+    except urllib.error.HTTPError:
+        return  # the hub answered
+    except (OSError, ValueError) as exc:
+        reason = str(getattr(exc, "reason", None) or exc)[:120]
+    raise UserError(
+        f"cannot reach the Hugging Face hub for {cfg.name!r}'s ImageNet weights ({reason}); offline, fetch them on a "
+        "connected machine"
+        + (f" (hf download {hub_id} model.safetensors)" if hub_id else "")
+        + " and set finetune.imagenet_weights to the file"
+    )
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -162,7 +199,7 @@ def load_checkpoint(path: Path) -> dict:
         raise UserError(f"checkpoint {path} not found: run the stage that writes it first (dvc repro)")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - recording is best effort
         raise UserError(damaged_message(path, "checkpoint", torch_load_reason(exc))) from None
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
         raise UserError(damaged_message(path, "checkpoint", f"not a synthvit checkpoint of format {CHECKPOINT_FORMAT}"))
@@ -186,7 +223,9 @@ def check_same_architecture(checkpoint: dict, cfg: ModelConfig, source: str) -> 
     diff = {k: (saved.get(k), v) for k, v in wanted.items() if saved.get(k) != v}
     if diff:
         detail = ", ".join(f"model.{k}: {a!r} there, {b!r} now" for k, (a, b) in diff.items())
-        raise UserError(f"{source} was trained with another model ({detail}); re-run pretrain (dvc repro) or match the params")
+        raise UserError(
+            f"{source} was trained with another model ({detail}); re-run pretrain (dvc repro) or match the params"
+        )
 
 
 def backbone_with_new_head(checkpoint: dict, cfg: ModelConfig, num_classes: int) -> nn.Module:

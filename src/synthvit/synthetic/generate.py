@@ -47,9 +47,9 @@ from synthvit.errors import ConfigError
 from synthvit.synthetic import draws, ifs
 from synthvit.synthetic.parallel import default_workers, worker_pool
 from synthvit.synthetic.png import write_png
-from synthvit.synthetic.render import MAX_BURN_IN, TABLE_SIZE, TOLERANCE, RenderSettings, batch_size_for
-from synthvit.synthetic.source import ManifestImages, worker_tasks
+from synthvit.synthetic.render import MAX_BURN_IN, TABLE_SIZE, TOLERANCE, RenderSettings
 from synthvit.synthetic.search import SCORE_PAD, SCORE_POINTS, SCORE_SIZE, Accepted, Rule, SearchFailed, search
+from synthvit.synthetic.source import ManifestImages, worker_tasks
 
 MANIFEST_FORMAT = 2  # 2: store, image_index; FractalDB instances listed only with store=images
 PREVIEW_TILES, PREVIEW_COLUMNS, PREVIEW_TILE_SIZE = 64, 8, 128
@@ -70,8 +70,11 @@ class _Progress:
         if self.bar is not None:
             self.bar.update(count)
         if self.lines and self.done >= self.next_line * self.total:
-            print(f"{self.label}: {self.done}/{self.total} images, {time.perf_counter() - self.started:.1f} s",
-                  file=sys.stderr, flush=True)
+            print(
+                f"{self.label}: {self.done}/{self.total} images, {time.perf_counter() - self.started:.1f} s",
+                file=sys.stderr,
+                flush=True,
+            )
             while self.next_line * self.total <= self.done:
                 self.next_line += 0.1
 
@@ -98,13 +101,15 @@ class _Layout:
         return self.root / "images" / self.class_name(category) / self.file_name(instance)
 
 
-def _search(cfg: SyntheticConfig, draw, rule: Rule, key: str, num_categories: int, pool, workers: int, on_accept,
-            failure: str) -> list[Accepted]:
+def _search(
+    cfg: SyntheticConfig, draw, rule: Rule, key: str, num_categories: int, pool, workers: int, on_accept, failure: str
+) -> list[Accepted]:
     try:
         return search(num_categories, draw, rule, RenderSettings.of(cfg), cfg.max_attempts, pool, workers, on_accept)
     except SearchFailed as failed:
         raise ConfigError(
-            key, getattr(cfg, key.split(".")[1]),
+            key,
+            getattr(cfg, key.split(".")[1]),
             failure.format(category=failed.category, best=failed.best_fill_rate)
             + f" within synthetic.max_attempts={cfg.max_attempts} draws; lower {key}"
             " or raise synthetic.max_attempts",
@@ -143,8 +148,17 @@ def _fractaldb_instances(classes: list[dict], source: ManifestImages, pool, layo
     """Write instances 1.. of every category as PNG files and list them in the manifest;
     instance 0 is the searched image itself (already written)."""
     for entry in classes:
-        entry["instances"] = [{"file": layout.file_name(0), "coefficient": None, "weight": 1.0, "flip": "none",
-                               "pattern": 0, "render_seed": entry["render_seed"], "converged": True}]
+        entry["instances"] = [
+            {
+                "file": layout.file_name(0),
+                "coefficient": None,
+                "weight": 1.0,
+                "flip": "none",
+                "pattern": 0,
+                "render_seed": entry["render_seed"],
+                "converged": True,
+            }
+        ]
     per_class = layout.images_per_class
     indices = [c * per_class + i for c in range(len(classes)) for i in range(1, per_class)]
     tasks = worker_tasks(indices, source)
@@ -189,11 +203,14 @@ def _onepfrac_base(cfg: SyntheticConfig, seed: int, pool, workers: int) -> Accep
     its category loop run forever (seen: seed 7, patched fill 0.033), so here the base
     must pass the rule its perturbations are held to.
     """
-    failure = (f"no sigma-factor IFS ({cfg.onepfrac_maps} maps, synthetic.sigma={cfg.sigma}) exceeded it"
-               " (best fill rate {best:.3f})")
+    failure = (
+        f"no sigma-factor IFS ({cfg.onepfrac_maps} maps, synthetic.sigma={cfg.sigma}) exceeded it"
+        " (best fill rate {best:.3f})"
+    )
     draw = draws.SigmaFactorDraw(seed, cfg.onepfrac_maps, cfg.sigma)
-    [base] = _search(cfg, draw, _onepfrac_rule(cfg), "synthetic.onepfrac_fill_rate", 1, pool, workers,
-                     lambda *_: None, failure)
+    [base] = _search(
+        cfg, draw, _onepfrac_rule(cfg), "synthetic.onepfrac_fill_rate", 1, pool, workers, lambda *_: None, failure
+    )
     return base
 
 
@@ -253,19 +270,33 @@ def _build(cfg: SyntheticConfig, seed: int, root: Path, progress: bool, workers:
         "images_per_class": per_class,
         "store": cfg.store,
         "image_index": "category * images_per_class + instance; instance 0 is the searched image (render_seed), "
-                       + ("instance i > 0 draws synthvit.synthetic.draws.instance_variation(seed, category, i, "
-                          "params.instance_weights)" if cfg.kind == "fractaldb" else "the only one"),
+        + (
+            "instance i > 0 draws synthvit.synthetic.draws.instance_variation(seed, category, i, "
+            "params.instance_weights)"
+            if cfg.kind == "fractaldb"
+            else "the only one"
+        ),
         **({"image_path": "images/<class name>/<instance, 4+ digits>.png"} if cfg.store == "images" else {}),
         "map_formula": "x' = a*x + b*y + e; y' = c*x + d*y + f; each map is [a, b, c, d, e, f]",
-        "acceptance": {"render": f"{SCORE_SIZE} px, {SCORE_POINTS} points, pad {SCORE_PAD}, "
-                                 + ("3x3 random-mask patches" if cfg.kind == "onepfrac" else "1 px per point"),
-                       "keep": (f"fill > {cfg.onepfrac_fill_rate}" if cfg.kind == "onepfrac" else f"fill >= {cfg.fill_rate}")
-                       + ", walk converged to an attractor"},
-        "renderer": {"patch": ("3x3, random binary mask per point, later patches overwrite" if cfg.patch == "random"
-                               else "3x3, solid (all nine cells lit) per point"),
-                     "burn_in": f"until the walk forgets its start to {TOLERANCE} (at most {MAX_BURN_IN} steps)", "probability_slots": TABLE_SIZE},
+        "acceptance": {
+            "render": f"{SCORE_SIZE} px, {SCORE_POINTS} points, pad {SCORE_PAD}, "
+            + ("3x3 random-mask patches" if cfg.kind == "onepfrac" else "1 px per point"),
+            "keep": (f"fill > {cfg.onepfrac_fill_rate}" if cfg.kind == "onepfrac" else f"fill >= {cfg.fill_rate}")
+            + ", walk converged to an attractor",
+        },
+        "renderer": {
+            "patch": (
+                "3x3, random binary mask per point, later patches overwrite"
+                if cfg.patch == "random"
+                else "3x3, solid (all nine cells lit) per point"
+            ),
+            "burn_in": f"until the walk forgets its start to {TOLERANCE} (at most {MAX_BURN_IN} steps)",
+            "probability_slots": TABLE_SIZE,
+        },
     }
-    files = {"manifest": 0, "images": cfg.num_classes * (per_class - 1), "shards": cfg.num_classes * per_class}[cfg.store]
+    files = {"manifest": 0, "images": cfg.num_classes * (per_class - 1), "shards": cfg.num_classes * per_class}[
+        cfg.store
+    ]
     bar = _Progress(cfg.num_classes + files, progress, f"synthetic {cfg.kind}")
 
     def found_one(category: int, found: Accepted) -> None:
@@ -281,8 +312,10 @@ def _build(cfg: SyntheticConfig, seed: int, root: Path, progress: bool, workers:
                 manifest["base"] = _base_entry(base)
                 draw = draws.PerturbationDraw(seed, tuple(map(tuple, base.candidate.maps.tolist())), cfg.delta)
                 rule, key = _onepfrac_rule(cfg), "synthetic.onepfrac_fill_rate"
-                failure = (f"category {{category}}: no perturbation (synthetic.delta={cfg.delta}) of the base IFS"
-                           " exceeded it (best fill rate {best:.3f})")
+                failure = (
+                    f"category {{category}}: no perturbation (synthetic.delta={cfg.delta}) of the base IFS"
+                    " exceeded it (best fill rate {best:.3f})"
+                )
             else:
                 weights = draws.OFDB_FIRST_ROW if cfg.kind == "ofdb" and cfg.ofdb_weighting == "first_row" else None
                 draw = draws.SearchDraw(seed, cfg.min_maps, cfg.max_maps, weights)
@@ -316,8 +349,15 @@ def _swap_in(staging: Path, out_dir: Path) -> None:
         os.replace(staging, out_dir)
 
 
-def write_dataset(cfg: SyntheticConfig, seed: int, out_dir: Path, progress: bool = True, workers: int | None = None) -> dict:
-    """generate_dataset with an explicit number of worker processes (the output does not depend on it)."""
+def generate_dataset(
+    cfg: SyntheticConfig, seed: int, out_dir: Path, progress: bool = True, workers: int | None = None
+) -> dict:
+    """Write the dataset that cfg describes into out_dir (replaced atomically); return its manifest.
+
+    Same cfg and seed give byte-identical files on any machine and for any number of
+    `workers` processes. Raises UserError when a category cannot reach cfg.fill_rate in
+    cfg.max_attempts draws.
+    """
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")

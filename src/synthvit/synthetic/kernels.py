@@ -35,8 +35,7 @@ def _compiled(fn):
 
 
 @_compiled
-def burn_in_steps(linear, tangent_walkers, offsets, min_burn_in, max_burn_in, check_every, tolerance_sq,
-                  diverged_sq):
+def burn_in_steps(linear, tangent_walkers, offsets, min_burn_in, max_burn_in, check_every, tolerance_sq, diverged_sq):
     """render._burn_in: burn-in steps (F,) of each system; max_burn_in when it never forgot its start.
 
     linear (F, 2, 2, slots) float32: [i, 0] holds (a, c), [i, 1] holds (b, d) of every table slot.

@@ -147,8 +147,9 @@ def _burn_in(linear, tangent_walkers: int) -> np.ndarray:
     """
     offsets = _offsets(0, MAX_BURN_IN + MAX_WALKERS)
     if kernels.ENABLED:
-        return kernels.burn_in_steps(linear, tangent_walkers, offsets, MIN_BURN_IN, MAX_BURN_IN, CHECK_EVERY,
-                                     TOLERANCE**2, DIVERGED**2)
+        return kernels.burn_in_steps(
+            linear, tangent_walkers, offsets, MIN_BURN_IN, MAX_BURN_IN, CHECK_EVERY, TOLERANCE**2, DIVERGED**2
+        )
     count = linear.shape[0]
     tangents = np.zeros((count, 2, 2, tangent_walkers), np.float32)  # (system, vector, x/y, walker)
     tangents[:, 0, 0], tangents[:, 1, 1] = 1, 1  # the identity: d(position) / d(start)
@@ -238,7 +239,13 @@ def _chaos_game(systems, num_points: int, rngs) -> tuple[np.ndarray, np.ndarray,
     slots = TABLE_SIZE + walkers
     coef = _scratch("coef", (count, 6, slots), np.float32)
     for i, ((maps, probabilities), rng) in enumerate(zip(systems, rngs)):
-        np.take(map_columns(maps), _map_table(np.asarray(probabilities, np.float64), rng, slots), axis=1, out=coef[i], mode="clip")
+        np.take(
+            map_columns(maps),
+            _map_table(np.asarray(probabilities, np.float64), rng, slots),
+            axis=1,
+            out=coef[i],
+            mode="clip",
+        )
     coef = coef.reshape(count, 3, 2, slots)
 
     with np.errstate(over="ignore", invalid="ignore", under="ignore"):  # divergent systems overflow to inf/nan
@@ -258,8 +265,9 @@ def _chaos_game(systems, num_points: int, rngs) -> tuple[np.ndarray, np.ndarray,
 def _mark_points(xs: np.ndarray, ys: np.ndarray, grid: np.ndarray, low: int, high: int) -> None:
     """Set grid[row, col] at each point; x and y scale separately to [low, high] (y up)."""
     if kernels.ENABLED:
-        kernels.mark_points(xs, ys, (xs.min(), xs.max(), ys.min(), ys.max()), grid, low, high,
-                            _scratch("index32", xs.shape, np.int32))
+        kernels.mark_points(
+            xs, ys, (xs.min(), xs.max(), ys.min(), ys.max()), grid, low, high, _scratch("index32", xs.shape, np.int32)
+        )
         return
     size = grid.shape[0]
     bounds = xs.min(), xs.max(), ys.min(), ys.max()
@@ -313,8 +321,9 @@ def _coin_flips(rng: np.random.Generator, size: int) -> np.ndarray:
     return flips[: size * size].reshape(size, size).view(np.bool_)
 
 
-def rasterize(xs: np.ndarray, ys: np.ndarray, image_size: int, rngs, patch: str = "random",
-              pad: int = 0, value: int = LIT) -> np.ndarray:
+def rasterize(
+    xs: np.ndarray, ys: np.ndarray, image_size: int, rngs, patch: str = "random", pad: int = 0, value: int = LIT
+) -> np.ndarray:
     """(F, size, size) uint8 images, `value` where a patch cell is set, from (F, N) points."""
     if patch not in PATCHES:
         raise ValueError(f"patch={patch!r} must be one of {PATCHES}")
@@ -344,8 +353,16 @@ def _check_systems(systems, seeds, image_size: int, pad: int) -> None:
         raise ValueError(f"image_size={image_size} must leave >= 3 pixels inside a pad of {pad}")
 
 
-def render_batch(systems, image_size: int, num_points: int, seeds, patch: str = "random",
-                 pad: int = 0, value: int = LIT, with_convergence: bool = False):
+def render_batch(
+    systems,
+    image_size: int,
+    num_points: int,
+    seeds,
+    patch: str = "random",
+    pad: int = 0,
+    value: int = LIT,
+    with_convergence: bool = False,
+):
     """Render several IFS at once: systems is a list of (maps (K, 6), probabilities (K,)).
 
     Returns (len(systems), image_size, image_size) uint8; with_convergence=True also
@@ -369,8 +386,16 @@ def chaos_game_points(maps, probabilities, num_points: int, seed: int) -> tuple[
     return np.stack([xs[0], ys[0]], axis=1), bool(converged[0])
 
 
-def render_ifs(maps, probabilities, image_size: int, num_points: int, seed: int, patch: str = "random",
-               pad: int = 0, value: int = LIT) -> np.ndarray:
+def render_ifs(
+    maps,
+    probabilities,
+    image_size: int,
+    num_points: int,
+    seed: int,
+    patch: str = "random",
+    pad: int = 0,
+    value: int = LIT,
+) -> np.ndarray:
     """One (image_size, image_size) uint8 image."""
     return render_batch([(maps, probabilities)], image_size, num_points, [seed], patch, pad, value)[0]
 
@@ -410,13 +435,14 @@ class RenderSettings:
     rgb: bool = False
 
     @classmethod
-    def of(cls, cfg) -> "RenderSettings":
+    def of(cls, cfg) -> RenderSettings:
         return cls(cfg.image_size, cfg.num_points, cfg.patch, cfg.pad, cfg.gray_value, cfg.color == "rgb")
 
     def render(self, systems, seeds) -> tuple[np.ndarray, np.ndarray]:
         """(images, converged) of several systems."""
-        return render_batch(systems, self.image_size, self.num_points, seeds, self.patch, self.pad, self.value,
-                            with_convergence=True)
+        return render_batch(
+            systems, self.image_size, self.num_points, seeds, self.patch, self.pad, self.value, with_convergence=True
+        )
 
     def render_pngs(self, systems, seeds) -> list[bytes]:
         """PNG bytes of each system's image."""

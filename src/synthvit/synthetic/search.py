@@ -49,8 +49,9 @@ class Rule:
         """(fill rates, converged) of the systems' official search renders."""
         if not self.patched:
             return point_fill_rates(systems, seeds, SCORE_SIZE, SCORE_POINTS, SCORE_PAD)
-        images, converged = render_batch(systems, SCORE_SIZE, SCORE_POINTS, seeds, "random", SCORE_PAD,
-                                         with_convergence=True)
+        images, converged = render_batch(
+            systems, SCORE_SIZE, SCORE_POINTS, seeds, "random", SCORE_PAD, with_convergence=True
+        )
         return fill_rates(images), converged
 
     def keeps(self, rate: float, converged: bool) -> bool:
@@ -77,7 +78,9 @@ class Accepted:
 class SearchFailed(Exception):
     def __init__(self, category: int, attempts: int, best_fill_rate: float):
         self.category, self.attempts, self.best_fill_rate = category, attempts, best_fill_rate
-        super().__init__(f"category {category}: no draw passed in {attempts} attempts (best fill rate {best_fill_rate:.3f})")
+        super().__init__(
+            f"category {category}: no draw passed in {attempts} attempts (best fill rate {best_fill_rate:.3f})"
+        )
 
 
 def _evaluate(jobs, *, draw, rule: Rule, settings: RenderSettings):

@@ -46,8 +46,12 @@ class ManifestImages:
         self.per_class = manifest["images_per_class"]
         self.settings = RenderSettings.of(self.cfg)
         self.categories = [
-            Category(tuple(map(tuple, c["maps"])), tuple(map(tuple, c.get("rendered_maps", c["maps"]))),
-                     tuple(c["probabilities"]), c["render_seed"])
+            Category(
+                tuple(map(tuple, c["maps"])),
+                tuple(map(tuple, c.get("rendered_maps", c["maps"]))),
+                tuple(c["probabilities"]),
+                c["render_seed"],
+            )
             for c in manifest["classes"]
         ]
         self.names = [c["name"] for c in manifest["classes"]]
@@ -63,7 +67,12 @@ class ManifestImages:
         if instance == 0:
             return np.asarray(entry.image_maps), probabilities, entry.render_seed, "none"
         if self.kind != "fractaldb":  # fresh draws of a one-image category: new masks and walk
-            return np.asarray(entry.image_maps), probabilities, draws.instance_render_seed(self.seed, category, instance), "none"
+            return (
+                np.asarray(entry.image_maps),
+                probabilities,
+                draws.instance_render_seed(self.seed, category, instance),
+                "none",
+            )
         variation = draws.instance_variation(self.seed, category, instance, self.cfg.instance_weights)
         return draws.instance_maps(entry.maps, variation), probabilities, variation["render_seed"], variation["flip"]
 

@@ -1,0 +1,1 @@
+"""The `synthvit` command line (cli.py) and one module per command."""

@@ -1,0 +1,111 @@
+"""`synthvit bench pretrain`: pre-training img/s on batches rendered from the manifest
+against the same images preloaded as a uint8 tensor, in one run.
+
+It reads the synthetic set that generate_synthetic wrote (data/synthetic) and the
+params (model, pretrain recipe, runtime, data.num_workers: on CUDA the DataLoader
+workers that draw each batch's random numbers for the GPU to render; on a CPU the
+training process renders with numpy). Both sides train the same freshly initialised model for one
+epoch over the same images (--images of them, spread evenly over every category of the
+set) through the engine, alternating, so both see the same machine load; the cost of
+rendering is 1 - rendered / preloaded img/s (medians).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from synthvit.config import load_params, parse_params
+from synthvit.data.fractals import RenderedFractals, RenderedImages, read_manifest
+from synthvit.data.images import TensorImages
+from synthvit.files import SYNTHETIC_DIR
+from synthvit.models import create_model
+from synthvit.runtime import resolve_device, seed_everything
+from synthvit.synthetic.source import ManifestImages
+from synthvit.training.engine import train
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--synthetic", type=Path, default=SYNTHETIC_DIR, help="the generated set (default: %(default)s)"
+    )
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument(
+        "--set",
+        "-S",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a params key, as dvc exp run -S does (e.g. -S model.depth=6)",
+    )
+    parser.add_argument("--images", type=int, default=1024, help="images per timed epoch (default: %(default)s)")
+    parser.add_argument("--repeats", type=int, default=2, help="timed epochs per side (the median counts)")
+
+
+def _params(args):
+    raw = load_params(args.params).model_dump()
+    for item in args.set:
+        key, _, value = item.partition("=")
+        *sections, name = key.split(".")
+        target = raw
+        for section in sections:
+            target = target[section]
+        target[name] = yaml.safe_load(value)
+    return parse_params(raw)
+
+
+def run(args) -> int:
+    params = _params(args)
+    manifest = read_manifest(args.synthetic)
+    images = ManifestImages(manifest)
+    count = min(args.images, len(images))
+    indices = np.linspace(0, len(images) - 1, count).round().astype(np.int64)
+    img_size, workers = params.model.img_size, params.data.num_workers
+    rendered = RenderedImages(images, img_size, indices=indices)
+    started = time.perf_counter()
+    tensor = rendered.tensor()
+    render_rate = count / (time.perf_counter() - started)
+    started = time.perf_counter()
+    rendered.draws(list(range(count)))  # what each DataLoader worker does on CUDA, where the GPU renders
+    draw_rate = count / (time.perf_counter() - started)
+    sets = {
+        "rendered": RenderedFractals(rendered, images.names),
+        "preloaded": TensorImages(tensor, rendered.labels, images.names),
+    }
+    cfg = params.pretrain.model_copy(update={"epochs": 1, "warmup_epochs": 0, "checkpoint_every": 0})
+    print(
+        f"pre-training {params.model.name} (depth {params.model.depth}, dim {params.model.embed_dim}) at {img_size}px, "
+        f"batch {cfg.batch_size}, on {count} of the {len(images)} images of {args.synthetic} "
+        f"({len(images.names)} categories, rendered at {images.settings.image_size}px, "
+        f"{images.settings.num_points} points); "
+        f"rendering alone, one process: {render_rate:.0f} img/s; drawing the GPU renderer's random numbers alone, "
+        f"one process: {draw_rate:.0f} img/s"
+    )
+    rates = {name: [] for name in sets}
+    for repeat in range(args.repeats):
+        for name in sorted(sets, reverse=bool(repeat % 2)):  # alternate which side goes first
+            seed_everything(params.seed)
+            model = create_model(params.model, num_classes=len(images.names))
+            history = train(model, sets[name], cfg, params.runtime, params.seed, desc=name, num_workers=workers)
+            rates[name].append(history[0]["train_images_per_s"])
+    rendered_rate, preloaded_rate = (statistics.median(rates[name]) for name in ("rendered", "preloaded"))
+    where = (
+        f"on the GPU, {workers} DataLoader workers drawing"
+        if resolve_device(params.runtime).type == "cuda"
+        else "in the training process"
+    )
+    print(
+        f"rendered on the fly ({where}): {rendered_rate:8.1f} img/s  "
+        f"(epochs: {', '.join(f'{r:.1f}' for r in rates['rendered'])})"
+    )
+    print(
+        f"preloaded uint8 tensor:                {preloaded_rate:8.1f} img/s  "
+        f"(epochs: {', '.join(f'{r:.1f}' for r in rates['preloaded'])})"
+    )
+    print(f"cost of rendering on the fly: {1 - rendered_rate / preloaded_rate:+.1%} of the preloaded throughput")
+    return 0

@@ -1,0 +1,43 @@
+"""`synthvit recipe NAME`: a named recipe's params overrides, as `-S key=value` arguments.
+
+    dvc exp run -n my-demo $(synthvit recipe demo) -S seed=1
+    synthvit recipe --list
+
+Recipes live in recipes.yaml, one source for the Makefile (`make demo`, `make proof`) and
+the documentation. A recipe may include others; a later value of a key wins, as with
+`-S` (so arguments after `$(synthvit recipe ...)` override it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+
+from synthvit.config import load_recipes, recipe_overrides
+from synthvit.errors import UserError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("name", nargs="?", help="the recipe")
+    parser.add_argument("--list", action="store_true", help="list the recipes and what each is for")
+
+
+def as_argument(key: str, value, quote: bool = False) -> str:
+    """`-S key=value`, the value as YAML flow (what `dvc exp run -S` parses): 1e-3, [0.6,1.0], true, text.
+    A value with a space is quoted for a shell (`quote`), or refused: `$(synthvit recipe ...)` splits on spaces."""
+    text = json.dumps(value, separators=(",", ":")) if isinstance(value, (list, bool)) or value is None else str(value)
+    if " " in text and not quote:
+        raise UserError(f"recipes.yaml: {key}={value!r} holds a space, which a shell would split; drop the space")
+    return f"-S {shlex.quote(f'{key}={text}')}" if quote else f"-S {key}={text}"
+
+
+def run(args) -> int:
+    recipes = load_recipes()
+    if args.list or not args.name:
+        width = max(map(len, recipes))
+        for name, recipe in recipes.items():
+            print(f"{name:<{width}}  {recipe.get('about', '')}")
+        return 0
+    print(" ".join(as_argument(key, value) for key, value in recipe_overrides(args.name, recipes).items()))
+    return 0

@@ -1,0 +1,144 @@
+"""`synthvit record-restored`: record in MLflow a pipeline execution that DVC restored from its cache.
+
+    synthvit record-restored [--name NAME] [--experiment NAME]
+
+A stage that DVC restores (`dvc exp run --pull`, `dvc repro --pull`, `dvc exp apply`
+then `dvc pull`) runs no code, so it logs no MLflow run. Run this afterwards in the
+workspace: it reads what the restore left there and writes one parent run with one run
+per stage, as the stages themselves would have: the stage's params as dvc.lock records
+them, its metrics (metrics/<stage>.json; per-epoch curves from plots/<stage>/history.csv)
+and its output files (figures, tables; not the models, which DVC keeps). Every run is
+tagged `synthvit.restored=true` and `dvc.outs` (the outputs' hashes in dvc.lock), so a
+search such as `tags.synthvit.restored = 'true'` finds them. Recording the same dvc.lock
+twice finds the first record instead of writing a second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import pandas as pd
+import yaml
+from mlflow.entities import Metric, Param
+
+from synthvit.commands.comparison import default_experiment
+from synthvit.errors import UserError
+from synthvit.files import history_path, metrics_path
+from synthvit.tracking import summary
+from synthvit.tracking.runs import metric_name, parent_name, run_tags
+from synthvit.tracking.store import PIPELINE_TAG, get_experiment_id, open_client, use_store
+from synthvit.tracking.summary import RESTORED_TAG, flatten
+
+STAGES = ["generate_synthetic", "pretrain", "finetune", "evaluate", "visualize"]
+TRAINING_STAGES = ("pretrain", "finetune")
+
+
+def stage_metrics(stage: str) -> dict:
+    """The numbers the stage logged at its end: final_* for training stages, the summary for evaluate."""
+    path = metrics_path(stage)
+    if not path.is_file():
+        return {}
+    summary = json.loads(path.read_text())
+    prefix = "final_" if stage in TRAINING_STAGES else ""
+    return {f"{prefix}{k}": float(v) for k, v in summary.items() if isinstance(v, (int, float))}
+
+
+def output_files(outs: list[dict]) -> list[Path]:
+    """The stage's output files worth browsing (tables, figures, manifests); models stay in DVC."""
+    files = []
+    for out in outs:
+        path = Path(out["path"])
+        candidates = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        files += [p for p in candidates if p.suffix in (".csv", ".png", ".json") and "images" not in p.parts]
+    return [p for p in files if p.is_file()]
+
+
+def read_lock() -> dict:
+    lock = Path("dvc.lock")
+    if not lock.is_file():
+        raise UserError("dvc.lock not found: restore the pipeline first (dvc exp run --pull, or dvc repro --pull)")
+    stages = (yaml.safe_load(lock.read_text()) or {}).get("stages") or {}
+    missing = [
+        out["path"] for stage in stages.values() for out in stage.get("outs", []) if not Path(out["path"]).exists()
+    ]
+    if missing:
+        raise UserError(
+            f"outputs named in dvc.lock are missing ({', '.join(missing[:3])}): "
+            "restore them first (dvc pull, or dvc exp run --pull)"
+        )
+    return stages
+
+
+def record(name: str, experiment_name: str) -> str:
+    """The parent run id of the restored execution recorded from this workspace."""
+    stages = read_lock()
+    digest = hashlib.sha256(Path("dvc.lock").read_bytes()).hexdigest()[:16]
+    key = f"restored-{digest}"
+    uri = use_store()
+    client = open_client(uri)
+    experiment_id = get_experiment_id(client, uri, experiment_name)
+    found = client.search_runs([experiment_id], filter_string=f"tags.`{PIPELINE_TAG}` = '{key}'", max_results=1)
+    if found:
+        print(f"already recorded: run {found[0].info.run_id} in MLflow experiment {experiment_name!r} ({uri})")
+        return found[0].info.run_id
+    tags = {**run_tags("pipeline"), "dvc.exp_name": name, RESTORED_TAG: "true"}
+    tags.pop("dvc.stage")
+    now = int(time.time() * 1000)
+    parent = client.create_run(
+        experiment_id, run_name=f"{parent_name(name)} (restored)", tags={**tags, PIPELINE_TAG: key}
+    )
+    for stage in (s for s in STAGES if s in stages):
+        entry = stages[stage]
+        outs = entry.get("outs", [])
+        run = client.create_run(
+            experiment_id,
+            run_name=stage,
+            tags={
+                **tags,
+                "dvc.stage": stage,
+                "mlflow.parentRunId": parent.info.run_id,
+                "dvc.outs": " ".join(f"{o['path']}:{o.get('md5', '')}" for o in outs),
+            },
+        )
+        run_id = run.info.run_id
+        params = [Param(k, v) for k, v in flatten((entry.get("params") or {}).get("params.yaml") or {}).items()]
+        metrics = [Metric(metric_name(k), v, now, 0) for k, v in stage_metrics(stage).items()]
+        if stage in TRAINING_STAGES and history_path(stage).is_file():
+            history = pd.read_csv(history_path(stage))
+            metrics += [
+                Metric(column, float(value), now, int(row["epoch"]))
+                for _, row in history.iterrows()
+                for column, value in row.items()
+                if column != "epoch" and isinstance(value, (int, float)) and pd.notna(value)
+            ]
+        for start in range(0, max(len(params), len(metrics)), 100):  # MLflow's batch limit for params
+            client.log_batch(run_id, params=params[start : start + 100], metrics=metrics[start : start + 100])
+        for path in output_files(outs):
+            folder = str(path.parent) if path.parent != Path(".") else None
+            client.log_artifact(run_id, str(path), artifact_path=folder)
+        client.set_terminated(run_id, "FINISHED")
+        summary.record_stage(client, parent.info.run_id, stage, run_id)  # headline on the parent, as live runs
+    client.set_terminated(parent.info.run_id, "FINISHED")
+    print(
+        f"recorded restored execution {name!r}: run {parent.info.run_id} in MLflow experiment "
+        f"{experiment_name!r} ({uri}), stages {', '.join(s for s in STAGES if s in stages)}"
+    )
+    return parent.info.run_id
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--name",
+        default="workspace",
+        help="the DVC experiment the outputs belong to, as the runs' dvc.exp_name (default: workspace)",
+    )
+    parser.add_argument("--experiment", help="MLflow experiment (default: tracking.experiment_name in params.yaml)")
+
+
+def run(args) -> int:
+    record(args.name, args.experiment or default_experiment())
+    return 0

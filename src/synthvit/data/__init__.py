@@ -1,0 +1,1 @@
+"""Image sets as training and scoring read them: real datasets, the fractal set, augmentation."""

@@ -1,0 +1,445 @@
+"""Labelled image sets, and the real datasets they are read from.
+
+An `ImageSet` is what training and scoring read: labels, class names, and `batches`,
+the uint8 N x 3 x S x S batches of given indices on the training device. Each way of
+storing the pixels is one class, so the training loop has no branch on storage:
+- `TensorImages`: decoded once into one uint8 tensor (every dataset by default; batches
+  are gathers from it, on the device);
+- `FileImages`: an image folder too large for memory (data.loader=stream): only the file
+  paths are kept, and DataLoader workers decode each batch;
+- `fractals.RenderedFractals`: the fractal set rendered from its formulas batch by batch.
+
+Sources: torchvision's CIFAR-10/100 and MNIST archives, and image folders
+(`root/train/<class>/`, `root/test/<class>/`, any size or mode). Every image is decoded
+the same way (`fit_image`: the largest centred square, resized to S x S), with bounded
+memory whatever its shape.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from filelock import FileLock
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import DataLoader
+from torchvision import datasets
+
+from synthvit.config import DATASETS, DataConfig
+from synthvit.errors import UserError, rebuild_hint
+from synthvit.files import user_path
+from synthvit.runtime import progress_bar
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+# Decoding is refused above this many pixels: a photo has tens of millions at most, and a
+# decompression bomb (a tiny file that decodes to gigabytes) is refused before it is decoded.
+MAX_PIXELS = 128_000_000
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # Pillow raises DecompressionBombError above twice this; we check first
+
+
+class ImageSet:
+    """Labelled images: `labels` (int64, N), `classes` (names by label), and their batches."""
+
+    labels: torch.Tensor
+    classes: list[str]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def on(self, device: torch.device) -> ImageSet:
+        """The set ready to give batches on `device` (an in-memory set moves its tensor there once)."""
+        return self
+
+    def batches(
+        self, order: torch.Tensor, starts: list[int], size: int, device: torch.device, num_workers: int, epoch: int = 1
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(uint8 images on `device`, their indices) for each batch `order[start:start + size]`, in order."""
+        raise NotImplementedError
+
+    @property
+    def digest(self) -> str:
+        """What the pixels and labels depend on, for the resume fingerprint."""
+        raise NotImplementedError
+
+
+@dataclasses.dataclass
+class TensorImages(ImageSet):
+    """Images decoded into one uint8 N x 3 x S x S tensor."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    classes: list[str]
+    paths: list[str] | None = None  # the files they came from, when they came from files
+
+    def on(self, device: torch.device) -> TensorImages:
+        return dataclasses.replace(self, images=self.images.to(device))
+
+    def batches(self, order, starts, size, device, num_workers, epoch=1):
+        for start in starts:  # one gather per batch, on the device
+            idx = order[start : start + size]
+            yield self.images[idx], idx
+
+    @property
+    def digest(self) -> str:
+        return tensor_digest(self.images, self.labels)
+
+    def subset(self, mask: torch.Tensor) -> TensorImages:
+        paths = [p for p, keep in zip(self.paths, mask.tolist()) if keep] if self.paths else None
+        return TensorImages(self.images[mask], self.labels[mask], self.classes, paths)
+
+    def in_memory(self, num_workers: int = 2) -> TensorImages:
+        return self
+
+
+@dataclasses.dataclass
+class FileImages(ImageSet):
+    """Image files decoded batch by batch by DataLoader workers (an image folder too large for memory)."""
+
+    paths: list[str]
+    labels: torch.Tensor
+    classes: list[str]
+    img_size: int
+
+    def batches(self, order, starts, size, device, num_workers, epoch=1):
+        on_host = order.tolist()  # the sampler needs host indices: one copy per epoch
+        # Its own generator: a DataLoader seeds its workers from the global one otherwise, which
+        # would shift the augmentation draws (decoding itself draws nothing).
+        loader = DataLoader(
+            _DecodedFiles(self),
+            batch_sampler=[on_host[start : start + size] for start in starts],
+            num_workers=num_workers,
+            pin_memory=device.type == "cuda",
+            generator=torch.Generator().manual_seed(0),
+        )
+        for (images, _), start in zip(loader, starts):
+            yield images.to(device, non_blocking=True), order[start : start + size]
+
+    @property
+    def digest(self) -> str:
+        """The labels, and each file's path, size and modification time (reading every file would cost an epoch)."""
+        sha = hashlib.sha256(tensor_digest(self.labels).encode())
+        for path in self.paths:
+            stat = os.stat(path)
+            sha.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        return sha.hexdigest()
+
+    def subset(self, mask: torch.Tensor) -> FileImages:
+        paths = [p for p, keep in zip(self.paths, mask.tolist()) if keep]
+        return FileImages(paths, self.labels[mask], self.classes, self.img_size)
+
+    def in_memory(self, num_workers: int = 2) -> TensorImages:
+        images = decode_files(self.paths, self.img_size, num_workers, desc="decode validation")
+        return TensorImages(images, self.labels, self.classes, self.paths)
+
+
+@dataclasses.dataclass
+class _DecodedFiles(torch.utils.data.Dataset):
+    """A FileImages for a DataLoader: item i is (uint8 3 x S x S, label), decoded on demand."""
+
+    files: FileImages
+
+    def __len__(self) -> int:
+        return len(self.files.paths)
+
+    def __getitem__(self, i: int):
+        image = decode_image(Path(self.files.paths[i]), self.files.img_size)
+        return torch.from_numpy(image).permute(2, 0, 1), self.files.labels[i]
+
+
+def tensor_digest(*tensors: torch.Tensor) -> str:
+    sha = hashlib.sha256()
+    for tensor in tensors:
+        sha.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return sha.hexdigest()
+
+
+def load_split(cfg: DataConfig, split: str, img_size: int) -> TensorImages | FileImages:
+    """The train or test split of the dataset that params.yaml names."""
+    per_class = cfg.train_per_class if split == "train" else cfg.test_per_class
+    if cfg.name in ARCHIVE_FOLDERS:
+        return load_archive(cfg.name, user_path(cfg.root), split, img_size, cfg.download, per_class)
+    if cfg.name == "imagefolder":
+        root = user_path(cfg.root)
+        folders = matched_class_folders(root, cfg.ignore_class_case)
+        paths, labels = list_images(root / split, folders[split], per_class)
+        classes = folders["train"]  # test/ may spell a class differently (ignore_class_case)
+        if split == "train" and cfg.loader == "stream":
+            return FileImages([str(p) for p in paths], torch.tensor(labels, dtype=torch.int64), classes, img_size)
+        images = decode_files(paths, img_size, cfg.num_workers, desc=f"decode {split}")
+        return TensorImages(images, torch.tensor(labels, dtype=torch.int64), classes, [str(p) for p in paths])
+    raise UserError(f"params.yaml: data.name={cfg.name!r} is invalid: one of {', '.join(DATASETS)}")
+
+
+def split_validation(
+    data: TensorImages | FileImages, fraction: float, seed: int, num_workers: int = 2
+) -> tuple[ImageSet, TensorImages]:
+    """(train, validation): a seeded `fraction` of each class held out for model selection;
+    the validation images are decoded into memory (they are scored every epoch)."""
+    generator = torch.Generator().manual_seed(seed)
+    held = []
+    for label in range(data.num_classes):
+        members = torch.nonzero(data.labels == label).flatten()
+        count = round(len(members) * fraction)
+        held.append(members[torch.randperm(len(members), generator=generator)[:count]])
+    is_val = torch.zeros(len(data), dtype=torch.bool)
+    is_val[torch.cat(held)] = True
+    if is_val.all() or not is_val.any():
+        raise UserError(
+            f"params.yaml: data.val_fraction={fraction} is invalid: it leaves no training or no validation images"
+        )
+    return data.subset(~is_val), data.subset(is_val).in_memory(num_workers)
+
+
+# ---- image folders ------------------------------------------------------------------
+
+
+def class_folders(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def matched_class_folders(root: Path, ignore_case: bool = False) -> dict[str, list[str]]:
+    """{"train": folders, "test": folders}, the same classes in the same order in both splits.
+
+    Fails early, with the fix, on a root that is not `root/{train,test}/<class>/`. With
+    ignore_case, `Forest/` in train matches `forest/` in test; the train spelling names the class.
+    """
+    if not root.is_dir():
+        raise UserError(
+            f"params.yaml: data.root={str(root)!r} is invalid: no such folder; "
+            "point it at a folder holding train/<class>/ and test/<class>/"
+        )
+    for split in ("train", "test"):
+        if not (root / split).is_dir():
+            raise UserError(
+                f"params.yaml: data.root={str(root)!r} is invalid: it has no {split}/ folder; "
+                "expected root/train/<class>/ and root/test/<class>/"
+            )
+    train, test = class_folders(root / "train"), class_folders(root / "test")
+    if len(train) < 2:
+        raise UserError(
+            f"params.yaml: data.root={str(root)!r} is invalid: train/ holds {len(train)} class folder(s) "
+            f"({', '.join(train) or 'none'}); a classifier needs at least 2"
+        )
+    key = str.casefold if ignore_case else str
+    if ignore_case:
+        for split, names in (("train", train), ("test", test)):
+            clashes = sorted(n for n in names if [key(m) for m in names].count(key(n)) > 1)
+            if clashes:
+                raise UserError(
+                    f"params.yaml: data.ignore_class_case=true is invalid for {root / split}: "
+                    f"folders {clashes} differ only in case; merge or rename them"
+                )
+    test_by_key = {key(name): name for name in test}
+    if sorted(map(key, train)) != sorted(test_by_key):
+        only_train = sorted(n for n in train if key(n) not in test_by_key)
+        only_test = sorted(n for n in test if key(n) not in set(map(key, train)))
+        case_only = sorted(map(str.casefold, train)) == sorted(map(str.casefold, test))
+        hint = " or set data.ignore_class_case=true: they differ only in case" if case_only and not ignore_case else ""
+        raise UserError(
+            f"params.yaml: data.root={str(root)!r} is invalid: train and test class folders differ "
+            f"(only in train: {only_train or 'none'}; only in test: {only_test or 'none'}); "
+            f"give both splits the same class folders{hint}"
+        )
+    return {"train": train, "test": [test_by_key[key(name)] for name in train]}
+
+
+def list_images(folder: Path, classes: list[str], per_class: int) -> tuple[list[Path], list[int]]:
+    paths, labels = [], []
+    for label, name in enumerate(classes):
+        files = sorted(p for p in (folder / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise UserError(
+                f"{folder / name} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}); add some or remove the folder"
+            )
+        if per_class:
+            files = files[:per_class]
+        paths += files
+        labels += [label] * len(files)
+    return paths, labels
+
+
+def decode_image(path: Path, img_size: int) -> np.ndarray:
+    """RGB uint8 S x S x 3 of an image file (`fit_image`); a file that is not an image, or too large, is a UserError."""
+    try:
+        with Image.open(path) as image:
+            return fit_image(image, img_size, source=path)
+    except Image.DecompressionBombError:
+        raise UserError(
+            f"cannot read image {path}: it decodes to more than {2 * MAX_PIXELS:,} pixels "
+            "(a decompression bomb?); remove it, or downscale it below the limit"
+        ) from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise UserError(f"cannot read image {path}: {exc}; {rebuild_hint(path)}") from None
+
+
+def fit_image(image: Image.Image, img_size: int, mode: str = "RGB", source=None) -> np.ndarray:
+    """uint8 S x S x 3 (mode "L": S x S): the largest centred square of the image, resized to S x S.
+
+    Pillow resamples only that square (`box`), so memory stays the size of the input
+    whatever its shape: a 1 x 1,000,000 strip is never scaled up to 32 x 32,000,000.
+    """
+    width, height = image.size
+    if width * height > MAX_PIXELS:
+        raise UserError(
+            f"cannot read image {source or 'upload'}: {width} x {height} is {width * height:,} pixels, "
+            f"more than the {MAX_PIXELS:,} allowed; downscale it"
+        )
+    image = image.convert(mode)
+    side = min(width, height)
+    left, top = (width - side) / 2, (height - side) / 2
+    if (width, height) != (img_size, img_size):
+        image = image.resize((img_size, img_size), Image.BICUBIC, box=(left, top, left + side, top + side))
+    return np.asarray(image, dtype=np.uint8)
+
+
+def decode_files(paths: list, img_size: int, num_workers: int = 2, desc: str = "decode") -> torch.Tensor:
+    """uint8 N x 3 x S x S from image files, decoded by a thread pool."""
+    images = np.empty((len(paths), img_size, img_size, 3), dtype=np.uint8)
+
+    def decode_into(i: int) -> None:
+        images[i] = decode_image(Path(paths[i]), img_size)
+
+    # PIL releases the GIL while decoding, so threads give real parallelism here.
+    with ThreadPoolExecutor(max(1, num_workers)) as pool:
+        for _ in progress_bar(pool.map(decode_into, range(len(paths))), total=len(paths), desc=desc):
+            pass
+    return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+
+
+def load_image_folder(
+    folder: Path, img_size: int, per_class: int = 0, num_workers: int = 2, classes: list[str] | None = None
+) -> TensorImages:
+    classes = classes if classes is not None else class_folders(folder)
+    paths, labels = list_images(folder, classes, per_class)
+    images = decode_files(paths, img_size, num_workers, desc=f"decode {folder.name}")
+    return TensorImages(images, torch.tensor(labels, dtype=torch.int64), list(classes), [str(p) for p in paths])
+
+
+# ---- CIFAR-10, CIFAR-100, MNIST (torchvision's archives) ------------------------------
+
+# Folder each torchvision archive unpacks into, under data.root.
+ARCHIVE_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python", "mnist": "MNIST/raw"}
+ARCHIVES = {"cifar10": datasets.CIFAR10, "cifar100": datasets.CIFAR100, "mnist": datasets.MNIST}
+
+
+def archive_present(name: str, root: Path) -> bool:
+    return (root / ARCHIVE_FOLDERS[name]).is_dir()
+
+
+def load_archive(name: str, root: Path, split: str, img_size: int, download: bool, per_class: int) -> TensorImages:
+    """CIFAR-10, CIFAR-100 or MNIST in torchvision's layout under root, downloaded first if allowed."""
+    if not archive_present(name, root):
+        root.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(root / ".download.lock"), timeout=3600):  # queued experiments share the root
+            if not archive_present(name, root):
+                download_archive(name, root, download)
+    images, labels, classes = read_archive(name, root, split)
+    if per_class:
+        keep = torch.cat([torch.nonzero(labels == c).flatten()[:per_class] for c in range(len(classes))]).sort().values
+        images, labels = images[keep], labels[keep]
+    if img_size != images.shape[-1]:
+        images = resize_uint8(images, img_size)
+    return TensorImages(images, labels, classes)
+
+
+def read_archive(name: str, root: Path, split: str):
+    """uint8 N x 3 x H x W images, int64 labels and class names from torchvision's dataset class,
+    which also checks the files (MD5 for CIFAR). MNIST's grey digits repeat into three channels."""
+    try:
+        dataset = ARCHIVES[name](str(root), train=split == "train", download=False)
+    except RuntimeError as exc:
+        raise UserError(
+            f"the {name} copy in {root / ARCHIVE_FOLDERS[name]} is incomplete or damaged ({exc}); "
+            "delete it to download again"
+        ) from None
+    images = torch.as_tensor(dataset.data)
+    if name == "mnist":
+        return (
+            images.unsqueeze(1).repeat(1, 3, 1, 1).contiguous(),
+            dataset.targets.to(torch.int64),
+            [str(d) for d in range(10)],
+        )
+    labels = torch.as_tensor(dataset.targets, dtype=torch.int64)
+    return images.permute(0, 3, 1, 2).contiguous(), labels, list(dataset.classes)
+
+
+def offline_hint(name: str, root: Path) -> str:
+    folder = ARCHIVE_FOLDERS[name]
+    return (
+        "Offline? Use a local copy: `-S data.name=imagefolder -S data.root=PATH` with PATH/train/<class>/ and "
+        f"PATH/test/<class>/ (e.g. ../shared/datasets/cifar10), or put {folder}/ in data.root"
+    )
+
+
+def archive_urls(name: str) -> list[str]:
+    """Where torchvision downloads an archive from."""
+    dataset = ARCHIVES[name]
+    return list(dataset.mirrors) if hasattr(dataset, "mirrors") else [dataset.url]
+
+
+def reachable(url: str, timeout: float = 5.0) -> str | None:
+    """None when `url`'s server answers within `timeout` seconds, else why not (a few words)."""
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout):
+            return None
+    except urllib.error.HTTPError:
+        return None  # the server answered
+    except (OSError, ValueError) as exc:
+        return str(getattr(exc, "reason", None) or exc)[:120]
+
+
+def check_available(cfg: DataConfig) -> None:
+    """Fail in seconds, with the fix, when the dataset is neither here nor downloadable: before the
+    pipeline spends minutes on fractals and pre-training it would fine-tune on nothing."""
+    if cfg.name == "imagefolder":
+        matched_class_folders(user_path(cfg.root), cfg.ignore_class_case)
+        return
+    root = user_path(cfg.root)
+    if archive_present(cfg.name, root):
+        return
+    if not cfg.download:
+        download_archive(cfg.name, root, download=False)  # the one-line error for a missing copy
+    problems = [problem for problem in map(reachable, archive_urls(cfg.name)) if problem]
+    if len(problems) == len(archive_urls(cfg.name)):
+        raise UserError(
+            f"{cfg.name} is not in {root} and its download server cannot be reached ({problems[0]}). "
+            + offline_hint(cfg.name, root)
+        )
+
+
+def download_archive(name: str, root: Path, download: bool) -> None:
+    """torchvision downloads, checks the MD5 and unpacks; offline this fails with the way out."""
+    if not download:
+        raise UserError(
+            f"{name} not found: params.yaml data.root={str(root)!r} holds no {ARCHIVE_FOLDERS[name]}/; "
+            "set data.download=true, or use data.name=imagefolder with data.root at a local copy"
+        )
+    try:
+        for train in (True, False):
+            ARCHIVES[name](str(root), train=train, download=True)
+    except Exception as exc:  # noqa: BLE001 - whatever is wrong with it, it cannot be resumed
+        raise UserError(
+            f"could not download {name} into {root} ({type(exc).__name__}: {exc}). " + offline_hint(name, root)
+        ) from None
+
+
+def resize_uint8(images: torch.Tensor, size: int, chunk: int = 2048) -> torch.Tensor:
+    out = torch.empty((len(images), images.shape[1], size, size), dtype=torch.uint8)
+    for start in range(0, len(images), chunk):
+        batch = images[start : start + chunk].float()
+        batch = F.interpolate(batch, size=(size, size), mode="bicubic", antialias=True, align_corners=False)
+        out[start : start + chunk] = batch.round().clamp(0, 255).to(torch.uint8)
+    return out

@@ -1,0 +1,1 @@
+"""Scoring a trained model: inference, metrics, calibration, attention maps, figures."""

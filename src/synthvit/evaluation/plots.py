@@ -1,0 +1,77 @@
+"""Matplotlib figures written as PNG files (headless: the Agg backend)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.ticker import MaxNLocator
+
+
+def save(fig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def training_curves(history: pd.DataFrame, title: str, path: Path) -> Path:
+    """Loss and accuracy per epoch, train and (when present) held-out."""
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for column, label in (("train_loss", "train"), ("eval_loss", "held-out")):
+        if column in history:
+            ax_loss.plot(history["epoch"], history[column], marker=".", label=label)
+    for column, label in (("train_acc", "train"), ("eval_acc", "held-out")):
+        if column in history:
+            ax_acc.plot(history["epoch"], history[column], marker=".", label=label)
+    ax_loss.set(xlabel="epoch", ylabel="loss", title=f"{title}: loss")
+    ax_acc.set(xlabel="epoch", ylabel="accuracy", title=f"{title}: accuracy", ylim=(0, 1))
+    for ax in (ax_loss, ax_acc):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        ax.legend()
+    return save(fig, path)
+
+
+def confusion_matrix(matrix: np.ndarray, classes: list[str], path: Path, title: str = "Confusion matrix") -> Path:
+    """Row-normalised heat map with counts written in each cell (when the classes fit)."""
+    matrix = np.asarray(matrix)
+    n = len(classes)
+    rows = matrix.sum(1, keepdims=True)
+    normalised = np.divide(matrix, rows, out=np.zeros_like(matrix, dtype=float), where=rows > 0)
+    size = max(5.0, min(0.55 * n + 2, 30))
+    fig, ax = plt.subplots(figsize=(size, size))
+    image = ax.imshow(normalised, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of true class")
+    if n <= 30:
+        ax.set_xticks(range(n), classes, rotation=45, ha="right")
+        ax.set_yticks(range(n), classes)
+        for i in range(n):
+            for j in range(n):
+                color = "white" if normalised[i, j] > 0.5 else "black"
+                ax.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=7, color=color)
+    ax.set(xlabel="predicted", ylabel="true", title=title)
+    return save(fig, path)
+
+
+def image_grid(images: np.ndarray, titles: list[str], path: Path, title: str, columns: int = 8) -> Path:
+    """A grid of HxWx3 uint8 images with a caption under each."""
+    count = len(images)
+    columns = max(1, min(columns, count))
+    rows = max(1, math.ceil(count / columns))
+    fig, axes = plt.subplots(
+        rows, columns, figsize=(1.6 * columns, 1.8 * rows + 0.4), squeeze=False, layout="constrained"
+    )
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, image, caption in zip(axes.flat, images, titles):
+        ax.imshow(image, interpolation="nearest")
+        ax.set_title(caption, fontsize=7)
+    fig.suptitle(title)
+    return save(fig, path)

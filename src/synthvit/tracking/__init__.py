@@ -1,0 +1,1 @@
+"""MLflow bookkeeping: records what stages did, never changes what they compute (no DVC dependency)."""

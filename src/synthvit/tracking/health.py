@@ -1,0 +1,162 @@
+"""Is the MLflow tracking store there, and does it let this user in? Asked before a stage does any work.
+
+A team server that is down, or that refuses this user's credentials, is found in one
+request of at most CHECK_TIMEOUT_S seconds, and the stage stops with one line naming the
+URI and the way out, instead of MLflow's default of 7 retries with backoff (about four
+minutes) and a traceback. The same probe tells a transient outage from a real error
+while a run is logging (see outbox.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from urllib.parse import urlsplit, urlunsplit
+
+import requests
+from mlflow import MlflowClient
+from mlflow.utils.credentials import get_default_host_creds
+
+from synthvit.errors import UserError
+from synthvit.tracking.store import sqlite_path, tracking_uri
+
+CHECK_TIMEOUT_S = 5.0
+# A database URI: MLflow connects and may create its schema on first use, which takes longer.
+DATABASE_CHECK_TIMEOUT_S = 30.0
+
+# MLflow's own retries for the calls made during a run: enough to ride out a blip, short
+# enough that a server gone away is noticed in seconds and the outbox takes over. A user's
+# own setting of any of these wins.
+SHORT_HTTP_RETRIES = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+}
+
+
+def shorten_http_retries() -> None:
+    for name, value in SHORT_HTTP_RETRIES.items():
+        os.environ.setdefault(name, value)
+
+
+@contextlib.contextmanager
+def quick_http():
+    """MLflow calls inside make one attempt of at most CHECK_TIMEOUT_S seconds (for a call that must not wait)."""
+    saved = {name: os.environ.get(name) for name in SHORT_HTTP_RETRIES}
+    os.environ.update(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT=str(int(CHECK_TIMEOUT_S)))
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def is_http(uri: str) -> bool:
+    return uri.startswith(("http://", "https://"))
+
+
+WAY_OUT = "start the server, or unset MLFLOW_TRACKING_URI to record in the local SQLite store (mlflow.db)"
+
+
+def check_tracking_store(uri: str | None = None, timeout: float = CHECK_TIMEOUT_S) -> None:
+    """Raise UserError (one line) unless the tracking store at `uri` answers within `timeout` seconds
+    and accepts this user's credentials."""
+    problem = store_problem(uri or tracking_uri(), timeout)
+    if problem:
+        raise UserError(problem)
+
+
+def store_problem(uri: str, timeout: float = CHECK_TIMEOUT_S) -> str | None:
+    """What keeps the store from answering, as one line; None when it answers. A local SQLite store needs no check."""
+    if sqlite_path(uri) is not None:
+        return None
+    if is_http(uri):
+        return http_problem(uri, timeout)
+    return database_problem(uri, max(timeout, DATABASE_CHECK_TIMEOUT_S))
+
+
+def http_problem(uri: str, timeout: float) -> str | None:
+    """One request, no retries, with the credentials MLflow would send (MLFLOW_TRACKING_USERNAME/PASSWORD or TOKEN)."""
+
+    creds = get_default_host_creds(uri)
+    auth = (creds.username, creds.password) if creds.username and creds.password else None
+    headers = {"Authorization": f"Bearer {creds.token}"} if creds.token and not auth else {}
+    verify = False if creds.ignore_tls_verification else (creds.server_cert_path or True)
+    shown = redact(uri)
+    try:
+        response = requests.get(
+            f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/search",
+            params={"max_results": 1},
+            auth=auth,
+            headers=headers,
+            timeout=timeout,
+            verify=verify,
+        )
+    except requests.Timeout:
+        return f"MLflow tracking server {shown} does not answer (no reply within {timeout:g} s): {WAY_OUT}"
+    except requests.RequestException as exc:
+        return f"MLflow tracking server {shown} does not answer ({connection_reason(exc)}): {WAY_OUT}"
+    user = creds.username
+    if response.status_code == 401:
+        if not user:
+            return (
+                f"MLflow tracking server {shown} requires a login (HTTP 401): set MLFLOW_TRACKING_USERNAME and "
+                "MLFLOW_TRACKING_PASSWORD to your account on it (its admin creates accounts)"
+            )
+        return (
+            f"MLflow tracking server {shown} refused user {user!r} (HTTP 401: wrong password or unknown user): "
+            "check MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
+        )
+    if response.status_code == 403:
+        return (
+            f"MLflow tracking server {shown} does not let user {user!r} read experiments (HTTP 403): "
+            "ask its admin for access"
+        )
+    if response.status_code != 200:
+        return (
+            f"MLflow tracking server {shown} answered HTTP {response.status_code} {response.reason}: "
+            "is MLFLOW_TRACKING_URI the address of a healthy MLflow server?"
+        )
+    return None
+
+
+def connection_reason(exc: Exception) -> str:
+    text = str(exc)
+    if "Connection refused" in text:
+        return "connection refused"
+    if "Name or service not known" in text or "NameResolution" in text or "nodename nor servname" in text:
+        return "unknown host name"
+    return f"cannot connect: {type(exc).__name__}"
+
+
+def database_problem(uri: str, timeout: float) -> str | None:
+    """A database URI (postgresql://...) opened by MLflow itself, in a thread we stop waiting for after `timeout`."""
+    outcome: dict = {}
+
+    def ask() -> None:
+        try:
+            MlflowClient(uri).search_experiments(max_results=1)
+            outcome["ok"] = True
+        except Exception as exc:  # noqa: BLE001 - any failure is reported as one line below
+            outcome["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+
+    thread = threading.Thread(target=ask, daemon=True)  # a hung connect must not keep the process alive
+    thread.start()
+    thread.join(timeout)
+    if outcome.get("ok"):
+        return None
+    reason = outcome.get("error", f"no reply within {timeout:g} s")
+    return f"MLflow tracking store {redact(uri)} does not answer ({reason[:300]}): {WAY_OUT}"
+
+
+def redact(uri: str) -> str:
+    """The URI without a password, fit for a message."""
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))

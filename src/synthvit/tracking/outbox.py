@@ -1,0 +1,313 @@
+"""Tracking that outlives a server outage: what the server cannot take waits in a local outbox.
+
+A stage logs through an `OutboxRun` (what `runs.stage_run` yields). Each call goes to
+MLflow at once. When one fails and the store does not answer (tracking_check), the call
+is written to the run's outbox instead, `.synthvit/outbox/<run id>/` under the
+repository root: `calls.jsonl`, one JSON line per call with its original timestamps,
+and copies of the files it uploads. Training carries on and writes its DVC outputs as
+usual; later calls go straight to the outbox until the server answers again (asked at
+most every RETRY_S seconds), and then the outbox is replayed, in order, before the next
+call. At the end of the stage it is replayed once more; what the server still cannot
+take stays on disk, and `synthvit tracking sync` uploads it later.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param
+
+from synthvit.errors import UserError
+from synthvit.files import repo_root, write_text
+from synthvit.models import load_checkpoint, model_from_checkpoint
+from synthvit.tracking import health
+from synthvit.tracking.registry import log_model
+
+RETRY_S = 10.0  # while the server is away, ask again at most this often (a probe costs up to CHECK_TIMEOUT_S)
+CALLS = "calls.jsonl"
+SENT = "sent"  # how many lines of calls.jsonl reached the server: a replay cut short resumes after them
+META = "meta.json"
+
+
+def outbox_root() -> Path:
+    return repo_root() / ".synthvit" / "outbox"
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class OutboxRun:
+    """The calls stages make on an MLflow run, safe against the server going away.
+
+    log_metrics/log_metric/log_params/log_artifact/log_dict/log_table and
+    log_synthvit_model survive an outage; any other attribute is the `mlflow` module's
+    own (no outage protection), so code written for `mlflow` keeps working.
+    """
+
+    def __init__(self, uri: str, run_id: str):
+        self.uri, self.run_id = uri, run_id
+        self.client = MlflowClient(uri, registry_uri=uri)
+        self.folder = outbox_root() / run_id
+        self.last_probe = 0.0
+
+    def __getattr__(self, name):
+        return getattr(mlflow, name)
+
+    # ---- the logging calls ------------------------------------------------------------
+
+    def log_metrics(self, metrics: dict, step: int | None = None) -> None:
+        stamp = now_ms()
+        self.send(
+            {
+                "call": "log_batch",
+                "run_id": self.run_id,
+                "metrics": [[key, float(value), stamp, step or 0] for key, value in metrics.items()],
+            }
+        )
+
+    def log_metric(self, key: str, value: float, step: int | None = None) -> None:
+        self.log_metrics({key: value}, step)
+
+    def log_params(self, params: dict) -> None:
+        self.send({"call": "log_batch", "run_id": self.run_id, "params": {k: str(v) for k, v in params.items()}})
+
+    def log_param(self, key: str, value) -> None:
+        self.log_params({key: value})
+
+    def log_artifact(self, local_path, artifact_path: str | None = None) -> None:
+        self.send(
+            {"call": "log_artifact", "run_id": self.run_id, "file": str(local_path), "artifact_path": artifact_path}
+        )
+
+    def log_dict(self, dictionary: dict, artifact_file: str) -> None:
+        self.send({"call": "log_dict", "run_id": self.run_id, "data": dictionary, "artifact_file": artifact_file})
+
+    def log_table(self, data, artifact_file: str) -> None:
+        records = pd.DataFrame(data).to_dict(orient="list")
+        self.send({"call": "log_table", "run_id": self.run_id, "data": records, "artifact_file": artifact_file})
+
+    def log_synthvit_model(
+        self,
+        model,
+        checkpoint,
+        registered_model: str = "",
+        alias: str = "",
+        score: float | None = None,
+        heldout: str = "",
+    ) -> None:
+        """registry.log_model; in an outage the checkpoint waits in the outbox and the model is logged from it later."""
+        self.send(
+            {
+                "call": "log_model",
+                "run_id": self.run_id,
+                "file": str(checkpoint),
+                "registered_model": registered_model,
+                "alias": alias,
+                "score": score,
+                "heldout": heldout,
+            },
+            model=model,
+        )
+
+    def end(self, status: str, parent_id: str) -> None:
+        """Terminate this run and its pipeline's parent, then replay what waits; warn (one line) about what is left."""
+        end_time = now_ms()
+        active = mlflow.active_run()
+        if active is not None and active.info.run_id == self.run_id:
+            try:
+                with health.quick_http():  # pops the active run even when the server does not answer
+                    mlflow.end_run(status)
+            except Exception:  # noqa: BLE001 - the outbox below records the status
+                self.store({"call": "set_terminated", "run_id": self.run_id, "status": status, "end_time": end_time})
+        else:
+            self.send({"call": "set_terminated", "run_id": self.run_id, "status": status, "end_time": end_time})
+        self.send({"call": "set_terminated", "run_id": parent_id, "status": status, "end_time": end_time})
+        if self.pending() and self.server_back(force=True):
+            self.flush()
+        if self.pending():
+            print(
+                f"warning: MLflow tracking server {health.redact(self.uri)} is not answering: "
+                f"{self.pending()} tracking call(s) of this stage wait in {self.folder}; "
+                "upload them with `synthvit tracking sync` once it is back",
+                file=sys.stderr,
+            )
+
+    # ---- delivery ---------------------------------------------------------------------
+
+    def send(self, entry: dict, model=None) -> None:
+        """Deliver now, or keep in the outbox: after earlier calls that wait, or when the server is away."""
+        if self.pending():
+            if not self.server_back():
+                self.store(entry)
+                return
+            self.flush()
+            if self.pending():
+                self.store(entry)
+                return
+        try:
+            apply(self.client, entry, Path.cwd(), model)
+        except Exception as exc:
+            if health.store_problem(self.uri) is None:
+                raise  # the server answers: a real error, not an outage
+            self.last_probe = time.monotonic()
+            print(
+                f"warning: MLflow tracking server {health.redact(self.uri)} stopped answering "
+                f"({type(exc).__name__}); tracking calls wait in {self.folder} until it is back; training goes on",
+                file=sys.stderr,
+            )
+            self.store(entry)
+
+    def server_back(self, force: bool = False) -> bool:
+        if not force and time.monotonic() - self.last_probe < RETRY_S:
+            return False
+        self.last_probe = time.monotonic()
+        return health.store_problem(self.uri) is None
+
+    def pending(self) -> int:
+        return pending_calls(self.folder)
+
+    def store(self, entry: dict) -> None:
+        """Append one call to the outbox; the files it names are copied in (they may change or go later)."""
+        if not (self.folder / META).is_file():
+            self.folder.mkdir(parents=True, exist_ok=True)
+            (self.folder / META).write_text(json.dumps({"uri": self.uri, "run_id": self.run_id}) + "\n")
+        if "file" in entry:
+            copy = self.folder / "files" / str(line_count(self.folder / CALLS)) / Path(entry["file"]).name
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(entry["file"], copy)
+            entry = {**entry, "file": str(copy.relative_to(self.folder))}
+        with open(self.folder / CALLS, "a") as calls:
+            calls.write(json.dumps(entry) + "\n")
+            calls.flush()
+
+    def flush(self) -> None:
+        """Replay the outbox; stops, keeping the rest, if the server goes away again."""
+        try:
+            sent = replay(self.client, self.folder)
+        except Exception:
+            if health.store_problem(self.uri) is None:
+                raise
+            self.last_probe = time.monotonic()
+            return
+        print(
+            f"MLflow tracking server {health.redact(self.uri)} is back: {sent} waiting tracking call(s) uploaded",
+            file=sys.stderr,
+        )
+
+
+def line_count(path: Path) -> int:
+    if not path.is_file():
+        return 0
+    with open(path) as lines:
+        return sum(1 for _ in lines)
+
+
+def sent_count(folder: Path) -> int:
+    return int((folder / SENT).read_text()) if (folder / SENT).is_file() else 0
+
+
+def pending_calls(folder: Path) -> int:
+    return line_count(folder / CALLS) - sent_count(folder)
+
+
+def apply(client, entry: dict, base: Path, model=None) -> None:
+    """Make one recorded call on `client`; file names are relative to `base`."""
+    call, run_id = entry["call"], entry["run_id"]
+    if call == "log_batch":
+        metrics = [Metric(key, value, stamp, step) for key, value, stamp, step in entry.get("metrics", [])]
+        params = [Param(key, value) for key, value in entry.get("params", {}).items()]
+        client.log_batch(run_id, metrics=metrics, params=params, synchronous=True)
+    elif call == "log_artifact":
+        client.log_artifact(run_id, str(base / entry["file"]), entry["artifact_path"])
+    elif call == "log_dict":
+        client.log_dict(run_id, entry["data"], entry["artifact_file"])
+    elif call == "log_table":
+        client.log_table(run_id, pd.DataFrame(entry["data"]), entry["artifact_file"])
+    elif call == "set_terminated":
+        client.set_terminated(run_id, entry["status"], entry["end_time"])
+    elif call == "log_model":
+        log_model_into(
+            client,
+            run_id,
+            base / entry["file"],
+            entry["registered_model"],
+            entry["alias"],
+            model,
+            entry.get("score"),
+            entry.get("heldout", ""),
+        )
+    else:
+        raise ValueError(f"unknown outbox call {call!r}")
+
+
+def log_model_into(
+    client,
+    run_id: str,
+    checkpoint: Path,
+    registered_model: str,
+    alias: str,
+    model=None,
+    score: float | None = None,
+    heldout: str = "",
+) -> None:
+    """registry.log_model on run `run_id`: the active run, or reopened for the upload (a replay)."""
+    if model is None:
+        model = model_from_checkpoint(load_checkpoint(checkpoint))
+    mlflow.set_tracking_uri(client.tracking_uri)
+    mlflow.set_registry_uri(client.tracking_uri)
+    active = mlflow.active_run()
+    if active is not None and active.info.run_id == run_id:
+        log_model(model, checkpoint, registered_model, alias, score, heldout)
+        return
+    status = client.get_run(run_id).info.status
+    with mlflow.start_run(run_id=run_id):
+        log_model(model, checkpoint, registered_model, alias, score, heldout)
+    client.set_terminated(run_id, status)  # reopening set it RUNNING; a later set_terminated call may follow
+
+
+def replay(client, folder: Path) -> int:
+    """Send the outbox's waiting calls in order, counting each one sent; the folder goes once all are.
+    Returns how many."""
+    sent = sent_count(folder)
+    done = 0
+    with open(folder / CALLS) as calls:
+        for number, line in enumerate(calls):
+            if number < sent:
+                continue
+            apply(client, json.loads(line), folder)
+            write_text(folder / SENT, str(number + 1))
+            done += 1
+    shutil.rmtree(folder)
+    return done
+
+
+def sync(root: Path | None = None) -> int:
+    """`synthvit tracking sync`: upload every outbox under the repository to its server. Returns the calls sent."""
+    root = root or outbox_root()
+    folders = sorted(p for p in root.glob("*") if (p / META).is_file()) if root.is_dir() else []
+    if not folders:
+        print(f"nothing to upload: no tracking calls wait in {root}")
+        return 0
+    total = 0
+    for folder in folders:
+        uri = json.loads((folder / META).read_text())["uri"]
+        health.check_tracking_store(uri)
+        waiting = pending_calls(folder)
+        try:
+            total += replay(MlflowClient(uri, registry_uri=uri), folder)
+        except Exception as exc:  # noqa: BLE001 - one line, the rest stays for the next sync
+            raise UserError(
+                f"uploading {folder} to {health.redact(uri)} stopped ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0][:300] if str(exc) else ''}); what is left stays there: "
+                "run `synthvit tracking sync` again"
+            ) from None
+        print(f"uploaded {waiting} tracking call(s) of run {folder.name} to {health.redact(uri)}")
+    return total

@@ -1,0 +1,134 @@
+"""The headline of each pipeline execution, on its MLflow parent run.
+
+MLflow's runs table shows a parent run's own params and metrics, not its children's: a
+parent without them cannot be compared with another execution without expanding every
+stage. So after each stage run ends, `record_stage` copies onto the parent:
+
+- params: every key of params.yaml, flattened (`finetune.init`, `model.depth`, ...),
+  which is what defines the execution (DVC does not change params.yaml during one);
+- metrics, rounded as shown: `wall_<stage>_s` (from the stage's timing file) and the
+  stage's headline results, read from the metrics file the stage just wrote:
+  `pretrain_train_acc`, `finetune_train_acc`, `test_top1`, `test_top5`, `test_ece`; and
+  finetune's held-out accuracy per epoch as `finetune_eval_acc`, so the UI's charts draw
+  executions' curves together.
+
+A stage that DVC skipped or restored from its cache logs no run; when finetune starts
+from the pre-trained weights, the pre-training's accuracy and wall time are still
+copied onto the parent, from the files DVC has just checked belong to those weights.
+
+The experiment gets two tags for MLflow's UI: its kind (machine learning, not GenAI) and
+a shared view of the runs table with these params and metrics as columns; `ui_url` links
+to it. (MLflow 3.17's UI takes the kind from its own GenAI / Model training switch,
+default GenAI, so the link also names `workflowType=machine_learning`.)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import yaml
+from mlflow.entities import Metric, Param
+
+from synthvit.files import metrics_path, timing_path
+
+RESTORED_TAG = "synthvit.restored"  # on runs that `synthvit record-restored` made from DVC-restored outputs
+
+# stage -> {key in its metrics file: metric name on the parent}
+HEADLINES = {
+    "pretrain": {"train_acc": "pretrain_train_acc"},
+    "finetune": {"train_acc": "finetune_train_acc"},
+    "evaluate": {"top1": "test_top1", "top5": "test_top5", "ece": "test_ece"},
+}
+HEADLINE_METRICS = [name for names in HEADLINES.values() for name in names.values()]
+VIEW_KEY = "synthvit-headline"
+# The runs table's columns in that view (MLflow's column ids): what defines and what answers an execution.
+VIEW_STATE = {
+    "selectedColumns": [
+        "attributes.`Duration`",
+        "metrics.`test_top1`",
+        "metrics.`test_top5`",
+        "metrics.`test_ece`",
+        "metrics.`pretrain_train_acc`",
+        "metrics.`wall_pretrain_s`",
+        "metrics.`wall_finetune_s`",
+        "params.`finetune.init`",
+        "params.`synthetic.kind`",
+        "params.`data.name`",
+    ],
+    "orderByKey": "attributes.start_time",
+    "orderByAsc": False,
+}
+# MLflow's experiment-kind tag with the value its UI calls "Machine learning" (genai_development lands on traces),
+# and the view above, which the UI opens from `?viewStateShareKey=` (ui_url).
+EXPERIMENT_TAGS = {
+    "mlflow.experimentKind": "custom_model_development",
+    f"mlflow.sharedViewState.{VIEW_KEY}": json.dumps(VIEW_STATE),
+}
+
+
+def execution_params(params_file: Path = Path("params.yaml")) -> dict[str, str]:
+    """params.yaml flattened to `section.key` -> text, as MLflow stores params ({} outside a pipeline)."""
+    if not params_file.is_file():
+        return {}
+    return flatten(yaml.safe_load(params_file.read_text()) or {})
+
+
+def flatten(params: dict) -> dict[str, str]:
+    """A nested params mapping as MLflow's dotted keys and text values."""
+    flat = pd.json_normalize(params, sep=".").to_dict("records") if params else [{}]
+    return {key: str(value) for key, value in flat[0].items()}
+
+
+def headline_metrics(stage: str, params: dict[str, str]) -> dict[str, float]:
+    """The stage's headline results and wall time from the files it wrote (metrics/<stage>.json and its
+    timing file), and pre-training's for a finetune that starts from it (also when DVC restored the
+    pre-training from its cache: its files are the run's). Rounded as the runs table shows them."""
+    sources = [stage]
+    if stage == "finetune" and params.get("finetune.init") == "pretrained":
+        sources.insert(0, "pretrain")
+    metrics = {}
+    for source in sources:
+        path = metrics_path(source)
+        if source in HEADLINES and path.is_file():
+            values = json.loads(path.read_text())
+            metrics.update(
+                {name: round(float(values[key]), 4) for key, name in HEADLINES[source].items() if key in values}
+            )
+        timing = timing_path(source)
+        if timing.is_file() and "wall_seconds" in (seconds := json.loads(timing.read_text())):
+            metrics[f"wall_{source}_s"] = round(float(seconds["wall_seconds"]), 1)
+    return metrics
+
+
+def record_stage(client, parent_id: str, stage: str, stage_run_id: str) -> None:
+    """Copy the execution's params and this stage's wall time and headline metrics onto the parent run."""
+    params = execution_params()
+    stage_run = client.get_run(stage_run_id)
+    run = stage_run.info
+    metrics = headline_metrics(stage, params)
+    # MLflow takes at most 100 params per call; a param logged again with the same value is accepted.
+    items = [Param(key, value) for key, value in params.items()]
+    for start in range(0, len(items), 100):
+        client.log_batch(parent_id, params=items[start : start + 100])
+    points = [Metric(key, value, run.end_time or 0, 0) for key, value in metrics.items()]
+    if stage == "finetune":
+        points += [
+            Metric("finetune_eval_acc", m.value, m.timestamp, m.step)
+            for m in client.get_metric_history(stage_run_id, "eval_acc")
+        ]
+    client.log_batch(parent_id, metrics=points)
+
+
+def tag_experiment(client, experiment) -> None:
+    """Set the UI tags the experiment lacks (also on experiments made by earlier versions)."""
+    for key, value in EXPERIMENT_TAGS.items():
+        if experiment.tags.get(key) != value:
+            client.set_experiment_tag(experiment.experiment_id, key, value)
+
+
+def ui_url(uri: str, experiment_id: str) -> str:
+    """Where the UI shows the experiment's executions with their headline columns."""
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+    return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning&viewStateShareKey={VIEW_KEY}"

@@ -1,0 +1,315 @@
+"""The training loop: plain functions over uint8 image batches.
+
+`train` = `set_up` (device, processes, optimizer, schedule, EMA, loss scaler, augmentation,
+generators: one `Loop` holding one `TrainingState`), then `train_one_epoch` per epoch,
+then `keep_final_weights` (the one place that decides which weights the model ends with).
+
+One step: take a batch (`ImageSet.batches`: gathered from memory, decoded by workers or
+rendered from formulas; the loop does not know which), augment it on the device
+(`Augmentation`), forward under autocast, step the optimizer (through the fp16 loss
+scaler), the EMA and the per-step cosine schedule. The step never reads a value back
+from the device: the loss is summed there and read every LOG_EVERY steps and at the end
+of the epoch. Nothing here knows about DVC or MLflow; callers get per-epoch metrics
+through `on_epoch`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from timm.loss import SoftTargetCrossEntropy
+from timm.optim import create_optimizer_v2
+from timm.scheduler import CosineLRScheduler
+from timm.utils import ModelEmaV3
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from synthvit.config import RuntimeConfig, TrainConfig
+from synthvit.data.augment import Augmentation
+from synthvit.data.images import ImageSet, TensorImages
+from synthvit.errors import UserError
+from synthvit.evaluation.inference import predict_logits
+from synthvit.runtime import (
+    autocast,
+    autocast_dtype,
+    log,
+    progress_bar,
+    resolve_device,
+    seed_everything,
+    set_deterministic,
+)
+from synthvit.training import distributed
+from synthvit.training.resume import TrainingState, cpu_copy, read_state, restore_state, save_state
+
+LOG_EVERY = 50  # steps between reads of the running loss: its finiteness check and the progress figure
+
+
+def steps_per_epoch(num_images: int, batch_size: int) -> tuple[int, int]:
+    """(steps, batch) with drop-last batches; the batch shrinks (to an even size) for tiny datasets."""
+    batch = min(batch_size, num_images - num_images % 2)
+    if batch < 2:
+        raise UserError(f"the training set has {num_images} image(s); at least 2 are needed")
+    return num_images // batch, batch
+
+
+def build_schedule(optimizer, cfg: TrainConfig, total_steps: int, steps_each_epoch: int) -> CosineLRScheduler:
+    """Per-step cosine decay to min_lr after a linear warmup (timm's scheduler)."""
+    return CosineLRScheduler(
+        optimizer,
+        t_initial=total_steps,
+        lr_min=cfg.min_lr,
+        warmup_t=round(cfg.warmup_epochs * steps_each_epoch),
+        warmup_lr_init=cfg.min_lr,
+        warmup_prefix=False,
+        t_in_epochs=False,
+    )
+
+
+@dataclasses.dataclass
+class Loop:
+    """What `set_up` builds once and every epoch uses."""
+
+    cfg: TrainConfig
+    desc: str
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    state: TrainingState  # what changes as training runs: weights, optimizer, schedule, EMA, scaler, generators
+    forward: nn.Module  # the model as called in the step: wrapped by DDP and/or torch.compile
+    criterion: nn.Module
+    augmentation: Augmentation
+    train_set: ImageSet  # ready on the device
+    labels: torch.Tensor  # on the device
+    steps: int  # optimizer steps per epoch
+    batch_size: int  # global batch, over all processes
+    num_workers: int
+
+
+def set_up(
+    model: nn.Module,
+    train_set: ImageSet,
+    cfg: TrainConfig,
+    runtime: RuntimeConfig,
+    seed: int,
+    desc: str,
+    num_workers: int,
+) -> Loop:
+    """Device, processes, optimizer, schedule, EMA, loss scaler, augmentation and generators for one run."""
+    seed_everything(seed)
+    device = resolve_device(runtime)
+    distributed.setup(device.type)
+    world, rank = distributed.world_size(), distributed.rank()
+    set_deterministic(runtime.deterministic)
+    amp_dtype = autocast_dtype(runtime, device)
+    model.to(device)
+    train_set = train_set.on(device)  # an in-memory set moves to the device once
+    steps, batch_size = steps_per_epoch(len(train_set), cfg.batch_size)
+    if batch_size % world:
+        raise UserError(
+            f"params.yaml: {desc}.batch_size={batch_size} is invalid: must divide evenly over {world} processes"
+        )
+    forward = (
+        DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        if world > 1
+        else model
+    )
+    forward = torch.compile(forward) if runtime.compile else forward
+    # Fused: the step count lives on the device (a plain torch AdamW reads it back per step), and
+    # the fp16 scaler's overflow check stays there too (skipping a step costs no host sync).
+    optimizer = create_optimizer_v2(
+        model,
+        opt=cfg.optimizer,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        momentum=cfg.momentum,
+        layer_decay=cfg.layer_decay or None,
+        fused=True,
+    )
+    augmentation = Augmentation.of(cfg, train_set.num_classes, device)
+    state = TrainingState(
+        model=model,
+        optimizer=optimizer,
+        scheduler=build_schedule(optimizer, cfg, cfg.epochs * steps, steps),
+        scaler=torch.amp.GradScaler(device.type, enabled=amp_dtype is torch.float16),  # fp16 underflows unscaled
+        ema=ModelEmaV3(model, decay=cfg.ema_decay) if cfg.ema_decay > 0 else None,
+        # One order for all processes; each process its own augmentation draws.
+        generators={
+            "order": torch.Generator(device=device).manual_seed(seed),
+            "augment": torch.Generator(device=device).manual_seed(seed + 1 + rank),
+        },
+    )
+    criterion = (
+        SoftTargetCrossEntropy()
+        if augmentation.soft_targets
+        else nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    )
+    return Loop(
+        cfg=cfg,
+        desc=desc,
+        device=device,
+        amp_dtype=amp_dtype,
+        state=state,
+        forward=forward,
+        criterion=criterion,
+        augmentation=augmentation,
+        train_set=train_set,
+        labels=train_set.labels.to(device),
+        steps=steps,
+        batch_size=batch_size,
+        num_workers=num_workers,
+    )
+
+
+def check_finite(loss_sum: torch.Tensor, count: int, where: str) -> float:
+    """The mean loss so far, read from the device (a host sync: only every LOG_EVERY steps)."""
+    mean = loss_sum.item() / count
+    if not math.isfinite(mean):
+        raise UserError(f"training diverged: the loss is {mean} {where}; lower the lr or enable grad_clip")
+    return mean
+
+
+def train_one_epoch(loop: Loop, epoch: int) -> dict:
+    """One pass over the training set; the step reads nothing back from the device."""
+    cfg, device = loop.cfg, loop.device
+    world, rank = distributed.world_size(), distributed.rank()
+    per_rank = loop.batch_size // world  # each process takes its slice of every global batch
+    state = loop.state
+    state.model.train()
+    started = time.perf_counter()
+    order = torch.randperm(len(loop.train_set), generator=state.generators["order"], device=device)
+    starts = [i * loop.batch_size + rank * per_rank for i in range(loop.steps)]
+    loss_sum = torch.zeros((), device=device)  # summed on the device, read every LOG_EVERY steps
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    batches = loop.train_set.batches(order, starts, per_rank, device, loop.num_workers, epoch)
+    bar = progress_bar(batches, total=loop.steps, desc=f"{loop.desc} epoch {epoch}/{cfg.epochs}", unit="batch")
+    for i, (batch, idx) in enumerate(bar):
+        step = (epoch - 1) * loop.steps + i + 1  # the global step: optimizer steps taken once this one is done
+        y = loop.labels[idx]
+        x, target = loop.augmentation(batch, y, state.generators["augment"])
+        with autocast(device, loop.amp_dtype):
+            logits = loop.forward(x)
+            loss = loop.criterion(logits, target)
+        state.optimizer.zero_grad(set_to_none=True)
+        state.scaler.scale(loss).backward()
+        if cfg.grad_clip > 0:
+            state.scaler.unscale_(state.optimizer)  # clip the true gradients, not the scaled ones
+            nn.utils.clip_grad_norm_(state.model.parameters(), cfg.grad_clip)
+        state.scaler.step(state.optimizer)
+        state.scaler.update()
+        if state.ema is not None:
+            state.ema.update(state.model, step=step)
+        state.scheduler.step_update(step)
+        loss_sum += loss.detach()
+        correct += (logits.argmax(1) == y).sum()
+        if (i + 1) % LOG_EVERY == 0:
+            bar.set_postfix(loss=f"{check_finite(loss_sum, i + 1, f'in epoch {epoch} by step {i + 1}'):.3f}")
+    distributed.all_reduce_sum(loss_sum)
+    distributed.all_reduce_sum(correct)
+    seconds = time.perf_counter() - started
+    seen = loop.steps * loop.batch_size
+    return {
+        "epoch": epoch,
+        "train_loss": check_finite(loss_sum, loop.steps * world, f"in epoch {epoch}"),
+        "train_acc": correct.item() / seen,
+        "lr": state.optimizer.param_groups[0]["lr"],
+        "epoch_seconds": seconds,
+        "train_images_per_s": seen / seconds,
+    }
+
+
+def keep_final_weights(loop: Loop, history: list[dict], best: dict) -> None:
+    """The one place that decides the weights training ends with, and marks their epoch `selected`:
+    the best validation epoch's when `best` holds one (keep_best), else the last epoch's;
+    either way the EMA's weights when EMA is on (`TrainingState.scored`)."""
+    state = loop.state
+    if best["state"]:
+        state.model.load_state_dict(best["state"])
+    elif state.ema is not None:
+        state.model.load_state_dict(state.ema.module.state_dict())
+    selected = best["epoch"] if best["state"] else history[-1]["epoch"]
+    for metrics in history:
+        metrics["selected"] = int(metrics["epoch"] == selected)
+
+
+def train(
+    model: nn.Module,
+    train_set: ImageSet,
+    cfg: TrainConfig,
+    runtime: RuntimeConfig,
+    seed: int,
+    *,
+    eval_set: TensorImages | None = None,
+    on_epoch: Callable[[dict], None] | None = None,
+    desc: str = "train",
+    resume_file: Path | None = None,
+    keep_best: bool = False,
+    num_workers: int = 2,
+) -> list[dict]:
+    """Train in place; returns one dict of metrics per epoch, the kept epoch marked `selected`.
+
+    Set-up, then `train_one_epoch` per epoch, then `keep_final_weights`.
+    With `resume_file`, the full training state is saved there every
+    `cfg.checkpoint_every` epochs and after the last one, and a run that finds the file
+    continues from it. The file stays: the caller removes it once the trained model is
+    safely written (a full disk at that moment then loses nothing).
+    With `keep_best`, the model ends with the weights of the epoch that scored best on
+    `eval_set` (a validation split: the test set is for reporting only).
+    `num_workers` DataLoader workers decode (or draw) a streamed set's batches.
+    """
+    loop = set_up(model, train_set, cfg, runtime, seed, desc, num_workers)
+    main = distributed.is_main()
+    history, first_epoch, best = [], 1, {"acc": -1.0, "epoch": 0, "state": {}}
+    saved = read_state(resume_file)
+    if saved is not None:
+        done, history, best = restore_state(saved, loop.state, loop.device)
+        first_epoch = done + 1
+        if main:
+            log(f"{desc}: resuming after epoch {done} from {resume_file}")
+    for epoch in range(first_epoch, cfg.epochs + 1):
+        metrics = train_one_epoch(loop, epoch)
+        if eval_set is not None:
+            metrics.update(
+                evaluate_loss_acc(
+                    loop.state.scored, eval_set, loop.device, loop.amp_dtype, batch_size=max(loop.batch_size, 256)
+                )
+            )
+            if keep_best and metrics["eval_acc"] > best["acc"]:
+                best = {"acc": metrics["eval_acc"], "epoch": epoch, "state": cpu_copy(loop.state.scored.state_dict())}
+        history.append(metrics)
+        if main:
+            log(
+                f"{desc} epoch {epoch}/{cfg.epochs} "
+                + " ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k != "epoch")
+            )
+            if on_epoch is not None:
+                on_epoch(metrics)
+        if (
+            resume_file is not None
+            and cfg.checkpoint_every
+            and (epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs)
+        ):
+            save_state(resume_file, epoch, loop.state, loop.device, history, best)
+    keep_final_weights(loop, history, best)
+    return history
+
+
+def evaluate_loss_acc(model, eval_set: TensorImages, device, amp_dtype, batch_size: int = 512) -> dict:
+    """Loss and top-1 on a held-out set, for the per-epoch curves (each process scores its share)."""
+    world, rank = distributed.world_size(), distributed.rank()
+    logits = predict_logits(model, eval_set.images[rank::world], device, amp_dtype, batch_size, desc="eval")
+    labels = eval_set.labels[rank::world]
+    sums = torch.tensor(
+        [
+            nn.functional.cross_entropy(logits, labels, reduction="sum").item(),
+            (logits.argmax(1) == labels).sum().item(),
+        ],
+        dtype=torch.float64,
+        device=device,
+    )
+    loss_sum, correct = distributed.all_reduce_sum(sums).tolist()
+    loss = loss_sum / len(eval_set)
+    return {"eval_loss": loss if math.isfinite(loss) else float("nan"), "eval_acc": correct / len(eval_set)}

@@ -1,0 +1,138 @@
+"""What the pretrain and finetune stages share: train, then write and log the results.
+
+Outputs (files.py, declared the same way in dvc.yaml): models/<stage>.pt,
+metrics/<stage>.json, plots/<stage>/history.csv. They depend only on the params, the
+data and the seed: two runs give the same bytes. How long training took and on what
+machine goes to the stage's timing file (tracking/runs.py) and to MLflow instead.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+from torch import nn
+
+from synthvit.config import Params, TrainConfig
+from synthvit.data.images import ImageSet, TensorImages
+from synthvit.errors import UserError, disk_error_message, is_disk_full
+from synthvit.files import checkpoint_path, history_path, metrics_path, write_csv, write_json
+from synthvit.models import count_parameters, save_checkpoint
+from synthvit.training import distributed
+from synthvit.training.engine import train
+from synthvit.training.resume import resume_path, training_fingerprint
+
+# Per-epoch figures that depend on the machine's load, not on what was learned: logged to
+# MLflow and the timing file, kept out of history.csv.
+TIMING_KEYS = ("epoch_seconds", "train_images_per_s")
+
+
+def recipe(stage: str, params: Params) -> dict:
+    """The params that made a stage's model, stored in its checkpoint (what `synthvit export` puts on the
+    model card): exactly the sections dvc.yaml declares for the stage, and the fractals for pre-training."""
+    sections = {
+        "seed": params.seed,
+        "model": params.model.model_dump(),
+        stage: getattr(params, stage).model_dump(),
+        "runtime": params.runtime.model_dump(include={"device", "precision", "deterministic"}),
+    }
+    if stage == "pretrain":
+        sections["synthetic"] = params.synthetic.model_dump()
+    else:
+        sections["data"] = params.data.model_dump(exclude={"num_workers", "download"})
+    return sections
+
+
+def train_and_record(
+    stage: str,
+    model: nn.Module,
+    train_set: ImageSet,
+    train_cfg: TrainConfig,
+    params: Params,
+    run,
+    eval_set: TensorImages | None = None,
+    keep_best: bool = False,
+    backbone: dict | None = None,
+) -> tuple[dict, dict]:
+    """Train `model`, save its checkpoint, history and summary metrics, log them to `run`
+    (the stage's MLflow run); returns (summary, timing figures). `backbone`: the recipe of
+    the pre-trained checkpoint the model started from, kept in the new checkpoint too.
+
+    The resume state goes only once every output is written: a disk that fills while the
+    checkpoint is written stops the stage with one line, and the next run resumes from it.
+    """
+    num_parameters = count_parameters(model)
+    run.log_params(
+        {
+            "model.num_parameters": num_parameters,
+            "data.train_images": len(train_set),
+            "data.num_classes": train_set.num_classes,
+        }
+    )
+    resume_file = resume_path(stage, training_fingerprint(model, train_set, train_cfg, params))
+    history = train(
+        model,
+        train_set,
+        train_cfg,
+        params.runtime,
+        params.seed,
+        eval_set=eval_set,
+        on_epoch=lambda metrics: run.log_metrics(
+            {k: v for k, v in metrics.items() if k != "epoch"}, step=metrics["epoch"]
+        ),
+        desc=stage,
+        resume_file=resume_file,
+        keep_best=keep_best,
+        num_workers=params.data.num_workers,
+    )
+    last = next(h for h in history if h["selected"])  # the epoch whose weights the model ends with
+    summary = {
+        "selected_epoch": last["epoch"],
+        "train_loss": last["train_loss"],
+        "train_acc": last["train_acc"],
+        **(
+            {"eval_acc": last["eval_acc"], "eval_loss": last["eval_loss"], "eval_images": len(eval_set)}
+            if "eval_acc" in last
+            else {}
+        ),
+        "epochs": len(history),
+        "train_images": len(train_set),
+        "num_parameters": num_parameters,
+    }
+    # Epochs restored from a resume state carry no timing of this run.
+    timed = [h for h in history if "epoch_seconds" in h]
+    seconds = sum(h["epoch_seconds"] for h in timed)
+    timing = {
+        "train_images_per_s": round(sum(h["train_images_per_s"] * h["epoch_seconds"] for h in timed) / seconds, 2)
+        if seconds
+        else None,
+        "epoch_seconds": [round(h["epoch_seconds"], 2) for h in timed],
+    }
+    if not distributed.is_main():
+        return summary, timing  # under torchrun, process 0 writes the outputs
+    try:
+        made_by = {**recipe(stage, params), **({"backbone": backbone} if backbone else {})}
+        save_checkpoint(
+            checkpoint_path(stage), model, params.model, train_set.classes, stage=stage, summary=summary, recipe=made_by
+        )
+        write_csv(history_path(stage), pd.DataFrame(history).drop(columns=list(TIMING_KEYS), errors="ignore"))
+        write_json(metrics_path(stage), summary)
+    except (OSError, RuntimeError) as exc:
+        reason = (
+            disk_error_message(exc) if isinstance(exc, OSError) else "the disk is full" if is_disk_full(exc) else None
+        )
+        if reason is None:
+            raise
+        kept = (
+            f"the trained state is kept in {resume_file}: `dvc repro` then writes them without training again"
+            if resume_file.is_file()
+            else f"`dvc repro` trains again ({stage}.checkpoint_every is 0: no state was kept)"
+        )
+        raise UserError(
+            f"{stage} trained but could not write its outputs ({reason.split(':')[0]}); free the disk or "
+            f"fix the folder, then {kept}"
+        ) from None
+    resume_file.unlink(missing_ok=True)
+    run.log_metrics({f"final_{k}": float(v) for k, v in summary.items()})
+    if timing["train_images_per_s"] is not None:
+        run.log_metric("final_train_images_per_s", timing["train_images_per_s"])
+    run.log_artifact(str(history_path(stage)))
+    return summary, timing

@@ -1,0 +1,1 @@
+"""What several test groups share: repositories, servers, tiny models, fractal fixtures."""

@@ -1,0 +1,63 @@
+"""recipes.yaml: every named recipe is a valid experiment, and `synthvit recipe` prints it as DVC reads it."""
+
+from __future__ import annotations
+
+import shlex
+
+import pytest
+from ruamel.yaml import YAML
+
+from helpers.repo import REPO
+from synthvit.commands import cli
+from synthvit.config import apply_overrides, load_recipes, parse_params, read_yaml, recipe_overrides
+from synthvit.errors import UserError
+from synthvit.models import create_model
+
+RECIPES = load_recipes(REPO / "recipes.yaml")
+
+
+def as_dvc_applies(arguments: str) -> dict:
+    """`-S key=value ...` as `dvc exp run` parses it: each value as YAML 1.2 (1e-3 is a number)."""
+    words = shlex.split(arguments)
+    assert words[::2] == ["-S"] * (len(words) // 2), words
+    pairs = [word.split("=", 1) for word in words[1::2]]
+    return {key: YAML(typ="safe").load(value) for key, value in pairs}
+
+
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_every_recipe_is_a_valid_experiment(name, capsys, monkeypatch):
+    monkeypatch.chdir(REPO)
+    with pytest.raises(SystemExit) as exit_code:
+        cli.main(["recipe", name])
+    assert exit_code.value.code == 0
+    printed = as_dvc_applies(capsys.readouterr().out)
+    assert printed == recipe_overrides(name, RECIPES)
+    params = parse_params(apply_overrides(read_yaml(REPO / "params.yaml"), printed))
+    model = create_model(params.model, num_classes=10)
+    blocks = getattr(model, "blocks", None)
+    if params.model.depth is not None and blocks is not None:
+        assert len(blocks) == params.model.depth
+
+
+def test_includes_come_first_and_a_later_key_wins():
+    recipes = {"base": {"set": {"model.depth": 6, "seed": 1}}, "top": {"include": ["base"], "set": {"seed": 2}}}
+    assert recipe_overrides("top", recipes) == {"model.depth": 6, "seed": 2}
+
+
+def test_the_ledger_rows_measure_what_their_claims_say():
+    def row(name):
+        return parse_params(apply_overrides(read_yaml(REPO / "params.yaml"), recipe_overrides(name, RECIPES)))
+
+    linear, conv = row("ledger-cifar10-vit-scratch"), row("ledger-cifar10-vit-scratch-conv")
+    assert (linear.model.patch_embed, conv.model.patch_embed) == ("linear", "conv")
+    assert linear.model_dump(exclude={"model"}) == conv.model_dump(exclude={"model"})  # the stem is the only difference
+    mnist = row("ledger-mnist-vit-scratch-p7")
+    assert (mnist.data.name, mnist.model.img_size, mnist.model.patch_size, mnist.finetune.hflip) == ("mnist", 28, 7, 0)
+    for params in (linear, conv, mnist):
+        assert params.finetune.init == "scratch" and params.pretrain.epochs == 1  # pre-training shrunk: unused
+
+
+def test_unknown_recipe_names_the_known_ones(monkeypatch):
+    monkeypatch.chdir(REPO)
+    with pytest.raises(UserError, match="no recipe 'nope' in recipes.yaml; recipes: demo, "):
+        recipe_overrides("nope")
