@@ -223,6 +223,14 @@ class TrainConfig(Section):
         return self
 
 
+class PretrainConfig(TrainConfig):
+    labels: Literal["categories", "shuffled"] = Field(
+        "categories",
+        description="shuffled: each image a random category, fixed per image (a control: the same "
+        "images without their formula-driven categories)",
+    )
+
+
 class FinetuneConfig(TrainConfig):
     init: Literal["pretrained", "scratch", "imagenet"] = Field(
         "pretrained", description="the pretrain checkpoint (new head), scratch, or timm's ImageNet weights"
@@ -279,7 +287,7 @@ class Params(Section):
     synthetic: SyntheticConfig = SyntheticConfig()
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
-    pretrain: TrainConfig = TrainConfig()
+    pretrain: PretrainConfig = PretrainConfig()
     finetune: FinetuneConfig = FinetuneConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     visualize: VisualizeConfig = VisualizeConfig()

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 
 from helpers.repo import REPO, pipeline_env, update_params
 from synthvit.config import ModelConfig, RuntimeConfig, SyntheticConfig, TrainConfig
-from synthvit.data.fractals import RenderedFractals, load_synthetic, synthetic_samples
+from synthvit.data.fractals import RenderedFractals, load_synthetic, shuffle_labels, synthetic_samples
 from synthvit.data.images import TensorImages
 from synthvit.models import create_model
 from synthvit.runtime import seed_everything
@@ -225,3 +225,14 @@ def test_bench_pretrain_prints_both_rates_and_the_cost(stores, capsys):
     assert "on 8 of the 12 images" in out and "rendered on the fly (in the training process)" in out
     assert "drawing the GPU renderer's random numbers alone, one process:" in out
     assert "preloaded uint8 tensor" in out and "cost of rendering on the fly" in out
+
+
+def test_shuffled_labels_keep_the_images_and_each_category_size_but_not_the_categories(stores):
+    data = load_synthetic(stores["manifest"], 16)
+    shuffled = shuffle_labels(data, seed=3)
+    assert torch.equal(shuffled.images, data.images)
+    assert torch.equal(shuffled.labels.bincount(), data.labels.bincount())
+    assert (shuffled.labels != data.labels).float().mean() > 0.5  # most images moved to another category
+    assert torch.equal(shuffle_labels(data, seed=3).labels, shuffled.labels)  # fixed per image, by the seed
+    rendered = load_synthetic(stores["manifest"], 16, preload_bytes=0)
+    assert torch.equal(shuffle_labels(rendered, seed=3).labels, shuffled.labels)  # either storage, same draw

@@ -158,10 +158,7 @@ class RenderedFractals(ImageSet):
 
     source: RenderedImages
     classes: list[str]
-
-    @property
-    def labels(self) -> torch.Tensor:
-        return self.source.labels
+    labels: torch.Tensor
 
     def batches(self, order, starts, size, device, num_workers, epoch=1):
         on_host = order.tolist()
@@ -254,11 +251,18 @@ def load_synthetic(root: Path, img_size: int, num_workers: int = 2, preload_byte
         )
         if not source.fresh and len(source) * 3 * img_size**2 <= preload_bytes:
             return TensorImages(render_all(source, num_workers), source.labels, names)
-        return RenderedFractals(source, names)
+        return RenderedFractals(source, names, source.labels)
     if store == "shards":
         labels = torch.arange(len(names) * manifest["images_per_class"]) // manifest["images_per_class"]
         return TensorImages(load_shards(root, manifest, img_size, num_workers), labels, names)
     return load_image_folder(root / "images", img_size, 0, num_workers, classes=names)
+
+
+def shuffle_labels(data: ImageSet, seed: int) -> ImageSet:
+    """The same images, each given another image's category (a seeded permutation: every category keeps its
+    size, but no longer means a formula): the control that tells formula-driven categories from any pre-training."""
+    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))
+    return dataclasses.replace(data, labels=data.labels[order])
 
 
 def synthetic_samples(root: Path, count: int) -> tuple[np.ndarray, list[str]]:

@@ -74,7 +74,7 @@ def run(args) -> int:
     rendered.draws(list(range(count)))  # what each DataLoader worker does on CUDA, where the GPU renders
     draw_rate = count / (time.perf_counter() - started)
     sets = {
-        "rendered": RenderedFractals(rendered, images.names),
+        "rendered": RenderedFractals(rendered, images.names, rendered.labels),
         "preloaded": TensorImages(tensor, rendered.labels, images.names),
     }
     cfg = params.pretrain.model_copy(update={"epochs": 1, "warmup_epochs": 0, "checkpoint_every": 0})
