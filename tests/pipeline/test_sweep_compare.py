@@ -389,3 +389,32 @@ def test_dvc_rows_from_exp_show_json():
     cnn = frame.loc["cnn-1"]
     assert (cnn["test_top1"], cnn["parameters"], cnn["wall_total_s"], cnn["finetune_img_per_s"]) == (0.25, 99, 3.0, 7.0)
     assert pd.isna(frame.loc["vit-1", "test_top1"]) and pd.isna(frame.loc["vit-1", "wall_total_s"])
+
+
+def test_over_seeds_gives_each_row_its_mean_and_sd():
+    runs = pd.DataFrame(
+        {
+            "name": ["proof-fractaldb-s0", "proof-fractaldb-s1", "proof-scratch-s0", "proof-scratch-s1", "other"],
+            "id": list("abcde"),
+            "started": pd.to_datetime(["2026-01-01"] * 5),
+            "finetune.init": ["pretrained", "pretrained", "scratch", "scratch", "scratch"],
+            "pretrain.epochs": ["8", "8", "8", "8", "8"],
+            "seed": ["0", "1", "0", "1", "0"],
+            "test_top1": [0.40, 0.44, 0.30, 0.34, 0.9],
+            "test_ece": [0.02, 0.04, 0.05, 0.07, 0.1],
+            "pretrain_train_acc": [0.5, 0.6, None, None, None],
+            "wall_total_s": [100.0, 110.0, 50.0, 70.0, 1.0],
+        }
+    )
+    table = compare.seed_table(compare.named(runs, "proof-*"))
+    assert table["row"].tolist() == ["proof-fractaldb", "proof-scratch"] and table["seeds"].tolist() == [2, 2]
+    assert table["test_top1 mean"].tolist() == pytest.approx([0.42, 0.32])
+    assert table["test_top1 sd"].tolist() == pytest.approx([0.0282843, 0.0282843], rel=1e-4)
+    assert table["pretrain_epochs"].tolist() == [8, 0]  # scratch starts from no pre-training
+    assert table["finetune.init"].tolist() == ["pretrained", "scratch"]  # what tells the rows apart
+    assert pd.isna(table["pretrain_train_acc mean"][1]) and table["wall_total_s mean"].tolist() == [105.0, 60.0]
+    shown = compare.fit_width(table)
+    assert "42.00% ± 2.83%" in shown and max(map(len, shown.splitlines())) <= 120
+    figure = compare.seed_plot(table, "pretrain", "t")
+    (line,) = figure.axes[0].get_lines()[:1]
+    assert list(line.get_xdata()) == [0, 8] and list(line.get_ydata()) == pytest.approx([0.32, 0.42])

@@ -32,12 +32,14 @@ from synthvit.commands.comparison import (
     dvc_rows,
     fit_width,
     mlflow_rows,
+    named,
+    seed_table,
     select_rows,
     write_outputs,
 )
 from synthvit.commands.experiments import dvc_exp_show
 from synthvit.errors import UserError
-from synthvit.tracking.store import tracking_uri
+from synthvit.tracking.store import get_experiment_id, open_client, tracking_uri
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -55,7 +57,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--last", type=int, metavar="N", help="only the N most recent executions")
     parser.add_argument("--all", action="store_true", help="include unfinished and failed runs, with a status column")
-    parser.add_argument("--x", choices=tuple(X_AXES), default="params", help="x axis of the plot (default: params)")
+    parser.add_argument("--names", metavar="PATTERN", help="only experiments whose name matches, e.g. 'proof-*'")
+    parser.add_argument(
+        "--over-seeds",
+        action="store_true",
+        help="one row per experiment name without its -s<seed> "
+        "suffix: mean ± sd over the seeds (the table `make proof` prints)",
+    )
+    parser.add_argument(
+        "--x",
+        choices=tuple(X_AXES),
+        default="params",
+        help="x axis of the plot (default: params; pretrain: against the pre-training epochs, with --over-seeds)",
+    )
+    parser.add_argument("--log", action="store_true", help="also log the outputs to MLflow, as a run of their own")
     parser.add_argument(
         "--output-dir", type=Path, default=Path("compare"), help="where the outputs go (default: compare/)"
     )
@@ -90,15 +105,32 @@ def run(args) -> int:
             f"no runs to compare in {where}" + ("" if args.filter else ": run the pipeline first (dvc exp run)")
         )
     rows = select_rows(rows, finished, args.all, args.last)
+    if args.names:
+        rows = named(rows, args.names)
+        where += f", named {args.names}"
     if rows.empty:
         raise UserError(f"no {finished} runs to compare in {where} (--all shows the others)")
-    table = comparison_table(rows, include_status=args.all)
+    table = seed_table(rows) if args.over_seeds else comparison_table(rows, include_status=args.all)
     description = f"{len(table)} runs from {where}. test_top1: evaluate stage; wall: " + (
         "seconds per stage from metrics/timing/*.json."
         if args.source == "dvc"
         else "seconds per stage run, total = parent run."
     )
-    paths = write_outputs(table, args.output_dir, args.x, description)
+    paths = write_outputs(table, args.output_dir, args.x, description, seeds=args.over_seeds)
     print(fit_width(table))
     print(f"\nwrote {', '.join(str(p) for p in paths)}")
+    if args.log:
+        print(f"logged to MLflow run {log_comparison(paths, args.names or 'all', args.experiment)}")
     return 0
+
+
+def log_comparison(paths: list[Path], label: str, experiment: str | None) -> str:
+    """A run of the experiment that holds a comparison's outputs (tagged synthvit.comparison); its id."""
+    uri = tracking_uri()
+    client = open_client(uri)
+    experiment_id = get_experiment_id(client, uri, experiment or default_experiment())
+    run = client.create_run(experiment_id, run_name=f"comparison {label}", tags={"synthvit.comparison": "true"})
+    for path in paths:
+        client.log_artifact(run.info.run_id, str(path))
+    client.set_terminated(run.info.run_id, "FINISHED")
+    return run.info.run_id

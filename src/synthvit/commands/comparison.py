@@ -21,6 +21,8 @@ did not write (no marker file), unless --force.
 
 from __future__ import annotations
 
+import fnmatch
+import re
 from pathlib import Path
 
 import mlflow
@@ -41,6 +43,8 @@ RESULT_PARAMS = {"model.num_parameters", "data.train_images", "data.num_classes"
 ID_COLUMNS = ["name", "id", "started", "status"]
 RESULT_COLUMNS = [
     "test_top1",
+    "test_ece",
+    "pretrain_train_acc",
     "parameters",
     *[f"wall_{s}_s" for s in STAGES],
     "wall_total_s",
@@ -49,7 +53,12 @@ RESULT_COLUMNS = [
 ]
 OUTPUT_NAMES = ("comparison.csv", "comparison.md", "comparison.png")
 MARKER = ".synthvit-compare"  # says the output files in this folder were written by this command
-X_AXES = {"params": ("parameters", "parameters (fine-tuned model)"), "wall": ("wall_total_s", "total wall time (s)")}
+X_AXES = {
+    "params": ("parameters", "parameters (fine-tuned model)"),
+    "wall": ("wall_total_s", "total wall time (s)"),
+    "pretrain": ("pretrain_epochs", "pre-training epochs (0: from scratch)"),
+}
+SEED_SUFFIX = re.compile(r"-s\d+$")  # experiments named <row>-s<seed>: one table row, several seeds
 
 
 # ---- rows from MLflow ---------------------------------------------------------------
@@ -120,6 +129,10 @@ def execution_row(parent: pd.Series, stages: pd.DataFrame) -> dict:
         "status": parent["status"],
         **{k: v for k, v in params.items() if k not in RESULT_PARAMS},
         "test_top1": metric("evaluate", "top1"),
+        "test_ece": metric("evaluate", "ece"),
+        "pretrain_train_acc": metric("pretrain", "final_train_acc")
+        if params.get("finetune.init") == "pretrained"
+        else None,
         "parameters": metric("finetune", "final_num_parameters"),
         **walls,
         "wall_total_s": seconds(parent),
@@ -178,6 +191,10 @@ def dvc_row(rev: dict, state: str) -> dict:
         # stays "None" instead of turning the column's integers into floats.
         **{k: str(v) for k, v in params.items()},
         "test_top1": metric("evaluate", "top1"),
+        "test_ece": metric("evaluate", "ece"),
+        "pretrain_train_acc": metric("pretrain", "train_acc")
+        if str(params.get("finetune.init")) == "pretrained"
+        else None,
         "parameters": metric("finetune", "num_parameters"),
         **walls,
         "wall_total_s": sum(known) if known else None,
@@ -195,6 +212,42 @@ def select_rows(rows: pd.DataFrame, finished: str, include_all: bool, last: int 
         rows = rows[rows["status"] == finished]
     rows = rows.sort_values("started", kind="stable")
     return (rows.tail(last) if last else rows).reset_index(drop=True)
+
+
+def named(rows: pd.DataFrame, pattern: str) -> pd.DataFrame:
+    """The rows whose name matches a shell pattern (`proof-*`)."""
+    return rows[rows["name"].astype(str).map(lambda name: fnmatch.fnmatchcase(name, pattern))].reset_index(drop=True)
+
+
+def with_derived(rows: pd.DataFrame) -> pd.DataFrame:
+    """Columns the plots and seed tables use: the table row (the name without a -s<seed> suffix) and
+    the pre-training epochs the fine-tuned model started from (0 from scratch)."""
+    pretrained = rows.get("finetune.init", pd.Series("", index=rows.index)).astype(str) == "pretrained"
+    epochs = pd.to_numeric(rows.get("pretrain.epochs", pd.Series(None, index=rows.index)), errors="coerce")
+    return rows.assign(
+        row=rows["name"].astype(str).map(lambda name: SEED_SUFFIX.sub("", name)),
+        pretrain_epochs=epochs.where(pretrained, 0),
+    )
+
+
+def seed_table(rows: pd.DataFrame) -> pd.DataFrame:
+    """One row per experiment row over its seeds: the params that tell rows apart, then each result's
+    mean +- sd (test top-1, ECE, pre-training accuracy) and the mean wall time."""
+    rows = with_derived(rows)
+    constant = [
+        c
+        for c in differing_params(rows)
+        if c not in ("seed", "row", "pretrain_epochs") and rows.groupby("row")[c].nunique().max() <= 1
+    ]
+    table = over_seeds(
+        rows,
+        "row",
+        ["test_top1", "test_ece", "pretrain_train_acc", "wall_total_s"],
+        order=list(dict.fromkeys(rows["row"])),
+    )
+    firsts = rows.groupby("row", sort=False)[[*constant, "pretrain_epochs"]].first().reset_index()
+    table = firsts.merge(table, on="row")
+    return table.drop(columns=[c for c in table.columns if c.startswith("wall_total_s sd")])
 
 
 def differing_params(rows: pd.DataFrame) -> list[str]:
@@ -348,12 +401,52 @@ def accuracy_plot(table: pd.DataFrame, x_axis: str, path: Path, title: str) -> P
     return plots.save(fig, path)
 
 
-def write_outputs(table: pd.DataFrame, folder: Path, x_axis: str, description: str) -> list[Path]:
+def seed_plot(table: pd.DataFrame, x_axis: str, title: str):
+    """Test top-1 mean +- sd over seeds: one bar per row, or against the pre-training budget (`--x pretrain`)."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    mean, sd = table["test_top1 mean"].astype(float), table["test_top1 sd"].astype(float).fillna(0)
+    if x_axis == "pretrain":
+        x = table["pretrain_epochs"].astype(float)
+        order = x.argsort()
+        ax.errorbar(x.iloc[order], mean.iloc[order], yerr=sd.iloc[order], marker="o", capsize=4)
+        for xi, yi, label in zip(x, mean, table["row"]):
+            ax.annotate(label, (xi, yi), textcoords="offset points", xytext=(5, -12), fontsize=8)
+        ax.set(xlabel=X_AXES["pretrain"][1], ylabel="test top-1 (mean ± sd over seeds)")
+    else:
+        positions = range(len(table))
+        ax.barh(list(positions), mean, xerr=sd, capsize=4, color="tab:blue", alpha=0.8)
+        ax.set_yticks(list(positions), table["row"])
+        ax.invert_yaxis()
+        low = max(0.0, float((mean - sd).min()) - 0.05)
+        ax.set(xlabel="test top-1 (mean ± sd over seeds)", xlim=(low, min(1.0, float((mean + sd).max()) + 0.03)))
+        for position, (m, d) in enumerate(zip(mean, sd)):
+            ax.annotate(
+                f"{100 * m:.1f} ± {100 * d:.1f}",
+                (m + d, position),
+                textcoords="offset points",
+                xytext=(4, -3),
+                fontsize=8,
+            )
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def write_outputs(table: pd.DataFrame, folder: Path, x_axis: str, description: str, seeds: bool = False) -> list[Path]:
     mark_output_dir(folder)
     csv = write_csv(folder / "comparison.csv", table)
-    png = accuracy_plot(table, x_axis, folder / "comparison.png", f"Test top-1 against {X_AXES[x_axis][1]}")
+    if seeds:
+        figure = seed_plot(
+            table,
+            x_axis,
+            "Test top-1 over seeds" + (" against the pre-training budget" if x_axis == "pretrain" else ""),
+        )
+        png = plots.save(figure, folder / "comparison.png")
+    else:
+        png = accuracy_plot(table, x_axis, folder / "comparison.png", f"Test top-1 against {X_AXES[x_axis][1]}")
     text = (
-        f"# Experiment comparison\n\n{description}\n\n{markdown_table(table)}\n\n![accuracy against cost]({png.name})\n"
+        f"# Experiment comparison\n\n{description}\n\n{markdown_table(table, percent=seeds)}\n\n"
+        f"![accuracy against cost]({png.name})\n"
     )
     md = write_text(folder / "comparison.md", text)
     return [csv, md, png]
