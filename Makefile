@@ -15,15 +15,26 @@ export PATH := $(abspath $(BIN)):$(PATH)
 # recipes.yaml's `demo` (`synthvit recipe demo` prints it); DEMO_ARGS go to both arms after
 # it (the last -S of a key wins), e.g. DEMO_ARGS="-S data.name=imagefolder -S data.root=PATH".
 DEMO_RECIPE ?= demo
-proof: DEMO_RECIPE = proof-arms
 DEMO_ARGS ?=
-STAMP := $(shell date +%Y%m%d-%H%M%S)
+STAMP := $(shell date +%m%d-%H%M)
 DEMO_NAME ?= demo-$(STAMP)
-proof: DEMO_NAME = proof-$(STAMP)
 DEMO_OUTPUT ?= plots/demo
+
+# The papers' table at CPU scale (docs/results.md): each row of PROOF_ROWS is the recipe
+# proof-<row>, run for every seed as experiment $(PROOF_NAME)-<row>-s<seed>; then the
+# pre-training budget curve (proof-budget-* rows, PROOF_BUDGET_SEEDS). `synthvit compare
+# --over-seeds` prints the table and draws the figures into plots/proof/. PROOF_ARGS go to
+# every run (e.g. the local dataset, as DEMO_ARGS).
+PROOF_ROWS ?= scratch fractaldb ofdb onepfrac shuffled
+PROOF_SEEDS ?= 0 1 2
+PROOF_BUDGET_ROWS ?= budget-quarter budget-half
+PROOF_BUDGET_SEEDS ?= 0
+PROOF_ARGS ?= $(DEMO_ARGS)
+PROOF_NAME ?= proof-$(STAMP)
+PROOF_OUTPUT ?= plots/proof
 PYTEST_ARGS ?=
 
-.PHONY: install demo proof test lint clean-venv browser-deps postgres-deps
+.PHONY: install demo proof test lint no-dvc-running clean-venv browser-deps postgres-deps
 
 $(INSTALLED): requirements.txt constraints.txt pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,7 +50,7 @@ $(TESTS_INSTALLED): $(INSTALLED) requirements-test.txt
 install: $(INSTALLED)
 
 # INSTALLED= skips the venv (the end-to-end test runs the target so, with the tools on PATH).
-demo: $(INSTALLED)
+demo: $(INSTALLED) no-dvc-running
 	dvc exp run -n $(DEMO_NAME)-synthetic $$(synthvit recipe $(DEMO_RECIPE)) -S finetune.init=pretrained $(DEMO_ARGS)
 	dvc exp run -n $(DEMO_NAME)-scratch $$(synthvit recipe $(DEMO_RECIPE)) -S finetune.init=scratch $(DEMO_ARGS)
 	@echo
@@ -47,7 +58,29 @@ demo: $(INSTALLED)
 	@echo
 	@echo "More figures (the last arm): plots/visualize/*.png; dvc exp show; dvc plots diff"
 
-proof: demo
+proof: $(INSTALLED) no-dvc-running
+	@set -e; for seed in $(PROOF_SEEDS); do for row in $(PROOF_ROWS); do \
+		echo "== $(PROOF_NAME)-$$row-s$$seed"; \
+		dvc exp run -n $(PROOF_NAME)-$$row-s$$seed $$(synthvit recipe proof-$$row) -S seed=$$seed $(PROOF_ARGS); \
+	done; done
+	@set -e; for seed in $(PROOF_BUDGET_SEEDS); do for row in $(PROOF_BUDGET_ROWS); do \
+		echo "== $(PROOF_NAME)-$$row-s$$seed"; \
+		dvc exp run -n $(PROOF_NAME)-$$row-s$$seed $$(synthvit recipe proof-$$row) -S seed=$$seed $(PROOF_ARGS); \
+	done; done
+	@echo
+	synthvit compare --source dvc --names '$(PROOF_NAME)-*' --over-seeds --output-dir $(PROOF_OUTPUT) --force --log
+	synthvit compare --source dvc --names '$(PROOF_NAME)-scratch-*,$(PROOF_NAME)-budget-*,$(PROOF_NAME)-fractaldb-*' \
+		--over-seeds --x pretrain --output-dir $(PROOF_OUTPUT)/budget --force --log
+
+# `dvc exp run -S` writes its values into params.yaml before it finds out that another DVC
+# command holds the repository's lock, and leaves them there: refuse to start instead.
+no-dvc-running:
+	@for pid in $$(pgrep -f 'dvc (repro|exp run|queue)' || true); do \
+		if [ "$$(readlink /proc/$$pid/cwd 2>/dev/null)" = "$(CURDIR)" ]; then \
+			echo "error: another DVC command (pid $$pid) runs in this repository: wait for it to end, then run make again"; \
+			exit 2; \
+		fi; \
+	done
 
 test: $(TESTS_INSTALLED) browser-deps postgres-deps lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

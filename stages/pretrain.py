@@ -7,7 +7,7 @@ deps:   data/synthetic/ (its manifest: with synthetic.store=manifest, batches ar
 outs:   models/pretrain.pt, metrics/pretrain.json, plots/pretrain/history.csv
 """
 
-from synthvit.data.fractals import load_synthetic
+from synthvit.data.fractals import load_synthetic, shuffle_labels
 from synthvit.errors import run_main
 from synthvit.files import SYNTHETIC_DIR
 from synthvit.models import create_model
@@ -23,6 +23,8 @@ def main() -> None:
         params = stage.params
         seed_everything(params.seed)  # the model's initial weights draw from it
         train_set = load_synthetic(SYNTHETIC_DIR, params.model.img_size, params.data.num_workers)
+        if params.pretrain.labels == "shuffled":
+            train_set = shuffle_labels(train_set, params.seed)
         model = create_model(params.model, num_classes=train_set.num_classes)
         _, timing = train_and_record("pretrain", model, train_set, params.pretrain, params, stage.run)
         stage.timing.update(timing)

@@ -70,3 +70,49 @@ def test_refusals(extra, message):
     args = cli.build_parser().parse_args(["compare", *extra])
     with pytest.raises(UserError, match=message):
         compare_arms.run(args)
+
+
+class Recorded:
+    """An experiment as `Experiment` reads it from DVC, given directly (the e2e demo test reads real ones)."""
+
+    def __init__(self, name, init, test_top1, curve, pretrain_curve=()):
+        self.name, self.init = name, init
+        self.test_top1, self.curve, self.pretrain_curve = test_top1, curve, pretrain_curve
+
+    def param(self, dotted, default=None):
+        return {"finetune.init": self.init, "data.val_fraction": 0}.get(dotted, default)
+
+    def metrics(self, stage):
+        return {
+            "evaluate": {"top1": self.test_top1, "top5": 0.9, "ece": 0.03, "num_images": 100},
+            "finetune": {"eval_images": 50},
+            "pretrain": {"train_acc": 0.6},
+        }[stage]
+
+    def history(self, stage):
+        values = self.curve if stage == "finetune" else self.pretrain_curve
+        column = "eval_acc" if stage == "finetune" else "train_acc"
+        return pd.DataFrame({"epoch": range(1, len(values) + 1), column: values})
+
+    def timing(self, stage):
+        return {"wall_seconds": 10.0}
+
+
+def test_the_figure_shows_the_pretraining_curve_both_curves_and_the_whole_test_scores():
+    arms = [
+        compare_arms.Arm("A", Recorded("x-synthetic", "pretrained", 0.41, [0.30, 0.38], [0.1, 0.3, 0.5])),
+        compare_arms.Arm("B", Recorded("x-scratch", "scratch", 0.35, [0.20, 0.33])),
+    ]
+    table = compare_arms.arms_table([arm.row() for arm in arms])
+    assert table["arm"].tolist() == ["A", "B", "A - B"] and table["experiment"].tolist()[:2] == [
+        "x-synthetic",
+        "x-scratch",
+    ]
+    assert table["pretrain_s"][0] == 10.0 and pd.isna(table["pretrain_s"][1])  # scratch needs no pre-training
+    pretraining, finetuning = compare_arms.arms_figure(arms, table).axes
+    assert [list(line.get_ydata()) for line in pretraining.get_lines()] == [[0.1, 0.3, 0.5]]
+    curves = {line.get_label(): list(line.get_ydata()) for line in finetuning.get_lines()}
+    assert curves == {"A: pretrained, test curve": [0.30, 0.38], "B: scratch, test curve": [0.20, 0.33]}
+    stars = {points.get_label(): float(points.get_offsets()[0][1]) for points in finetuning.collections}
+    assert stars == {"A: whole test split 41.00%": 0.41, "B: whole test split 35.00%": 0.35}
+    assert "on 50 images" in finetuning.get_title() and "all 100 test images" in finetuning.get_title()

@@ -5,15 +5,15 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from helpers.training import bright_vs_dark
-from synthvit.config import ModelConfig, RuntimeConfig, TrainConfig
-from synthvit.data.images import FileImages, TensorImages
+from synthvit.config import ModelConfig, RuntimeConfig, TrainConfig, parse_params
+from synthvit.data.images import FileImages, TensorImages, split_validation
 from synthvit.errors import UserError
 from synthvit.evaluation.inference import predict_logits
 from synthvit.models import create_model
 from synthvit.runtime import autocast_dtype, seed_everything
 from synthvit.training import engine
 from synthvit.training.engine import build_schedule, steps_per_epoch, train
-from synthvit.training.resume import read_state
+from synthvit.training.resume import read_state, resume_path, training_fingerprint
 
 TINY = ModelConfig(img_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=2, drop_path_rate=0.0)
 CPU = RuntimeConfig(device="cpu")
@@ -316,3 +316,32 @@ def test_fp16_steps_through_a_loss_scaler_and_other_precisions_do_not():
     assert math.isfinite(first["train_loss"]) and second["train_loss"] < first["train_loss"]
     fp32 = engine.set_up(create_model(TINY, 2), bright_vs_dark(64), cfg, CPU, seed=0, desc="fp32", num_workers=0)
     assert not fp32.state.scaler.is_enabled()
+
+
+def test_a_resume_state_is_only_for_the_recipe_data_and_weights_it_was_saved_from():
+    params = parse_params({})
+    data, other_data = bright_vs_dark(32), bright_vs_dark(32, seed=1)
+    seed_everything(0)
+    model = create_model(TINY, 2)
+
+    def path(cfg=params.finetune, train_set=data, weights=model):
+        return resume_path("finetune", training_fingerprint(weights, train_set, cfg, params))
+
+    assert path() == path()  # the same inputs find their state again
+    seed_everything(1)
+    others = {
+        path(cfg=params.finetune.model_copy(update={"lr": 5e-4})),
+        path(train_set=other_data),
+        path(weights=create_model(TINY, 2)),
+    }
+    assert path() not in others and len(others) == 3
+
+
+def test_the_validation_split_is_held_out_of_training():
+    data = bright_vs_dark(40)
+    train_set, val_set = split_validation(data, 0.25, seed=0)
+    assert len(train_set) == 30 and len(val_set) == 10
+    assert val_set.labels.bincount().tolist() == [5, 5]  # a quarter of each class
+    rows = {tuple(image.flatten().tolist()) for image in train_set.images}
+    assert not rows & {tuple(image.flatten().tolist()) for image in val_set.images}  # no image in both
+    assert torch.equal(split_validation(data, 0.25, seed=0)[1].images, val_set.images)  # seeded

@@ -226,9 +226,29 @@ def store(tmp_path, monkeypatch):
     mlflow.set_registry_uri(None)
 
 
-def log_and_register(checkpoint: Path, model, alias: str = "current") -> str:
+def log_and_register(checkpoint: Path, model, alias: str = "current", score=None, heldout: str = "") -> str:
     with runs.stage_run("finetune", {}, "unit"):
-        return registry.log_model(model, checkpoint, "synthvit-vit", alias)
+        return registry.log_model(model, checkpoint, "synthvit-vit", alias, score, heldout)
+
+
+def test_the_serving_alias_never_moves_to_a_worse_model(checkpoint, store, capsys):
+    from synthvit.models import load_checkpoint, model_from_checkpoint
+
+    model = model_from_checkpoint(load_checkpoint(checkpoint))
+    client = mlflow.MlflowClient()
+
+    def served() -> str:
+        return str(client.get_model_version_by_alias("synthvit-vit", "current").version)
+
+    assert log_and_register(checkpoint, model, score=0.40, heldout="val-a") == "1" and served() == "1"
+    assert log_and_register(checkpoint, model, score=0.35, heldout="val-a") == "2" and served() == "1"  # worse
+    assert (
+        "stays on version 1, which scored 0.4000 on the same held-out images (this one 0.3500)"
+        in capsys.readouterr().out
+    )
+    assert log_and_register(checkpoint, model, score=0.40, heldout="val-a") == "3" and served() == "3"  # as good
+    assert log_and_register(checkpoint, model, score=0.10, heldout="val-b") == "4" and served() == "4"  # not comparable
+    assert client.get_model_version("synthvit-vit", "2").tags[registry.SCORE_TAG] == "0.350000"
 
 
 def test_registered_model_loads_by_alias(checkpoint, cifar_small, store, capsys):

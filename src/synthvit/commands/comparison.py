@@ -214,9 +214,11 @@ def select_rows(rows: pd.DataFrame, finished: str, include_all: bool, last: int 
     return (rows.tail(last) if last else rows).reset_index(drop=True)
 
 
-def named(rows: pd.DataFrame, pattern: str) -> pd.DataFrame:
-    """The rows whose name matches a shell pattern (`proof-*`)."""
-    return rows[rows["name"].astype(str).map(lambda name: fnmatch.fnmatchcase(name, pattern))].reset_index(drop=True)
+def named(rows: pd.DataFrame, patterns: str) -> pd.DataFrame:
+    """The rows whose name matches one of the comma-separated shell patterns (`proof-*,demo-*`)."""
+    wanted = patterns.split(",")
+    keep = rows["name"].astype(str).map(lambda name: any(fnmatch.fnmatchcase(name, p) for p in wanted))
+    return rows[keep].reset_index(drop=True)
 
 
 def with_derived(rows: pd.DataFrame) -> pd.DataFrame:

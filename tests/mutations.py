@@ -1,0 +1,208 @@
+"""Does the test suite notice a broken pipeline? Apply targeted mutations, one at a time, and count the caught.
+
+    .venv/bin/python tests/mutations.py            # every mutation (about 10 minutes on 2 cores)
+    .venv/bin/python tests/mutations.py --list     # the mutations and the tests expected to catch each
+    .venv/bin/python tests/mutations.py alias-always-moves swapped-arms   # some of them
+
+Each mutation replaces one piece of code (the text must occur exactly once, so a refactor
+that moves it makes the script say so rather than test nothing) in a fresh copy of the
+working tree, runs the tests named for it with that copy's code, and counts the mutation
+as caught when they fail. Exit code 1 if any survives. Not part of `make test`: it runs
+the same tests many times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Mutation:
+    name: str
+    what: str
+    file: str
+    old: str
+    new: str
+    tests: list[str]
+
+
+MUTATIONS = [
+    Mutation(
+        "no-pretraining-curve",
+        "the comparison figure leaves out the pre-training curve",
+        "src/synthvit/commands/arms.py",
+        'ax_pre.plot(curve["epoch"], curve["train_acc"], marker=".", color="tab:gray")',
+        "pass",
+        ["tests/unit/test_compare_arms.py"],
+    ),
+    Mutation(
+        "swapped-arms",
+        "the two arms' labels are swapped",
+        "src/synthvit/commands/arms.py",
+        'zip("AB", args.arms)',
+        'zip("BA", args.arms)',
+        ["tests/pipeline/test_demo.py::test_demo_runs_both_arms_and_compares_them"],
+    ),
+    Mutation(
+        "swapped-scores",
+        "each arm's whole-test star shows the other arm's score",
+        "src/synthvit/commands/arms.py",
+        'zip(arms, table.itertuples(), ("tab:blue", "tab:orange"))',
+        'zip(arms, list(table.itertuples())[1::-1], ("tab:blue", "tab:orange"))',
+        ["tests/unit/test_compare_arms.py"],
+    ),
+    Mutation(
+        "difference-reversed",
+        "the table's difference is B - A",
+        "src/synthvit/commands/arms.py",
+        "first[key] - second[key] if both",
+        "second[key] - first[key] if both",
+        ["tests/unit/test_compare_arms.py"],
+    ),
+    Mutation(
+        "no-resume-fingerprint",
+        "a resume state is found whatever the recipe, data or weights",
+        "src/synthvit/training/resume.py",
+        'keyed = {**fingerprint, "state_format": STATE_FORMAT}',
+        'keyed = {"state_format": STATE_FORMAT}',
+        ["tests/unit/test_engine.py"],
+    ),
+    Mutation(
+        "metrics-before-model",
+        "finetune writes its metrics before the model (a failed model write leaves metrics that look valid)",
+        "src/synthvit/training/stage.py",
+        "        save_checkpoint(\n",
+        "        write_json(metrics_path(stage), summary)\n        save_checkpoint(\n",
+        ["tests/unit/test_training_stage.py"],
+    ),
+    Mutation(
+        "alias-always-moves",
+        "the serving alias moves to every new version",
+        "src/synthvit/tracking/registry.py",
+        "    return math.isfinite(served) and served > score",
+        "    return False",
+        ["tests/unit/test_predict.py::test_the_serving_alias_never_moves_to_a_worse_model"],
+    ),
+    Mutation(
+        "validation-leaks",
+        "the validation images are trained on too",
+        "src/synthvit/data/images.py",
+        "return data.subset(~is_val), data.subset(is_val).in_memory(num_workers)",
+        "return data, data.subset(is_val).in_memory(num_workers)",
+        ["tests/unit/test_engine.py::test_the_validation_split_is_held_out_of_training"],
+    ),
+    Mutation(
+        "unshuffled-control",
+        "the shuffled-label control keeps the categories",
+        "src/synthvit/data/fractals.py",
+        "return dataclasses.replace(data, labels=data.labels[order])",
+        "return data",
+        ["tests/unit/test_synthetic_source.py"],
+    ),
+    Mutation(
+        "no-timing-file",
+        "a stage ends without its timing file",
+        "src/synthvit/tracking/runs.py",
+        "run.log_artifact(str(timing.write_timing(name, **stage.timing)))",
+        "pass",
+        ["tests/unit/test_tracking.py"],
+    ),
+    Mutation(
+        "ece-off-by-a-bin",
+        "confidences fall into the bin below",
+        "src/synthvit/evaluation/calibration.py",
+        "np.digitize(confidences, edges[1:-1], right=True)",
+        "np.digitize(confidences, edges[1:-1], right=False)",
+        ["tests/unit/test_calibration.py"],
+    ),
+    Mutation(
+        "export-wrong-normalisation",
+        "an exported model's config gives other mean and std",
+        "src/synthvit/commands/export.py",
+        '"mean": tuple(checkpoint["mean"])',
+        '"mean": (0.485, 0.456, 0.406)',
+        ["tests/unit/test_export.py"],
+    ),
+    Mutation(
+        "stale-readme",
+        "the README's result tables are not regenerated from results/",
+        "src/synthvit/commands/results.py",
+        "return MARKER.sub(lambda m: f\"{m.group(1)}{document_table(m.group('group'))}{m.group(4)}\", text)",
+        "return text",
+        ["tests/unit/test_results.py"],
+    ),
+]
+
+
+def working_tree(dest: Path) -> Path:
+    """A copy of the working tree's tracked and new files (what a commit would hold)."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split("\0")
+    for name in filter(None, listed):
+        if (REPO / name).is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, dest / name)
+    return dest
+
+
+def run(mutation: Mutation) -> tuple[bool, float, str]:
+    """(caught, seconds, what pytest said last) for one mutation on a fresh copy."""
+    with tempfile.TemporaryDirectory(prefix=f"mutation-{mutation.name}-") as tmp:
+        tree = working_tree(Path(tmp))
+        target = tree / mutation.file
+        text = target.read_text()
+        if text.count(mutation.old) != 1:
+            raise SystemExit(
+                f"{mutation.name}: {mutation.file} holds the mutated text {text.count(mutation.old)} "
+                "times, not once: update the mutation to the code as it is now"
+            )
+        target.write_text(text.replace(mutation.old, mutation.new))
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tree / "src"), str(tree / "tests")])}
+        started = time.monotonic()
+        result = subprocess.run(
+            [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *mutation.tests],
+            cwd=tree,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        last = (result.stdout.strip().splitlines() or [""])[-1]
+        return result.returncode != 0, time.monotonic() - started, last
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("names", nargs="*", help="only these mutations")
+    parser.add_argument("--list", action="store_true", help="list the mutations and their tests")
+    args = parser.parse_args()
+    chosen = [m for m in MUTATIONS if not args.names or m.name in args.names]
+    if args.list:
+        for m in chosen:
+            print(f"{m.name:28} {m.what}\n{'':28} caught by: {' '.join(m.tests)}")
+        return 0
+    caught = 0
+    for mutation in chosen:
+        killed, seconds, last = run(mutation)
+        caught += killed
+        print(f"{'caught  ' if killed else 'SURVIVED'} {mutation.name:28} {seconds:5.0f} s  {last}", flush=True)
+    print(f"\n{caught} of {len(chosen)} mutations caught")
+    return 0 if caught == len(chosen) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

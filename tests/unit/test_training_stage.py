@@ -1,0 +1,84 @@
+"""training/stage.py: what pretrain and finetune write, in which order, and what a failed write leaves."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from helpers.training import bright_vs_dark
+from synthvit.config import ModelConfig, parse_params
+from synthvit.models import create_model, load_checkpoint
+from synthvit.runtime import seed_everything
+from synthvit.training.resume import resume_path, training_fingerprint
+from synthvit.training.stage import train_and_record
+
+TINY = {
+    "model": {"img_size": 16, "patch_size": 4, "embed_dim": 32, "depth": 2, "num_heads": 2, "drop_path_rate": 0.0},
+    "finetune": {
+        "epochs": 2,
+        "batch_size": 16,
+        "warmup_epochs": 0,
+        "mixup_alpha": 0,
+        "cutmix_alpha": 0,
+        "random_erasing": 0,
+        "checkpoint_every": 1,
+        "auto_augment": "none",
+    },
+    "runtime": {"device": "cpu"},
+}
+
+
+class Run:
+    """Collects what train_and_record logs (the stage's MLflow run in a pipeline)."""
+
+    def __init__(self):
+        self.metrics, self.params, self.artifacts = {}, {}, []
+
+    def log_params(self, params):
+        self.params.update(params)
+
+    def log_metrics(self, metrics, step=None):
+        self.metrics.update(metrics)
+
+    def log_metric(self, key, value, step=None):
+        self.metrics[key] = value
+
+    def log_artifact(self, path, artifact_path=None):
+        self.artifacts.append(str(path))
+
+
+def train(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    params = parse_params(TINY)
+    seed_everything(0)
+    model = create_model(ModelConfig(**TINY["model"]), 2)
+    data = bright_vs_dark(48)
+    state = resume_path("finetune", training_fingerprint(model, data, params.finetune, params))
+    return params, model, data, state
+
+
+def test_outputs_hold_results_not_timings_and_the_resume_state_goes_last(tmp_path, monkeypatch):
+    params, model, data, state = train(tmp_path, monkeypatch)
+    run = Run()
+    summary, timing = train_and_record("finetune", model, data, params.finetune, params, run)
+    assert json.loads((tmp_path / "metrics/finetune.json").read_text()) == summary
+    assert summary["epochs"] == 2 and "wall_seconds" not in summary and "train_images_per_s" not in summary
+    history = pd.read_csv(tmp_path / "plots/finetune/history.csv")
+    assert history["epoch"].tolist() == [1, 2] and "epoch_seconds" not in history
+    assert len(timing["epoch_seconds"]) == 2 and timing["train_images_per_s"] > 0
+    checkpoint = load_checkpoint(tmp_path / "models/finetune.pt")
+    assert checkpoint["recipe"]["finetune"]["epochs"] == 2 and checkpoint["summary"] == summary
+    assert not state.exists()  # removed once every output was written
+    assert run.metrics["final_train_acc"] == summary["train_acc"]
+
+
+def test_a_model_that_cannot_be_written_leaves_no_metrics_and_keeps_the_training(tmp_path, monkeypatch):
+    params, model, data, state = train(tmp_path, monkeypatch)
+    (tmp_path / "models/finetune.pt").mkdir(parents=True)  # in the way: the checkpoint cannot be written
+    with pytest.raises(IsADirectoryError):
+        train_and_record("finetune", model, data, params.finetune, params, Run())
+    assert not (tmp_path / "metrics/finetune.json").exists()  # nothing that looks like a finished stage
+    assert torch.load(state, weights_only=True)["epoch"] == 2  # the next run writes the outputs, no training
