@@ -123,6 +123,29 @@ def test_demo_runs_both_arms_and_compares_them(demo):
     table_lines = lines[start:end]
     assert max(map(len, table_lines)) <= 120 and f"{100 * test_metrics[f'{NAME}-synthetic']['top1']:.2f}%" in closing
 
+    # The README's narrowed `dvc exp show` fits a 120-column terminal.
+    narrowed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dvc",
+            "exp",
+            "show",
+            "--drop",
+            ".*",
+            "--keep",
+            "Experiment|top1$|ece$|finetune.init|eval_acc$",
+            "--no-pager",
+        ],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        env={**pipeline_env(repo), "COLUMNS": "120"},
+        check=True,
+    ).stdout
+    assert max(map(len, narrowed.splitlines())) <= 120 and f"{NAME}-scratch" in narrowed
+    assert "top1" in narrowed and "…" not in narrowed  # nothing cut short to fit
+
     # MLflow: both executions, their headline metrics and defining params on the parent runs.
     client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("synthvit")
@@ -242,6 +265,7 @@ def test_mlflow_ui_shows_both_arms_test_top1(demo, mlflow_ui, browser):
         if mlflow_store.PIPELINE_TAG in run.data.tags
     }
     ARTIFACTS.mkdir(exist_ok=True)
+    pretrain_seconds = {}
 
     def column(col_id: str) -> dict[str, str]:
         """Rendered cells of one runs-table column by row id (MLflow's runs table is an ag-grid), last text line
@@ -257,6 +281,9 @@ def test_mlflow_ui_shows_both_arms_test_top1(demo, mlflow_ui, browser):
     def both_rows_rendered(_):
         names, top1 = column("attributes.`Run Name`"), column("metrics.`test_top1`")
         shown = {names[row]: top1[row] for row in names if row in top1 and top1[row]}
+        pretrain_seconds.update(
+            {names[row]: seconds for row, seconds in column("metrics.`wall_pretrain_s`").items() if row in names}
+        )
         return shown if {f"{init} · {name}" for name, init in ARMS.items()} <= set(shown) else None
 
     try:
@@ -269,6 +296,30 @@ def test_mlflow_ui_shows_both_arms_test_top1(demo, mlflow_ui, browser):
         for run in parents.values():
             name = run.info.run_name
             assert float(shown[name]) == pytest.approx(run.data.metrics["test_top1"], abs=1e-3), shown
+        # The pre-training's cost is in the pre-trained arm's row, and only there.
+        synthetic, scratch = (f"{init} · {name}" for name, init in ARMS.items())
+        assert float(pretrain_seconds[synthetic]) > 0 and not pretrain_seconds.get(scratch), pretrain_seconds
     except Exception:
         browser.save_screenshot(str(ARTIFACTS / "mlflow_ui_failure.png"))
         raise
+
+
+def test_an_offline_demo_fails_within_seconds_before_any_work(tmp_path):
+    """The default demo downloads CIFAR-10; where that cannot happen it stops at once, saying what to do,
+    instead of after minutes of fractals and pre-training (downloads sent to a closed local port here)."""
+    repo = snapshot_repo(tmp_path / "repo")
+    env = {**pipeline_env(repo), "https_proxy": "http://127.0.0.1:9", "http_proxy": "http://127.0.0.1:9"}
+    started = time.monotonic()
+    result = subprocess.run(
+        ["make", "demo", "INSTALLED=", "DEMO_NAME=offline"],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    seconds = time.monotonic() - started
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and seconds < 60, (seconds, output[-3000:])
+    assert "error: cifar10 is not in" in output and "download server cannot be reached" in output
+    assert "Traceback" not in output and not (repo / "data/synthetic").exists()  # no fractals were rendered
