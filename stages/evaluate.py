@@ -13,6 +13,7 @@ import pandas as pd
 
 from synthvit.data.images import load_split
 from synthvit.errors import run_main
+from synthvit.evaluation import plots
 from synthvit.evaluation.calibration import ECE_BINS, expected_calibration_error, reliability_bins, reliability_diagram
 from synthvit.evaluation.inference import class_probabilities
 from synthvit.evaluation.metrics import classification_report
@@ -73,7 +74,7 @@ def main() -> None:
         # Empty bins have no accuracy to draw; the diagonal (accuracy = confidence) is drawn beside the bins.
         filled = bins[bins["count"] > 0].assign(perfectly_calibrated=lambda b: b["confidence"])
         write_csv(PLOTS / "calibration.csv", filled)
-        reliability_diagram(bins, ece, PLOTS / "reliability.png", title="Reliability (test)")
+        plots.save(reliability_diagram(bins, ece, title="Reliability (test)"), PLOTS / "reliability.png")
         write_json(metrics_path("evaluate"), summary)
         mlflow.log_metrics({k: float(v) for k, v in summary.items()})
         mlflow.log_metrics({metric_name(f"f1.{row['class']}"): row["f1"] for _, row in per_class.iterrows()})

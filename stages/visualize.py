@@ -45,13 +45,13 @@ def misclassified_grid(params, predictions: pd.DataFrame, path: Path) -> Path:
     titles = [f"{a} -> {p}\n{c:.0%}" for a, p, c in zip(wrong["actual"], wrong["predicted"], wrong["confidence"])]
     if len(wrong) == 0:
         images, titles = np.zeros((1, 8, 8, 3), np.uint8), ["no mistakes"]
-    return plots.image_grid(images, titles, path, f"Most confident mistakes ({len(wrong)} shown)")
+    return plots.save(plots.image_grid(images, titles, f"Most confident mistakes ({len(wrong)} shown)"), path)
 
 
 def synthetic_grid(count: int, path: Path) -> Path:
     """Image 0 of each of the first `count` fractal categories, rendered from the manifest."""
     images, names = synthetic_samples(SYNTHETIC_DIR, count)
-    return plots.image_grid(images, names, path, "Synthetic pre-training categories")
+    return plots.save(plots.image_grid(images, names, "Synthetic pre-training categories"), path)
 
 
 def spread_over_classes(predictions: pd.DataFrame, count: int) -> pd.DataFrame:
@@ -76,8 +76,8 @@ def attention_figures(params, predictions: pd.DataFrame) -> list[Path]:
     pixels = images.permute(0, 2, 3, 1).numpy()
     captions = [f"{a} -> {p}\n{c:.0%}" for a, p, c in zip(chosen["actual"], chosen["predicted"], chosen["confidence"])]
     return [
-        attention.attention_figure(pixels, result, captions, OUT / "attention_layers.png"),
-        attention.rollout_figure(pixels, result, captions, OUT / "attention_rollout.png"),
+        plots.save(attention.attention_figure(pixels, result, captions), OUT / "attention_layers.png"),
+        plots.save(attention.rollout_figure(pixels, result, captions), OUT / "attention_rollout.png"),
     ]
 
 
@@ -91,13 +91,18 @@ def main() -> None:
         classes = pd.read_csv(EVALUATE / "per_class.csv")["class"].tolist()
         matrix = confusion_matrix(predictions["actual"], predictions["predicted"], labels=classes)
         figures = [
-            plots.training_curves(pd.read_csv(history_path("finetune")), "finetune", OUT / "finetune_curves.png"),
-            plots.confusion_matrix(matrix, classes, OUT / "confusion_matrix.png"),
+            plots.save(
+                plots.training_curves(pd.read_csv(history_path("finetune")), "finetune"), OUT / "finetune_curves.png"
+            ),
+            plots.save(plots.confusion_matrix(matrix, classes), OUT / "confusion_matrix.png"),
             misclassified_grid(params, predictions, OUT / "misclassified.png"),
         ]
         if params.finetune.init == "pretrained":  # only a model that started from the fractals shows them
             figures += [
-                plots.training_curves(pd.read_csv(history_path("pretrain")), "pretrain", OUT / "pretrain_curves.png"),
+                plots.save(
+                    plots.training_curves(pd.read_csv(history_path("pretrain")), "pretrain"),
+                    OUT / "pretrain_curves.png",
+                ),
                 synthetic_grid(params.visualize.num_synthetic, OUT / "synthetic_samples.png"),
             ]
         for figure in figures:

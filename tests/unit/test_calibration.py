@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from synthvit.config import parse_params
 from synthvit.errors import ConfigError
@@ -58,22 +57,30 @@ def test_matches_the_textbook_loop_on_random_data_and_bin_edges():
 
 
 def test_bad_inputs():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"confidences \(2,\) and correct \(1,\) must be 1-D and equal in length"):
         reliability_bins([0.5, 0.6], [1])
+    with pytest.raises(ValueError, match="num_bins=0 must be >= 1"):
+        reliability_bins([0.5], [1], num_bins=0)
     assert np.isnan(expected_calibration_error([], []))
 
 
-def test_reliability_diagram_png(tmp_path):
+def test_reliability_diagram_draws_the_bins_their_gaps_and_the_diagonal():
     rng = np.random.default_rng(1)
     confidences = rng.uniform(0.1, 1, 200)
     correct = rng.uniform(size=200) < confidences**2  # overconfident
     bins = reliability_bins(confidences, correct)
-    path = reliability_diagram(
-        bins, expected_calibration_error(confidences, correct), tmp_path / "r" / "reliability.png"
-    )
-    assert path.stat().st_size > 10_000
-    with Image.open(path) as image:
-        assert image.width > 300 and image.height > 300
+    ece = expected_calibration_error(confidences, correct)
+    figure = reliability_diagram(bins, ece)
+    ax, ax_count = figure.axes
+    filled = bins[bins["count"] > 0]
+    accuracy_bars, gap_bars = ax.containers
+    assert [bar.get_height() for bar in accuracy_bars] == pytest.approx(filled["accuracy"].tolist())
+    gaps = (filled["accuracy"] - filled["confidence"]).abs()
+    assert [bar.get_height() for bar in gap_bars] == pytest.approx(gaps.tolist())
+    (diagonal,) = [line for line in ax.get_lines() if line.get_label() == "perfect calibration"]
+    assert list(diagonal.get_xdata()) == [0, 1] and list(diagonal.get_ydata()) == [0, 1]
+    assert [bar.get_height() for bar in ax_count.containers[0]] == bins["count"].tolist()
+    assert f"ECE {ece:.3f}" in ax.get_title()
 
 
 def test_evaluate_tta_flip_param():

@@ -69,9 +69,20 @@ def test_training_learns_and_is_deterministic():
     assert logits.shape == (128, 2) and (logits.argmax(1) == data.labels).float().mean() >= 0.95
 
 
-def test_training_with_mixup_cutmix_and_erasing_runs():
+def test_training_with_mixup_cutmix_and_erasing_mixes_what_it_trains_on():
     cfg = TrainConfig(epochs=1, batch_size=16, lr=1e-3, warmup_epochs=0)  # the full recipe's augmentations
-    history = train(create_model(TINY, 2), bright_vs_dark(64), cfg, CPU, seed=0)
+    data = bright_vs_dark(64)
+    seed_everything(0)
+    loop = engine.set_up(create_model(TINY, 2), data, cfg, CPU, seed=0, desc="mixed", num_workers=0)
+    assert type(loop.criterion).__name__ == "SoftTargetCrossEntropy"
+    batch, labels = data.images[:16], data.labels[:16]
+    x, targets = loop.augmentation(batch, labels, loop.state.generators["augment"])
+    assert targets.shape == (16, 2) and torch.allclose(targets.sum(1), torch.ones(16))
+    # Mixed pairs: no target is one class alone (label smoothing 0.1 and mixing both move it off 0.95).
+    assert (targets.max(1).values < 0.95).all()
+    plain = (batch.float() / 255 - 0.5) / 0.5
+    assert not torch.allclose(x, plain)  # images were mixed, cut, erased or cropped
+    history = engine.train(create_model(TINY, 2), data, cfg, CPU, seed=0)
     assert len(history) == 1 and math.isfinite(history[0]["train_loss"])
     assert history[0]["lr"] == pytest.approx(cfg.min_lr)
 

@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from PIL import Image
 
 from helpers.repo import REPO, copy_subset, pipeline_env
 from helpers.training import tiny_finetuned_checkpoint
@@ -131,9 +132,10 @@ def test_predict_equals_the_evaluate_stage(cifar_small, checkpoint, tmp_path, tt
     # ECE is in the metrics and the reliability diagram was drawn.
     metrics = json.loads((tmp_path / "work/metrics/evaluate.json").read_text())
     assert 0 <= metrics["ece"] <= 1 and metrics["ece_bins"] == 15 and metrics["tta_flip"] == int(tta_flip)
-    assert (tmp_path / "work/plots/evaluate/reliability.png").stat().st_size > 10_000
     bins = pd.read_csv(tmp_path / "work/plots/evaluate/calibration.csv")
-    assert bins["count"].sum() == 30
+    assert bins["count"].sum() == 30 and bins["perfectly_calibrated"].tolist() == bins["confidence"].tolist()
+    with Image.open(tmp_path / "work/plots/evaluate/reliability.png") as image:  # its drawing: test_calibration.py
+        assert image.format == "PNG"
     per_class = pd.read_csv(tmp_path / "work/plots/evaluate/per_class.csv")
     assert {"class", "precision", "recall", "f1", "support", "accuracy", "mean_confidence"} <= set(per_class.columns)
 

@@ -383,7 +383,8 @@ def mark_output_dir(folder: Path) -> None:
     write_text(folder / MARKER, "Files here are written by `synthvit compare`, which replaces them on each run.\n")
 
 
-def accuracy_plot(table: pd.DataFrame, x_axis: str, path: Path, title: str) -> Path:
+def accuracy_plot(table: pd.DataFrame, x_axis: str, title: str):
+    """Test top-1 against parameters or total wall time, points labelled with their runs' names."""
     column, label = X_AXES[x_axis]
     points = table.dropna(subset=[column, "test_top1"]) if {column, "test_top1"} <= set(table) else table.iloc[0:0]
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -400,7 +401,7 @@ def accuracy_plot(table: pd.DataFrame, x_axis: str, path: Path, title: str) -> P
             ax.set_xscale("log")
     ax.set(xlabel=label, ylabel="test top-1", title=title)
     ax.grid(alpha=0.3)
-    return plots.save(fig, path)
+    return fig
 
 
 def seed_plot(table: pd.DataFrame, x_axis: str, title: str):
@@ -445,7 +446,8 @@ def write_outputs(table: pd.DataFrame, folder: Path, x_axis: str, description: s
         )
         png = plots.save(figure, folder / "comparison.png")
     else:
-        png = accuracy_plot(table, x_axis, folder / "comparison.png", f"Test top-1 against {X_AXES[x_axis][1]}")
+        figure = accuracy_plot(table, x_axis, f"Test top-1 against {X_AXES[x_axis][1]}")
+        png = plots.save(figure, folder / "comparison.png")
     text = (
         f"# Experiment comparison\n\n{description}\n\n{markdown_table(table, percent=seeds)}\n\n"
         f"![accuracy against cost]({png.name})\n"

@@ -15,7 +15,6 @@ head-mean attention, each mixed half-and-half with the identity for the residual
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -173,7 +172,7 @@ def overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.5, size: int |
     return (blended.clip(0, 1) * 255).round().astype(np.uint8)
 
 
-def attention_figure(images: np.ndarray, result: AttentionResult, captions: list[str], path: Path) -> Path:
+def attention_figure(images: np.ndarray, result: AttentionResult, captions: list[str]):
     """Rows are images; columns the input, each layer's head-mean map, and the rollout, overlaid."""
     layer_maps = result.layer_maps().numpy()
     rollout_maps = result.rollout_map().numpy()
@@ -194,13 +193,11 @@ def attention_figure(images: np.ndarray, result: AttentionResult, captions: list
                 ax.set_title("input" if c == 0 else ("rollout" if c == columns - 1 else f"layer {c}"), fontsize=8)
         axes[r, 0].set_ylabel(captions[r], fontsize=7, rotation=0, ha="right", va="center")
     fig.suptitle("Attention to the patches per layer (mean over heads), and rollout", fontsize=10)
-    return plots.save(fig, Path(path))
+    return fig
 
 
-def rollout_figure(
-    images: np.ndarray, result: AttentionResult, captions: list[str], path: Path, columns: int = 8
-) -> Path:
+def rollout_figure(images: np.ndarray, result: AttentionResult, captions: list[str], columns: int = 8):
     """A grid of rollout overlays, one per image, captioned (e.g. true -> predicted)."""
     maps = result.rollout_map().numpy()
     overlays = np.stack([overlay(image, heat) for image, heat in zip(images, maps)])
-    return plots.image_grid(overlays, captions, Path(path), "Attention rollout", columns=columns)
+    return plots.image_grid(overlays, captions, "Attention rollout", columns=columns)

@@ -8,12 +8,9 @@ reliability diagram.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 
-from synthvit.evaluation import plots
 from synthvit.evaluation.plots import plt
 
 ECE_BINS = 15
@@ -61,7 +58,7 @@ def expected_calibration_error(confidences, correct, num_bins: int = ECE_BINS) -
     return float((filled["count"] * (filled["accuracy"] - filled["confidence"]).abs()).sum() / total)
 
 
-def reliability_diagram(bins: pd.DataFrame, ece: float, path: Path, title: str = "Reliability diagram") -> Path:
+def reliability_diagram(bins: pd.DataFrame, ece: float, title: str = "Reliability diagram"):
     """Accuracy per confidence bin against the diagonal of perfect calibration, with the bin counts below."""
     fig, (ax, ax_count) = plt.subplots(2, 1, figsize=(5, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     width = bins["upper"] - bins["lower"]
@@ -97,4 +94,4 @@ def reliability_diagram(bins: pd.DataFrame, ece: float, path: Path, title: str =
     ax_count.bar(bins["lower"], bins["count"], width=width, align="edge", edgecolor="black", color="gray")
     ax_count.set(xlabel="confidence", ylabel="images")
     ax_count.grid(alpha=0.3)
-    return plots.save(fig, Path(path))
+    return fig

@@ -15,14 +15,15 @@ from matplotlib.ticker import MaxNLocator
 
 
 def save(fig, path: Path) -> Path:
+    """Write a figure as a PNG (the figure functions here return figures: tests read their data back)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
 
 
-def training_curves(history: pd.DataFrame, title: str, path: Path) -> Path:
-    """Loss and accuracy per epoch, train and (when present) held-out."""
+def training_curves(history: pd.DataFrame, title: str):
+    """Loss and accuracy per epoch, train and (when present) held-out, on two panels."""
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.8))
     for column, label in (("train_loss", "train"), ("eval_loss", "held-out")):
         if column in history:
@@ -36,11 +37,11 @@ def training_curves(history: pd.DataFrame, title: str, path: Path) -> Path:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend()
-    return save(fig, path)
+    return fig
 
 
-def confusion_matrix(matrix: np.ndarray, classes: list[str], path: Path, title: str = "Confusion matrix") -> Path:
-    """Row-normalised heat map with counts written in each cell (when the classes fit)."""
+def confusion_matrix(matrix: np.ndarray, classes: list[str], title: str = "Confusion matrix"):
+    """Row-normalised heat map, true class on the y axis, with counts written in each cell (when the classes fit)."""
     matrix = np.asarray(matrix)
     n = len(classes)
     rows = matrix.sum(1, keepdims=True)
@@ -57,10 +58,10 @@ def confusion_matrix(matrix: np.ndarray, classes: list[str], path: Path, title: 
                 color = "white" if normalised[i, j] > 0.5 else "black"
                 ax.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=7, color=color)
     ax.set(xlabel="predicted", ylabel="true", title=title)
-    return save(fig, path)
+    return fig
 
 
-def image_grid(images: np.ndarray, titles: list[str], path: Path, title: str, columns: int = 8) -> Path:
+def image_grid(images: np.ndarray, titles: list[str], title: str, columns: int = 8):
     """A grid of HxWx3 uint8 images with a caption under each."""
     count = len(images)
     columns = max(1, min(columns, count))
@@ -74,4 +75,4 @@ def image_grid(images: np.ndarray, titles: list[str], path: Path, title: str, co
         ax.imshow(image, interpolation="nearest")
         ax.set_title(caption, fontsize=7)
     fig.suptitle(title)
-    return save(fig, path)
+    return fig
