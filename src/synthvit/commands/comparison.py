@@ -356,7 +356,7 @@ def fit_width(table: pd.DataFrame, width: int = 120, percent: bool = True) -> st
         return frame.to_markdown(index=False, tablefmt="simple", disable_numparse=True)
 
     text = render(cells)
-    droppable = [c for c in cells.columns if c not in RESULT_COLUMNS and c not in ("name", "row", "seed", "arm")]
+    droppable = [c for c in cells.columns if "." in c]  # params (dotted keys), never the results
     while max(map(len, text.splitlines())) > width and droppable:
         dropped.append(droppable.pop())
         text = render(cells.drop(columns=dropped))

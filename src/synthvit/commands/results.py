@@ -148,13 +148,20 @@ def group_rows(group: str) -> tuple[dict, pd.DataFrame]:
 
 def group_table(group: str) -> pd.DataFrame:
     """The group's table, as group.yaml says: `table: arms` pairs two rows seed by seed (A, B, A - B) and
-    adds their mean and sd; `table: rows` gives each row's mean +- sd over its seeds."""
+    adds their mean and sd; `table: rows` gives each row's mean +- sd over its seeds (`metric`, then
+    `also`), after the `params` that tell the rows apart."""
     spec, rows = group_rows(group)
     metric = spec.get("metric", "test_top1")
     if spec["table"] == "arms":
         first, second = spec["arms"]
         return arms_by_seed(rows, first, second, metric)
-    return over_seeds(rows, "row", [metric, *spec.get("also", [])], order=spec.get("rows"))
+    table = over_seeds(rows, "row", [metric, *spec.get("also", [])], order=spec.get("rows"))
+    shown = [f"params.{key}" for key in spec.get("params", [])]  # what the rows differ in, from their params.yaml
+    if shown:
+        firsts = rows.groupby("row", sort=False)[shown].first().reset_index()
+        firsts.columns = ["row", *spec["params"]]
+        table = table.merge(firsts, on="row")  # the results first: params are what a narrow terminal leaves out
+    return table
 
 
 def arms_by_seed(rows: pd.DataFrame, first: str, second: str, metric: str) -> pd.DataFrame:
