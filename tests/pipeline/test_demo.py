@@ -9,6 +9,7 @@ table, in the headless Chromium of tests/test_app.py.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 from mlflow import MlflowClient
 
 from helpers.browser import ARTIFACTS
@@ -323,3 +325,33 @@ def test_an_offline_demo_fails_within_seconds_before_any_work(tmp_path):
     assert result.returncode != 0 and seconds < 60, (seconds, output[-3000:])
     assert "error: cifar10 is not in" in output and "download server cannot be reached" in output
     assert "Traceback" not in output and not (repo / "data/synthetic").exists()  # no fractals were rendered
+
+
+def test_the_demo_is_locked_in_results_and_checked_again(demo):
+    """`synthvit results lock` copies both arms into results/; `results check` runs one again (in a temporary
+    copy) and finds the same number, so what results/ publishes is what the experiment gave."""
+    repo = demo["repo"]
+    env = pipeline_env(repo)
+
+    def synthvit(*args) -> str:
+        result = subprocess.run(["synthvit", *args], cwd=repo, env=env, capture_output=True, text=True, timeout=900)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        return result.stdout
+
+    for name, arm in (("synthetic", f"{NAME}-synthetic"), ("scratch", f"{NAME}-scratch")):
+        synthvit("results", "lock", arm, "--as", f"demo/{name}-s0", "--row", name)
+    (repo / "results/demo/group.yaml").write_text("table: arms\narms: [synthetic, scratch]\n")
+    locked = repo / "results/demo/synthetic-s0"
+    evaluation = json.loads((repo / "metrics/evaluate.json").read_text())  # the workspace holds the last arm
+    scratch = json.loads((repo / "results/demo/scratch-s0/metrics/evaluate.json").read_text())
+    assert scratch == evaluation
+    run = yaml.safe_load((locked / "run.yaml").read_text())
+    assert run["experiment"] == f"{NAME}-synthetic" and run["seed"] == 0 and run["row"] == "synthetic"
+    assert run["machine"]["cpu_cores"] >= 1 and run["wall_seconds"]["total"] > run["wall_seconds"]["pretrain"] > 0
+    assert (locked / "history/pretrain.csv").is_file() and (locked / "dvc.lock").is_file()
+    shown = synthvit("results", "show", "demo", "--csv")
+    table = pd.read_csv(io.StringIO(shown))
+    synthetic = json.loads((locked / "metrics/evaluate.json").read_text())
+    assert table["difference"][0] == pytest.approx(synthetic["top1"] - scratch["top1"])
+    checked = synthvit("results", "check", "demo/synthetic-s0")
+    assert f"recorded test_top1 {synthetic['top1']:.4f}, again {synthetic['top1']:.4f} (identical)" in checked
