@@ -271,7 +271,8 @@ def check(args) -> int:
         "--temp",
         "-n",
         name,
-        *(["--pull"] if args.pull else []),
+        # trained again (--force), not restored from this repository's run cache; --pull: from the remote
+        "--pull" if args.pull else "--force",
         *[part for value in overrides for part in ("-S", value)],
     ]
     print("running:", shlex.join(command[2:]), flush=True)
