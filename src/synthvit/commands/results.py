@@ -259,7 +259,9 @@ def check(args) -> int:
     if not (folder / "run.yaml").is_file():
         raise UserError(f"no locked run {args.run!r} (results/{args.run}/run.yaml)")
     run = read_yaml(folder / "run.yaml")
-    name = f"check-{folder.parent.name}-{folder.name}"
+    name = (
+        f"check-{folder.parent.name}-{folder.name}-{datetime.datetime.now():%m%d-%H%M%S}"  # a new experiment each time
+    )
     words = shlex.split(run["command"])
     overrides = [w for i, w in enumerate(words) if i and words[i - 1] == "-S"]
     command = [
