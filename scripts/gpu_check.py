@@ -432,10 +432,10 @@ def copy_repo(dest: Path) -> None:
         )
         listed = [name for name in result.stdout.split("\0") if name] if result.returncode == 0 else None
     if listed is None:
-        ignored = shutil.ignore_patterns(".git", ".gpu", ".venv", "__pycache__", "mlflow.db*", "mlartifacts", "mlruns")
+        outputs = ("mlflow.db*", "mlartifacts", "mlruns", "models", "gpu-check")
+        ignored = shutil.ignore_patterns(".git", ".gpu", ".venv", "__pycache__", *outputs)
         shutil.copytree(REPO, dest, ignore=ignored, symlinks=True)
-        return
-    for name in listed:
+    for name in listed or []:
         if (REPO / name).is_file():
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / name, dest / name)

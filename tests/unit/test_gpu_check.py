@@ -117,3 +117,13 @@ def test_bench_train_prints_every_side_on_a_cpu(small_imagefolder, capsys):
     assert all(figures[f"{side}_img_per_s"] > 0 for side in sides), figures
     assert figures["train_gflop_per_image"] > 0 and figures["peak"] == "not measured: no CUDA device"
     assert figures["setup"] == {"device": "cpu", "precision": "fp32", "batch": 8, "images": 40, "compiled": False}
+
+
+@pytest.mark.parametrize("git", [True, False])
+def test_the_pipeline_copy_holds_the_repository_with_or_without_git(tmp_path, monkeypatch, git):
+    if not git:  # a machine without git, or a working tree copied without .git
+        monkeypatch.setattr(gpu_check.shutil, "which", lambda name: None)
+    gpu_check.copy_repo(tmp_path / "copy")
+    for name in ("dvc.yaml", "params.yaml", "stages/finetune.py", "src/synthvit/training/engine.py", ".dvc/config"):
+        assert (tmp_path / "copy" / name).is_file(), name
+    assert not (tmp_path / "copy" / ".git").exists() and not (tmp_path / "copy" / ".gpu").exists()
