@@ -34,7 +34,7 @@ PROOF_NAME ?= proof-$(STAMP)
 PROOF_OUTPUT ?= plots/proof
 PYTEST_ARGS ?=
 
-.PHONY: install demo proof test lint no-dvc-running clean-venv browser-deps postgres-deps
+.PHONY: install demo proof test lint no-dvc-running clean-venv browser-deps postgres-deps gpu-pack gpu-check
 
 $(INSTALLED): requirements.txt constraints.txt pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -81,6 +81,18 @@ no-dvc-running:
 			exit 2; \
 		fi; \
 	done
+
+# The GPU check (docs/gpu-check.md). `make gpu-pack`, here: .gpu/ gets the wheels MLflow needs and the
+# packed CIFAR-10, within the 64 MiB a lent GPU machine takes with the repository (carry .gpu).
+# `make gpu-check` there, in one call of at most 9 minutes: every GPU step, each time-boxed, into
+# $OUT/gpu-check.{json,log} (else gpu-check/). No venv: it runs the machine's python3 (its torch);
+# here, without CUDA, the venv's, at test size. GPU_CHECK_ARGS: scripts/gpu_check.py --help.
+GPU_CHECK_ARGS ?=
+gpu-pack:
+	python3 scripts/gpu_pack.py
+
+gpu-check:
+	python3 scripts/gpu_check.py $(GPU_CHECK_ARGS)
 
 test: $(TESTS_INSTALLED) browser-deps postgres-deps lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -37,7 +37,7 @@ COMMANDS = {
     "tracking check": ("synthvit.commands.tracking:check", "does the MLflow store answer and accept your credentials?"),
     "tracking sync": ("synthvit.commands.tracking:sync", "upload the tracking calls kept in .synthvit/outbox"),
     "bench synthetic": ("synthvit.commands.bench.synthetic", "fractal rendering img/s vs a per-point reference"),
-    "bench train": ("synthvit.commands.bench.train", "training img/s: engine vs a plain DataLoader loop"),
+    "bench train": ("synthvit.commands.bench.train", "training img/s: engine vs a bare step and a DataLoader loop"),
     "bench pretrain": (
         "synthvit.commands.bench.pretrain",
         "pre-training img/s: rendered from the manifest vs preloaded",

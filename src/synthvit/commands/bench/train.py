@@ -1,12 +1,19 @@
-"""`synthvit bench train`: training images/s of the engine against a plain DataLoader loop.
+"""`synthvit bench train`: training images/s of the engine against a bare step and a plain DataLoader loop.
 
-Both sides train the same timm model at the same batch size, resolution and precision
-on the same images, with the same augmentation (pad-and-crop, horizontal flip):
-- plain: torchvision ImageFolder-style dataset of PIL images, per-sample transforms,
-  a DataLoader with worker processes, the usual `for x, y in loader` loop;
+All sides train the same timm model at the same batch size, resolution and precision
+(and, with --compile, all through torch.compile) on the same images:
+- bare: one batch already on the device, forward, backward, optimizer step; no data, no
+  augmentation: the ceiling the engine is measured against;
+- plain: a torchvision-style dataset of PIL images, per-sample transforms, a DataLoader
+  with worker processes, the usual `for x, y in loader` loop;
 - engine: synthvit's in-memory uint8 tensor, batch augmentation on the device.
-Each side runs a warm-up epoch, then a timed epoch; the figures come from one run, side
-by side, and the ratio is what to compare across machines.
+Plain and engine run with --augment light (pad-and-crop, horizontal flip), full
+(params.yaml's finetune recipe: RandAugment, random resized crop, Mixup/CutMix, random
+erasing) or both. Each side runs a warm-up epoch, then a timed epoch; the figures come from
+one run, side by side, and the ratios are what to compare across machines. The training
+FLOPs per image (torch's FlopCounterMode) turn img/s into TFLOP/s; on CUDA these are also
+given as a fraction of the card's bf16 peak, from its datasheet and from an 8192^3 bf16
+matmul timed in the same run.
 """
 
 from __future__ import annotations
@@ -16,15 +23,39 @@ import time
 
 import torch
 from PIL import Image
+from timm.loss import SoftTargetCrossEntropy
+from timm.optim import create_optimizer_v2
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils import benchmark
 from torch.utils.data import DataLoader, Dataset
+from torch.utils.flop_counter import FlopCounterMode
 from torchvision import transforms
 
-from synthvit.config import DataConfig, ModelConfig, RuntimeConfig, TrainConfig
+from synthvit.config import DataConfig, ModelConfig, RuntimeConfig, TrainConfig, load_params
+from synthvit.data.augment import build_mixup, to_float
 from synthvit.data.images import TensorImages, load_split
 from synthvit.models import DEFAULT_MEAN, DEFAULT_STD, create_model
 from synthvit.runtime import autocast, autocast_dtype, resolve_device, seed_everything
 from synthvit.training.engine import train
+
+# Dense bf16 tensor-core peaks from NVIDIA's datasheets, which quote them "with sparsity":
+# half of that. H200 SXM: 1,979 TFLOP/s sparse; H200 NVL: 1,671 (H200 datasheet, 2024).
+DATASHEET_BF16_PEAK = {"H200 NVL": 835.5e12, "H200": 989.5e12}
+
+# Light: what this bench always measured, pad-and-crop and a flip.
+LIGHT = TrainConfig(
+    epochs=2,
+    lr=1e-3,
+    warmup_epochs=0,
+    mixup_alpha=0.0,
+    cutmix_alpha=0.0,
+    random_erasing=0.0,
+    crop_scale=[1.0, 1.0],
+    crop_padding=4,
+    hflip=0.5,
+    checkpoint_every=0,
+)
 
 
 class PILDataset(Dataset):
@@ -42,20 +73,37 @@ class PILDataset(Dataset):
         return self.transform(self.images[i]), self.labels[i]
 
 
+def per_sample_transform(cfg: TrainConfig, img_size: int):
+    """The recipe's augmentation as typical code writes it: PIL transforms, one image at a time."""
+    steps = []
+    if cfg.auto_augment == "randaugment":
+        steps.append(transforms.RandAugment(num_ops=2, magnitude=cfg.auto_augment_magnitude))
+    elif cfg.auto_augment == "trivialaugment":
+        steps.append(transforms.TrivialAugmentWide())
+    steps.append(transforms.RandomCrop(img_size, padding=cfg.crop_padding))
+    if cfg.crop_scale != [1.0, 1.0]:
+        steps.append(transforms.RandomResizedCrop(img_size, scale=tuple(cfg.crop_scale)))
+    steps += [
+        transforms.RandomHorizontalFlip(cfg.hflip),
+        transforms.ToTensor(),
+        transforms.Normalize(DEFAULT_MEAN, DEFAULT_STD),
+    ]
+    if cfg.random_erasing > 0:
+        steps.append(transforms.RandomErasing(cfg.random_erasing))
+    return transforms.Compose(steps)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
 def plain_loop_images_per_s(
-    model, data: TensorImages, batch_size: int, img_size: int, device, amp_dtype, workers: int
+    model, data: TensorImages, cfg: TrainConfig, img_size: int, device, amp_dtype, workers: int, compile: bool = False
 ) -> float:
-    transform = transforms.Compose(
-        [
-            transforms.RandomCrop(img_size, padding=4),
-            transforms.RandomHorizontalFlip(),
-            transforms.ToTensor(),
-            transforms.Normalize(DEFAULT_MEAN, DEFAULT_STD),
-        ]
-    )
     loader = DataLoader(
-        PILDataset(data.images, data.labels, transform),
-        batch_size=batch_size,
+        PILDataset(data.images, data.labels, per_sample_transform(cfg, img_size)),
+        batch_size=cfg.batch_size,
         shuffle=True,
         drop_last=True,
         num_workers=workers,
@@ -63,44 +111,84 @@ def plain_loop_images_per_s(
         persistent_workers=workers > 0,
     )
     model.to(device).train()
+    forward = torch.compile(model) if compile else model
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
-    criterion = nn.CrossEntropyLoss(label_smoothing=0.1)
+    mixup = build_mixup(cfg, data.num_classes)  # timm's, on the batch: what timm's own train.py does
+    criterion = SoftTargetCrossEntropy() if mixup else nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     seconds = 0.0
     for _ in range(2):  # the first epoch warms up workers, kernels and caches
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        _sync(device)
         started = time.perf_counter()
         seen = 0
         for x, y in loader:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            target = y
+            if mixup is not None:
+                x, target = mixup(x, y)
             with autocast(device, amp_dtype):
-                loss = criterion(model(x), y)
+                loss = criterion(forward(x), target)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if cfg.grad_clip > 0:
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             optimizer.step()
             seen += len(y)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        _sync(device)
         seconds = time.perf_counter() - started
     return seen / seconds
 
 
-def engine_images_per_s(model, data: TensorImages, batch_size: int, runtime: RuntimeConfig) -> float:
-    cfg = TrainConfig(
-        epochs=2,
-        batch_size=batch_size,
-        lr=1e-3,
-        warmup_epochs=0,
-        mixup_alpha=0.0,
-        cutmix_alpha=0.0,
-        random_erasing=0.0,
-        crop_scale=[1.0, 1.0],
-        crop_padding=4,
-        hflip=0.5,
-        checkpoint_every=0,
-    )
+def bare_step_images_per_s(
+    model, data: TensorImages, batch_size: int, device, amp_dtype, compile: bool = False
+) -> float:
+    """The step alone on one batch already on the device: the engine's optimizer (timm's fused AdamW)."""
+    model.to(device).train()
+    forward = torch.compile(model) if compile else model
+    optimizer = create_optimizer_v2(model, opt="adamw", lr=1e-3, weight_decay=0.05, fused=True)
+    criterion = nn.CrossEntropyLoss(label_smoothing=0.1)
+    x = to_float(data.images[:batch_size].to(device), DEFAULT_MEAN, DEFAULT_STD)
+    y = data.labels[:batch_size].to(device)
+    steps = len(data) // batch_size
+    seconds = 0.0
+    for _ in range(2):  # as the other sides: a warm-up epoch, then a timed one
+        _sync(device)
+        started = time.perf_counter()
+        for _ in range(steps):
+            with autocast(device, amp_dtype):
+                loss = criterion(forward(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        _sync(device)
+        seconds = time.perf_counter() - started
+    return steps * batch_size / seconds
+
+
+def engine_images_per_s(model, data: TensorImages, cfg: TrainConfig, runtime: RuntimeConfig) -> float:
     history = train(model, data, cfg, runtime, seed=0, desc="engine")
     return history[-1]["train_images_per_s"]
+
+
+def train_flops_per_image(model_cfg: ModelConfig, num_classes: int) -> float:
+    """Forward and backward FLOPs of one image, counted by torch on a CPU copy of the model (2 images)."""
+    model = create_model(model_cfg, num_classes).train()
+    x = torch.randn(2, 3, model_cfg.img_size, model_cfg.img_size)
+    # The math attention is matmuls the counter sees; it has no formula for the CPU's fused attention kernel.
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        model(x).sum().backward()
+    return counter.get_total_flops() / 2
+
+
+def datasheet_peak(device_name: str) -> float | None:
+    return next((peak for name, peak in DATASHEET_BF16_PEAK.items() if name in device_name), None)
+
+
+def matmul_peak(device: torch.device, n: int = 8192) -> float:
+    """FLOP/s of an n^3 bf16 matmul on `device` (torch's benchmark Timer synchronises CUDA)."""
+    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    timer = benchmark.Timer(stmt="a @ b", globals={"a": a, "b": b})
+    return 2 * n**3 / timer.blocked_autorange(min_run_time=1.0).median
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -118,7 +206,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--heads", type=int, default=3)
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the plain loop")
     parser.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
-    parser.add_argument("--compile", action="store_true", help="torch.compile the engine's model")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model (every side)")
+    parser.add_argument(
+        "--augment",
+        choices=["light", "full", "both"],
+        default="light",
+        help="light: pad-and-crop and flip; full: --params' finetune recipe; both (default: %(default)s)",
+    )
+    parser.add_argument("--params", default="params.yaml", help="where --augment full reads the finetune recipe")
+
+
+def peak_line(device_name: str, datasheet: float | None, measured: float) -> str:
+    datasheet_text = f"{datasheet / 1e12:.1f} TFLOP/s" if datasheet else "not in DATASHEET_BF16_PEAK"
+    return (
+        f"bf16 peak of {device_name}: datasheet {datasheet_text}; measured 8192^3 matmul {measured / 1e12:.1f} TFLOP/s"
+    )
+
+
+def rate_line(label: str, rate: float, flops: float, peaks: dict) -> str:
+    """`label: N img/s`, then its TFLOP/s and, on CUDA, its share of each peak."""
+    achieved = rate * flops
+    shares = "".join(f", {achieved / peak:.1%} of the {name} bf16 peak" for name, peak in peaks.items() if peak)
+    return f"{label + ':':<48} {rate:10.1f} img/s  ({achieved / 1e12:.3g} TFLOP/s{shares})"
 
 
 def run(args) -> int:
@@ -142,14 +251,38 @@ def run(args) -> int:
     print(
         f"training ViT (depth {args.depth}, dim {args.embed_dim}, patch {args.patch_size}) at {args.img_size}px, "
         f"batch {args.batch_size}, {len(data)} images/epoch, {device.type} {precision}"
+        f"{', compiled' if args.compile else ''}",
+        flush=True,
     )
-    seed_everything(0)
-    plain = plain_loop_images_per_s(
-        create_model(model_cfg, data.num_classes), data, args.batch_size, args.img_size, device, amp_dtype, args.workers
-    )
-    print(f"plain DataLoader loop ({args.workers} workers): {plain:10.1f} img/s")
-    seed_everything(0)
-    engine = engine_images_per_s(create_model(model_cfg, data.num_classes), data, args.batch_size, runtime)
-    print(f"synthvit engine:                    {engine:10.1f} img/s")
-    print(f"ratio engine / plain:               {engine / plain:10.2f}x")
+    flops = train_flops_per_image(model_cfg, data.num_classes)
+    print(f"training FLOPs per image (forward + backward, FlopCounterMode): {flops / 1e9:.4g} GFLOP", flush=True)
+    peaks = {}
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        peaks = {"datasheet": datasheet_peak(name), "measured": matmul_peak(device)}
+        print(peak_line(name, peaks["datasheet"], peaks["measured"]), flush=True)
+    else:
+        print("bf16 peak: not measured on cpu (the peak fractions are a CUDA figure)")
+
+    def fresh_model():
+        seed_everything(0)
+        return create_model(model_cfg, data.num_classes)
+
+    bare = bare_step_images_per_s(fresh_model(), data, args.batch_size, device, amp_dtype, args.compile)
+    print(rate_line("bare timm step (one batch on the device)", bare, flops, peaks), flush=True)
+    recipes = {}
+    if args.augment in ("light", "both"):
+        recipes["light"] = LIGHT.model_copy(update={"batch_size": args.batch_size})
+    if args.augment in ("full", "both"):
+        update = {"epochs": 2, "batch_size": args.batch_size, "warmup_epochs": 0, "checkpoint_every": 0}
+        recipes["full"] = load_params(args.params).finetune.model_copy(update=update)
+    for name, cfg in recipes.items():
+        engine = engine_images_per_s(fresh_model(), data, cfg, runtime)
+        print(rate_line(f"synthvit engine, {name} augmentation", engine, flops, peaks), flush=True)
+        plain = plain_loop_images_per_s(
+            fresh_model(), data, cfg, args.img_size, device, amp_dtype, args.workers, args.compile
+        )
+        print(rate_line(f"plain DataLoader loop, {name} augmentation ({args.workers} workers)", plain, flops, peaks))
+        print(f"ratio engine / plain, {name} augmentation: {engine / plain:10.2f}x")
+        print(f"ratio engine / bare, {name} augmentation:  {engine / bare:10.2f}x", flush=True)
     return 0
