@@ -85,21 +85,37 @@ def disk_error_message(exc: OSError) -> str | None:
     if reason is None:
         return None
     where = f" writing {exc.filename}" if exc.filename else ""
-    fix = (
-        "free some space (or move the repository to a bigger disk) and run it again"
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT)
-        else "run it in a copy you can write to (git clone), or fix the folder's permissions"
-    )
-    return f"{reason}{where}: {fix}"
+    return f"{reason}{where}: {fix_for(exc.errno)} and run it again"
+
+
+def refused_errno(exc: BaseException) -> int | None:
+    """The errno (one of DISK_ERRORS) of a write the machine refused, or None for other errors.
+
+    torch.save reports these as a RuntimeError from its zip writer, without a path or an
+    errno: a full disk as "unexpected pos N vs M" (or "file write failed"), a folder it
+    cannot create the file in as "open file failed with strerror: <the strerror>".
+    """
+    if isinstance(exc, OSError):
+        return exc.errno if exc.errno in DISK_ERRORS else None
+    if not isinstance(exc, RuntimeError):
+        return None
+    text = str(exc)
+    if "unexpected pos" in text or "file write failed" in text:
+        return errno.ENOSPC
+    return next((code for code in DISK_ERRORS if os.strerror(code) in text), None)
 
 
 def is_disk_full(exc: BaseException) -> bool:
-    """torch.save reports a full disk as a RuntimeError from its zip writer, not as ENOSPC."""
-    return (
-        isinstance(exc, OSError)
-        and exc.errno in (errno.ENOSPC, errno.EDQUOT)
-        or (isinstance(exc, RuntimeError) and "unexpected pos" in str(exc))
-    )
+    return refused_errno(exc) in (errno.ENOSPC, errno.EDQUOT)
+
+
+def fix_for(code: int) -> str:
+    """What to do about a refused write, in a few words."""
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        return "free some space (or move the repository to a bigger disk)"
+    if code == errno.EROFS:
+        return "work in a writable clone of the repository (git clone)"
+    return "make the folder writable for you, or work in a writable clone of the repository (git clone)"
 
 
 # ---- the entry point ----------------------------------------------------------------

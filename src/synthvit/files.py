@@ -4,11 +4,14 @@ that DVC would cache as valid)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
 
 import pandas as pd
+
+from synthvit.errors import refused_errno
 
 # The stages' outputs (dvc.yaml declares the same paths).
 SYNTHETIC_DIR = Path("data/synthetic")
@@ -34,15 +37,27 @@ def timing_path(stage: str) -> Path:
 
 
 def atomic_write(path: Path, write) -> Path:
-    """Call write(tmp) on a temporary file beside `path`, then rename it into place."""
+    """Call write(tmp) on a temporary file beside `path`, then rename it into place.
+
+    A write the machine refuses (a full disk, a read-only folder or no permission; also
+    torch.save's RuntimeError for them, see errors.refused_errno) is raised as an OSError
+    with that errno naming `path`, not the temporary file: `run_main` then prints one line
+    naming the output, and the temporary file is gone.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         write(tmp)
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:
+        code = refused_errno(exc)
+        if code is None:
+            raise
+        raise OSError(code, os.strerror(code), str(path)) from exc
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # nothing to remove, or a folder we cannot write
+            tmp.unlink(missing_ok=True)
     return path
 
 
