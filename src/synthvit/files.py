@@ -5,8 +5,10 @@ that DVC would cache as valid)."""
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -36,6 +38,37 @@ def timing_path(stage: str) -> Path:
     return METRICS_DIR / "timing" / f"{stage}.json"
 
 
+def temp_path(path: Path, kind: str = "tmp") -> Path:
+    """Where `path` is written before it is renamed into place: `.NAME.tmp-PID` beside it."""
+    return path.with_name(f".{path.name}.{kind}-{os.getpid()}")
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_stale_temps(path: Path, kinds=("tmp",)) -> None:
+    """Remove what writers of `path` that no longer run left beside it (`.NAME.tmp-PID`, a file or a
+    folder): a process killed with SIGKILL (or by the OOM killer) runs no cleanup, and nothing else
+    would ever remove its temporary file."""
+    for kind in kinds:
+        for stale in path.parent.glob(f".{glob.escape(path.name)}.{kind}-*"):
+            pid = stale.name.rpartition("-")[2]
+            if not pid.isdigit() or int(pid) == os.getpid() or pid_alive(int(pid)):
+                continue
+            with contextlib.suppress(OSError):  # another run removing it at the same time, or a read-only folder
+                if stale.is_dir() and not stale.is_symlink():
+                    shutil.rmtree(stale)
+                else:
+                    stale.unlink()
+
+
 def atomic_write(path: Path, write) -> Path:
     """Call write(tmp) on a temporary file beside `path`, then rename it into place.
 
@@ -45,9 +78,10 @@ def atomic_write(path: Path, write) -> Path:
     naming the output, and the temporary file is gone.
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = temp_path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(path)
         write(tmp)
         os.replace(tmp, path)
     except (OSError, RuntimeError) as exc:
