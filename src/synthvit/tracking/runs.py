@@ -18,6 +18,7 @@ import dataclasses
 import os
 import re
 import sys
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from pydantic import BaseModel
 
 from synthvit.config import Params, load_params
 from synthvit.data.images import check_available
-from synthvit.errors import UserError
+from synthvit.errors import DISK_ERRORS, UserError, fix_for
 from synthvit.models import check_weights_available
 from synthvit.tracking import health, summary, timing
 from synthvit.tracking.outbox import OutboxRun
@@ -66,6 +67,7 @@ def stage_context(name: str, *sections: str, needs=()):
         for path in needs(params) if callable(needs) else needs:
             if not Path(path).exists():
                 raise UserError(f"{path} not found: run the stage that writes it first (dvc repro)")
+        check_writable(name)
     except BaseException as exc:
         record_early_failure(name, exc)
         raise
@@ -87,6 +89,20 @@ def check_pipeline_inputs(params: Params) -> None:
     check_available(params.data)
     if params.finetune.init == "imagenet":
         check_weights_available(params.model, params.finetune.imagenet_weights)
+
+
+def check_writable(stage: str) -> None:
+    """A stage writes its outputs in the working directory (the repository): a read-only checkout, or one
+    the user may not write, is one line now, before any work, not an error after training."""
+    try:
+        with tempfile.TemporaryFile(dir=Path.cwd(), prefix=".synthvit-write-check-"):
+            pass
+    except OSError as exc:
+        if exc.errno not in DISK_ERRORS:
+            raise
+        raise UserError(
+            f"{stage} cannot write its outputs in {Path.cwd()} ({DISK_ERRORS[exc.errno]}); {fix_for(exc.errno)}"
+        ) from None
 
 
 def flat(section: BaseModel, prefix: str) -> dict:
