@@ -95,16 +95,46 @@ def atomic_write(path: Path, write) -> Path:
     return path
 
 
+# Text outputs keep file names that are not valid UTF-8 (Linux allows any bytes but "/" and NUL):
+# Python holds their undecodable bytes as lone surrogates (os.fsdecode), and "surrogateescape"
+# writes back the original bytes, so a path read from the file (with the same error handler,
+# `read_csv`) opens the same file. "strict" would fail the whole stage on one odd name, and
+# "backslashreplace" would write a name that no longer opens anything.
+PATH_ERRORS = "surrogateescape"
+
+
 def write_json(path: Path, data) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2) + "\n"))
 
 
 def write_text(path: Path, text: str) -> Path:
-    return atomic_write(path, lambda tmp: tmp.write_text(text))
+    return atomic_write(path, lambda tmp: tmp.write_text(text, errors=PATH_ERRORS))
 
 
 def write_csv(path: Path, frame: pd.DataFrame) -> Path:
-    return atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False))
+    return atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False, errors=PATH_ERRORS))
+
+
+def read_csv(path: Path, text_columns=()) -> pd.DataFrame:
+    """A CSV that `write_csv` wrote, file names included (see PATH_ERRORS): `text_columns` (those that
+    may hold file names) stay Python strings, which pandas' default Arrow strings cannot hold."""
+    return pd.read_csv(path, encoding_errors=PATH_ERRORS, dtype=dict.fromkeys(text_columns, object))
+
+
+def text_frame(data: dict | list[dict]) -> pd.DataFrame:
+    """A DataFrame (from {column: values} or a list of row dicts) whose text columns may hold file
+    names with undecodable bytes: pandas' default string dtype (Arrow) refuses the lone surrogates
+    that stand for them, so columns holding text stay Python objects."""
+    if isinstance(data, list):
+        names = dict.fromkeys(name for row in data for name in row)
+        data = {name: [row.get(name) for row in data] for name in names}
+    columns = {
+        name: pd.Series(values, dtype=object)
+        if isinstance(values, list | tuple) and any(isinstance(v, str) for v in values)
+        else values  # numbers (arrays keep their dtype, so the CSV's digits do not change)
+        for name, values in data.items()
+    }
+    return pd.DataFrame(columns)
 
 
 def repo_root() -> Path:
