@@ -126,6 +126,26 @@ def raise_terminated(signum, frame) -> None:
     raise Terminated()
 
 
+def interruption(exc: BaseException) -> KeyboardInterrupt | None:
+    """The Ctrl-C or SIGTERM behind `exc`, if any. A signal that lands while a C extension module
+    initialises (e.g. matplotlib's Agg renderer, imported with the first figure) comes out as
+    "ImportError: initialization failed" caused by the KeyboardInterrupt; it is still a stop
+    the user asked for, not a bug."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def stop(interrupt: KeyboardInterrupt) -> None:
+    terminated = isinstance(interrupt, Terminated)
+    print("terminated" if terminated else "interrupted", file=sys.stderr)
+    sys.exit(128 + (signal.SIGTERM if terminated else signal.SIGINT))
+
+
 def run_main(main: Callable[[], int | None]) -> None:
     """Run `main` as a process: exit 0 (or its code), 2 with one line for a UserError or a refused
     write, 130/143 for Ctrl-C/SIGTERM; any other exception keeps its traceback (a bug to report)."""
@@ -138,14 +158,15 @@ def run_main(main: Callable[[], int | None]) -> None:
     except BrokenPipeError:  # `synthvit ... | head` closed the pipe: stop quietly, as other CLI tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at interpreter exit
         sys.exit(1)
-    except OSError as exc:
-        message = disk_error_message(exc)
-        if message is None:
-            raise
-        print(f"error: {message}", file=sys.stderr)
-        sys.exit(2)
     except KeyboardInterrupt as exc:
-        terminated = isinstance(exc, Terminated)
-        print("terminated" if terminated else "interrupted", file=sys.stderr)
-        sys.exit(128 + (signal.SIGTERM if terminated else signal.SIGINT))
+        stop(exc)
+    except Exception as exc:
+        message = disk_error_message(exc) if isinstance(exc, OSError) else None
+        if message is not None:
+            print(f"error: {message}", file=sys.stderr)
+            sys.exit(2)
+        interrupt = interruption(exc)
+        if interrupt is None:
+            raise
+        stop(interrupt)
     sys.exit(code or 0)
