@@ -39,6 +39,7 @@ from synthvit.tracking.store import (
     PIPELINE_TAG,
     get_experiment_id,
     open_client,
+    refused_store_write,
     sqlite_path,
     tracking_uri,
     use_store,
@@ -167,7 +168,21 @@ def stage_run(stage: str, params: dict, experiment_name: str):
     Yields an `outbox.OutboxRun`: the `mlflow` module's logging calls on the active run,
     kept in a local outbox while the server is away (see outbox.py). The stage run and
     its parent end FINISHED, FAILED when the stage raises, KILLED on Ctrl-C or SIGTERM.
+    A local SQLite store on a full disk (or read-only) is an OSError naming mlflow.db,
+    which run_main prints as one line, not a page of SQLAlchemy.
     """
+    try:
+        with _stage_run(stage, params, experiment_name) as run:
+            yield run
+    except Exception as exc:
+        refused = refused_store_write(tracking_uri(), exc)
+        if refused is None:
+            raise
+        raise refused from None
+
+
+@contextlib.contextmanager
+def _stage_run(stage: str, params: dict, experiment_name: str):
     if not distributed.is_main():  # under torchrun, process 0 records the run
         yield distributed.Silent()
         return
@@ -194,7 +209,9 @@ def stage_run(stage: str, params: dict, experiment_name: str):
             client.set_tag(run.run_id, ERROR_TAG, str(exc)[:4000] or type(exc).__name__)
         raise
     finally:
-        run.end(status, parent_id)
+        # Ending the run may fail as the stage did (a full disk); then the stage's own error is what counts.
+        with contextlib.suppress(Exception) if status != "FINISHED" else contextlib.nullcontext():
+            run.end(status, parent_id)
     if not run.pending():  # finished, and its metrics are on the server to summarise
         record_on_parent(client, parent_id, stage, run.run_id)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import sqlite3
 from pathlib import Path
@@ -101,6 +102,31 @@ def check_intact(db: Path | None) -> None:
             "plots/) are untouched"
         )
     _intact.add(key)
+
+
+class CaughtDatabaseErrors(logging.Filter):
+    """MLflow logs each SQLAlchemy OperationalError it re-raises ("SQLAlchemy database error. The following
+    exception is caught.", a page of traceback) before raising it again with the same message; what is
+    raised is reported once: as one line (a full disk, `refused_store_write`), or as the error it is."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("SQLAlchemy database error")
+
+
+logging.getLogger("mlflow.store.db.utils").addFilter(CaughtDatabaseErrors())
+
+# What SQLite (through SQLAlchemy and MLflow) says when a write is refused.
+REFUSED_BY_SQLITE = {"database or disk is full": errno.ENOSPC, "attempt to write a readonly database": errno.EROFS}
+
+
+def refused_store_write(uri: str, exc: BaseException) -> OSError | None:
+    """A write to a local SQLite store that the machine refused, as an OSError naming the file; None otherwise."""
+    db = sqlite_path(uri)
+    text = str(exc)
+    code = next((code for words, code in REFUSED_BY_SQLITE.items() if words in text), None)
+    if db is None or code is None:
+        return None
+    return OSError(code, os.strerror(code), str(db))
 
 
 @contextlib.contextmanager
