@@ -17,6 +17,7 @@ import contextlib
 import dataclasses
 import os
 import re
+import socket
 import sys
 import tempfile
 import uuid
@@ -36,6 +37,7 @@ from synthvit.tracking.outbox import OutboxRun
 from synthvit.tracking.store import (
     ERROR_TAG,
     GIT_COMMIT_TAG,
+    HOST_TAG,
     PIPELINE_TAG,
     get_experiment_id,
     open_client,
@@ -151,8 +153,43 @@ def find_or_create_parent(client, experiment_id: str, key: str, tags: dict) -> s
         return found[0].info.run_id
     name = os.environ.get("DVC_EXP_NAME") or ("manual" if key.startswith("manual") else "dvc repro")
     parent_tags = {k: v for k, v in tags.items() if k != "dvc.stage"}
-    parent = client.create_run(experiment_id, run_name=parent_name(name), tags={**parent_tags, PIPELINE_TAG: key})
+    parent_tags.update({PIPELINE_TAG: key, HOST_TAG: socket.gethostname()})
+    parent = client.create_run(experiment_id, run_name=parent_name(name), tags=parent_tags)
     return parent.info.run_id
+
+
+def dvc_process_alive(key: str) -> bool:
+    """Whether the DVC process a pipeline key names (`dvc-PID-START_MS`, pipeline_key) still runs here."""
+    _, pid, started = key.split("-")
+    try:
+        return int(psutil.Process(int(pid)).create_time() * 1000) == int(started)
+    except psutil.Error:
+        return False
+
+
+def end_abandoned(client, experiment_id: str) -> None:
+    """End KILLED the runs an execution killed outright (kill -9, the OOM killer: no cleanup runs) left
+    RUNNING forever: a parent run of this machine whose DVC process is gone, and its stage runs still
+    RUNNING. A parent is RUNNING only while one of its stages runs (each stage ends it), so its DVC
+    process being gone means nobody will end it. Other machines' runs (a shared server) are not touched,
+    nor runs made outside DVC. Never fails the stage."""
+    try:
+        host = socket.gethostname().replace("'", "")
+        parents = client.search_runs(
+            [experiment_id], filter_string=f"attributes.status = 'RUNNING' and tags.`{HOST_TAG}` = '{host}'"
+        )
+        for parent in parents:
+            key = parent.data.tags.get(PIPELINE_TAG, "")
+            if not re.fullmatch(r"dvc-\d+-\d+", key) or dvc_process_alive(key):
+                continue
+            stages = client.search_runs(
+                [experiment_id],
+                filter_string=f"attributes.status = 'RUNNING' and tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
+            )
+            for run in [*stages, parent]:
+                client.set_terminated(run.info.run_id, "KILLED")
+    except Exception as exc:  # noqa: BLE001 - housekeeping of earlier executions: the stage goes on regardless
+        print(f"warning: could not end the runs a killed execution left running: {exc}", file=sys.stderr)
 
 
 def parent_name(experiment: str) -> str:
@@ -191,6 +228,7 @@ def _stage_run(stage: str, params: dict, experiment_name: str):
     client = open_client(uri)
     experiment_id = get_experiment_id(client, uri, experiment_name)
     tags = run_tags(stage)
+    end_abandoned(client, experiment_id)
     parent_id = find_or_create_parent(client, experiment_id, pipeline_key(), tags)
     run = OutboxRun(
         uri,

@@ -25,6 +25,7 @@ from synthvit.tracking import summary
 
 PIPELINE_TAG = "synthvit.pipeline"  # on a parent run: the key of the pipeline execution it groups
 GIT_COMMIT_TAG = "mlflow.source.git.commit"  # MLflow's own; the UI links it to the source
+HOST_TAG = "synthvit.host"  # on a parent run: the machine its DVC process runs on
 ERROR_TAG = "synthvit.error"  # on a run that failed before it could log: the one-line error
 
 
