@@ -17,7 +17,7 @@ from synthvit.evaluation import plots
 from synthvit.evaluation.calibration import ECE_BINS, expected_calibration_error, reliability_bins, reliability_diagram
 from synthvit.evaluation.inference import class_probabilities
 from synthvit.evaluation.metrics import classification_report
-from synthvit.files import checkpoint_path, metrics_path, write_csv, write_json
+from synthvit.files import checkpoint_path, metrics_path, text_frame, write_csv, write_json
 from synthvit.models import load_checkpoint, model_from_checkpoint
 from synthvit.runtime import autocast_dtype, resolve_device
 from synthvit.tracking.runs import metric_name, stage_context
@@ -50,7 +50,7 @@ def main() -> None:
         bins = reliability_bins(confidence.numpy(), correct, ECE_BINS)
         ece = expected_calibration_error(confidence.numpy(), correct, ECE_BINS)
         classes = test_set.classes
-        predictions = pd.DataFrame(
+        predictions = text_frame(  # file names that are not UTF-8 survive (files.PATH_ERRORS)
             {
                 "index": range(len(test_set)),
                 "actual": [classes[i] for i in test_set.labels.tolist()],

@@ -19,7 +19,7 @@ from synthvit.data.fractals import synthetic_samples
 from synthvit.data.images import decode_image, load_split
 from synthvit.errors import run_main
 from synthvit.evaluation import attention, plots
-from synthvit.files import SYNTHETIC_DIR, checkpoint_path, history_path
+from synthvit.files import SYNTHETIC_DIR, checkpoint_path, history_path, read_csv
 from synthvit.models import load_checkpoint, model_from_checkpoint
 from synthvit.tracking.runs import stage_context
 
@@ -87,7 +87,7 @@ def main() -> None:
     ) as stage:
         params, mlflow = stage.params, stage.run
         mlflow.log_params({"model.img_size": params.model.img_size, "finetune.init": params.finetune.init})
-        predictions = pd.read_csv(EVALUATE / "predictions.csv")
+        predictions = read_csv(EVALUATE / "predictions.csv", text_columns=("actual", "predicted", "path"))
         classes = pd.read_csv(EVALUATE / "per_class.csv")["class"].tolist()
         matrix = confusion_matrix(predictions["actual"], predictions["predicted"], labels=classes)
         figures = [

@@ -85,21 +85,37 @@ def disk_error_message(exc: OSError) -> str | None:
     if reason is None:
         return None
     where = f" writing {exc.filename}" if exc.filename else ""
-    fix = (
-        "free some space (or move the repository to a bigger disk) and run it again"
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT)
-        else "run it in a copy you can write to (git clone), or fix the folder's permissions"
-    )
-    return f"{reason}{where}: {fix}"
+    return f"{reason}{where}: {fix_for(exc.errno)} and run it again"
+
+
+def refused_errno(exc: BaseException) -> int | None:
+    """The errno (one of DISK_ERRORS) of a write the machine refused, or None for other errors.
+
+    torch.save reports these as a RuntimeError from its zip writer, without a path or an
+    errno: a full disk as "unexpected pos N vs M" (or "file write failed"), a folder it
+    cannot create the file in as "open file failed with strerror: <the strerror>".
+    """
+    if isinstance(exc, OSError):
+        return exc.errno if exc.errno in DISK_ERRORS else None
+    if not isinstance(exc, RuntimeError):
+        return None
+    text = str(exc)
+    if "unexpected pos" in text or "file write failed" in text:
+        return errno.ENOSPC
+    return next((code for code in DISK_ERRORS if os.strerror(code) in text), None)
 
 
 def is_disk_full(exc: BaseException) -> bool:
-    """torch.save reports a full disk as a RuntimeError from its zip writer, not as ENOSPC."""
-    return (
-        isinstance(exc, OSError)
-        and exc.errno in (errno.ENOSPC, errno.EDQUOT)
-        or (isinstance(exc, RuntimeError) and "unexpected pos" in str(exc))
-    )
+    return refused_errno(exc) in (errno.ENOSPC, errno.EDQUOT)
+
+
+def fix_for(code: int) -> str:
+    """What to do about a refused write, in a few words."""
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        return "free some space (or move the repository to a bigger disk)"
+    if code == errno.EROFS:
+        return "work in a writable clone of the repository (git clone)"
+    return "make the folder writable for you, or work in a writable clone of the repository (git clone)"
 
 
 # ---- the entry point ----------------------------------------------------------------
@@ -108,6 +124,26 @@ def is_disk_full(exc: BaseException) -> bool:
 def raise_terminated(signum, frame) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process at once
     raise Terminated()
+
+
+def interruption(exc: BaseException) -> KeyboardInterrupt | None:
+    """The Ctrl-C or SIGTERM behind `exc`, if any. A signal that lands while a C extension module
+    initialises (e.g. matplotlib's Agg renderer, imported with the first figure) comes out as
+    "ImportError: initialization failed" caused by the KeyboardInterrupt; it is still a stop
+    the user asked for, not a bug."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def stop(interrupt: KeyboardInterrupt) -> None:
+    terminated = isinstance(interrupt, Terminated)
+    print("terminated" if terminated else "interrupted", file=sys.stderr)
+    sys.exit(128 + (signal.SIGTERM if terminated else signal.SIGINT))
 
 
 def run_main(main: Callable[[], int | None]) -> None:
@@ -122,14 +158,15 @@ def run_main(main: Callable[[], int | None]) -> None:
     except BrokenPipeError:  # `synthvit ... | head` closed the pipe: stop quietly, as other CLI tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at interpreter exit
         sys.exit(1)
-    except OSError as exc:
-        message = disk_error_message(exc)
-        if message is None:
-            raise
-        print(f"error: {message}", file=sys.stderr)
-        sys.exit(2)
     except KeyboardInterrupt as exc:
-        terminated = isinstance(exc, Terminated)
-        print("terminated" if terminated else "interrupted", file=sys.stderr)
-        sys.exit(128 + (signal.SIGTERM if terminated else signal.SIGINT))
+        stop(exc)
+    except Exception as exc:
+        message = disk_error_message(exc) if isinstance(exc, OSError) else None
+        if message is not None:
+            print(f"error: {message}", file=sys.stderr)
+            sys.exit(2)
+        interrupt = interruption(exc)
+        if interrupt is None:
+            raise
+        stop(interrupt)
     sys.exit(code or 0)

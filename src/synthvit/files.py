@@ -4,11 +4,16 @@ that DVC would cache as valid)."""
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pandas as pd
+
+from synthvit.errors import refused_errno
 
 # The stages' outputs (dvc.yaml declares the same paths).
 SYNTHETIC_DIR = Path("data/synthetic")
@@ -33,17 +38,69 @@ def timing_path(stage: str) -> Path:
     return METRICS_DIR / "timing" / f"{stage}.json"
 
 
-def atomic_write(path: Path, write) -> Path:
-    """Call write(tmp) on a temporary file beside `path`, then rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+def temp_path(path: Path, kind: str = "tmp") -> Path:
+    """Where `path` is written before it is renamed into place: `.NAME.tmp-PID` beside it."""
+    return path.with_name(f".{path.name}.{kind}-{os.getpid()}")
+
+
+def pid_alive(pid: int) -> bool:
     try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_stale_temps(path: Path, kinds=("tmp",)) -> None:
+    """Remove what writers of `path` that no longer run left beside it (`.NAME.tmp-PID`, a file or a
+    folder): a process killed with SIGKILL (or by the OOM killer) runs no cleanup, and nothing else
+    would ever remove its temporary file."""
+    for kind in kinds:
+        for stale in path.parent.glob(f".{glob.escape(path.name)}.{kind}-*"):
+            pid = stale.name.rpartition("-")[2]
+            if not pid.isdigit() or int(pid) == os.getpid() or pid_alive(int(pid)):
+                continue
+            with contextlib.suppress(OSError):  # another run removing it at the same time, or a read-only folder
+                if stale.is_dir() and not stale.is_symlink():
+                    shutil.rmtree(stale)
+                else:
+                    stale.unlink()
+
+
+def atomic_write(path: Path, write) -> Path:
+    """Call write(tmp) on a temporary file beside `path`, then rename it into place.
+
+    A write the machine refuses (a full disk, a read-only folder or no permission; also
+    torch.save's RuntimeError for them, see errors.refused_errno) is raised as an OSError
+    with that errno naming `path`, not the temporary file: `run_main` then prints one line
+    naming the output, and the temporary file is gone.
+    """
+    path = Path(path)
+    tmp = temp_path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(path)
         write(tmp)
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:
+        code = refused_errno(exc)
+        if code is None:
+            raise
+        raise OSError(code, os.strerror(code), str(path)) from exc
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # nothing to remove, or a folder we cannot write
+            tmp.unlink(missing_ok=True)
     return path
+
+
+# Text outputs keep file names that are not valid UTF-8 (Linux allows any bytes but "/" and NUL):
+# Python holds their undecodable bytes as lone surrogates (os.fsdecode), and "surrogateescape"
+# writes back the original bytes, so a path read from the file (with the same error handler,
+# `read_csv`) opens the same file. "strict" would fail the whole stage on one odd name, and
+# "backslashreplace" would write a name that no longer opens anything.
+PATH_ERRORS = "surrogateescape"
 
 
 def write_json(path: Path, data) -> Path:
@@ -51,11 +108,33 @@ def write_json(path: Path, data) -> Path:
 
 
 def write_text(path: Path, text: str) -> Path:
-    return atomic_write(path, lambda tmp: tmp.write_text(text))
+    return atomic_write(path, lambda tmp: tmp.write_text(text, errors=PATH_ERRORS))
 
 
 def write_csv(path: Path, frame: pd.DataFrame) -> Path:
-    return atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False))
+    return atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False, errors=PATH_ERRORS))
+
+
+def read_csv(path: Path, text_columns=()) -> pd.DataFrame:
+    """A CSV that `write_csv` wrote, file names included (see PATH_ERRORS): `text_columns` (those that
+    may hold file names) stay Python strings, which pandas' default Arrow strings cannot hold."""
+    return pd.read_csv(path, encoding_errors=PATH_ERRORS, dtype=dict.fromkeys(text_columns, object))
+
+
+def text_frame(data: dict | list[dict]) -> pd.DataFrame:
+    """A DataFrame (from {column: values} or a list of row dicts) whose text columns may hold file
+    names with undecodable bytes: pandas' default string dtype (Arrow) refuses the lone surrogates
+    that stand for them, so columns holding text stay Python objects."""
+    if isinstance(data, list):
+        names = dict.fromkeys(name for row in data for name in row)
+        data = {name: [row.get(name) for row in data] for name in names}
+    columns = {
+        name: pd.Series(values, dtype=object)
+        if isinstance(values, list | tuple) and any(isinstance(v, str) for v in values)
+        else values  # numbers (arrays keep their dtype, so the CSV's digits do not change)
+        for name, values in data.items()
+    }
+    return pd.DataFrame(columns)
 
 
 def repo_root() -> Path:

@@ -15,6 +15,7 @@ Images go through the same decoding (`data.images.decode_image`) and inference
 from __future__ import annotations
 
 import argparse
+import codecs
 import glob
 import json
 import os
@@ -26,7 +27,6 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
-import pandas as pd
 import torch
 from mlflow.exceptions import MlflowException
 from torch import nn
@@ -35,7 +35,7 @@ from synthvit.config import DEVICES, PRECISIONS, RuntimeConfig
 from synthvit.data.images import decode_image
 from synthvit.errors import UserError
 from synthvit.evaluation.inference import class_probabilities
-from synthvit.files import write_csv, write_json
+from synthvit.files import text_frame, write_csv, write_json
 from synthvit.models import load_checkpoint, model_from_checkpoint
 from synthvit.runtime import autocast_dtype, resolve_device
 from synthvit.tracking import health
@@ -230,11 +230,36 @@ def table_rows(results: list[dict], k: int) -> list[dict]:
 
 
 def write_table(path: Path, results: list[dict], k: int) -> None:
+    """The whole table. A file name that is not UTF-8 keeps its bytes: in CSV as they are (files.PATH_ERRORS),
+    in JSON as the \\udcXX escapes of its lone surrogates (json.loads and os.fsencode give the bytes back)."""
     suffix = path.suffix.lower()
     if suffix == ".json":
         write_json(path, results)
     else:
-        write_csv(path, pd.DataFrame(table_rows(results, k)))
+        write_csv(path, text_frame(table_rows(results, k)))
+
+
+def names_survive_stdout() -> None:
+    """Per-image lines name their file even when the name is not valid UTF-8: its undecodable bytes are
+    written back as they were (what `ls` and `find` print, so a pipe gets the real name), and a
+    character the terminal's encoding lacks as a backslash escape; never an exception mid-output."""
+    stream = sys.stdout
+    if hasattr(stream, "reconfigure") and stream.errors != PATH_OUTPUT_ERRORS:
+        stream.reconfigure(errors=PATH_OUTPUT_ERRORS)
+
+
+def _path_output_errors(exc: UnicodeEncodeError):
+    text = exc.object[exc.start : exc.end]
+    if all("\udc80" <= c <= "\udcff" for c in text):  # bytes os.fsdecode could not decode
+        try:
+            return codecs.lookup_error("surrogateescape")(exc)
+        except UnicodeEncodeError:  # an encoding with no such bytes (UTF-16): escape them instead
+            pass
+    return codecs.backslashreplace_errors(exc)
+
+
+PATH_OUTPUT_ERRORS = "synthvit-paths"
+codecs.register_error(PATH_OUTPUT_ERRORS, _path_output_errors)
 
 
 # ---- the command --------------------------------------------------------------------
@@ -275,6 +300,7 @@ def run(args) -> int:
         raise UserError(f"--batch-size={args.batch_size} is invalid: an integer >= 1")
     if args.output is not None and args.output.suffix.lower() not in (".csv", ".json"):
         raise UserError(f"--output={str(args.output)!r} is invalid: name a .csv or .json file")
+    names_survive_stdout()
     loaded = load_model(args.model)
     k = min(args.top_k, len(loaded.classes))
     files, problems = expand_inputs(args.inputs)

@@ -133,7 +133,7 @@ class FileImages(ImageSet):
         sha = hashlib.sha256(tensor_digest(self.labels).encode())
         for path in self.paths:
             stat = os.stat(path)
-            sha.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+            sha.update(os.fsencode(path) + f"\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())  # any file name
         return sha.hexdigest()
 
     def subset(self, mask: torch.Tensor) -> FileImages:

@@ -13,12 +13,18 @@ import numpy as np
 import pandas as pd
 from matplotlib.ticker import MaxNLocator
 
+from synthvit.files import atomic_write
+
 
 def save(fig, path: Path) -> Path:
-    """Write a figure as a PNG (the figure functions here return figures: tests read their data back)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    """Write a figure atomically (a killed stage leaves no truncated PNG) and close it. The figure
+    functions here return figures, so tests read their data back; callers save them."""
+    path = Path(path)
+    try:
+        kind = path.suffix.lstrip(".") or "png"  # the temporary file's name has no suffix to infer it from
+        atomic_write(path, lambda tmp: fig.savefig(tmp, format=kind, dpi=110, bbox_inches="tight"))
+    finally:
+        plt.close(fig)
     return path
 
 

@@ -44,6 +44,7 @@ from tqdm import tqdm
 
 from synthvit.config import SyntheticConfig
 from synthvit.errors import ConfigError
+from synthvit.files import remove_stale_temps, temp_path
 from synthvit.synthetic import draws, ifs
 from synthvit.synthetic.parallel import default_workers, worker_pool
 from synthvit.synthetic.png import write_png
@@ -338,7 +339,7 @@ def _build(cfg: SyntheticConfig, seed: int, root: Path, progress: bool, workers:
 def _swap_in(staging: Path, out_dir: Path) -> None:
     """Replace out_dir by the finished staging folder (a rename: never half-written)."""
     if out_dir.exists() or out_dir.is_symlink():
-        retired = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+        retired = temp_path(out_dir, "old")
         os.replace(out_dir, retired)
         os.replace(staging, out_dir)
         if retired.is_dir() and not retired.is_symlink():
@@ -360,7 +361,8 @@ def generate_dataset(
     """
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
+    remove_stale_temps(out_dir, kinds=("tmp", "old"))  # what a killed run left: a staging folder, a retired set
+    staging = temp_path(out_dir)
     shutil.rmtree(staging, ignore_errors=True)
     try:
         manifest = _build(cfg, seed, staging, progress, workers or default_workers())

@@ -9,11 +9,16 @@ usual; later calls go straight to the outbox until the server answers again (ask
 most every RETRY_S seconds), and then the outbox is replayed, in order, before the next
 call. At the end of the stage it is replayed once more; what the server still cannot
 take stays on disk, and `synthvit tracking sync` uploads it later.
+
+A line that is not a whole call (cut off by a kill -9 mid-append or a full disk, or
+edited into garbage) would fail every replay the same way: it is skipped with a warning
+naming the file and line, kept in `calls.rejected.jsonl` beside it, and the rest goes up.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 import time
@@ -32,6 +37,8 @@ from synthvit.tracking.registry import log_model
 
 RETRY_S = 10.0  # while the server is away, ask again at most this often (a probe costs up to CHECK_TIMEOUT_S)
 CALLS = "calls.jsonl"
+REJECTED = "calls.rejected.jsonl"  # lines that are not a whole call, kept for the user to look at
+KNOWN_CALLS = {"log_batch", "log_artifact", "log_dict", "log_table", "set_terminated", "log_model"}
 SENT = "sent"  # how many lines of calls.jsonl reached the server: a replay cut short resumes after them
 META = "meta.json"
 
@@ -177,8 +184,7 @@ class OutboxRun:
     def store(self, entry: dict) -> None:
         """Append one call to the outbox; the files it names are copied in (they may change or go later)."""
         if not (self.folder / META).is_file():
-            self.folder.mkdir(parents=True, exist_ok=True)
-            (self.folder / META).write_text(json.dumps({"uri": self.uri, "run_id": self.run_id}) + "\n")
+            write_text(self.folder / META, json.dumps({"uri": self.uri, "run_id": self.run_id}) + "\n")
         if "file" in entry:
             copy = self.folder / "files" / str(line_count(self.folder / CALLS)) / Path(entry["file"]).name
             copy.parent.mkdir(parents=True, exist_ok=True)
@@ -191,7 +197,7 @@ class OutboxRun:
     def flush(self) -> None:
         """Replay the outbox; stops, keeping the rest, if the server goes away again."""
         try:
-            sent = replay(self.client, self.folder)
+            sent, _ = replay(self.client, self.folder)
         except Exception:
             if health.store_problem(self.uri) is None:
                 raise
@@ -206,7 +212,7 @@ class OutboxRun:
 def line_count(path: Path) -> int:
     if not path.is_file():
         return 0
-    with open(path) as lines:
+    with open(path, "rb") as lines:  # bytes: a damaged line need not be text
         return sum(1 for _ in lines)
 
 
@@ -273,41 +279,92 @@ def log_model_into(
     client.set_terminated(run_id, status)  # reopening set it RUNNING; a later set_terminated call may follow
 
 
-def replay(client, folder: Path) -> int:
-    """Send the outbox's waiting calls in order, counting each one sent; the folder goes once all are.
-    Returns how many."""
+def parse_call(line: bytes) -> dict:
+    """One outbox line as the call it records; ValueError when it is not a whole one."""
+    entry = json.loads(line.decode("utf-8"))  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+    if not isinstance(entry, dict) or entry.get("call") not in KNOWN_CALLS or not isinstance(entry.get("run_id"), str):
+        raise ValueError("not a tracking call")
+    return entry
+
+
+def reject(folder: Path, number: int, line: bytes, exc: ValueError) -> None:
+    """Keep a line that is not a whole call in REJECTED (before it counts as handled), with a warning."""
+    with open(folder / REJECTED, "ab") as rejected:
+        rejected.write(line if line.endswith(b"\n") else line + b"\n")
+        rejected.flush()
+        os.fsync(rejected.fileno())
+    reason = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc).split(":")[0]
+    print(
+        f"warning: {folder / CALLS} line {number + 1} is cut off or not a tracking call ({reason}); "
+        f"skipped it, kept in {folder / REJECTED}",
+        file=sys.stderr,
+    )
+
+
+def replay(client, folder: Path) -> tuple[int, int]:
+    """Send the outbox's waiting calls in order, counting each one handled; lines that are not a whole
+    call are skipped (kept in REJECTED). Once all are handled the folder goes, or, when some were
+    rejected, all but the rejected lines and meta.json (which server and run they belong to).
+    Returns (calls sent, lines rejected)."""
     sent = sent_count(folder)
-    done = 0
-    with open(folder / CALLS) as calls:
+    done = rejected = 0
+    with open(folder / CALLS, "rb") as calls:
         for number, line in enumerate(calls):
             if number < sent:
                 continue
-            apply(client, json.loads(line), folder)
+            try:
+                entry = parse_call(line)
+            except ValueError as exc:
+                reject(folder, number, line, exc)
+                rejected += 1
+            else:
+                apply(client, entry, folder)
+                done += 1
             write_text(folder / SENT, str(number + 1))
-            done += 1
-    shutil.rmtree(folder)
-    return done
+    if (folder / REJECTED).is_file():
+        for name in (CALLS, SENT):
+            (folder / name).unlink(missing_ok=True)
+        shutil.rmtree(folder / "files", ignore_errors=True)
+    else:
+        shutil.rmtree(folder)
+    return done, rejected
 
 
 def sync(root: Path | None = None) -> int:
     """`synthvit tracking sync`: upload every outbox under the repository to its server. Returns the calls sent."""
     root = root or outbox_root()
-    folders = sorted(p for p in root.glob("*") if (p / META).is_file()) if root.is_dir() else []
+    waiting = [p for p in root.glob("*") if (p / META).is_file() and (p / CALLS).is_file()] if root.is_dir() else []
+    folders = sorted(waiting)
     if not folders:
         print(f"nothing to upload: no tracking calls wait in {root}")
         return 0
-    total = 0
+    total, skipped = 0, []
     for folder in folders:
-        uri = json.loads((folder / META).read_text())["uri"]
-        health.check_tracking_store(uri)
-        waiting = pending_calls(folder)
         try:
-            total += replay(MlflowClient(uri, registry_uri=uri), folder)
+            uri = json.loads((folder / META).read_text())["uri"]
+        except (ValueError, KeyError, TypeError) as exc:
+            print(
+                f"warning: {folder / META} is damaged ({type(exc).__name__}): which server run {folder.name} belongs "
+                f'to is unknown; skipped it. Write {{"uri": "<tracking URI>", "run_id": "{folder.name}"}} '
+                "into it and sync again, or remove the folder",
+                file=sys.stderr,
+            )
+            skipped.append(folder)
+            continue
+        health.check_tracking_store(uri)
+        try:
+            sent, rejected = replay(MlflowClient(uri, registry_uri=uri), folder)
         except Exception as exc:  # noqa: BLE001 - one line, the rest stays for the next sync
             raise UserError(
                 f"uploading {folder} to {health.redact(uri)} stopped ({type(exc).__name__}: "
                 f"{str(exc).splitlines()[0][:300] if str(exc) else ''}); what is left stays there: "
                 "run `synthvit tracking sync` again"
             ) from None
-        print(f"uploaded {waiting} tracking call(s) of run {folder.name} to {health.redact(uri)}")
+        total += sent
+        print(
+            f"uploaded {sent} tracking call(s) of run {folder.name} to {health.redact(uri)}"
+            + (f"; skipped {rejected} unreadable line(s), kept in {folder / REJECTED}" if rejected else "")
+        )
+    if skipped:
+        raise UserError(f"{len(skipped)} outbox folder(s) not uploaded: see the warnings above")
     return total

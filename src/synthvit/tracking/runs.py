@@ -17,7 +17,9 @@ import contextlib
 import dataclasses
 import os
 import re
+import socket
 import sys
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -28,16 +30,18 @@ from pydantic import BaseModel
 
 from synthvit.config import Params, load_params
 from synthvit.data.images import check_available
-from synthvit.errors import UserError
+from synthvit.errors import DISK_ERRORS, UserError, fix_for
 from synthvit.models import check_weights_available
 from synthvit.tracking import health, summary, timing
 from synthvit.tracking.outbox import OutboxRun
 from synthvit.tracking.store import (
     ERROR_TAG,
     GIT_COMMIT_TAG,
+    HOST_TAG,
     PIPELINE_TAG,
     get_experiment_id,
     open_client,
+    refused_store_write,
     sqlite_path,
     tracking_uri,
     use_store,
@@ -66,6 +70,7 @@ def stage_context(name: str, *sections: str, needs=()):
         for path in needs(params) if callable(needs) else needs:
             if not Path(path).exists():
                 raise UserError(f"{path} not found: run the stage that writes it first (dvc repro)")
+        check_writable(name)
     except BaseException as exc:
         record_early_failure(name, exc)
         raise
@@ -87,6 +92,20 @@ def check_pipeline_inputs(params: Params) -> None:
     check_available(params.data)
     if params.finetune.init == "imagenet":
         check_weights_available(params.model, params.finetune.imagenet_weights)
+
+
+def check_writable(stage: str) -> None:
+    """A stage writes its outputs in the working directory (the repository): a read-only checkout, or one
+    the user may not write, is one line now, before any work, not an error after training."""
+    try:
+        with tempfile.TemporaryFile(dir=Path.cwd(), prefix=".synthvit-write-check-"):
+            pass
+    except OSError as exc:
+        if exc.errno not in DISK_ERRORS:
+            raise
+        raise UserError(
+            f"{stage} cannot write its outputs in {Path.cwd()} ({DISK_ERRORS[exc.errno]}); {fix_for(exc.errno)}"
+        ) from None
 
 
 def flat(section: BaseModel, prefix: str) -> dict:
@@ -134,8 +153,43 @@ def find_or_create_parent(client, experiment_id: str, key: str, tags: dict) -> s
         return found[0].info.run_id
     name = os.environ.get("DVC_EXP_NAME") or ("manual" if key.startswith("manual") else "dvc repro")
     parent_tags = {k: v for k, v in tags.items() if k != "dvc.stage"}
-    parent = client.create_run(experiment_id, run_name=parent_name(name), tags={**parent_tags, PIPELINE_TAG: key})
+    parent_tags.update({PIPELINE_TAG: key, HOST_TAG: socket.gethostname()})
+    parent = client.create_run(experiment_id, run_name=parent_name(name), tags=parent_tags)
     return parent.info.run_id
+
+
+def dvc_process_alive(key: str) -> bool:
+    """Whether the DVC process a pipeline key names (`dvc-PID-START_MS`, pipeline_key) still runs here."""
+    _, pid, started = key.split("-")
+    try:
+        return int(psutil.Process(int(pid)).create_time() * 1000) == int(started)
+    except psutil.Error:
+        return False
+
+
+def end_abandoned(client, experiment_id: str) -> None:
+    """End KILLED the runs an execution killed outright (kill -9, the OOM killer: no cleanup runs) left
+    RUNNING forever: a parent run of this machine whose DVC process is gone, and its stage runs still
+    RUNNING. A parent is RUNNING only while one of its stages runs (each stage ends it), so its DVC
+    process being gone means nobody will end it. Other machines' runs (a shared server) are not touched,
+    nor runs made outside DVC. Never fails the stage."""
+    try:
+        host = socket.gethostname().replace("'", "")
+        parents = client.search_runs(
+            [experiment_id], filter_string=f"attributes.status = 'RUNNING' and tags.`{HOST_TAG}` = '{host}'"
+        )
+        for parent in parents:
+            key = parent.data.tags.get(PIPELINE_TAG, "")
+            if not re.fullmatch(r"dvc-\d+-\d+", key) or dvc_process_alive(key):
+                continue
+            stages = client.search_runs(
+                [experiment_id],
+                filter_string=f"attributes.status = 'RUNNING' and tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
+            )
+            for run in [*stages, parent]:
+                client.set_terminated(run.info.run_id, "KILLED")
+    except Exception as exc:  # noqa: BLE001 - housekeeping of earlier executions: the stage goes on regardless
+        print(f"warning: could not end the runs a killed execution left running: {exc}", file=sys.stderr)
 
 
 def parent_name(experiment: str) -> str:
@@ -151,7 +205,21 @@ def stage_run(stage: str, params: dict, experiment_name: str):
     Yields an `outbox.OutboxRun`: the `mlflow` module's logging calls on the active run,
     kept in a local outbox while the server is away (see outbox.py). The stage run and
     its parent end FINISHED, FAILED when the stage raises, KILLED on Ctrl-C or SIGTERM.
+    A local SQLite store on a full disk (or read-only) is an OSError naming mlflow.db,
+    which run_main prints as one line, not a page of SQLAlchemy.
     """
+    try:
+        with _stage_run(stage, params, experiment_name) as run:
+            yield run
+    except Exception as exc:
+        refused = refused_store_write(tracking_uri(), exc)
+        if refused is None:
+            raise
+        raise refused from None
+
+
+@contextlib.contextmanager
+def _stage_run(stage: str, params: dict, experiment_name: str):
     if not distributed.is_main():  # under torchrun, process 0 records the run
         yield distributed.Silent()
         return
@@ -160,6 +228,7 @@ def stage_run(stage: str, params: dict, experiment_name: str):
     client = open_client(uri)
     experiment_id = get_experiment_id(client, uri, experiment_name)
     tags = run_tags(stage)
+    end_abandoned(client, experiment_id)
     parent_id = find_or_create_parent(client, experiment_id, pipeline_key(), tags)
     run = OutboxRun(
         uri,
@@ -178,7 +247,9 @@ def stage_run(stage: str, params: dict, experiment_name: str):
             client.set_tag(run.run_id, ERROR_TAG, str(exc)[:4000] or type(exc).__name__)
         raise
     finally:
-        run.end(status, parent_id)
+        # Ending the run may fail as the stage did (a full disk); then the stage's own error is what counts.
+        with contextlib.suppress(Exception) if status != "FINISHED" else contextlib.nullcontext():
+            run.end(status, parent_id)
     if not run.pending():  # finished, and its metrics are on the server to summarise
         record_on_parent(client, parent_id, stage, run.run_id)
 

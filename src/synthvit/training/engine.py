@@ -32,7 +32,7 @@ from torch.nn.parallel import DistributedDataParallel
 from synthvit.config import RuntimeConfig, TrainConfig
 from synthvit.data.augment import Augmentation
 from synthvit.data.images import ImageSet, TensorImages
-from synthvit.errors import UserError
+from synthvit.errors import DISK_ERRORS, UserError, fix_for
 from synthvit.evaluation.inference import predict_logits
 from synthvit.runtime import (
     autocast,
@@ -263,10 +263,11 @@ def train(
     loop = set_up(model, train_set, cfg, runtime, seed, desc, num_workers)
     main = distributed.is_main()
     history, first_epoch, best = [], 1, {"acc": -1.0, "epoch": 0, "state": {}}
+    saved_epoch = 0  # the last epoch whose state is on disk
     saved = read_state(resume_file)
     if saved is not None:
         done, history, best = restore_state(saved, loop.state, loop.device)
-        first_epoch = done + 1
+        first_epoch, saved_epoch = done + 1, done
         if main:
             log(f"{desc}: resuming after epoch {done} from {resume_file}")
     for epoch in range(first_epoch, cfg.epochs + 1):
@@ -292,7 +293,17 @@ def train(
             and cfg.checkpoint_every
             and (epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs)
         ):
-            save_state(resume_file, epoch, loop.state, loop.device, history, best)
+            try:
+                save_state(resume_file, epoch, loop.state, loop.device, history, best)
+            except OSError as exc:  # a full disk or a read-only folder; the state saved before is intact
+                if exc.errno not in DISK_ERRORS:
+                    raise
+                then = f"resumes after epoch {saved_epoch}" if saved_epoch else "trains from the start (no state saved)"
+                raise UserError(
+                    f"{desc} could not save its resume state after epoch {epoch} ({DISK_ERRORS[exc.errno]} writing "
+                    f"{exc.filename}); {fix_for(exc.errno)}, then run `dvc repro` again: it {then}"
+                ) from None
+            saved_epoch = epoch
     keep_final_weights(loop, history, best)
     return history
 

@@ -13,7 +13,7 @@ from torch import nn
 
 from synthvit.config import Params, TrainConfig
 from synthvit.data.images import ImageSet, TensorImages
-from synthvit.errors import UserError, disk_error_message, is_disk_full
+from synthvit.errors import DISK_ERRORS, UserError, fix_for
 from synthvit.files import checkpoint_path, history_path, metrics_path, write_csv, write_json
 from synthvit.models import count_parameters, save_checkpoint
 from synthvit.training import distributed
@@ -115,20 +115,17 @@ def train_and_record(
         )
         write_csv(history_path(stage), pd.DataFrame(history).drop(columns=list(TIMING_KEYS), errors="ignore"))
         write_json(metrics_path(stage), summary)
-    except (OSError, RuntimeError) as exc:
-        reason = (
-            disk_error_message(exc) if isinstance(exc, OSError) else "the disk is full" if is_disk_full(exc) else None
-        )
-        if reason is None:
+    except OSError as exc:  # atomic_write names the output and turns torch's RuntimeErrors into these
+        if exc.errno not in DISK_ERRORS:
             raise
         kept = (
-            f"the trained state is kept in {resume_file}: `dvc repro` then writes them without training again"
+            f"`dvc repro` writes its outputs without training again (the trained state is kept in {resume_file})"
             if resume_file.is_file()
             else f"`dvc repro` trains again ({stage}.checkpoint_every is 0: no state was kept)"
         )
         raise UserError(
-            f"{stage} trained but could not write its outputs ({reason.split(':')[0]}); free the disk or "
-            f"fix the folder, then {kept}"
+            f"{stage} trained but could not write {exc.filename} ({DISK_ERRORS[exc.errno]}); "
+            f"{fix_for(exc.errno)}, then {kept}"
         ) from None
     resume_file.unlink(missing_ok=True)
     run.log_metrics({f"final_{k}": float(v) for k, v in summary.items()})
