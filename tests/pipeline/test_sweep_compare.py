@@ -366,8 +366,8 @@ def test_dvc_rows_from_exp_show_json():
 
     evaluate = {
         "metrics/evaluate.json": {"data": {"top1": 0.25}},
-        "metrics/finetune.json": {"data": {"num_parameters": 99, "wall_seconds": 2.0, "train_images_per_s": 7.0}},
-        "metrics/pretrain.json": {"data": {"wall_seconds": 1.0, "train_images_per_s": 5.0}},
+        "metrics/finetune.json": {"data": {"num_parameters": 99}},
+        "metrics/pretrain.json": {"data": {"train_acc": 0.5}},
     }
     missing = {"metrics/evaluate.json": {"error": {"type": "FileNotFoundError", "msg": "no such file"}}}
     show = [
@@ -387,7 +387,10 @@ def test_dvc_rows_from_exp_show_json():
     assert frame["model.depth"].tolist() == ["None", "6", "12"]  # text, as MLflow logs params
     assert frame.loc["cnn-1", "finetune.crop_scale"] == "[0.6, 1.0]"
     cnn = frame.loc["cnn-1"]
-    assert (cnn["test_top1"], cnn["parameters"], cnn["wall_total_s"], cnn["finetune_img_per_s"]) == (0.25, 99, 3.0, 7.0)
+    assert (cnn["test_top1"], cnn["parameters"]) == (0.25, 99)
+    # Wall times live in each experiment's timing files, read from its git commit (test_queued_sweep_then_compare);
+    # these commits do not exist, so the times are unknown, not zero.
+    assert pd.isna(cnn["wall_total_s"]) and pd.isna(cnn["finetune_img_per_s"])
     assert pd.isna(frame.loc["vit-1", "test_top1"]) and pd.isna(frame.loc["vit-1", "wall_total_s"])
 
 

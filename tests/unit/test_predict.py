@@ -237,10 +237,10 @@ def test_the_serving_alias_never_moves_to_a_worse_model(checkpoint, store, capsy
     from synthvit.models import load_checkpoint, model_from_checkpoint
 
     model = model_from_checkpoint(load_checkpoint(checkpoint))
-    client = mlflow.MlflowClient()
 
     def served() -> str:
-        return str(client.get_model_version_by_alias("synthvit-vit", "current").version)
+        # A client made now: the stage run is what points MLflow at this test's store.
+        return str(mlflow.MlflowClient().get_model_version_by_alias("synthvit-vit", "current").version)
 
     assert log_and_register(checkpoint, model, score=0.40, heldout="val-a") == "1" and served() == "1"
     assert log_and_register(checkpoint, model, score=0.35, heldout="val-a") == "2" and served() == "1"  # worse
@@ -250,7 +250,7 @@ def test_the_serving_alias_never_moves_to_a_worse_model(checkpoint, store, capsy
     )
     assert log_and_register(checkpoint, model, score=0.40, heldout="val-a") == "3" and served() == "3"  # as good
     assert log_and_register(checkpoint, model, score=0.10, heldout="val-b") == "4" and served() == "4"  # not comparable
-    assert client.get_model_version("synthvit-vit", "2").tags[registry.SCORE_TAG] == "0.350000"
+    assert mlflow.MlflowClient().get_model_version("synthvit-vit", "2").tags[registry.SCORE_TAG] == "0.350000"
 
 
 def test_registered_model_loads_by_alias(checkpoint, cifar_small, store, capsys):
