@@ -116,3 +116,12 @@ def test_the_figure_shows_the_pretraining_curve_both_curves_and_the_whole_test_s
     stars = {points.get_label(): float(points.get_offsets()[0][1]) for points in finetuning.collections}
     assert stars == {"A: whole test split 41.00%": 0.41, "B: whole test split 35.00%": 0.35}
     assert "on 50 images" in finetuning.get_title() and "all 100 test images" in finetuning.get_title()
+
+
+@pytest.mark.parametrize("text_dtype", [object, "str"])  # "str": pandas 3's default for text, as MLflow gives it
+def test_markdown_puts_text_left_and_numbers_right(text_dtype):
+    table = pd.DataFrame({"name": pd.Series(["seed-1", "seed-22"], dtype=text_dtype), "test_top1": [0.5, 0.25]})
+    header, rule, first, _ = markdown_table(table).splitlines()
+    assert header.startswith("| name ") and first.startswith("| seed-1 ")
+    assert rule.split("|")[1:-1] == [":--------", "------------:"]  # name left, top-1 right
+    assert first.endswith(" 0.5000 |")

@@ -339,7 +339,8 @@ def shown(table: pd.DataFrame, percent: bool = False) -> pd.DataFrame:
 def markdown_table(table: pd.DataFrame, percent: bool = False) -> str:
     """The table in Markdown with readable numbers; text columns left-aligned, numbers right-aligned."""
     cells = shown(table, percent)
-    numeric = [not pd.api.types.is_object_dtype(table[c]) if c in table else True for c in cells.columns]
+    # Text is object or (pandas 3) str dtype; a merged `X` (mean ± sd) column is a number.
+    numeric = [pd.api.types.is_numeric_dtype(table[c]) if c in table else True for c in cells.columns]
     align = ["right" if is_number else "left" for is_number in numeric]
     # Our formatting as written (tabulate would re-parse "0.5000" as 0.5).
     return cells.to_markdown(index=False, disable_numparse=True, colalign=align)
