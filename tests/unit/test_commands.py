@@ -6,6 +6,7 @@ import math
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -111,3 +112,30 @@ def test_compiled_training_learns_like_eager():
     assert all(math.isfinite(h["train_loss"]) for h in compiled)
     # Fused kernels round differently in the last bits; the trajectory is the same.
     assert [h["train_loss"] for h in compiled] == pytest.approx([h["train_loss"] for h in eager], rel=1e-3)
+
+
+def test_bench_record_keeps_the_command_the_machine_and_the_output(tmp_path):
+    """`synthvit bench ... --record NAME`: results/benchmarks/NAME.txt, which the documents quote."""
+    import torch
+
+    from synthvit.commands import benchmarks
+
+    command = ["bench", "synthetic", "--image-size", "32", "--points", "2000", "--fast-images", "4"]
+    command += ["--reference-images", "1", "--repeats", "1", "--workers", "1", "--record", "tiny"]
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "synthvit"), *command],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    header, output = (tmp_path / "results/benchmarks/tiny.txt").read_text().split("---\n", 1)
+    meta = yaml.safe_load(header)
+    assert meta["command"] == "synthvit " + " ".join(command)
+    assert meta["machine"]["torch"] == torch.__version__ and meta["machine"]["cpu_cores"] >= 1
+    assert output == result.stdout and "img/s" in output
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(tmp_path)
+        quoted = benchmarks.quoted("tiny")
+    assert quoted.startswith("```\n$ synthvit bench synthetic --image-size 32") and "Measured " in quoted

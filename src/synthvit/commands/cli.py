@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import shlex
 import sys
 
 from synthvit.errors import run_main
@@ -96,12 +97,12 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
                     help="also write the output, the command and the "
                     "machine to results/benchmarks/NAME.txt (the figures the docs quote)",
                 )
-                run = recorded(run, name)
+                run = recorded(run)
             command.set_defaults(func=run)
     return parser
 
 
-def recorded(run, name: str):
+def recorded(run):
     """A benchmark's run that, with --record NAME, also keeps its output in results/benchmarks/NAME.txt."""
 
     def run_and_record(args) -> int:
@@ -109,7 +110,7 @@ def recorded(run, name: str):
             return run(args)
         from synthvit.commands.benchmarks import record  # measured: keeps torch out of `synthvit --help`
 
-        return record(run, args, f"synthvit {name} " + " ".join(sys.argv[3:]))
+        return record(run, args, "synthvit " + shlex.join(args.argv))
 
     return run_and_record
 
@@ -117,6 +118,7 @@ def recorded(run, name: str):
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(argv).parse_args(argv)
+    args.argv = argv  # what was typed, for the record a benchmark keeps
     run_main(lambda: args.func(args))
 
 

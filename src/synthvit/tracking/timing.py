@@ -39,7 +39,7 @@ def machine() -> dict:
         "cpu": cpu_model(),
         "cpu_cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),  # a TorchVersion, which yaml.safe_dump refuses
         "python": platform.python_version(),
         "accelerator": torch.cuda.get_device_name() if torch.cuda.is_available() else "none",
     }
