@@ -61,7 +61,10 @@ def test_an_arms_group_pairs_seeds_and_gives_the_difference(demo_group):
     assert table["difference"][:3].tolist() == pytest.approx([0.04, 0.05, 0.02])
     assert table["difference"][3] == pytest.approx(0.03667, abs=1e-4)
     assert table["difference"][4] == pytest.approx(0.01528, abs=1e-4)  # sample sd of 4, 5, 2 points
-    assert table["pre-training acc"][:3].tolist() == pytest.approx([0.50, 0.51, 0.52])
+    assert table["pre-train acc"][:3].tolist() == pytest.approx([0.50, 0.51, 0.52])
+    # make demo's time: the synthetic arm's 170 s, then the scratch arm's fine-tuning (50 s), not its
+    # restored pre-training again.
+    assert table["wall s"].tolist()[:4] == [220.0, 220.0, 220.0, 220.0]
     text = fit_width(table)
     assert "+3.67%" in text and max(map(len, text.splitlines())) <= 120
 
