@@ -30,7 +30,7 @@ import pytest
 import yaml
 
 from helpers.mounts import read_only_view, resize, small_disk
-from helpers.repo import copy_subset, dvc, pipeline_env, snapshot_repo, stages_run, update_params
+from helpers.repo import COMPUTED_OUTPUTS, copy_subset, dvc, pipeline_env, snapshot_repo, stages_run, update_params
 from synthvit.errors import UserError
 from synthvit.tracking import store
 
@@ -47,20 +47,7 @@ TINY = {
 }
 CLASSES = ["airplane", "cat", "ship", "truck"]
 ODD_NAME = b"\xff-not-utf8.jpg"  # a test image whose name is not valid UTF-8 (Linux allows any bytes)
-# What the pipeline computes: same params, same bytes (timing files and figures aside).
-OUTPUTS = [
-    "data/synthetic/manifest.json",
-    "models/pretrain.pt",
-    "models/finetune.pt",
-    "metrics/pretrain.json",
-    "metrics/finetune.json",
-    "metrics/evaluate.json",
-    "plots/pretrain/history.csv",
-    "plots/finetune/history.csv",
-    "plots/evaluate/predictions.csv",
-    "plots/evaluate/per_class.csv",
-    "plots/evaluate/calibration.csv",
-]
+OUTPUTS = COMPUTED_OUTPUTS
 TEMPORARY = re.compile(r"\.(tmp|old)-\d+$")  # files.temp_path: what a writer leaves when it is killed
 
 

@@ -15,6 +15,20 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 STAGES = ["generate_synthetic", "pretrain", "finetune", "evaluate", "visualize"]
+# What the pipeline computes, byte for byte the same for the same params (figures and timing files aside).
+COMPUTED_OUTPUTS = [
+    "data/synthetic/manifest.json",
+    "models/pretrain.pt",
+    "models/finetune.pt",
+    "metrics/pretrain.json",
+    "metrics/finetune.json",
+    "metrics/evaluate.json",
+    "plots/pretrain/history.csv",
+    "plots/finetune/history.csv",
+    "plots/evaluate/predictions.csv",
+    "plots/evaluate/per_class.csv",
+    "plots/evaluate/calibration.csv",
+]
 # The pipeline at test size: a 2-block ViT, 10 fractal categories, seconds per stage.
 TINY = [
     "synthetic.num_classes=10",
