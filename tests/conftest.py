@@ -9,6 +9,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import mlflow
 import pytest
 
 from helpers.browser import CHROMEDRIVER, CHROMIUM, CHROMIUM_FLAGS, browser_available
@@ -61,3 +62,12 @@ def browser():
     finally:
         driver.quit()
         shutil.rmtree(profile, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def no_mlflow_uri_left_behind():
+    """MLflow keeps the tracking and registry URIs a test set in process globals: reset both after each
+    test, so a later test's MlflowClient(uri) does not read a registry that no longer exists."""
+    yield
+    mlflow.set_tracking_uri(None)
+    mlflow.set_registry_uri(None)

@@ -154,7 +154,8 @@ def test_demo_runs_both_arms_and_compares_them(demo):
     assert "top1" in narrowed and "…" not in narrowed  # nothing cut short to fit
 
     # MLflow: both executions, their headline metrics and defining params on the parent runs.
-    client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    uri = f"sqlite:///{repo / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)  # the demo's registry, whatever ran before
     experiment = client.get_experiment_by_name("synthvit")
     assert {k: experiment.tags.get(k) for k in EXPERIMENT_TAGS} == EXPERIMENT_TAGS
     parents = {
