@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+from helpers.repo import find_cifar10  # noqa: E402  (tests/ is not a package on the path)
 
 
 @dataclass
@@ -173,6 +175,10 @@ def run(mutation: Mutation) -> tuple[bool, float, str]:
             )
         target.write_text(text.replace(mutation.old, mutation.new))
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tree / "src"), str(tree / "tests")])}
+        # The copy lives in /tmp: the tests find the images beside this checkout, not beside the copy.
+        images = find_cifar10()
+        if images and "SYNTHVIT_CIFAR10" not in env:
+            env["SYNTHVIT_CIFAR10"] = str(images)
         started = time.monotonic()
         result = subprocess.run(
             [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *mutation.tests],
@@ -182,6 +188,9 @@ def run(mutation: Mutation) -> tuple[bool, float, str]:
             text=True,
         )
         last = (result.stdout.strip().splitlines() or [""])[-1]
+        if " passed" not in last and " failed" not in last and " error" not in last:
+            # Skipped (no images, no browser) or nothing collected: the mutation was not tested at all.
+            raise SystemExit(f"{mutation.name}: its tests did not run ({last}); run them alone to see why")
         return result.returncode != 0, time.monotonic() - started, last
 
 
