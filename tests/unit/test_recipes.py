@@ -61,3 +61,16 @@ def test_unknown_recipe_names_the_known_ones(monkeypatch):
     monkeypatch.chdir(REPO)
     with pytest.raises(UserError, match="no recipe 'nope' in recipes.yaml; recipes: demo, "):
         recipe_overrides("nope")
+
+
+@pytest.mark.parametrize("family", ["proof-"])
+def test_a_recipe_gives_its_params_whatever_ran_before(family):
+    """`make proof` runs its rows one after another in one workspace, and `dvc exp run` starts from the
+    params the last run left: each row must set every key another row changes, or it inherits it."""
+    base = read_yaml(REPO / "params.yaml")
+    rows = [name for name in RECIPES if name.startswith(family)]
+    for previous in rows:
+        after_previous = apply_overrides(base, recipe_overrides(previous, RECIPES))
+        for row in rows:
+            alone = parse_params(apply_overrides(base, recipe_overrides(row, RECIPES)))
+            assert parse_params(apply_overrides(after_previous, recipe_overrides(row, RECIPES))) == alone, (previous, row)
