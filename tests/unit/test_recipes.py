@@ -73,4 +73,5 @@ def test_a_recipe_gives_its_params_whatever_ran_before(family):
         after_previous = apply_overrides(base, recipe_overrides(previous, RECIPES))
         for row in rows:
             alone = parse_params(apply_overrides(base, recipe_overrides(row, RECIPES)))
-            assert parse_params(apply_overrides(after_previous, recipe_overrides(row, RECIPES))) == alone, (previous, row)
+            inherited = parse_params(apply_overrides(after_previous, recipe_overrides(row, RECIPES)))
+            assert inherited == alone, (previous, row)
