@@ -360,19 +360,19 @@ def test_the_demo_is_locked_in_results_and_checked_again(demo):
         return result.stdout
 
     for name, arm in (("synthetic", f"{NAME}-synthetic"), ("scratch", f"{NAME}-scratch")):
-        synthvit("results", "lock", arm, "--as", f"demo/{name}-s0", "--row", name)
-    (repo / "results/demo/group.yaml").write_text("table: arms\narms: [synthetic, scratch]\n")
-    locked = repo / "results/demo/synthetic-s0"
+        synthvit("results", "lock", arm, "--as", f"tiny/{name}-s0", "--row", name)
+    (repo / "results/tiny/group.yaml").write_text("table: arms\narms: [synthetic, scratch]\n")
+    locked = repo / "results/tiny/synthetic-s0"
     evaluation = dvc_experiments(repo)[f"{NAME}-scratch"]["metrics"]["metrics/evaluate.json"]["data"]
-    scratch = json.loads((repo / "results/demo/scratch-s0/metrics/evaluate.json").read_text())
+    scratch = json.loads((repo / "results/tiny/scratch-s0/metrics/evaluate.json").read_text())
     assert scratch == evaluation
     run = yaml.safe_load((locked / "run.yaml").read_text())
     assert run["experiment"] == f"{NAME}-synthetic" and run["seed"] == 0 and run["row"] == "synthetic"
     assert run["machine"]["cpu_cores"] >= 1 and run["wall_seconds"]["total"] > run["wall_seconds"]["pretrain"] > 0
     assert (locked / "history/pretrain.csv").is_file() and (locked / "dvc.lock").is_file()
-    shown = synthvit("results", "show", "demo", "--csv")
+    shown = synthvit("results", "show", "tiny", "--csv")
     table = pd.read_csv(io.StringIO(shown))
     synthetic = json.loads((locked / "metrics/evaluate.json").read_text())
     assert table["difference"][0] == pytest.approx(synthetic["top1"] - scratch["top1"])
-    checked = synthvit("results", "check", "demo/synthetic-s0")
+    checked = synthvit("results", "check", "tiny/synthetic-s0")
     assert f"recorded test_top1 {synthetic['top1']:.4f}, again {synthetic['top1']:.4f} (identical)" in checked
