@@ -265,11 +265,13 @@ def check(args) -> int:
     folder = RESULTS / args.run
     if not (folder / "run.yaml").is_file():
         raise UserError(f"no locked run {args.run!r} (results/{args.run}/run.yaml)")
-    run = read_yaml(folder / "run.yaml")
     name = (
         f"check-{folder.parent.name}-{folder.name}-{datetime.datetime.now():%m%d-%H%M%S}"  # a new experiment each time
     )
-    words = shlex.split(run["command"])
+    # Every recorded param, not only those run.yaml's command changes from the committed params.yaml:
+    # `dvc exp run` starts from the workspace's params.yaml, which holds whatever ran last.
+    recorded_params = flatten(read_yaml(folder / "params.yaml") or {})
+    words = shlex.split(" ".join(as_argument(key, value, quote=True) for key, value in recorded_params.items()))
     overrides = [w for i, w in enumerate(words) if i and words[i - 1] == "-S"]
     command = [
         sys.executable,
