@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -25,7 +24,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
-from helpers.repo import find_cifar10  # noqa: E402  (tests/ is not a package on the path)
+from helpers.repo import find_cifar10, snapshot_repo  # noqa: E402  (tests/ is not a package on the path)
 
 
 @dataclass
@@ -146,28 +145,10 @@ MUTATIONS = [
 ]
 
 
-def working_tree(dest: Path) -> Path:
-    """A copy of the working tree's tracked and new files (what a commit would hold)."""
-    listed = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split("\0")
-    for name in filter(None, listed):
-        if (REPO / name).is_file():
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, dest / name)
-    # A git repository, as a checkout is: the pipeline tests snapshot the tree with `git ls-files`.
-    subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
-    return dest
-
-
 def run(mutation: Mutation) -> tuple[bool, float, str]:
     """(caught, seconds, what pytest said last) for one mutation on a fresh copy."""
     with tempfile.TemporaryDirectory(prefix=f"mutation-{mutation.name}-") as tmp:
-        tree = working_tree(Path(tmp))
+        tree = snapshot_repo(Path(tmp) / "tree")  # a git checkout, as the pipeline tests need
         target = tree / mutation.file
         text = target.read_text()
         if text.count(mutation.old) != 1:
