@@ -5,7 +5,7 @@ import pytest
 
 from synthvit.commands import arms as compare_arms
 from synthvit.commands import cli
-from synthvit.commands.comparison import fit_width, markdown_table
+from synthvit.commands.comparison import cell, fit_width, markdown_table
 from synthvit.errors import UserError
 
 ROWS = [
@@ -125,3 +125,9 @@ def test_markdown_puts_text_left_and_numbers_right(text_dtype):
     assert header.startswith("| name ") and first.startswith("| seed-1 ")
     assert rule.split("|")[1:-1] == [":--------", "------------:"]  # name left, top-1 right
     assert first.endswith(" 0.5000 |")
+
+
+def test_cells_are_formatted_by_what_they_hold():
+    assert cell("wall_total_s mean", 228.313, percent=True) == "228"  # a mean whose sd was dropped: seconds
+    assert cell("finetune_img_per_s", 41.34, percent=False) == "41.3"  # a rate, not seconds
+    assert cell("test_top1 mean", 0.2751, percent=True) == "27.51%"

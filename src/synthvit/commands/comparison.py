@@ -300,16 +300,16 @@ def cell(column: str, value, percent: bool) -> str:
         return ""
     if isinstance(value, str):
         return value
-    name = column.lower()
+    name = column.lower().removesuffix(" mean")  # a mean without its sd column is shown as its metric
     if "ece" in name:
         return f"{value:.3f}"
     if any(word in name for word in PERCENT_WORDS):
         sign = "+" if "difference" in name and value > 0 else ""
         return f"{sign}{100 * value:.2f}%" if percent else f"{value:.4f}"
+    if name.endswith("_per_s"):  # before "_s": a rate, not seconds
+        return f"{value:.1f}"
     if name.endswith(("_s", " s", "seconds")):
         return f"{value:.0f}"
-    if name.endswith("_per_s"):
-        return f"{value:.1f}"
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
@@ -440,15 +440,11 @@ def write_outputs(table: pd.DataFrame, folder: Path, x_axis: str, description: s
     mark_output_dir(folder)
     csv = write_csv(folder / "comparison.csv", table)
     if seeds:
-        figure = seed_plot(
-            table,
-            x_axis,
-            "Test top-1 over seeds" + (" against the pre-training budget" if x_axis == "pretrain" else ""),
-        )
-        png = plots.save(figure, folder / "comparison.png")
+        budget = " against the pre-training budget" if x_axis == "pretrain" else ""
+        figure = seed_plot(table, x_axis, f"Test top-1 over seeds{budget}")
     else:
         figure = accuracy_plot(table, x_axis, f"Test top-1 against {X_AXES[x_axis][1]}")
-        png = plots.save(figure, folder / "comparison.png")
+    png = plots.save(figure, folder / "comparison.png")
     text = (
         f"# Experiment comparison\n\n{description}\n\n{markdown_table(table, percent=seeds)}\n\n"
         f"![accuracy against cost]({png.name})\n"
