@@ -27,8 +27,6 @@ def as_argument(key: str, value, quote: bool = False) -> str:
     """`-S key=value`, the value as YAML flow (what `dvc exp run -S` parses): 1e-3, [0.6,1.0], true, text.
     A value with a space is quoted for a shell (`quote`), or refused: `$(synthvit recipe ...)` splits on spaces."""
     text = json.dumps(value, separators=(",", ":")) if isinstance(value, (list, bool)) or value is None else str(value)
-    if isinstance(value, float) and "e" in text and "." not in text:  # 1e-06: text to YAML 1.1; 1.0e-06 a number
-        text = text.replace("e", ".0e", 1)
     if " " in text and not quote:
         raise UserError(f"recipes.yaml: {key}={value!r} holds a space, which a shell would split; drop the space")
     return f"-S {shlex.quote(f'{key}={text}')}" if quote else f"-S {key}={text}"

@@ -268,14 +268,12 @@ def check(args) -> int:
     name = (
         f"check-{folder.parent.name}-{folder.name}-{datetime.datetime.now():%m%d-%H%M%S}"  # a new experiment each time
     )
-    # Every recorded param, not only those run.yaml's command changes from the committed params.yaml:
-    # `dvc exp run` starts from the workspace's params.yaml, which holds whatever ran last.
-    # Only the keys that differ: DVC rewrites every -S value into params.yaml, 1.0e-06 as 1e-06 (text to YAML 1.1).
+    # `dvc exp run` starts from the workspace's params.yaml (whatever ran last), so every recorded param that
+    # differs from it is set; not the others: DVC rewrites each -S value, 1.0e-6 as 1e-06, text to YAML 1.1.
     recorded_params = flatten(read_yaml(folder / "params.yaml") or {})
     workspace = flatten(read_yaml(Path("params.yaml")) or {}) if Path("params.yaml").is_file() else {}
     changed = {key: value for key, value in recorded_params.items() if workspace.get(key, object()) != value}
-    words = shlex.split(" ".join(as_argument(key, value, quote=True) for key, value in changed.items()))
-    overrides = [w for i, w in enumerate(words) if i and words[i - 1] == "-S"]
+    overrides = [shlex.split(as_argument(key, value, quote=True))[1] for key, value in changed.items()]
     command = [
         sys.executable,
         "-m",
