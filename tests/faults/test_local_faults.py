@@ -25,8 +25,8 @@ from mlflow import MlflowClient
 
 from helpers.mounts import remount, small_disk
 from helpers.repo import pipeline_env
-from helpers.training import bright_vs_dark
-from synthvit.config import ModelConfig, RuntimeConfig, TrainConfig
+from helpers.training import bright_vs_dark, plain_recipe
+from synthvit.config import ModelConfig, RuntimeConfig
 from synthvit.errors import Terminated, UserError, run_main
 from synthvit.files import read_csv, write_csv, write_json
 from synthvit.models import create_model, save_checkpoint
@@ -95,9 +95,7 @@ def test_a_read_only_folder_names_the_output(tmp_path):
 
 def test_a_disk_that_fills_during_training_keeps_the_last_state_and_says_so(tmp_path):
     data = bright_vs_dark(64)
-    cfg = TrainConfig(
-        epochs=3, batch_size=16, warmup_epochs=0, mixup_alpha=0, cutmix_alpha=0, random_erasing=0, checkpoint_every=1
-    )
+    cfg = plain_recipe(epochs=3, batch_size=16, checkpoint_every=1)
 
     def run(resume_file: Path, epochs: int):
         torch.manual_seed(0)

@@ -13,10 +13,10 @@ import pytest
 import yaml
 
 from helpers.repo import REPO
-from helpers.training import bright_vs_dark
+from helpers.training import bright_vs_dark, plain_recipe
 from synthvit.commands import cli
 from synthvit.commands.comparison import accuracy_plot
-from synthvit.config import ModelConfig, RuntimeConfig, TrainConfig
+from synthvit.config import ModelConfig, RuntimeConfig
 from synthvit.models import create_model
 from synthvit.runtime import seed_everything
 from synthvit.training.engine import train
@@ -92,16 +92,7 @@ def test_compare_plots_accuracy_against_wall_time():
 def test_compiled_training_learns_like_eager():
     """runtime.compile=true: torch.compile the model; the same recipe learns the same task."""
     model_cfg = ModelConfig(img_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=2, drop_path_rate=0.0)
-    cfg = TrainConfig(
-        epochs=2,
-        batch_size=16,
-        lr=2e-3,
-        warmup_epochs=0,
-        mixup_alpha=0,
-        cutmix_alpha=0,
-        random_erasing=0,
-        checkpoint_every=0,
-    )
+    cfg = plain_recipe(epochs=2, batch_size=16, lr=2e-3, checkpoint_every=0)
     histories = {}
     for compiled in (False, True):
         seed_everything(0)
