@@ -436,6 +436,13 @@ def _unique_mapping(loader: StrictLoader, node: yaml.MappingNode) -> dict:
 
 
 StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+# DVC reads and writes params.yaml as YAML 1.2, where 1e-06 is a number (and `dvc exp run -S x=1.0e-6`
+# writes it back as 1e-06); PyYAML's YAML 1.1 rules would take it for text.
+StrictLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
 
 
 def read_yaml(path: Path):

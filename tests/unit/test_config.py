@@ -84,3 +84,11 @@ def test_load_params_errors(tmp_path):
     good = tmp_path / "good.yaml"
     good.write_text(yaml.safe_dump({"seed": 1, "model": {"depth": 2}}))
     assert load_params(good).model.depth == 2
+
+
+def test_params_yaml_as_dvc_writes_it_after_an_override(tmp_path):
+    """`dvc exp run -S pretrain.min_lr=1.0e-6` writes `min_lr: 1e-06` back (YAML 1.2): still a number."""
+    path = tmp_path / "params.yaml"
+    path.write_text("pretrain:\n  min_lr: 1e-06\n  lr: 5e-4\nfinetune:\n  lr: 1.0e-3\n")
+    params = load_params(path)
+    assert (params.pretrain.min_lr, params.pretrain.lr, params.finetune.lr) == (1e-06, 5e-4, 1e-3)

@@ -268,8 +268,8 @@ def check(args) -> int:
     name = (
         f"check-{folder.parent.name}-{folder.name}-{datetime.datetime.now():%m%d-%H%M%S}"  # a new experiment each time
     )
-    # `dvc exp run` starts from the workspace's params.yaml (whatever ran last), so every recorded param that
-    # differs from it is set; not the others: DVC rewrites each -S value, 1.0e-6 as 1e-06, text to YAML 1.1.
+    # `dvc exp run` starts from the workspace's params.yaml (whatever ran last): set every recorded param
+    # that differs from it.
     recorded_params = flatten(read_yaml(folder / "params.yaml") or {})
     workspace = flatten(read_yaml(Path("params.yaml")) or {}) if Path("params.yaml").is_file() else {}
     changed = {key: value for key, value in recorded_params.items() if workspace.get(key, object()) != value}
