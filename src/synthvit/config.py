@@ -16,6 +16,7 @@ tests/test_config.py::test_params_yaml_spells_out_every_default fails when they 
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
 from types import NoneType
 from typing import Annotated, Literal, Union, get_args, get_origin
@@ -490,17 +491,50 @@ def load_recipes(path: Path = RECIPES_FILE) -> dict:
     return recipes
 
 
-def recipe_overrides(name: str, recipes: dict | None = None) -> dict:
-    """The recipe's `{dotted key: value}` overrides, its includes first (a later value of a key wins)."""
+def recipe_overrides(name: str, recipes: dict | None = None, baseline: dict | None = None) -> dict:
+    """The recipe's `{dotted key: value}` overrides, its includes first (a later value of a key wins).
+
+    With `baseline` (the committed params, `committed_params()`), also every key another recipe sets,
+    at its baseline value: `dvc exp run` starts from the workspace's params.yaml, which holds whatever
+    ran last, so without them a recipe run after another would inherit that one's values."""
     recipes = load_recipes() if recipes is None else recipes
-    if name not in recipes:
-        raise UserError(f"no recipe {name!r} in {RECIPES_FILE}; recipes: {', '.join(recipes)}")
-    recipe = recipes[name]
-    overrides = {}
-    for included in recipe.get("include") or []:
-        overrides.update(recipe_overrides(included, recipes))
-    overrides.update(recipe.get("set") or {})
-    return overrides
+
+    def own(recipe_name: str) -> dict:
+        if recipe_name not in recipes:
+            raise UserError(f"no recipe {recipe_name!r} in {RECIPES_FILE}; recipes: {', '.join(recipes)}")
+        recipe = recipes[recipe_name]
+        overrides = {}
+        for included in recipe.get("include") or []:
+            overrides.update(own(included))
+        overrides.update(recipe.get("set") or {})
+        return overrides
+
+    overrides = own(name)
+    if baseline is None:
+        return overrides
+    others = sorted({key for other in recipes for key in own(other)} - set(overrides))
+    reset = {key: value_at(baseline, key) for key in others}
+    return {**{key: value for key, value in reset.items() if value is not MISSING}, **overrides}
+
+
+MISSING = object()
+
+
+def value_at(raw: dict, dotted: str):
+    """The value of a dotted key in a params mapping, or MISSING."""
+    node = raw
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return MISSING
+        node = node[part]
+    return node
+
+
+def committed_params(path: Path = Path("params.yaml")) -> dict:
+    """params.yaml as the last commit holds it (what recipes apply to), or the file when git has none."""
+    shown = subprocess.run(["git", "show", f"HEAD:{path}"], capture_output=True, text=True)
+    text = shown.stdout if shown.returncode == 0 else path.read_text()
+    return yaml.load(text, Loader=StrictLoader) or {}
 
 
 def apply_overrides(raw: dict, overrides: dict) -> dict:

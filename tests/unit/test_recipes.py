@@ -9,7 +9,14 @@ from ruamel.yaml import YAML
 
 from helpers.repo import REPO
 from synthvit.commands import cli
-from synthvit.config import apply_overrides, load_recipes, parse_params, read_yaml, recipe_overrides
+from synthvit.config import (
+    apply_overrides,
+    committed_params,
+    load_recipes,
+    parse_params,
+    read_yaml,
+    recipe_overrides,
+)
 from synthvit.errors import UserError
 from synthvit.models import create_model
 
@@ -31,7 +38,7 @@ def test_every_recipe_is_a_valid_experiment(name, capsys, monkeypatch):
         cli.main(["recipe", name])
     assert exit_code.value.code == 0
     printed = as_dvc_applies(capsys.readouterr().out)
-    assert printed == recipe_overrides(name, RECIPES)
+    assert printed == recipe_overrides(name, RECIPES, baseline=committed_params())  # cwd: REPO
     params = parse_params(apply_overrides(read_yaml(REPO / "params.yaml"), printed))
     model = create_model(params.model, num_classes=10)
     blocks = getattr(model, "blocks", None)
@@ -63,15 +70,19 @@ def test_unknown_recipe_names_the_known_ones(monkeypatch):
         recipe_overrides("nope")
 
 
-@pytest.mark.parametrize("family", ["proof-"])
-def test_a_recipe_gives_its_params_whatever_ran_before(family):
+def test_a_recipe_gives_its_params_whatever_ran_before():
     """`make proof` runs its rows one after another in one workspace, and `dvc exp run` starts from the
-    params the last run left: each row must set every key another row changes, or it inherits it."""
+    params the last run left: a recipe also sets, at their committed values, the keys other recipes set."""
     base = read_yaml(REPO / "params.yaml")
-    rows = [name for name in RECIPES if name.startswith(family)]
-    for previous in rows:
-        after_previous = apply_overrides(base, recipe_overrides(previous, RECIPES))
-        for row in rows:
-            alone = parse_params(apply_overrides(base, recipe_overrides(row, RECIPES)))
-            inherited = parse_params(apply_overrides(after_previous, recipe_overrides(row, RECIPES)))
-            assert inherited == alone, (previous, row)
+    printed = {name: recipe_overrides(name, RECIPES, baseline=base) for name in RECIPES}
+    for previous in RECIPES:
+        after_previous = apply_overrides(base, printed[previous])
+        for row in RECIPES:
+            assert apply_overrides(after_previous, printed[row]) == apply_overrides(base, printed[row]), (previous, row)
+    # Without the committed values, the proof's OFDB row run after its scratch row fine-tuned from scratch.
+    ofdb_after_scratch = apply_overrides(
+        apply_overrides(base, printed["proof-scratch"]), recipe_overrides("proof-ofdb", RECIPES)
+    )
+    assert (
+        ofdb_after_scratch["finetune"]["init"] == "scratch" and printed["proof-ofdb"]["finetune.init"] == "pretrained"
+    )

@@ -4,7 +4,9 @@
     synthvit recipe --list
 
 Recipes live in recipes.yaml, one source for the Makefile (`make demo`, `make proof`) and
-the documentation. A recipe may include others; a later value of a key wins, as with
+the documentation. A recipe applies to the committed params.yaml: it also prints, at their
+committed values, the keys other recipes set, so whatever ran last in the workspace does not
+leak into it. A recipe may include others; a later value of a key wins, as with
 `-S` (so arguments after `$(synthvit recipe ...)` override it).
 """
 
@@ -14,7 +16,7 @@ import argparse
 import json
 import shlex
 
-from synthvit.config import load_recipes, recipe_overrides
+from synthvit.config import committed_params, load_recipes, recipe_overrides
 from synthvit.errors import UserError
 
 
@@ -39,5 +41,6 @@ def run(args) -> int:
         for name, recipe in recipes.items():
             print(f"{name:<{width}}  {recipe.get('about', '')}")
         return 0
-    print(" ".join(as_argument(key, value) for key, value in recipe_overrides(args.name, recipes).items()))
+    overrides = recipe_overrides(args.name, recipes, baseline=committed_params())
+    print(" ".join(as_argument(key, value) for key, value in overrides.items()))
     return 0

@@ -35,7 +35,7 @@ from synthvit.commands.benchmarks import quoted
 from synthvit.commands.comparison import fit_width, markdown_table, over_seeds
 from synthvit.commands.experiments import STAGES, TRAINING_STAGES, Experiment
 from synthvit.commands.recipe import as_argument
-from synthvit.config import read_yaml
+from synthvit.config import committed_params, read_yaml
 from synthvit.errors import UserError
 from synthvit.files import history_path, metrics_path, timing_path, write_text
 
@@ -60,8 +60,7 @@ def flatten(params: dict, prefix: str = "") -> dict:
 
 def rerun_command(name: str, params: dict) -> str:
     """The `dvc exp run` that gives these params on top of the committed params.yaml."""
-    committed = subprocess.run(["git", "show", "HEAD:params.yaml"], capture_output=True, text=True)
-    base = flatten(yaml.safe_load(committed.stdout) or {}) if committed.returncode == 0 else {}
+    base = flatten(committed_params())
     changed = {k: v for k, v in flatten(params).items() if base.get(k) != v}
     return " ".join(["dvc exp run -n", shlex.quote(name), *(as_argument(k, v, quote=True) for k, v in changed.items())])
 
