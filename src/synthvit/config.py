@@ -532,8 +532,11 @@ def value_at(raw: dict, dotted: str):
 
 def committed_params(path: Path = Path("params.yaml")) -> dict:
     """params.yaml as the last commit holds it (what recipes apply to), or the file when git has none."""
-    shown = subprocess.run(["git", "show", f"HEAD:{path}"], capture_output=True, text=True)
-    text = shown.stdout if shown.returncode == 0 else path.read_text()
+    try:
+        shown = subprocess.run(["git", "show", f"HEAD:{path}"], capture_output=True, text=True)
+    except OSError:  # no git on this machine (a copy of the tree on a lent GPU machine)
+        shown = None
+    text = shown.stdout if shown and shown.returncode == 0 else path.read_text()
     return yaml.load(text, Loader=StrictLoader) or {}
 
 
