@@ -69,6 +69,7 @@ def main() -> None:
         summary.update(
             ece=ece, ece_bins=ECE_BINS, mean_confidence=float(confidence.mean()), tta_flip=int(params.evaluate.tta_flip)
         )
+        stage.check_params_unchanged()
         write_csv(PLOTS / "predictions.csv", predictions)
         write_csv(PLOTS / "per_class.csv", per_class)
         # Empty bins have no accuracy to draw; the diagonal (accuracy = confidence) is drawn beside the bins.

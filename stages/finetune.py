@@ -1,60 +1,71 @@
-"""Stage finetune: train on the real dataset from the synthetic pre-trained backbone (new head),
-from scratch, or from timm's ImageNet weights (finetune.init).
+"""Stage finetune: train on the real dataset from a pre-trained backbone (new head), from scratch,
+from mimetic initialisation, or from timm's ImageNet weights (finetune.init).
 
 params: seed, runtime.{device,precision,deterministic}, model.*, finetune.*, data.* but num_workers and download
         (read but not declared in dvc.yaml, as they do not change the model: those, the other runtime keys, tracking.*)
-deps:   models/pretrain.pt
+deps:   finetune.backbone (models/pretrain.pt, or a released backbone folder)
 outs:   models/finetune.pt, metrics/finetune.json, plots/finetune/history.csv
+
+Every draw of fine-tuning comes from params.finetune_seed (finetune.seed, else seed): arms that share it
+(pretrained, scratch, mimetic) share the head's initial weights, the order of the images and their
+augmentation, and differ only in the backbone they start from: paired seeds.
 """
 
 from synthvit.data.images import load_split, split_validation
 from synthvit.errors import run_main
-from synthvit.files import checkpoint_path
-from synthvit.models import backbone_with_new_head, check_same_architecture, create_model, load_checkpoint
+from synthvit.files import checkpoint_path, user_path
+from synthvit.models import (
+    backbone_with_new_head,
+    check_same_architecture,
+    create_model,
+    load_backbone,
+    mimetic_init,
+    new_head,
+)
 from synthvit.runtime import seed_everything
 from synthvit.tracking.runs import stage_context
 from synthvit.training.stage import train_and_record
 
 
 def pretrained_backbone(params) -> list:
-    return [checkpoint_path("pretrain")] if params.finetune.init == "pretrained" else []
+    return [user_path(params.finetune.backbone)] if params.finetune.init == "pretrained" else []
 
 
 def main() -> None:
     with stage_context("finetune", "seed", "runtime", "data", "model", "finetune", needs=pretrained_backbone) as stage:
-        params = stage.params
-        seed_everything(params.seed)  # model init and the new head draw from it
+        params, cfg = stage.params, stage.params.finetune
+        seed = params.finetune_seed
+        seed_everything(seed)  # a random init draws from it
         train_set = load_split(params.data, "train", params.model.img_size)
         if params.data.val_fraction > 0:  # the best epoch is chosen on validation; evaluate reports test once
-            train_set, eval_set = split_validation(
-                train_set, params.data.val_fraction, params.seed, params.data.num_workers
-            )
+            train_set, eval_set = split_validation(train_set, params.data.val_fraction, seed, params.data.num_workers)
         else:  # curves on the test set, for watching only: the last epoch is kept
             curve_data = params.data
-            if params.finetune.curve_test_per_class:  # a curve needs fewer images than the score evaluate gives
-                per_class = min(n for n in (params.data.test_per_class, params.finetune.curve_test_per_class) if n)
+            if cfg.curve_test_per_class:  # a curve needs fewer images than the score evaluate gives
+                per_class = min(n for n in (params.data.test_per_class, cfg.curve_test_per_class) if n)
                 curve_data = params.data.model_copy(update={"test_per_class": per_class})
             eval_set = load_split(curve_data, "test", params.model.img_size)
-        if params.finetune.init == "pretrained":
-            pretrained = load_checkpoint(checkpoint_path("pretrain"))
-            check_same_architecture(pretrained, params.model, str(checkpoint_path("pretrain")))
-            model = backbone_with_new_head(pretrained, params.model, num_classes=train_set.num_classes)
-        elif params.finetune.init == "imagenet":  # the hub, or finetune.imagenet_weights offline
-            model = create_model(
-                params.model, num_classes=train_set.num_classes, imagenet_weights=params.finetune.imagenet_weights
-            )
+        backbone = None
+        if cfg.init == "pretrained":
+            backbone = load_backbone(user_path(cfg.backbone))
+            check_same_architecture(backbone, params.model, cfg.backbone)
+            model = backbone_with_new_head(backbone, params.model)
+        elif cfg.init == "imagenet":  # the hub, or finetune.imagenet_weights offline
+            model = create_model(params.model, num_classes=train_set.num_classes, imagenet_weights=cfg.imagenet_weights)
         else:
             model = create_model(params.model, num_classes=train_set.num_classes)
+            if cfg.init == "mimetic":
+                mimetic_init(model, seed)
+        new_head(model, train_set.num_classes, seed)  # the same head for every arm of a seed
         summary, timing = train_and_record(
-            "finetune",
+            stage,
             model,
             train_set,
-            params.finetune,
-            params,
-            stage.run,
+            cfg,
+            seed,
             eval_set=eval_set,
             keep_best=params.data.val_fraction > 0,
-            backbone=pretrained.get("recipe", {}) if params.finetune.init == "pretrained" else None,
+            backbone=backbone.get("recipe", {}) if backbone else None,
         )
         stage.timing.update(timing)
         tracking = params.tracking

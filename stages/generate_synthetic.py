@@ -15,7 +15,9 @@ from synthvit.tracking.runs import stage_context
 def main() -> None:
     with stage_context("generate_synthetic", "seed", "synthetic") as stage:
         started = time.perf_counter()
-        manifest = generate_dataset(stage.params.synthetic, stage.params.seed, SYNTHETIC_DIR)
+        manifest = generate_dataset(
+            stage.params.synthetic, stage.params.seed, SYNTHETIC_DIR, before_publishing=stage.check_params_unchanged
+        )
         seconds = time.perf_counter() - started
         fill_rates = [c["fill_rate"] for c in manifest["classes"]]
         num_images = len(manifest["classes"]) * manifest["images_per_class"]  # stored or rendered on the fly

@@ -4,13 +4,19 @@ params: seed, runtime.{device,precision,deterministic}, model.*, pretrain.*
         (read but not declared in dvc.yaml, as they do not change the model: the other runtime keys,
         data.num_workers, tracking.*)
 deps:   data/synthetic/ (its manifest: with synthetic.store=manifest, batches are rendered from it)
-outs:   models/pretrain.pt, metrics/pretrain.json, plots/pretrain/history.csv
+outs:   models/pretrain.pt, metrics/pretrain.json (eval_acc: the held-out fractal instances),
+        plots/pretrain/history.csv
 """
 
-from synthvit.data.fractals import load_synthetic, shuffle_labels
+import dataclasses
+
+import torch
+
+from synthvit.data.augment import random_colors
+from synthvit.data.fractals import load_heldout, load_synthetic, shuffle_labels
 from synthvit.errors import run_main
 from synthvit.files import SYNTHETIC_DIR
-from synthvit.models import create_model
+from synthvit.models import create_model, mimetic_init
 from synthvit.runtime import seed_everything
 from synthvit.tracking.runs import stage_context
 from synthvit.training.stage import train_and_record
@@ -20,13 +26,21 @@ def main() -> None:
     with stage_context(
         "pretrain", "seed", "runtime", "model", "pretrain", needs=[SYNTHETIC_DIR / "manifest.json"]
     ) as stage:
-        params = stage.params
+        params, cfg = stage.params, stage.params.pretrain
         seed_everything(params.seed)  # the model's initial weights draw from it
         train_set = load_synthetic(SYNTHETIC_DIR, params.model.img_size, params.data.num_workers)
-        if params.pretrain.labels == "shuffled":
+        heldout = None
+        if cfg.heldout_per_class:  # instances no epoch draws: is the task learned, or memorised?
+            heldout = load_heldout(SYNTHETIC_DIR, params.model.img_size, cfg.heldout_per_class)
+            if cfg.random_colors:  # scored in colour as trained, one fixed draw
+                colored = random_colors(heldout.images, torch.Generator().manual_seed(params.seed))
+                heldout = dataclasses.replace(heldout, images=colored)
+        if cfg.labels == "shuffled":
             train_set = shuffle_labels(train_set, params.seed)
         model = create_model(params.model, num_classes=train_set.num_classes)
-        _, timing = train_and_record("pretrain", model, train_set, params.pretrain, params, stage.run)
+        if cfg.init == "mimetic":
+            mimetic_init(model, params.seed)
+        _, timing = train_and_record(stage, model, train_set, cfg, params.seed, eval_set=heldout)
         stage.timing.update(timing)
 
 

@@ -90,6 +90,7 @@ def main() -> None:
         predictions = read_csv(EVALUATE / "predictions.csv", text_columns=("actual", "predicted", "path"))
         classes = pd.read_csv(EVALUATE / "per_class.csv")["class"].tolist()
         matrix = confusion_matrix(predictions["actual"], predictions["predicted"], labels=classes)
+        stage.check_params_unchanged()
         figures = [
             plots.save(
                 plots.training_curves(pd.read_csv(history_path("finetune")), "finetune"), OUT / "finetune_curves.png"

@@ -225,16 +225,37 @@ class TrainConfig(Section):
 
 
 class PretrainConfig(TrainConfig):
+    init: Literal["random", "mimetic"] = Field(
+        "random", description="the starting weights: timm's random init, or mimetic attention (models.mimetic_init)"
+    )
     labels: Literal["categories", "shuffled"] = Field(
         "categories",
         description="shuffled: each image a random category, fixed per image (a control: the same "
         "images without their formula-driven categories)",
     )
+    heldout_per_class: Count = Field(
+        10, description="fractal instances per category that training never draws, scored every epoch; 0 = none"
+    )
+    random_colors: bool = Field(
+        False, description="each image a random foreground and background colour (the fractals are gray)"
+    )
 
 
 class FinetuneConfig(TrainConfig):
-    init: Literal["pretrained", "scratch", "imagenet"] = Field(
-        "pretrained", description="the pretrain checkpoint (new head), scratch, or timm's ImageNet weights"
+    init: Literal["pretrained", "scratch", "mimetic", "imagenet"] = Field(
+        "pretrained",
+        description="the backbone (new head), scratch (timm's random init), mimetic (random, with mimetic "
+        "attention: no data), or timm's ImageNet weights",
+    )
+    backbone: str = Field(
+        "models/pretrain.pt",
+        min_length=1,
+        description="init=pretrained: a pretrain checkpoint, or a folder `synthvit export` wrote (a released backbone)",
+    )
+    seed: Count | None = Field(
+        None,
+        description="fine-tuning's draws (random init, head, order, augmentation, validation split); null = the "
+        "global seed. Arms that share it share the head, the order and the augmentation: paired seeds",
     )
     imagenet_weights: str = Field("", description="init=imagenet: a local weights file; empty downloads from the hub")
     # Fine-tuning's recipe where it differs from pre-training's.
@@ -293,6 +314,10 @@ class Params(Section):
     evaluate: EvaluateConfig = EvaluateConfig()
     visualize: VisualizeConfig = VisualizeConfig()
     tracking: TrackingConfig = TrackingConfig()
+
+    @property
+    def finetune_seed(self) -> int:
+        return self.seed if self.finetune.seed is None else self.finetune.seed
 
     @model_validator(mode="after")
     def _imagenet_weights_fit(self):
@@ -462,7 +487,8 @@ def read_yaml(path: Path):
         raise UserError(f"{path} is not valid YAML ({problem}{where}); {rebuild_hint(path)}") from None
 
 
-def load_params(path: str | Path = "params.yaml") -> Params:
+def read_params_file(path: str | Path = "params.yaml") -> dict:
+    """params.yaml as written (a mapping, unvalidated), with one-line errors for a missing or damaged file."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path} not found: run from the repository root, where params.yaml lives")
@@ -471,7 +497,47 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         raise UserError(
             f"{path} is damaged: it holds a {type(raw).__name__}, not sections of params; {rebuild_hint(path)}"
         )
-    return parse_params(raw, source=str(path))
+    return raw or {}
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    return parse_params(read_params_file(path), source=str(path))
+
+
+def declared_params(stage: str, pipeline: Path = Path("dvc.yaml")) -> list[str]:
+    """The params keys (sections or dotted keys) dvc.yaml declares for `stage`: what DVC records in dvc.lock."""
+    declared = (read_yaml(pipeline) or {}).get("stages", {}).get(stage, {}).get("params", [])
+    return [key for entry in declared for key in ([entry] if isinstance(entry, str) else entry)]
+
+
+def first_difference(before, after, key: str) -> tuple[str, object, object] | None:
+    """(dotted key, value before, value after) of the first leaf where two params values differ, else None."""
+    if isinstance(before, dict) and isinstance(after, dict):
+        for name in dict.fromkeys([*before, *after]):
+            found = first_difference(before.get(name, MISSING), after.get(name, MISSING), f"{key}.{name}")
+            if found:
+                return found
+        return None
+    return None if before == after else (key, before, after)
+
+
+def check_params_unchanged(stage: str, started_with: dict, path: Path = Path("params.yaml")) -> None:
+    """Stop before a stage writes its outputs when params.yaml no longer holds, for a key dvc.yaml declares,
+    the value the stage read when it started: DVC writes dvc.lock from the file as it is at the end, and
+    would record values the outputs were not made with (an editor, or a `dvc exp run -S` refused because
+    this run holds the lock, rewrites the file)."""
+    now = read_params_file(path)
+    for key in declared_params(stage):
+        changed = first_difference(value_at(started_with, key), value_at(now, key), key)
+        if changed:
+            name, before, after = changed
+            shown = lambda value: "(not set)" if value is MISSING else repr(value)
+            raise UserError(
+                f"{path} changed while {stage} ran: {name} was {shown(before)} when it started and is "
+                f"{shown(after)} now, so no outputs were written (dvc.lock would have paired {shown(after)} with "
+                f"results made with {shown(before)}); set it back and run `dvc repro` (training resumes from its "
+                "saved state), or keep the new value and run `dvc repro` to make them with it"
+            )
 
 
 # ---- named recipes (recipes.yaml) ----------------------------------------------------------

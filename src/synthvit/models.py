@@ -7,6 +7,7 @@ the class names and the input normalisation.
 
 from __future__ import annotations
 
+import json
 import math
 import urllib.error
 import urllib.request
@@ -16,6 +17,7 @@ import timm
 import torch
 from huggingface_hub import try_to_load_from_cache
 from huggingface_hub.file_download import _CACHED_NO_EXIST
+from safetensors.torch import load_file
 from timm.layers import HybridEmbed
 from timm.layers.pos_embed_sincos import build_sincos2d_pos_embed
 from timm.models.vision_transformer import VisionTransformer
@@ -228,13 +230,87 @@ def check_same_architecture(checkpoint: dict, cfg: ModelConfig, source: str) -> 
         )
 
 
-def backbone_with_new_head(checkpoint: dict, cfg: ModelConfig, num_classes: int) -> nn.Module:
-    """The pre-trained model with a freshly initialised classifier for num_classes."""
+def load_backbone(path: Path) -> dict:
+    """A pre-trained backbone as a checkpoint dict: a synthvit checkpoint (models/pretrain.pt), or a folder
+    that `synthvit export` wrote (config.json + model.safetensors: a released backbone, which needs no
+    pipeline stage to have run)."""
+    path = Path(path)
+    if not path.is_dir():
+        return load_checkpoint(path)
+    config_file, weights = path / "config.json", path / "model.safetensors"
+    if not (config_file.is_file() and weights.is_file()):
+        raise UserError(f"{path} is not an exported backbone (no config.json and model.safetensors): `synthvit export`")
+    try:
+        config = json.loads(config_file.read_text())
+        made_by = config["synthvit"]
+        state = load_file(weights)
+    except (ValueError, KeyError, OSError) as exc:
+        raise UserError(damaged_message(path, "exported backbone", type(exc).__name__)) from None
+    return {
+        "model_state": state,
+        "model_config": made_by["model_config"],
+        "classes": config["label_names"],
+        "recipe": made_by.get("recipe", {}),
+        "summary": made_by.get("summary", {}),
+    }
+
+
+def backbone_with_new_head(checkpoint: dict, cfg: ModelConfig) -> nn.Module:
+    """The pre-trained model (drop-path as `cfg` sets it); its head is for the pre-training's classes."""
     pretrained_cfg = ModelConfig(**{**checkpoint["model_config"], "drop_path_rate": cfg.drop_path_rate})
     model = create_model(pretrained_cfg, num_classes=len(checkpoint["classes"]))
     model.load_state_dict(checkpoint["model_state"])
-    model.reset_classifier(num_classes)
     return model
+
+
+def new_head(model: nn.Module, num_classes: int, seed: int) -> None:
+    """A fresh classifier for num_classes, drawn from `seed` alone: arms that share a fine-tuning seed
+    (pre-trained, scratch, mimetic) start from the same head, whatever the rest of their weights."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model.reset_classifier(num_classes)
+
+
+# Mimetic initialisation (Trockman & Kolter, ICML 2023, arXiv 2305.09828): trained ViTs' attention
+# has W_q W_k^T close to +identity in each head and W_v W_proj close to -identity; setting them so at
+# init, from closed-form targets, gives a plain ViT most of a pre-training's head start on CIFAR-10.
+# (alpha, beta) of the targets alpha * Z + beta * I, Z ~ N(0, I/d): the paper's values for small ViTs.
+MIMETIC_QUERY_KEY = (0.7, 0.7)
+MIMETIC_VALUE_PROJ = (0.4, -0.4)
+
+
+def _target(dim: int, alpha: float, beta: float, generator: torch.Generator) -> torch.Tensor:
+    return alpha * torch.randn(dim, dim, generator=generator) / math.sqrt(dim) + beta * torch.eye(dim)
+
+
+def _factors(target: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(A, B), both dim x rank, with A @ B.T the best rank-`rank` approximation of `target` (its SVD)."""
+    u, s, vh = torch.linalg.svd(target)
+    root = s[:rank].sqrt()
+    return u[:, :rank] * root, vh[:rank].T * root
+
+
+def mimetic_init(model: nn.Module, seed: int) -> None:
+    """Set every attention block's query, key, value and projection weights as mimetic initialisation
+    says: per head, W_q W_k^T = the best rank-head_dim approximation of 0.7 Z + 0.7 I; per block,
+    W_v W_proj = 0.4 Z - 0.4 I exactly (Z drawn from `seed`). Biases and the rest stay as they are."""
+    blocks = getattr(model, "blocks", [])
+    if not blocks or not all(hasattr(b, "attn") and hasattr(b.attn, "qkv") for b in blocks):
+        raise UserError(f"init=mimetic applies to timm ViTs (vit_*, deit_*), not {type(model).__name__}; use scratch")
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for block in blocks:
+            attn = block.attn
+            dim, head_dim = attn.qkv.in_features, attn.head_dim
+            weight = attn.qkv.weight  # rows: queries, keys, values; q = x @ weight[:dim].T
+            for head in range(attn.num_heads):
+                rows = slice(head * head_dim, (head + 1) * head_dim)
+                query, key = _factors(_target(dim, *MIMETIC_QUERY_KEY, generator), head_dim)
+                weight[rows] = query.T
+                weight[dim:][rows] = key.T
+            value, proj = _factors(_target(dim, *MIMETIC_VALUE_PROJ, generator), dim)
+            weight[2 * dim :] = value.T
+            attn.proj.weight.copy_(proj)  # out = a @ proj.weight.T, so W_proj = proj.T and W_v W_proj = value @ proj.T
 
 
 def unwrap(model: nn.Module) -> nn.Module:

@@ -1,6 +1,7 @@
 import torch
 
-from synthvit.data.augment import random_crop_params, random_resized_crop_flip
+from synthvit.config import FinetuneConfig, PretrainConfig
+from synthvit.data.augment import Augmentation, random_colors, random_crop_params, random_resized_crop_flip
 
 
 def test_no_augmentation_is_identity():
@@ -91,3 +92,31 @@ def test_mixup_cutmix_targets_are_distributions_over_the_two_mixed_labels():
         saw_partial |= bool((targets.max(1).values < 0.85).any())
     assert saw_partial  # some batches really mix
     assert build_mixup(TrainConfig(mixup_alpha=0, cutmix_alpha=0), 10) is None
+
+
+def test_random_colors_paint_each_gray_image_two_colours_of_its_own():
+    gray = torch.zeros(6, 3, 8, 8, dtype=torch.uint8)
+    gray[:, :, 2:5, 2:5] = 255  # a lit square on a dark background
+    colored = random_colors(gray, torch.Generator().manual_seed(0))
+    assert colored.dtype == torch.uint8 and colored.shape == gray.shape
+    foreground, background = colored[:, :, 3, 3], colored[:, :, 0, 0]
+    assert torch.equal(colored[:, :, 2:5, 2:5], foreground[:, :, None, None].expand(-1, -1, 3, 3))
+    assert not torch.equal(foreground, background)
+    assert len({tuple(c.tolist()) for c in foreground}) == 6  # each image its own colour
+    assert torch.equal(colored, random_colors(gray, torch.Generator().manual_seed(0)))  # drawn from the generator
+    half = gray // 2  # gray levels blend the two colours
+    mixed = random_colors(half, torch.Generator().manual_seed(0))[:, :, 3, 3].float()
+    assert torch.allclose(mixed, (foreground.float() * 127 / 255 + background.float() * 128 / 255), atol=1)
+
+
+def test_pretraining_augmentation_recolours_only_when_asked():
+    plain = {"crop_scale": [1.0, 1.0], "hflip": 0, "mixup_alpha": 0, "cutmix_alpha": 0, "random_erasing": 0}
+    gray = torch.full((4, 3, 8, 8), 200, dtype=torch.uint8)
+    labels = torch.zeros(4, dtype=torch.long)
+    for cfg, recoloured in (
+        (PretrainConfig(random_colors=True, **plain), True),
+        (PretrainConfig(**plain), False),
+        (FinetuneConfig(auto_augment="none", **plain), False),
+    ):
+        x, _ = Augmentation.of(cfg, 2, torch.device("cpu"))(gray, labels, torch.Generator().manual_seed(0))
+        assert (x[:, 0] != x[:, 1]).any().item() is recoloured

@@ -33,7 +33,7 @@ def test_defaults_fill_missing_sections():
         ({"finetune": {"lr": 0}}, "finetune.lr", "> 0"),
         ({"model": {"img_size": 32, "patch_size": 5}}, "model.patch_size", "must divide model.img_size=32"),
         ({"model": {"embed_dim": 100, "num_heads": 3}}, "model.num_heads", "must divide model.embed_dim=100"),
-        ({"finetune": {"init": "imagenet21k"}}, "finetune.init", "pretrained, scratch, imagenet"),
+        ({"finetune": {"init": "imagenet21k"}}, "finetune.init", "pretrained, scratch, mimetic, imagenet"),
         ({"model": {"patch_embed": "conv", "img_size": 36, "patch_size": 6}}, "model.patch_size", "a power of 2"),
         ({"model": {"patch_embed": "hybrid"}}, "model.patch_embed", "one of linear, conv"),
         ({"data": {"name": "cifar10", "loader": "stream"}}, "data.loader", "memory for data.name=cifar10"),

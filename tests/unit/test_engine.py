@@ -335,8 +335,8 @@ def test_a_resume_state_is_only_for_the_recipe_data_and_weights_it_was_saved_fro
     seed_everything(0)
     model = create_model(TINY, 2)
 
-    def path(cfg=params.finetune, train_set=data, weights=model):
-        return resume_path("finetune", training_fingerprint(weights, train_set, cfg, params))
+    def path(cfg=params.finetune, train_set=data, weights=model, seed=0):
+        return resume_path("finetune", training_fingerprint(weights, train_set, cfg, params, seed))
 
     assert path() == path()  # the same inputs find their state again
     seed_everything(1)
@@ -344,8 +344,9 @@ def test_a_resume_state_is_only_for_the_recipe_data_and_weights_it_was_saved_fro
         path(cfg=params.finetune.model_copy(update={"lr": 5e-4})),
         path(train_set=other_data),
         path(weights=create_model(TINY, 2)),
+        path(seed=1),  # another fine-tuning seed: another order and augmentation
     }
-    assert path() not in others and len(others) == 3
+    assert path() not in others and len(others) == 4
 
 
 def test_the_validation_split_is_held_out_of_training():

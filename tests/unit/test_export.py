@@ -17,7 +17,14 @@ from synthvit.commands.export import export
 from synthvit.config import ModelConfig
 from synthvit.errors import UserError
 from synthvit.evaluation.inference import predict_logits
-from synthvit.models import create_model, load_checkpoint, model_from_checkpoint, save_checkpoint
+from synthvit.models import (
+    backbone_with_new_head,
+    create_model,
+    load_backbone,
+    load_checkpoint,
+    model_from_checkpoint,
+    save_checkpoint,
+)
 
 TINY = ModelConfig(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, drop_path_rate=0.0)
 # Run with only timm and torch imported: what a user of the exported folder has.
@@ -82,6 +89,20 @@ def test_a_backbone_takes_a_new_head(checkpoint, tmp_path):
     assert model.head.out_features == 3
     trained = load_checkpoint(source)["model_state"]
     assert torch.equal(model.state_dict()["blocks.0.attn.qkv.weight"], trained["blocks.0.attn.qkv.weight"])
+
+
+def test_an_exported_folder_is_a_backbone_synthvit_fine_tunes_from(checkpoint, tmp_path):
+    """finetune.backbone may name an exported folder (a released backbone): the same weights, model and recipe."""
+    _, source = checkpoint
+    export(source, tmp_path / "released")
+    saved, released = load_checkpoint(source), load_backbone(tmp_path / "released")
+    assert released["model_config"] == saved["model_config"] and released["classes"] == saved["classes"]
+    assert released["recipe"] == (saved.get("recipe") or {}) and released["summary"] == (saved.get("summary") or {})
+    model = backbone_with_new_head(released, TINY)
+    assert all(torch.equal(v, saved["model_state"][k]) for k, v in model.state_dict().items())
+    (tmp_path / "released" / "model.safetensors").unlink()
+    with pytest.raises(UserError, match="is not an exported backbone"):
+        load_backbone(tmp_path / "released")
 
 
 def test_refusals(checkpoint, tmp_path):

@@ -4,11 +4,14 @@ import torch
 from synthvit.config import ModelConfig
 from synthvit.errors import UserError
 from synthvit.models import (
+    MIMETIC_VALUE_PROJ,
     backbone_with_new_head,
     check_same_architecture,
     create_model,
     load_checkpoint,
+    mimetic_init,
     model_from_checkpoint,
+    new_head,
     save_checkpoint,
 )
 
@@ -89,7 +92,8 @@ def test_backbone_keeps_weights_and_replaces_head(tmp_path):
     pretrained = create_model(TINY, num_classes=100)
     save_checkpoint(tmp_path / "p.pt", pretrained, TINY, [str(i) for i in range(100)])
     checkpoint = load_checkpoint(tmp_path / "p.pt")
-    model = backbone_with_new_head(checkpoint, TINY, num_classes=10)
+    model = backbone_with_new_head(checkpoint, TINY)
+    new_head(model, 10, seed=0)
     assert model.head.out_features == 10
     for name, tensor in model.state_dict().items():
         if not name.startswith("head."):
@@ -182,3 +186,89 @@ def test_imagenet_weights_offline_without_a_file_say_what_to_do(monkeypatch):
         UserError, match=r"hf download timm/vit_tiny_patch16_224\S* model.safetensors.*finetune.imagenet_weights"
     ):
         create_model(ModelConfig(embed_dim=None, depth=None, num_heads=None), 10, imagenet_weights="")
+
+
+def test_new_head_depends_on_the_seed_alone():
+    """Arms of one fine-tuning seed start from the same head, whatever their backbone and RNG history."""
+    heads = []
+    for draws_before in (0, 5):
+        model = create_model(TINY, num_classes=100)
+        torch.rand(draws_before)  # another arm's history of the global generator
+        new_head(model, 10, seed=3)
+        heads.append(model.head.state_dict())
+    assert all(torch.equal(heads[0][k], heads[1][k]) for k in heads[0])
+    other = create_model(TINY, 100)
+    new_head(other, 10, seed=4)
+    assert not torch.equal(other.head.weight, heads[0]["weight"])
+
+
+DEMO = ModelConfig(img_size=32, patch_size=4, embed_dim=128, depth=2, num_heads=4, drop_path_rate=0.0)
+
+
+def head_products(model):
+    """Per block: the query-key product of each head (d x d) and the value-projection product (d x d),
+    in the paper's notation (q = x W_q, out = (A v) W_proj)."""
+    for block in model.blocks:
+        attn, dim = block.attn, block.attn.qkv.in_features
+        weight, k = attn.qkv.weight.detach(), attn.head_dim
+        query_key = [
+            weight[h * k : (h + 1) * k].T @ weight[dim + h * k : dim + (h + 1) * k] for h in range(attn.num_heads)
+        ]
+        yield query_key, weight[2 * dim :].T @ attn.proj.weight.detach().T
+
+
+def test_mimetic_init_follows_the_paper():
+    """Trockman & Kolter (arXiv 2305.09828): W_q W_k^T ~ identity per head, W_v W_proj ~ -identity."""
+    model = create_model(DEMO, 10)
+    mimetic_init(model, seed=0)
+    alpha, beta = MIMETIC_VALUE_PROJ
+    for query_key, value_proj in head_products(model):
+        off_diagonal = value_proj - torch.diag(value_proj.diagonal())
+        # the full-rank target alpha * Z + beta * I, Z ~ N(0, I/d), exactly
+        assert value_proj.diagonal().mean() == pytest.approx(beta, abs=0.02)
+        assert off_diagonal.std() == pytest.approx(alpha / 128**0.5, rel=0.1)
+        for product in query_key:  # rank head_dim: the best approximation of 0.7 Z + 0.7 I
+            assert torch.linalg.matrix_rank(product) == 32
+            assert product.diagonal().mean() > 4 * (product - torch.diag(product.diagonal())).std()
+    random = create_model(DEMO, 10)
+    for query_key, value_proj in head_products(random):  # timm's init has no such structure
+        assert abs(value_proj.diagonal().mean()) < 0.01 and all(abs(p.diagonal().mean()) < 0.01 for p in query_key)
+
+
+def first_attention(model, images):
+    """The first block's attention maps (batch, heads, tokens, tokens) on `images`."""
+    maps = []
+
+    def keep(attn, inputs, _):
+        x = inputs[0]
+        q, k, _ = attn.qkv(x).reshape(*x.shape[:2], 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+        maps.append(((q * attn.scale) @ k.transpose(-2, -1)).softmax(-1))
+
+    handle = model.blocks[0].attn.register_forward_hook(keep)
+    with torch.no_grad():
+        model.eval()(images)
+    handle.remove()
+    return maps[0]
+
+
+def test_mimetic_attention_looks_at_its_own_token_and_the_rest_is_untouched():
+    torch.manual_seed(0)
+    model, images = create_model(DEMO, 10), torch.randn(4, 3, 32, 32)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    uniform = first_attention(model, images).diagonal(dim1=-2, dim2=-1).mean()
+    mimetic_init(model, seed=0)
+    diagonal = first_attention(model, images).diagonal(dim1=-2, dim2=-1).mean()
+    assert uniform < 0.03 and diagonal > 10 * uniform  # 65 tokens: 1/65 each when attention is flat
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed == {f"blocks.{i}.attn.{w}.weight" for i in range(2) for w in ("qkv", "proj")}
+    again = create_model(DEMO, 10)
+    mimetic_init(again, seed=0)
+    assert torch.equal(again.blocks[1].attn.qkv.weight, model.blocks[1].attn.qkv.weight)  # seeded
+
+
+def test_mimetic_init_is_for_vits():
+    cnn = create_model(
+        ModelConfig(name="resnet18", patch_size=None, embed_dim=None, depth=None, num_heads=None, drop_path_rate=0.0), 5
+    )
+    with pytest.raises(UserError, match="init=mimetic applies to timm ViTs"):
+        mimetic_init(cnn, seed=0)

@@ -14,12 +14,13 @@ from torch.utils.data import DataLoader
 
 from helpers.repo import REPO, pipeline_env, update_params
 from synthvit.config import ModelConfig, RuntimeConfig, SyntheticConfig, TrainConfig
-from synthvit.data.fractals import RenderedFractals, load_synthetic, shuffle_labels, synthetic_samples
+from synthvit.data.fractals import RenderedFractals, load_heldout, load_synthetic, shuffle_labels, synthetic_samples
 from synthvit.data.images import TensorImages
 from synthvit.models import create_model
 from synthvit.runtime import seed_everything
 from synthvit.synthetic.generate import generate_dataset
 from synthvit.synthetic.render import point_fill_rates
+from synthvit.synthetic.source import ManifestImages
 from synthvit.training.engine import train
 
 SMALL = {
@@ -97,6 +98,30 @@ def test_fresh_instances_differ_between_epochs_but_not_between_reruns(tmp_path, 
     assert differs.all(), f"{int((~differs).sum())} images unchanged in epoch 2"
     assert torch.equal(second, rendered_tensor(tmp_path / "fresh", epoch=2))  # a rerun draws the same
     assert load_synthetic(tmp_path / "fresh", 16).digest != load_synthetic(tmp_path / "fixed", 16).digest
+
+
+@pytest.mark.parametrize("kind", ["fractaldb", "onepfrac"])
+def test_the_heldout_split_is_never_drawn_by_training(tmp_path, kind):
+    """Pre-training's held-out instances: their own images, labelled by category, none of them a training one."""
+    cfg = SyntheticConfig(**{**SMALL, "kind": kind}, store="manifest", fresh_instances=True)
+    generate_dataset(cfg, 5, tmp_path / kind, progress=False)
+    heldout = load_heldout(tmp_path / kind, 16, per_class=3)
+    assert heldout.labels.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2] and heldout.images.shape == (9, 3, 16, 16)
+    assert torch.equal(heldout.images, load_heldout(tmp_path / kind, 16, per_class=3).images)  # seeded
+    images = ManifestImages(json.loads((tmp_path / kind / "manifest.json").read_text()))
+    held = images.heldout_systems(3)
+    # Training's draws: instance numbers (epoch - 1) * 4 + i; FractalDB's repeat its 100 variations.
+    trained = images.systems(range(len(images)), epoch=1, fresh=True) + [
+        system for epoch in range(2, 26) for system in images.systems(range(len(images)), epoch, fresh=True)
+    ]
+    seeds = {seed for _, _, seed, _ in trained}
+    assert not seeds & {seed for _, _, seed, _ in held}  # new walks and patch masks
+    if kind == "fractaldb":  # and shapes off the weight grid: no held-out formula is a training one
+        trained_maps = [maps for maps, _, _, _ in trained]
+        assert not any(any(np.array_equal(maps, other) for other in trained_maps) for maps, _, _, _ in held)
+    rendered = [rendered_tensor(tmp_path / kind, epoch=e) for e in range(1, 4)]
+    for image in heldout.images:
+        assert not any(torch.equal(image, seen) for epoch in rendered for seen in epoch)
 
 
 class Stop(Exception):

@@ -165,6 +165,13 @@ def export(source: Path, folder: Path, force: bool = False) -> Path:
         )
         config = json.loads((staging / "config.json").read_text())
         config["pretrained_cfg"].pop("license", None)  # the base model's entry, not these weights'
+        # What synthvit needs to fine-tune from the folder (finetune.backbone): timm ignores the key.
+        config["synthvit"] = {
+            "stage": stage,
+            "model_config": checkpoint["model_config"],
+            "recipe": checkpoint.get("recipe") or {},
+            "summary": checkpoint.get("summary") or {},
+        }
         (staging / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         (staging / "README.md").write_text(model_card(checkpoint, source, folder.name))
         folder.mkdir(parents=True, exist_ok=True)

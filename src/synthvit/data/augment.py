@@ -1,10 +1,11 @@
 """Batch augmentation on the training device: no per-sample Python in the hot loop.
 
 `Augmentation` is a recipe's whole chain, applied to each uint8 batch in this order:
-auto-augment (torchvision's RandAugment or TrivialAugment, one draw per group of 8
-images), conversion to normalised float, a random resized crop with zero padding and a
-horizontal flip (one affine warp per image, `affine_grid` + `grid_sample`, drawn for the
-whole batch at once), Mixup/CutMix and random erasing (timm's, on whole batches).
+random colours (pre-training on gray fractals only), auto-augment (torchvision's RandAugment
+or TrivialAugment, one draw per group of 8 images), conversion to normalised float, a random
+resized crop with zero padding and a horizontal flip (one affine warp per image,
+`affine_grid` + `grid_sample`, drawn for the whole batch at once), Mixup/CutMix and random
+erasing (timm's, on whole batches).
 """
 
 from __future__ import annotations
@@ -18,8 +19,19 @@ from timm.data import Mixup
 from timm.data.random_erasing import RandomErasing
 from torchvision.transforms import v2
 
-from synthvit.config import TrainConfig
+from synthvit.config import PretrainConfig, TrainConfig
 from synthvit.models import DEFAULT_MEAN, DEFAULT_STD
+
+
+def random_colors(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Gray uint8 N x 3 x H x W images recoloured: each image gets a random foreground colour where it
+    is lit and a random background colour where it is dark, its gray level blending the two."""
+    n, device = len(images), images.device
+    foreground, background = (
+        torch.randint(0, 256, (n, 3, 1, 1), generator=generator, device=device).float() for _ in range(2)
+    )
+    lit = images[:, :1].float() / 255.0
+    return (background + (foreground - background) * lit).round().to(torch.uint8)
 
 
 def to_float(images: torch.Tensor, mean, std) -> torch.Tensor:
@@ -135,6 +147,7 @@ class Augmentation:
     """A recipe's augmentation chain (the module docstring gives the order), built once per run."""
 
     cfg: TrainConfig
+    colors: bool  # recolour gray images (PretrainConfig.random_colors)
     policy: object  # torchvision auto-augment policy, or None
     mixup: Mixup | None
     erasing: RandomErasing | None
@@ -145,6 +158,7 @@ class Augmentation:
     def of(cls, cfg: TrainConfig, num_classes: int, device: torch.device) -> Augmentation:
         return cls(
             cfg,
+            isinstance(cfg, PretrainConfig) and cfg.random_colors,
             auto_augment_policy(cfg.auto_augment, cfg.auto_augment_magnitude),
             build_mixup(cfg, num_classes),
             RandomErasing(cfg.random_erasing, mode="pixel", device=device) if cfg.random_erasing > 0 else None,
@@ -161,6 +175,8 @@ class Augmentation:
         """(normalised float images, targets) for a uint8 batch and its labels; crops and flips draw from
         `generator`."""
         cfg = self.cfg
+        if self.colors:
+            batch = random_colors(batch, generator)
         x = to_float(auto_augment(batch, self.policy), self.mean, self.std)
         x = random_resized_crop_flip(x, cfg.crop_scale, padding=cfg.crop_padding, hflip=cfg.hflip, generator=generator)
         target = labels

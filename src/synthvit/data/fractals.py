@@ -258,6 +258,16 @@ def load_synthetic(root: Path, img_size: int, num_workers: int = 2, preload_byte
     return load_image_folder(root / "images", img_size, 0, num_workers, classes=names)
 
 
+def load_heldout(root: Path, img_size: int, per_class: int) -> TensorImages:
+    """`per_class` images of every category that no pre-training epoch draws (source.HELDOUT_FIRST),
+    rendered once into memory, labelled with their true categories (also when training shuffles them)."""
+    manifest = read_manifest(root)
+    images = ManifestImages(manifest)
+    rendered, _ = images.render_systems(images.heldout_systems(per_class))
+    labels = torch.arange(len(images.names)).repeat_interleave(per_class)
+    return TensorImages(fit_gray(rendered, img_size), labels, images.names)
+
+
 def shuffle_labels(data: ImageSet, seed: int) -> ImageSet:
     """The same images, each given another image's category (a seeded permutation: every category keeps its
     size, but no longer means a formula): the control that tells formula-driven categories from any pre-training."""

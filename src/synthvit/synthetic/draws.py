@@ -15,7 +15,7 @@ from synthvit.synthetic import ifs
 from synthvit.synthetic.search import Candidate
 
 # One stream per kind of draw, so no two draws ever share a generator.
-SEARCH_STREAM, INSTANCE_STREAM, SIGMA_FACTOR_STREAM, PERTURBATION_STREAM = range(4)
+SEARCH_STREAM, INSTANCE_STREAM, SIGMA_FACTOR_STREAM, PERTURBATION_STREAM, HELDOUT_STREAM = range(5)
 FLIPS = ("none", "vertical", "horizontal", "both")
 PATTERNS_PER_ROW = 10  # FractalDB: 10 patch draws per weight row and flip (25 x 10 x 4 = 1,000)
 OFDB_FIRST_ROW = (0.2, 1.0, 1.0, 1.0, 1.0, 1.0)  # make_2dofdb.py renders weights_0.4.csv's first row only
@@ -102,6 +102,19 @@ def instance_variation(seed: int, category: int, instance: int, weight_step: flo
         "weight": weight,
         "flip": FLIPS[instance % len(FLIPS)],
         "pattern": instance // (len(FLIPS) * len(rows)),
+        "render_seed": instance_render_seed(seed, category, instance),
+    }
+
+
+def heldout_variation(seed: int, category: int, instance: int, weight_step: float) -> dict:
+    """A FractalDB instance no training epoch draws: one coefficient scaled by a weight drawn from the
+    whole range of the weight set, U(1 - 2 step, 1 + 2 step), where training uses its four values only;
+    a random flip; its own render seed."""
+    rng = keyed_rng(seed, HELDOUT_STREAM, category, instance)
+    return {
+        "coefficient": ifs.COEFFICIENT_NAMES[int(rng.integers(len(ifs.COEFFICIENT_NAMES)))],
+        "weight": float(rng.uniform(1 - 2 * weight_step, 1 + 2 * weight_step)),
+        "flip": FLIPS[int(rng.integers(len(FLIPS)))],
         "render_seed": instance_render_seed(seed, category, instance),
     }
 

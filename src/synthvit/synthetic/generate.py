@@ -351,9 +351,15 @@ def _swap_in(staging: Path, out_dir: Path) -> None:
 
 
 def generate_dataset(
-    cfg: SyntheticConfig, seed: int, out_dir: Path, progress: bool = True, workers: int | None = None
+    cfg: SyntheticConfig,
+    seed: int,
+    out_dir: Path,
+    progress: bool = True,
+    workers: int | None = None,
+    before_publishing=lambda: None,
 ) -> dict:
     """Write the dataset that cfg describes into out_dir (replaced atomically); return its manifest.
+    `before_publishing` runs once the set is staged, before it replaces out_dir (it may raise to stop).
 
     Same cfg and seed give byte-identical files on any machine and for any number of
     `workers` processes. Raises UserError when a category cannot reach cfg.fill_rate in
@@ -366,6 +372,7 @@ def generate_dataset(
     shutil.rmtree(staging, ignore_errors=True)
     try:
         manifest = _build(cfg, seed, staging, progress, workers or default_workers())
+        before_publishing()
         _swap_in(staging, out_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -8,7 +8,9 @@ of (seed, category, instance), so the manifest need not list them. With fresh
 instances, epoch e (from 1) reads instance numbers (e - 1) * images_per_class + i:
 epoch 1 is the stored set, later epochs new patch masks and walks over the same
 enumeration of weight rows and flips (FractalDB), or new masks and walks of the
-category image (OFDB, 1p-frac).
+category image (OFDB, 1p-frac). Instance numbers from HELDOUT_FIRST on are the held-out
+split, which no epoch reaches: pre-training scores them to tell a learned task from a
+memorised one (FractalDB's are drawn off its weight grid, draws.heldout_variation).
 
 Rendering is the vectorised numpy renderer (render.py), so an image is byte-identical
 whichever batch, process or epoch asks for it; the generator writes its files (PNG
@@ -35,6 +37,9 @@ class Category:
     image_maps: tuple  # what the category image draws (OFDB's first weight row, else maps)
     probabilities: tuple
     render_seed: int
+
+
+HELDOUT_FIRST = 2**40  # far above any epoch's instance numbers ((epoch - 1) * images_per_class + i)
 
 
 class ManifestImages:
@@ -66,6 +71,9 @@ class ManifestImages:
         probabilities = np.asarray(entry.probabilities)
         if instance == 0:
             return np.asarray(entry.image_maps), probabilities, entry.render_seed, "none"
+        if instance >= HELDOUT_FIRST and self.kind == "fractaldb":
+            held = draws.heldout_variation(self.seed, category, instance, self.cfg.instance_weights)
+            return draws.instance_maps(entry.maps, held), probabilities, held["render_seed"], held["flip"]
         if self.kind != "fractaldb":  # fresh draws of a one-image category: new masks and walk
             return (
                 np.asarray(entry.image_maps),
@@ -84,11 +92,18 @@ class ManifestImages:
         """ManifestImages.system of each flat index, in epoch `epoch`."""
         return [self.system(i // self.per_class, self.instance_number(i, epoch, fresh)) for i in indices]
 
+    def heldout_systems(self, per_class: int) -> list[tuple[np.ndarray, np.ndarray, int, str]]:
+        """The held-out split: `per_class` instances of each category, category-major (labels: index // per_class)."""
+        categories = range(len(self.categories))
+        return [self.system(category, HELDOUT_FIRST + k) for category in categories for k in range(per_class)]
+
     def render(self, indices, epoch: int = 1, fresh: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """(images (N, S, S) uint8 at synthetic.image_size, gray and flipped as stored; converged (N,))."""
+        return self.render_systems(self.systems(indices, epoch, fresh))
+
+    def render_systems(self, systems: list) -> tuple[np.ndarray, np.ndarray]:
         size = self.settings.image_size
-        images, converged = np.empty((len(indices), size, size), np.uint8), np.empty(len(indices), bool)
-        systems = self.systems(indices, epoch, fresh)
+        images, converged = np.empty((len(systems), size, size), np.uint8), np.empty(len(systems), bool)
         batch = batch_size_for(self.settings.num_points)
         for start in range(0, len(systems), batch):
             chunk = systems[start : start + batch]

@@ -28,7 +28,7 @@ import psutil
 from mlflow.utils.git_utils import get_git_commit
 from pydantic import BaseModel
 
-from synthvit.config import Params, load_params
+from synthvit.config import Params, check_params_unchanged, parse_params, read_params_file
 from synthvit.data.images import check_available
 from synthvit.errors import DISK_ERRORS, UserError, fix_for
 from synthvit.models import check_weights_available
@@ -57,6 +57,11 @@ class Stage:
     params: Params
     run: OutboxRun | distributed.Silent  # the stage's MLflow run (log_metrics, log_artifact, ...)
     timing: dict  # figures for the timing file, beside the wall time and the machine
+    started_with: dict  # params.yaml as the stage read it, once, at its start
+
+    def check_params_unchanged(self) -> None:
+        """Call before writing the outputs: stops the stage when params.yaml changed under it."""
+        check_params_unchanged(self.name, self.started_with)
 
 
 @contextlib.contextmanager
@@ -64,7 +69,8 @@ def stage_context(name: str, *sections: str, needs=()):
     """Run one DVC stage: yields a `Stage` whose run logs `sections` of params.yaml as its params.
     `needs`: files the stage reads that an earlier stage writes, checked before anything is opened."""
     try:
-        params = load_params()
+        started_with = read_params_file()
+        params = parse_params(started_with)
         health.check_tracking_store()  # within seconds, before any work: is the server there and letting us in?
         check_pipeline_inputs(params)
         for path in needs(params) if callable(needs) else needs:
@@ -79,7 +85,7 @@ def stage_context(name: str, *sections: str, needs=()):
         value = getattr(params, section)
         logged.update(flat(value, section) if isinstance(value, BaseModel) else {section: value})
     with stage_run(name, logged, params.tracking.experiment_name) as run:
-        stage = Stage(name, params, run, {})
+        stage = Stage(name, params, run, {}, started_with)
         yield stage
         if distributed.is_main():
             run.log_artifact(str(timing.write_timing(name, **stage.timing)))

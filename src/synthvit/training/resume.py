@@ -52,15 +52,17 @@ class TrainingState:
         return self.ema.module if self.ema is not None else self.model
 
 
-def training_fingerprint(model: nn.Module, train_set: ImageSet, train_cfg: TrainConfig, params: Params) -> dict:
-    """What must match for a saved training state to be resumed: recipe, data and starting weights."""
+def training_fingerprint(
+    model: nn.Module, train_set: ImageSet, train_cfg: TrainConfig, params: Params, seed: int
+) -> dict:
+    """What must match for a saved training state to be resumed: recipe, seed, data and starting weights."""
     runtime = params.runtime.model_dump()
     runtime.pop("num_threads")
     return {
         "train": train_cfg.model_dump(),
         "model": params.model.model_dump(),
         "runtime": runtime,
-        "seed": params.seed,
+        "seed": seed,
         "data": train_set.digest,
         "initial_weights": tensor_digest(*model.state_dict().values()),
     }

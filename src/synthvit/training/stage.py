@@ -42,23 +42,25 @@ def recipe(stage: str, params: Params) -> dict:
 
 
 def train_and_record(
-    stage: str,
+    stage,  # what tracking.runs.stage_context yields: name, params, run, check_params_unchanged()
     model: nn.Module,
     train_set: ImageSet,
     train_cfg: TrainConfig,
-    params: Params,
-    run,
+    seed: int,
     eval_set: TensorImages | None = None,
     keep_best: bool = False,
     backbone: dict | None = None,
 ) -> tuple[dict, dict]:
-    """Train `model`, save its checkpoint, history and summary metrics, log them to `run`
-    (the stage's MLflow run); returns (summary, timing figures). `backbone`: the recipe of
-    the pre-trained checkpoint the model started from, kept in the new checkpoint too.
+    """Train `model` with `seed` (order, augmentation), save its checkpoint, history and summary metrics,
+    log them to the stage's MLflow run; returns (summary, timing figures). `eval_set` is scored every
+    epoch (fine-tuning: validation or test curve; pre-training: held-out fractal instances).
+    `backbone`: the recipe of the pre-trained checkpoint the model started from, kept in the new one too.
 
-    The resume state goes only once every output is written: a disk that fills while the
-    checkpoint is written stops the stage with one line, and the next run resumes from it.
+    Outputs are written only if params.yaml still holds what the stage started with. The resume state
+    goes only once every output is written: a disk that fills while the checkpoint is written, or
+    params changed under the stage, stop it with one line, and the next run resumes from the state.
     """
+    params, run = stage.params, stage.run
     num_parameters = count_parameters(model)
     run.log_params(
         {
@@ -67,18 +69,18 @@ def train_and_record(
             "data.num_classes": train_set.num_classes,
         }
     )
-    resume_file = resume_path(stage, training_fingerprint(model, train_set, train_cfg, params))
+    resume_file = resume_path(stage.name, training_fingerprint(model, train_set, train_cfg, params, seed))
     history = train(
         model,
         train_set,
         train_cfg,
         params.runtime,
-        params.seed,
+        seed,
         eval_set=eval_set,
         on_epoch=lambda metrics: run.log_metrics(
             {k: v for k, v in metrics.items() if k != "epoch"}, step=metrics["epoch"]
         ),
-        desc=stage,
+        desc=stage.name,
         resume_file=resume_file,
         keep_best=keep_best,
         num_workers=params.data.num_workers,
@@ -108,28 +110,30 @@ def train_and_record(
     }
     if not distributed.is_main():
         return summary, timing  # under torchrun, process 0 writes the outputs
+    stage.check_params_unchanged()
+    name = stage.name
     try:
-        made_by = {**recipe(stage, params), **({"backbone": backbone} if backbone else {})}
+        made_by = {**recipe(name, params), **({"backbone": backbone} if backbone else {})}
         save_checkpoint(
-            checkpoint_path(stage), model, params.model, train_set.classes, stage=stage, summary=summary, recipe=made_by
+            checkpoint_path(name), model, params.model, train_set.classes, stage=name, summary=summary, recipe=made_by
         )
-        write_csv(history_path(stage), pd.DataFrame(history).drop(columns=list(TIMING_KEYS), errors="ignore"))
-        write_json(metrics_path(stage), summary)
+        write_csv(history_path(name), pd.DataFrame(history).drop(columns=list(TIMING_KEYS), errors="ignore"))
+        write_json(metrics_path(name), summary)
     except OSError as exc:  # atomic_write names the output and turns torch's RuntimeErrors into these
         if exc.errno not in DISK_ERRORS:
             raise
         kept = (
             f"`dvc repro` writes its outputs without training again (the trained state is kept in {resume_file})"
             if resume_file.is_file()
-            else f"`dvc repro` trains again ({stage}.checkpoint_every is 0: no state was kept)"
+            else f"`dvc repro` trains again ({name}.checkpoint_every is 0: no state was kept)"
         )
         raise UserError(
-            f"{stage} trained but could not write {exc.filename} ({DISK_ERRORS[exc.errno]}); "
+            f"{name} trained but could not write {exc.filename} ({DISK_ERRORS[exc.errno]}); "
             f"{fix_for(exc.errno)}, then {kept}"
         ) from None
     resume_file.unlink(missing_ok=True)
     run.log_metrics({f"final_{k}": float(v) for k, v in summary.items()})
     if timing["train_images_per_s"] is not None:
         run.log_metric("final_train_images_per_s", timing["train_images_per_s"])
-    run.log_artifact(str(history_path(stage)))
+    run.log_artifact(str(history_path(name)))
     return summary, timing
