@@ -87,8 +87,8 @@ def main() -> None:
     ) as stage:
         params, mlflow = stage.params, stage.run
         mlflow.log_params({"model.img_size": params.model.img_size, "finetune.init": params.finetune.init})
-        predictions = read_csv(EVALUATE / "predictions.csv", text_columns=("actual", "predicted", "path"))
-        classes = pd.read_csv(EVALUATE / "per_class.csv")["class"].tolist()
+        predictions = read_csv(EVALUATE / "predictions.csv")
+        classes = read_csv(EVALUATE / "per_class.csv")["class"].tolist()  # `0`..`9` stay names, not numbers
         matrix = confusion_matrix(predictions["actual"], predictions["predicted"], labels=classes)
         figures = [
             plots.save(
