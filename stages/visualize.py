@@ -37,15 +37,20 @@ def test_images(params, rows: pd.DataFrame, img_size: int) -> torch.Tensor:
     return load_split(params.data, "test", img_size).images[rows["index"].tolist()]
 
 
-def misclassified_grid(params, predictions: pd.DataFrame, path: Path) -> Path:
-    """The most confident mistakes, with true and predicted labels."""
+def misclassified_figure(params, predictions: pd.DataFrame):
+    """The most confident mistakes, with true and predicted labels; a model without any gets a figure saying so."""
     wrong = predictions[predictions["actual"] != predictions["predicted"]]
+    if len(wrong) == 0:  # checked first: there are no images to stack
+        message = f"no mistakes: all {len(predictions)} test images were classified right"
+        return plots.message_figure(message, "Most confident mistakes: none")
     wrong = wrong.sort_values("confidence", ascending=False).head(params.visualize.num_misclassified)
     images = test_images(params, wrong, params.model.img_size).permute(0, 2, 3, 1).numpy()
     titles = [f"{a} -> {p}\n{c:.0%}" for a, p, c in zip(wrong["actual"], wrong["predicted"], wrong["confidence"])]
-    if len(wrong) == 0:
-        images, titles = np.zeros((1, 8, 8, 3), np.uint8), ["no mistakes"]
-    return plots.save(plots.image_grid(images, titles, f"Most confident mistakes ({len(wrong)} shown)"), path)
+    return plots.image_grid(images, titles, f"Most confident mistakes ({len(wrong)} shown)")
+
+
+def misclassified_grid(params, predictions: pd.DataFrame, path: Path) -> Path:
+    return plots.save(misclassified_figure(params, predictions), path)  # dvc.yaml declares it: always written
 
 
 def synthetic_grid(count: int, path: Path) -> Path:
@@ -87,8 +92,8 @@ def main() -> None:
     ) as stage:
         params, mlflow = stage.params, stage.run
         mlflow.log_params({"model.img_size": params.model.img_size, "finetune.init": params.finetune.init})
-        predictions = read_csv(EVALUATE / "predictions.csv", text_columns=("actual", "predicted", "path"))
-        classes = pd.read_csv(EVALUATE / "per_class.csv")["class"].tolist()
+        predictions = read_csv(EVALUATE / "predictions.csv")
+        classes = read_csv(EVALUATE / "per_class.csv")["class"].tolist()  # `0`..`9` stay names, not numbers
         matrix = confusion_matrix(predictions["actual"], predictions["predicted"], labels=classes)
         stage.check_params_unchanged()
         figures = [

@@ -135,6 +135,14 @@ MUTATIONS = [
         ["tests/unit/test_export.py"],
     ),
     Mutation(
+        "pretrain-params-undeclared",
+        "dvc.yaml's pretrain stage leaves out the pretrain section (a changed pretrain.lr re-runs nothing)",
+        "dvc.yaml",
+        "      - model\n      - pretrain\n",
+        "      - model\n",
+        ["tests/pipeline/test_dvc_deps.py::test_every_stage_declares_the_params_its_code_reads"],
+    ),
+    Mutation(
         "stale-readme",
         "the README's result tables are not regenerated from results/",
         "src/synthvit/commands/results.py",

@@ -115,10 +115,25 @@ def write_csv(path: Path, frame: pd.DataFrame) -> Path:
     return atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False, errors=PATH_ERRORS))
 
 
+# Columns that hold names: class names (folder names such as `0`..`9`, `007` beside `7`, `None`) and
+# file names. pandas would read such a name back as a number or a missing value.
+NAME_COLUMNS = ("class", "actual", "predicted", "path")
+
+
+def is_name_column(column: str) -> bool:
+    return column in NAME_COLUMNS or column.endswith("_class")  # `synthvit predict`'s top1_class, ...
+
+
 def read_csv(path: Path, text_columns=()) -> pd.DataFrame:
-    """A CSV that `write_csv` wrote, file names included (see PATH_ERRORS): `text_columns` (those that
-    may hold file names) stay Python strings, which pandas' default Arrow strings cannot hold."""
-    return pd.read_csv(path, encoding_errors=PATH_ERRORS, dtype=dict.fromkeys(text_columns, object))
+    """A CSV that `write_csv` wrote. Name columns (NAME_COLUMNS) and `text_columns` come back exactly as
+    written, as Python strings (file names included, see PATH_ERRORS; pandas' default Arrow strings cannot
+    hold them); only an empty field, what write_csv writes for None, is missing. Other columns as pandas reads them."""
+    written = pd.read_csv(path, encoding_errors=PATH_ERRORS, dtype=object, keep_default_na=False, na_values=[""])
+    text = [c for c in written.columns if is_name_column(c) or c in text_columns]
+    # Two passes: pandas has no per-column switch for the words it reads as missing ("None", "NA", "nan").
+    frame = pd.read_csv(path, encoding_errors=PATH_ERRORS, dtype=dict.fromkeys(text, object))
+    frame[text] = written[text]
+    return frame
 
 
 def text_frame(data: dict | list[dict]) -> pd.DataFrame:

@@ -25,6 +25,7 @@ from mlflow import MlflowClient
 
 from helpers.mounts import remount, small_disk
 from helpers.repo import pipeline_env
+from helpers.servers import free_port
 from helpers.training import bright_vs_dark, plain_recipe
 from synthvit.config import ModelConfig, RuntimeConfig
 from synthvit.errors import Terminated, UserError, run_main
@@ -248,13 +249,18 @@ def test_sync_skips_cut_off_and_garbage_lines_keeps_them_and_uploads_the_rest(st
     calls.write_bytes(lines[0] + garbage + lines[1] + lines[2] + cut)
 
     code, out, err = cli(capsys, "tracking", "sync")
-    assert code == 0, err
     rejected = waiting.folder / "calls.rejected.jsonl"
+    kept_aside = (
+        f"error: 2 tracking call(s) not uploaded: 2 set aside as cut off or not a tracking call (2 in {rejected}): "
+        "they cannot be uploaded; look at them, then delete them"
+    )
+    assert code == 2  # a script that syncs after a run can tell that not everything went
     assert err.splitlines() == [
         f"warning: {calls} line 2 is cut off or not a tracking call ('utf-8' codec can't decode byte 0xff in "
         f"position 0); skipped it, kept in {rejected}",
         f"warning: {calls} line 5 is cut off or not a tracking call (Unterminated string starting at); "
         f"skipped it, kept in {rejected}",
+        kept_aside,
     ]
     assert out.strip() == (
         f"uploaded 3 tracking call(s) of run {run_id} to {uri}; skipped 2 unreadable line(s), kept in {rejected}"
@@ -265,10 +271,51 @@ def test_sync_skips_cut_off_and_garbage_lines_keeps_them_and_uploads_the_rest(st
     assert rejected.read_bytes() == garbage + cut + b"\n"
     assert sorted(p.name for p in waiting.folder.iterdir()) == ["calls.rejected.jsonl", "meta.json"]
 
-    # It does not fail the same way forever: nothing is left to upload, and the rejected lines stay.
+    # Nothing is left to upload, and the lines set aside stay, named (a sync retried until it succeeds does not
+    # hide them), until the user has looked at them and deleted them.
+    code, out, err = cli(capsys, "tracking", "sync")
+    assert (code, err.strip()) == (2, kept_aside) and out.startswith("nothing to upload")
+    assert rejected.is_file()
+    rejected.unlink()
     code, out, err = cli(capsys, "tracking", "sync")
     assert (code, err) == (0, "") and out.startswith("nothing to upload")
-    assert rejected.is_file()
+
+
+def test_sync_exits_non_zero_while_calls_wait_and_says_how_many_and_where(store, capsys):
+    uri, client, run_id = store
+    delivered = outbox.OutboxRun(uri, run_id)
+    delivered.store({"call": "log_batch", "run_id": run_id, "params": {"lr": "0.001"}})
+    # A run deleted on the server meanwhile: the server refuses its calls.
+    experiment = client.get_experiment_by_name("synthvit").experiment_id
+    deleted = client.create_run(experiment).info.run_id
+    refused = outbox.OutboxRun(uri, deleted)
+    for step in (1, 2):
+        refused.store({"call": "log_batch", "run_id": deleted, "metrics": [["loss", 0.5, 1000, step]]})
+    client.delete_run(deleted)
+    # A server that is away (nothing listens on its port).
+    away_uri = f"http://127.0.0.1:{free_port()}"
+    away = outbox.OutboxRun(away_uri, "f" * 32)
+    for step in (1, 2, 3):
+        away.store({"call": "log_batch", "run_id": "f" * 32, "metrics": [["loss", 0.5, 1000, step]]})
+
+    code, out, err = cli(capsys, "tracking", "sync")
+    assert code == 2
+    assert f"uploaded 1 tracking call(s) of run {run_id} to {uri}" in out
+    assert client.get_run(run_id).data.params == {"lr": "0.001"}
+    warnings, last = err.strip().splitlines()[:-1], err.strip().splitlines()[-1]
+    assert len(warnings) == 2 and all(w.startswith("warning: ") for w in warnings)
+    assert any(f"{refused.folder}" in w and "stopped" in w for w in warnings)
+    assert (
+        f"warning: MLflow tracking server {away_uri} does not answer (connection refused); "
+        f"the calls of run {away.run_id} stay in {away.folder}"
+    ) in warnings
+    waiting = sorted([(refused.folder, 2), (away.folder, 3)])
+    assert last == (
+        "error: 5 tracking call(s) not uploaded: 5 still wait ("
+        + ", ".join(f"{n} in {folder}" for folder, n in waiting)
+        + "): see the warnings above, then run `synthvit tracking sync` again"
+    )
+    assert outbox.pending_calls(refused.folder) == 2 and outbox.pending_calls(away.folder) == 3  # kept for later
 
 
 def test_sync_with_a_damaged_meta_file_says_what_to_write(store, capsys):
@@ -282,7 +329,8 @@ def test_sync_with_a_damaged_meta_file_says_what_to_write(store, capsys):
         f"warning: {waiting.folder}/meta.json is damaged (JSONDecodeError): which server run {run_id} belongs to "
         f'is unknown; skipped it. Write {{"uri": "<tracking URI>", "run_id": "{run_id}"}} into it and sync again, '
         "or remove the folder",
-        "error: 1 outbox folder(s) not uploaded: see the warnings above",
+        f"error: 1 tracking call(s) not uploaded: 1 still wait (1 in {waiting.folder}): see the warnings above, "
+        "then run `synthvit tracking sync` again",
     ]
     assert (waiting.folder / "calls.jsonl").is_file()  # kept for the next sync
 

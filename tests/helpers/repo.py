@@ -68,11 +68,14 @@ def find_cifar10() -> Path | None:
     return None
 
 
-def copy_subset(source: Path, dest: Path, train_per_class: int, test_per_class: int, classes=CIFAR10_CLASSES) -> Path:
-    """A small ImageFolder of real images: dest/{train,test}/<class>/*.jpg."""
+def copy_subset(
+    source: Path, dest: Path, train_per_class: int, test_per_class: int, classes=CIFAR10_CLASSES, folders=None
+) -> Path:
+    """A small ImageFolder of real images: dest/{train,test}/<class>/*.jpg. `folders`: the folder each of
+    `classes` is copied into (a data set whose classes are named `0`..`9`), by default the class's own name."""
     for split, count in (("train", train_per_class), ("test", test_per_class)):
-        for name in classes:
-            out = dest / split / name
+        for name, folder in zip(classes, folders or classes, strict=True):
+            out = dest / split / folder
             out.mkdir(parents=True, exist_ok=True)
             for path in sorted((source / split / name).iterdir())[:count]:
                 shutil.copy(path, out / path.name)

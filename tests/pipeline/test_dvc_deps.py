@@ -1,4 +1,5 @@
-"""dvc.yaml declares the code each stage runs: derived here from the stage script's imports."""
+"""dvc.yaml declares the code each stage runs and the params it reads: derived here from the stage script's
+imports and from the params sections and keys it asks for."""
 
 from __future__ import annotations
 
@@ -115,6 +116,108 @@ def test_the_walk_sees_imports_inside_functions_and_packages():
     assert not any("tracking" in path for path in evaluate)
     generate = code_dependencies(REPO / "stages/generate_synthetic.py")
     assert "src/synthvit/synthetic/render.py" in generate and "src/synthvit/training/engine.py" not in generate
+
+
+# Params a stage reads that do not change what it writes (dvc.yaml's header comment, docs/pipeline.md
+# "What re-runs"): dvc.yaml leaves them out on purpose, so changing one re-runs nothing.
+BOOKKEEPING_PARAMS = {
+    "runtime.num_threads": "how many CPU threads compute",
+    "runtime.compile": "torch.compile fuses the same operations",
+    "runtime.launcher": "how training processes start; torchrun's take slices of the same batches",
+    "data.num_workers": "how many threads decode the images",
+    "data.download": "whether a missing copy may be fetched, not which images are used",
+    "tracking": "MLflow names, model logging, the registry",
+}
+# evaluate and visualize load only the test split (data.images.load_split), which these keys do not shape.
+TRAIN_SPLIT_ONLY = {"data.train_per_class", "data.loader", "data.val_fraction"}
+NOT_READ = {"evaluate": TRAIN_SPLIT_ONLY, "visualize": TRAIN_SPLIT_ONLY}
+
+
+def params_file() -> dict:
+    return yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+def attribute_chain(node: ast.AST) -> list[str] | None:
+    """["data", "val_fraction"] for `params.data.val_fraction` or `stage.params.data.val_fraction`; None otherwise."""
+    names = []
+    while isinstance(node, ast.Attribute):
+        names.insert(0, node.attr)
+        node = node.value
+    if isinstance(node, ast.Name) and node.id == "params":
+        return names
+    if isinstance(node, ast.Name) and node.id == "stage" and names[:1] == ["params"]:
+        return names[1:]
+    return None
+
+
+def params_read(script: Path) -> set[str]:
+    """The params the stage script asks for: the sections it hands `stage_context`, and every
+    `params.<section>.<key>` it reads. A section used whole (`load_split(params.data, ...)`,
+    `params.data.model_copy(...)`) stands for all its keys. The whole `params` handed to the library
+    (train_and_record) is not followed: the sections the stage asks stage_context for say what it reads."""
+    tree = ast.parse(script.read_text())
+    inner = {id(node.value) for node in ast.walk(tree) if isinstance(node, ast.Attribute)}
+    sections = params_file()
+    read = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "stage_context":
+            read |= {arg.value for arg in node.args[1:] if isinstance(arg, ast.Constant)}
+        elif isinstance(node, ast.Attribute) and id(node) not in inner:  # the whole chain, once
+            chain = attribute_chain(node)
+            if chain:
+                keys = sections.get(chain[0])
+                known = isinstance(keys, dict) and len(chain) > 1 and chain[1] in keys
+                read.add(".".join(chain[:2]) if known else chain[0])
+    return read
+
+
+def required_params(name: str, read: set[str]) -> set[str]:
+    """What dvc.yaml must declare for a stage reading `read`: sections as their keys, bookkeeping aside."""
+    sections = params_file()
+    keys = set()
+    for item in read:
+        value = sections[item.split(".")[0]]
+        keys |= {f"{item}.{key}" for key in value} if "." not in item and isinstance(value, dict) else {item}
+    return {
+        key
+        for key in keys
+        if key not in NOT_READ.get(name, ())
+        and not any(key == b or key.startswith(b + ".") for b in BOOKKEEPING_PARAMS)
+    }
+
+
+def undeclared_params(dvc_stages: dict) -> dict:
+    """{stage: params its code reads that its dvc.yaml entry does not declare (as a key or its section)}."""
+    missing = {}
+    for name, stage in dvc_stages.items():
+        declared = stage.get("params", [])
+        assert all(isinstance(p, str) for p in declared), f"{name}: params from another file are not derived here"
+        required = required_params(name, params_read(REPO / f"stages/{name}.py"))
+        lacking = sorted(k for k in required if k not in declared and k.split(".")[0] not in declared)
+        if lacking:
+            missing[name] = lacking
+    return missing
+
+
+def test_every_stage_declares_the_params_its_code_reads():
+    missing = undeclared_params(stages())
+    assert not missing, f"dvc.yaml stages miss params they read (a change would re-run nothing): {missing}"
+
+
+def test_the_params_walk_sees_sections_keys_and_whole_sections():
+    assert params_read(REPO / "stages/pretrain.py") >= {"seed", "runtime", "model", "pretrain", "data.num_workers"}
+    # visualize hands stage_context only its own section; the rest it reads key by key, or whole (load_split).
+    visualize = params_read(REPO / "stages/visualize.py")
+    assert {"visualize", "visualize.num_misclassified", "model.img_size", "finetune.init", "data"} <= visualize
+    assert not {"model", "finetune", "runtime"} & visualize
+    # generate_synthetic reads through stage.params, not a local `params`.
+    assert params_read(REPO / "stages/generate_synthetic.py") >= {"seed", "synthetic", "synthetic.store"}
+    assert "data.val_fraction" in params_read(REPO / "stages/finetune.py")
+    # Deleting `- pretrain` from the pretrain stage's params is caught, key by key.
+    broken = stages()
+    broken["pretrain"]["params"].remove("pretrain")
+    assert "pretrain.lr" in undeclared_params(broken)["pretrain"]
+    assert set(undeclared_params(broken)) == {"pretrain"}
 
 
 def test_bookkeeping_params_are_not_stage_params():

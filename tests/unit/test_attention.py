@@ -188,3 +188,27 @@ def test_visualize_stage_attention_figures(small_imagefolder, tmp_path, monkeypa
     assert visualize.attention_figures(off, predictions) == []
     with pytest.raises(ConfigError, match="visualize.num_attention=-1 is invalid"):
         parse_params({"visualize": {"num_attention": -1}})
+
+
+def test_visualize_draws_a_model_without_mistakes(small_imagefolder, tmp_path):
+    visualize = load_visualize_stage()
+    paths = sorted((small_imagefolder / "test").glob("*/*.jpg"))
+    names = [p.parent.name for p in paths]
+    predictions = pd.DataFrame(
+        {
+            "index": range(len(paths)),
+            "actual": names,
+            "predicted": names,
+            "confidence": 0.9,
+            "path": [str(p) for p in paths],
+        }
+    )
+    params = parse_params({"data": {"name": "imagefolder", "root": str(small_imagefolder)}})
+    written = visualize.misclassified_grid(params, predictions, tmp_path / "misclassified.png")
+    with Image.open(written) as image:  # dvc.yaml declares it: the stage writes it whatever the model
+        assert image.format == "PNG"
+    figure = visualize.misclassified_figure(params, predictions)
+    assert figure._suptitle.get_text() == "Most confident mistakes: none"
+    assert [t.get_text() for ax in figure.axes for t in ax.texts] == [
+        f"no mistakes: all {len(paths)} test images were classified right"
+    ]

@@ -18,6 +18,6 @@ def check(args) -> int:
 
 
 def sync(args) -> int:
-    """Upload the tracking calls kept in .synthvit/outbox while the server was away."""
+    """Upload the tracking calls kept in .synthvit/outbox while the server was away; exit 0 only when all went."""
     outbox.sync()
     return 0

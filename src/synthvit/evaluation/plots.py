@@ -82,3 +82,12 @@ def image_grid(images: np.ndarray, titles: list[str], title: str, columns: int =
         ax.set_title(caption, fontsize=7)
     fig.suptitle(title)
     return fig
+
+
+def message_figure(message: str, title: str):
+    """A figure that says in words why there is nothing to draw (the stage still writes the file it declares)."""
+    fig, ax = plt.subplots(figsize=(6, 1.6))
+    ax.axis("off")
+    ax.text(0.5, 0.5, message, ha="center", va="center", fontsize=11)
+    fig.suptitle(title)
+    return fig

@@ -13,6 +13,7 @@ take stays on disk, and `synthvit tracking sync` uploads it later.
 A line that is not a whole call (cut off by a kill -9 mid-append or a full disk, or
 edited into garbage) would fail every replay the same way: it is skipped with a warning
 naming the file and line, kept in `calls.rejected.jsonl` beside it, and the rest goes up.
+`synthvit tracking sync` exits non-zero while any call waits or lies set aside, so a script can tell.
 """
 
 from __future__ import annotations
@@ -331,15 +332,16 @@ def replay(client, folder: Path) -> tuple[int, int]:
 
 
 def sync(root: Path | None = None) -> int:
-    """`synthvit tracking sync`: upload every outbox under the repository to its server. Returns the calls sent."""
+    """`synthvit tracking sync`: upload every outbox under the repository to its server. Returns the calls sent.
+    Raises UserError, one line saying how many calls did not go and where they are kept, while any wait
+    (server away or refusing, meta.json damaged) or lie set aside (cut off or not a call): exit 0 means all went."""
     root = root or outbox_root()
-    waiting = [p for p in root.glob("*") if (p / META).is_file() and (p / CALLS).is_file()] if root.is_dir() else []
-    folders = sorted(waiting)
-    if not folders:
+    folders = sorted(p for p in root.glob("*") if (p / META).is_file()) if root.is_dir() else []
+    waiting = [p for p in folders if (p / CALLS).is_file()]
+    if not waiting:
         print(f"nothing to upload: no tracking calls wait in {root}")
-        return 0
-    total, skipped = 0, []
-    for folder in folders:
+    total, left = 0, {}
+    for folder in waiting:  # one folder's problem leaves the others to go
         try:
             uri = json.loads((folder / META).read_text())["uri"]
         except (ValueError, KeyError, TypeError) as exc:
@@ -349,22 +351,48 @@ def sync(root: Path | None = None) -> int:
                 "into it and sync again, or remove the folder",
                 file=sys.stderr,
             )
-            skipped.append(folder)
+            left[folder] = pending_calls(folder)
             continue
-        health.check_tracking_store(uri)
+        problem = health.store_problem(uri)
+        if problem:  # a stage's way out (unset MLFLOW_TRACKING_URI) cannot move calls bound to this server
+            problem = problem.removesuffix(f": {health.WAY_OUT}")
+            print(f"warning: {problem}; the calls of run {folder.name} stay in {folder}", file=sys.stderr)
+            left[folder] = pending_calls(folder)
+            continue
         try:
             sent, rejected = replay(MlflowClient(uri, registry_uri=uri), folder)
         except Exception as exc:  # noqa: BLE001 - one line, the rest stays for the next sync
-            raise UserError(
-                f"uploading {folder} to {health.redact(uri)} stopped ({type(exc).__name__}: "
-                f"{str(exc).splitlines()[0][:300] if str(exc) else ''}); what is left stays there: "
-                "run `synthvit tracking sync` again"
-            ) from None
+            print(
+                f"warning: uploading {folder} to {health.redact(uri)} stopped ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0][:300] if str(exc) else ''}); what is left stays there",
+                file=sys.stderr,
+            )
+            left[folder] = pending_calls(folder)
+            continue
         total += sent
         print(
             f"uploaded {sent} tracking call(s) of run {folder.name} to {health.redact(uri)}"
             + (f"; skipped {rejected} unreadable line(s), kept in {folder / REJECTED}" if rejected else "")
         )
-    if skipped:
-        raise UserError(f"{len(skipped)} outbox folder(s) not uploaded: see the warnings above")
+    # Lines set aside by this sync or an earlier one (or a stage's own replay) never reach a server: they
+    # count until the user has looked at them, so a sync retried until it succeeds does not hide them.
+    aside = {p / REJECTED: line_count(p / REJECTED) for p in folders if (p / REJECTED).is_file()}
+    if left or aside:
+        raise UserError(not_uploaded(left, aside))
     return total
+
+
+def not_uploaded(left: dict[Path, int], aside: dict[Path, int]) -> str:
+    """How many tracking calls did not go and where they are, in one line."""
+    parts = []
+    if left:
+        where = ", ".join(f"{count} in {folder}" for folder, count in left.items())
+        then = "see the warnings above, then run `synthvit tracking sync` again"
+        parts.append(f"{sum(left.values())} still wait ({where}): {then}")
+    if aside:
+        where = ", ".join(f"{count} in {path}" for path, count in aside.items())
+        parts.append(
+            f"{sum(aside.values())} set aside as cut off or not a tracking call ({where}): "
+            "they cannot be uploaded; look at them, then delete them"
+        )
+    return f"{sum(left.values()) + sum(aside.values())} tracking call(s) not uploaded: " + "; ".join(parts)
