@@ -103,7 +103,8 @@ def main() -> None:
             plots.save(plots.confusion_matrix(matrix, classes), OUT / "confusion_matrix.png"),
             misclassified_grid(params, predictions, OUT / "misclassified.png"),
         ]
-        if params.finetune.init == "pretrained":  # only a model that started from the fractals shows them
+        from_pipeline = Path(params.finetune.backbone) == checkpoint_path("pretrain")  # not a released backbone
+        if params.finetune.init == "pretrained" and from_pipeline:  # only a model that started from these fractals
             figures += [
                 plots.save(
                     plots.training_curves(pd.read_csv(history_path("pretrain")), "pretrain"),

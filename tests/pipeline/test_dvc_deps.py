@@ -131,6 +131,8 @@ BOOKKEEPING_PARAMS = {
 # evaluate and visualize load only the test split (data.images.load_split), which these keys do not shape.
 TRAIN_SPLIT_ONLY = {"data.train_per_class", "data.loader", "data.val_fraction"}
 NOT_READ = {"evaluate": TRAIN_SPLIT_ONLY, "visualize": TRAIN_SPLIT_ONLY}
+# Params properties (config.Params) and the keys they read.
+DERIVED = {"finetune_seed": {"seed", "finetune.seed"}}
 
 
 def params_file() -> dict:
@@ -175,6 +177,7 @@ def required_params(name: str, read: set[str]) -> set[str]:
     """What dvc.yaml must declare for a stage reading `read`: sections as their keys, bookkeeping aside."""
     sections = params_file()
     keys = set()
+    read = {key for item in read for key in DERIVED.get(item, {item})}
     for item in read:
         value = sections[item.split(".")[0]]
         keys |= {f"{item}.{key}" for key in value} if "." not in item and isinstance(value, dict) else {item}
@@ -213,6 +216,7 @@ def test_the_params_walk_sees_sections_keys_and_whole_sections():
     # generate_synthetic reads through stage.params, not a local `params`.
     assert params_read(REPO / "stages/generate_synthetic.py") >= {"seed", "synthetic", "synthetic.store"}
     assert "data.val_fraction" in params_read(REPO / "stages/finetune.py")
+    assert {"seed", "finetune.seed"} <= required_params("finetune", {"finetune_seed"})
     # Deleting `- pretrain` from the pretrain stage's params is caught, key by key.
     broken = stages()
     broken["pretrain"]["params"].remove("pretrain")
