@@ -36,7 +36,7 @@ PROOF_NAME ?= proof-$(STAMP)
 PROOF_OUTPUT ?= plots/proof
 PYTEST_ARGS ?=
 
-.PHONY: install demo proof test lint no-dvc-running clean-venv browser-deps postgres-deps gpu-pack gpu-check
+.PHONY: install demo proof study-candidates study test lint no-dvc-running clean-venv browser-deps postgres-deps gpu-pack gpu-check
 
 $(INSTALLED): requirements.txt constraints.txt pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -73,6 +73,44 @@ proof: $(INSTALLED) no-dvc-running
 	synthvit compare --source dvc --names '$(PROOF_NAME)-*' --over-seeds --output-dir $(PROOF_OUTPUT) --force --log
 	synthvit compare --source dvc --names '$(PROOF_NAME)-scratch-*,$(PROOF_NAME)-budget-*,$(PROOF_NAME)-fractaldb-*' \
 		--over-seeds --x pretrain --output-dir $(PROOF_OUTPUT)/budget --force --log
+
+# The pre-training study (docs/study.md): does fractal pre-training help this ViT on a CPU? Every run is
+# locked into results/ as soon as it ends, and a run already locked is skipped, so a stopped study
+# resumes where it stopped (DVC's run cache restores finished stages, the resume state a cut one).
+# 1. `make study-candidates`: each recipe pretrain-<name> pre-trains (131k image-steps) and is probed
+#    on a validation split of the training images (never the test set): results/study-candidates.
+# 2. `make study STUDY_PRETRAIN=pretrain-<chosen>`: that pre-training at each of STUDY_EPOCHS (x 4,096
+#    images: 16k to 1M image-steps), each fine-tuned with the fine-tuning seeds STUDY_SEEDS, and the
+#    scratch, mimetic and shuffled-label arms with the same seeds, scored on all test images: results/study.
+STUDY_CANDIDATES ?= base mimetic 16cats 128cats wide-instances pool-augment colors
+STUDY_PROBES ?= scratch mimetic
+STUDY_PRETRAIN ?= pretrain-base
+STUDY_EPOCHS ?= 4 16 64 256
+STUDY_SEEDS ?= 0 1 2 3 4
+STUDY_ARGS ?= $(DEMO_ARGS)
+STUDY_LONGEST = $(lastword $(STUDY_EPOCHS))
+# A run: `$(call study_run,NAME,GROUP/ROW,ARGS,TARGET)`, skipped when results/GROUP/NAME is locked.
+study_run = test -d results/$(2)/$(1) || { echo "== $(2)/$(1)"; \
+	dvc exp run -n $(1) $(3) $(STUDY_ARGS) $(4) && synthvit results lock $(1) --as $(2)/$(1); }
+
+study-candidates: $(INSTALLED) no-dvc-running
+	@set -e; for c in $(STUDY_CANDIDATES); do \
+		$(call study_run,$$c,study-candidates,$$(synthvit recipe study-probe pretrain-$$c),finetune); done
+	@set -e; for p in $(STUDY_PROBES); do \
+		$(call study_run,probe-$$p,study-candidates,$$(synthvit recipe probe-$$p),finetune); done
+	synthvit results show study-candidates
+
+study: $(INSTALLED) no-dvc-running
+	@set -e; for e in $(STUDY_EPOCHS); do for s in $(STUDY_SEEDS); do \
+		$(call study_run,pretrained-e$$e-s$$s,study,$$(synthvit recipe study-finetune $(STUDY_PRETRAIN)) \
+			-S pretrain.epochs=$$e -S finetune.seed=$$s,evaluate); done; done
+	@set -e; for s in $(STUDY_SEEDS); do for init in scratch mimetic; do \
+		$(call study_run,$$init-s$$s,study,$$(synthvit recipe study-finetune $(STUDY_PRETRAIN)) \
+			-S pretrain.epochs=$(STUDY_LONGEST) -S finetune.init=$$init -S finetune.seed=$$s,evaluate); done; done
+	@set -e; for s in $(STUDY_SEEDS); do \
+		$(call study_run,shuffled-s$$s,study,$$(synthvit recipe study-finetune $(STUDY_PRETRAIN)) \
+			-S pretrain.epochs=$(STUDY_LONGEST) -S pretrain.labels=shuffled -S finetune.seed=$$s,evaluate); done
+	synthvit results show study
 
 # `dvc exp run -S` writes its values into params.yaml before it finds out that another DVC
 # command holds the repository's lock, and leaves them there: refuse to start instead.

@@ -86,3 +86,16 @@ def test_a_recipe_gives_its_params_whatever_ran_before():
     assert (
         ofdb_after_scratch["finetune"]["init"] == "scratch" and printed["proof-ofdb"]["finetune.init"] == "pretrained"
     )
+
+
+def test_several_recipes_combine_in_order(capsys, monkeypatch):
+    """`synthvit recipe study-finetune pretrain-colors`: the study's arms, one fine-tuning and a chosen pre-training."""
+    monkeypatch.chdir(REPO)
+    with pytest.raises(SystemExit):
+        cli.main(["recipe", "study-finetune", "pretrain-colors"])
+    params = parse_params(apply_overrides(read_yaml(REPO / "params.yaml"), as_dvc_applies(capsys.readouterr().out)))
+    assert params.pretrain.random_colors and params.synthetic.num_classes == 32  # the pre-training's keys
+    assert params.data.train_per_class == 250 and params.finetune.epochs == 10  # and the fine-tuning's
+    with pytest.raises(SystemExit):
+        cli.main(["recipe", "study-probe", "study-finetune"])  # a later recipe wins its keys
+    assert as_dvc_applies(capsys.readouterr().out)["data.val_fraction"] == 0

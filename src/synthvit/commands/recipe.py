@@ -1,6 +1,7 @@
 """`synthvit recipe NAME`: a named recipe's params overrides, as `-S key=value` arguments.
 
     dvc exp run -n my-demo $(synthvit recipe demo) -S seed=1
+    dvc exp run -n mine $(synthvit recipe study-finetune pretrain-colors)   # several, in order
     synthvit recipe --list
 
 Recipes live in recipes.yaml, one source for the Makefile (`make demo`, `make proof`) and
@@ -21,7 +22,7 @@ from synthvit.errors import UserError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("name", nargs="?", help="the recipe")
+    parser.add_argument("names", nargs="*", metavar="name", help="the recipe; several combine in order (later wins)")
     parser.add_argument("--list", action="store_true", help="list the recipes and what each is for")
 
 
@@ -36,11 +37,13 @@ def as_argument(key: str, value, quote: bool = False) -> str:
 
 def run(args) -> int:
     recipes = load_recipes()
-    if args.list or not args.name:
+    if args.list or not args.names:
         width = max(map(len, recipes))
         for name, recipe in recipes.items():
             print(f"{name:<{width}}  {recipe.get('about', '')}")
         return 0
-    overrides = recipe_overrides(args.name, recipes, baseline=committed_params())
+    combined = " + ".join(args.names)  # one recipe that includes the named ones, in order
+    recipes = {**recipes, combined: {"include": args.names}} if len(args.names) > 1 else recipes
+    overrides = recipe_overrides(combined, recipes, baseline=committed_params())
     print(" ".join(as_argument(key, value) for key, value in overrides.items()))
     return 0

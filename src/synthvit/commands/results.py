@@ -67,10 +67,10 @@ def rerun_command(name: str, params: dict) -> str:
 
 def lock(experiment: Experiment, folder: Path, row: str, force: bool = False) -> Path:
     """Write a finished experiment into `folder` (results/GROUP/NAME); returns the folder."""
-    if not experiment.ran("evaluate"):
+    if not any(experiment.ran(stage) for stage in TRAINING_STAGES):  # a probe may stop at finetune, unscored
         raise UserError(
-            f"experiment {experiment.name!r} has not been evaluated (no evaluate stage in its dvc.lock): "
-            "lock a finished pipeline"
+            f"experiment {experiment.name!r} trained nothing (no pretrain or finetune stage in its dvc.lock): "
+            "lock a pipeline that ran"
         )
     if folder.exists() and not force:
         raise UserError(f"{folder} exists: results are locked once; choose another name, or --force to replace it")
@@ -83,7 +83,10 @@ def lock(experiment: Experiment, folder: Path, row: str, force: bool = False) ->
         "commit": experiment.rev,
         "locked": datetime.date.today().isoformat(),
         "row": row,
-        "seed": experiment.param("seed"),
+        # the seed that pairs arms: fine-tuning's own when set (the study's arms share one pre-training seed)
+        "seed": experiment.param("seed")
+        if experiment.param("finetune.seed") is None
+        else experiment.param("finetune.seed"),
         "command": rerun_command(experiment.name, experiment.params),
         "machine": machines[-1] if machines else None,
         "wall_seconds": {**walls, "total": round(sum(walls.values()), 2)} if walls else None,
@@ -125,6 +128,8 @@ def locked_row(folder: Path) -> dict:
         "test_ece": metric("evaluate", "ece"),
         held_out: metric("finetune", "eval_acc"),
         "pretrain_train_acc": metric("pretrain", "train_acc") if params.get("finetune.init") == "pretrained" else None,
+        # on fractal instances no epoch drew (pretrain.heldout_per_class)
+        "pretrain_heldout_acc": metric("pretrain", "eval_acc") if params.get("finetune.init") == "pretrained" else None,
         **{f"wall_{stage}_s": walls.get(stage) for stage in STAGES},
         "wall_total_s": walls.get("total"),
         "cpu": (run.get("machine") or {}).get("cpu"),
