@@ -22,6 +22,7 @@ from types import NoneType
 from typing import Annotated, Literal, Union, get_args, get_origin
 
 import annotated_types
+import pandas as pd
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
@@ -505,7 +506,10 @@ def load_params(path: str | Path = "params.yaml") -> Params:
 
 
 def declared_params(stage: str, pipeline: Path = Path("dvc.yaml")) -> list[str]:
-    """The params keys (sections or dotted keys) dvc.yaml declares for `stage`: what DVC records in dvc.lock."""
+    """The params keys (sections or dotted keys) dvc.yaml declares for `stage`: what DVC records in dvc.lock.
+    None outside a pipeline (no dvc.yaml where the stage runs): no dvc.lock will record them."""
+    if not pipeline.is_file():
+        return []
     declared = (read_yaml(pipeline) or {}).get("stages", {}).get(stage, {}).get("params", [])
     return [key for entry in declared for key in ([entry] if isinstance(entry, str) else entry)]
 
@@ -594,6 +598,11 @@ def value_at(raw: dict, dotted: str):
             return MISSING
         node = node[part]
     return node
+
+
+def flatten(params: dict) -> dict:
+    """A nested params mapping as `{"section.key": value}` (lists stay values), the keys `dvc exp run -S` takes."""
+    return pd.json_normalize(params, sep=".").to_dict("records")[0] if params else {}
 
 
 def committed_params(path: Path = Path("params.yaml")) -> dict:

@@ -27,7 +27,7 @@ from PIL import Image
 
 from helpers.repo import STAGES, TINY, copy_subset, dvc, pipeline_env
 from synthvit.commands import cli
-from synthvit.commands import comparison as compare
+from synthvit.reporting import figures, sources, tables
 from synthvit.tracking import store as mlflow_store
 
 # The e2e test's tiny pipeline, smaller still: 2 fractal classes, 1 epoch each, a one-block ViT.
@@ -312,9 +312,9 @@ def rows(**columns) -> pd.DataFrame:
 
 
 def test_table_keeps_finished_rows_in_time_order_and_the_params_that_differ():
-    selected = compare.select_rows(rows(**{"finetune.lr": ["1", "2", "1"]}), "FINISHED", include_all=False, last=None)
+    selected = tables.select_rows(rows(**{"finetune.lr": ["1", "2", "1"]}), "FINISHED", include_all=False, last=None)
     assert selected["name"].tolist() == ["c", "a"]  # oldest first; b failed
-    table = compare.comparison_table(selected, include_status=False)
+    table = tables.comparison_table(selected, include_status=False)
     # finetune.lr is equal in the rows kept; finetune.init is a key param; an empty result column goes.
     assert table.columns.tolist() == [
         "name",
@@ -326,16 +326,16 @@ def test_table_keeps_finished_rows_in_time_order_and_the_params_that_differ():
         "test_top1",
         "parameters",
     ]
-    every = compare.select_rows(rows(**{"finetune.lr": ["1", "2", "1"]}), "FINISHED", include_all=True, last=2)
+    every = tables.select_rows(rows(**{"finetune.lr": ["1", "2", "1"]}), "FINISHED", include_all=True, last=2)
     assert every["name"].tolist() == ["b", "a"]
-    table = compare.comparison_table(every, include_status=True)
+    table = tables.comparison_table(every, include_status=True)
     assert "status" in table and table["finetune.lr"].tolist() == ["2", "1"]
     assert "seed" not in table
 
 
 def test_a_param_a_row_lacks_is_unknown_not_different():
     # embed-1's generate_synthetic came from DVC's run cache: no MLflow run, so no synthetic.* params.
-    table = compare.comparison_table(
+    table = tables.comparison_table(
         rows(**{"synthetic.num_classes": ["2", None, "2"], "model.depth": ["1", "1", "2"]}), include_status=False
     )
     assert "synthetic.num_classes" not in table and table["model.depth"].tolist() == ["1", "1", "2"]
@@ -381,7 +381,7 @@ def test_dvc_rows_from_exp_show_json():
             ],
         },
     ]
-    frame = compare.dvc_rows(show).set_index("name")
+    frame = sources.dvc_rows(show).set_index("name")
     assert frame.index.tolist() == ["cnn-1", "vit-1", "saved"]  # no workspace; the baseline has no metrics
     assert frame["status"].tolist() == ["success", "failed", "success"]
     assert frame["model.depth"].tolist() == ["None", "6", "12"]  # text, as MLflow logs params
@@ -409,15 +409,15 @@ def test_over_seeds_gives_each_row_its_mean_and_sd():
             "wall_total_s": [100.0, 110.0, 50.0, 70.0, 1.0],
         }
     )
-    table = compare.seed_table(compare.named(runs, "proof-*"))
+    table = tables.seed_table(tables.named(runs, "proof-*"))
     assert table["row"].tolist() == ["proof-fractaldb", "proof-scratch"] and table["seeds"].tolist() == [2, 2]
     assert table["test_top1 mean"].tolist() == pytest.approx([0.42, 0.32])
     assert table["test_top1 sd"].tolist() == pytest.approx([0.0282843, 0.0282843], rel=1e-4)
     assert table["pretrain_epochs"].tolist() == [8, 0]  # scratch starts from no pre-training
     assert table["finetune.init"].tolist() == ["pretrained", "scratch"]  # what tells the rows apart
     assert pd.isna(table["pretrain_train_acc mean"][1]) and table["wall_total_s mean"].tolist() == [105.0, 60.0]
-    shown = compare.fit_width(table)
+    shown = tables.fit_width(table)
     assert "42.00% ± 2.83%" in shown and max(map(len, shown.splitlines())) <= 120
-    figure = compare.seed_plot(table, "pretrain", "t")
+    figure = figures.seed_plot(table, "pretrain", "t")
     (line,) = figure.axes[0].get_lines()[:1]
     assert list(line.get_xdata()) == [0, 8] and list(line.get_ydata()) == pytest.approx([0.32, 0.42])

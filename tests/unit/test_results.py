@@ -7,10 +7,11 @@ import json
 
 import pytest
 import yaml
+from scipy import stats
 
 from helpers.repo import REPO
 from synthvit.commands import results
-from synthvit.commands.comparison import fit_width
+from synthvit.reporting.tables import fit_width
 
 
 def test_readme_and_docs_match_results(monkeypatch, capsys):
@@ -22,67 +23,89 @@ def test_readme_and_docs_match_results(monkeypatch, capsys):
     assert len(text.splitlines()) <= 250
 
 
-def write_run(folder, row: str, seed: int, top1: float, ece: float, pretrain_acc: float | None, init: str):
+def write_run(folder, row: str, seed: int, top1: float, init: str, epochs: int = 4, labels: str = "categories"):
     folder.mkdir(parents=True)
     (folder / "metrics").mkdir()
-    (folder / "metrics/evaluate.json").write_text(json.dumps({"top1": top1, "ece": ece, "top5": 0.9}))
+    (folder / "metrics/evaluate.json").write_text(json.dumps({"top1": top1, "ece": 0.03, "top5": 0.9}))
     (folder / "metrics/finetune.json").write_text(json.dumps({"eval_acc": top1 - 0.01}))
-    if pretrain_acc is not None:
-        (folder / "metrics/pretrain.json").write_text(json.dumps({"train_acc": pretrain_acc}))
-    (folder / "params.yaml").write_text(yaml.safe_dump({"seed": seed, "finetune": {"init": init}, "data": {}}))
+    (folder / "metrics/pretrain.json").write_text(json.dumps({"train_acc": 0.6, "eval_acc": 0.55}))
+    params = {
+        "seed": 0,
+        "synthetic": {"num_classes": 32, "instances_per_class": 128},
+        "pretrain": {"epochs": epochs, "labels": labels},
+        "finetune": {"init": init, "seed": seed},
+        "data": {"val_fraction": 0},
+    }
+    (folder / "params.yaml").write_text(yaml.safe_dump(params))
     run = {
         "experiment": f"{row}-s{seed}",
         "row": row,
         "seed": seed,
         "command": "dvc exp run",
         "machine": {"cpu": "AMD EPYC"},
-        "wall_seconds": {"pretrain": 100.0, "finetune": 50.0, "total": 170.0},
+        "wall_seconds": {"pretrain": 100.0, "finetune": 50.0, "total": 150.0},
     }
     (folder / "run.yaml").write_text(yaml.safe_dump(run))
 
 
+PRETRAINED = [0.40, 0.42, 0.41, 0.45, 0.43]
+SCRATCH = [0.36, 0.37, 0.39, 0.40, 0.36]
+
+
 @pytest.fixture
-def demo_group(tmp_path, monkeypatch):
+def study(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    group = tmp_path / "results" / "demo"
-    scores = {0: (0.40, 0.36), 1: (0.42, 0.37), 2: (0.41, 0.39)}
-    for seed, (synthetic, scratch) in scores.items():
-        write_run(group / f"synthetic-s{seed}", "synthetic", seed, synthetic, 0.02, 0.5 + seed / 100, "pretrained")
-        write_run(group / f"scratch-s{seed}", "scratch", seed, scratch, 0.05, None, "scratch")
-    (group / "group.yaml").write_text(
-        yaml.safe_dump({"title": "demo", "table": "arms", "arms": ["synthetic", "scratch"], "note": "Three seeds."})
-    )
+    group = tmp_path / "results" / "study"
+    for seed, (pretrained, scratch) in enumerate(zip(PRETRAINED, SCRATCH)):
+        write_run(group / f"pretrained-e4-s{seed}", "pretrained-e4", seed, pretrained, "pretrained")
+        write_run(group / f"pretrained-e16-s{seed}", "pretrained-e16", seed, pretrained + 0.01, "pretrained", 16)
+        write_run(group / f"scratch-s{seed}", "scratch", seed, scratch, "scratch")
+    write_run(group / "shuffled-s0", "shuffled", 0, 0.35, "pretrained", 16, "shuffled")
+    spec = {
+        "title": "study",
+        "table": "rows",
+        "also": ["pretrain_heldout_acc"],
+        "paired": ["scratch"],
+        "params": ["finetune.init", "pretrain.epochs"],
+        "figure": "budget",
+        "note": "Five seeds.",
+    }
+    (group / "group.yaml").write_text(yaml.safe_dump(spec))
     return tmp_path
 
 
-def test_an_arms_group_pairs_seeds_and_gives_the_difference(demo_group):
-    table = results.group_table("demo")
-    assert table["seed"].tolist() == [0, 1, 2, "mean", "sd"]
-    assert table["difference"][:3].tolist() == pytest.approx([0.04, 0.05, 0.02])
-    assert table["difference"][3] == pytest.approx(0.03667, abs=1e-4)
-    assert table["difference"][4] == pytest.approx(0.01528, abs=1e-4)  # sample sd of 4, 5, 2 points
-    assert table["pre-train acc"][:3].tolist() == pytest.approx([0.50, 0.51, 0.52])
-    # make demo's time: the synthetic arm's 170 s, then the scratch arm's fine-tuning (50 s), not its
-    # restored pre-training again.
-    assert table["wall s"].tolist()[:4] == [220.0, 220.0, 220.0, 220.0]
-    text = fit_width(table)
-    assert "+3.67%" in text and max(map(len, text.splitlines())) <= 120
+def test_a_paired_group_gives_each_row_its_difference_with_a_95_percent_interval(study):
+    table = results.group_table("study").set_index("row")
+    assert table.loc["pretrained-e4", "seeds"] == 5
+    assert table.loc["pretrained-e4", "test_top1 mean"] == pytest.approx(sum(PRETRAINED) / 5)
+    assert table.loc["pretrained-e4", "pretrain_heldout_acc mean"] == pytest.approx(0.55)
+    differences = [p - s for p, s in zip(PRETRAINED, SCRATCH)]
+    mean = sum(differences) / 5
+    sd = (sum((d - mean) ** 2 for d in differences) / 4) ** 0.5
+    half = stats.t.ppf(0.975, 4) * sd / 5**0.5  # t with n - 1 degrees of freedom
+    expected = f"{100 * mean:+.2f} [{100 * (mean - half):+.2f}, {100 * (mean + half):+.2f}]"
+    assert table.loc["pretrained-e4", "- scratch (95% CI)"] == expected == "+4.60 [+2.34, +6.86]"
+    assert table.loc["scratch", "- scratch (95% CI)"] == ""  # the baseline itself
+    assert table.loc["shuffled", "- scratch (95% CI)"] == "-1.00"  # one pair: no interval
+    assert table.loc["pretrained-e16", "pretrain.epochs"] == 16
+    text = fit_width(results.group_table("study"))
+    assert "+4.60 [+2.34, +6.86]" in text and max(map(len, text.splitlines())) <= 120
 
 
-def test_regenerate_writes_the_group_between_its_markers(demo_group):
-    document = "before\n<!-- results demo -->\nstale\n<!-- end results -->\nafter\n"
+def test_the_budget_figure_draws_pretraining_against_image_steps_and_scratch_as_a_band(study):
+    ax = results.budget_figure("study").axes[0]
+    points = {container.get_label(): container.lines[0] for container in ax.containers}  # errorbar series
+    curve = points["fractal pre-training"]
+    assert list(curve.get_xdata()) == [4 * 32 * 128, 16 * 32 * 128] and ax.get_xscale() == "log"
+    assert list(curve.get_ydata()) == pytest.approx([sum(PRETRAINED) / 5, sum(PRETRAINED) / 5 + 0.01])
+    assert list(points["shuffled labels"].get_ydata()) == [0.35]
+    (band,) = [line.get_label() for line in ax.get_lines() if line.get_label().startswith("scratch")]
+    assert band == f"scratch {100 * sum(SCRATCH) / 5:.1f}%"
+
+
+def test_regenerate_writes_the_group_between_its_markers(study):
+    document = "before\n<!-- results study -->\nstale\n<!-- end results -->\nafter\n"
     fresh = results.regenerate(document)
-    assert fresh.startswith("before\n<!-- results demo -->\n| seed") and fresh.endswith("<!-- end results -->\nafter\n")
-    assert "stale" not in fresh and "Three seeds." in fresh and "| mean " in fresh
+    assert fresh.startswith("before\n<!-- results study -->\n| row") and fresh.endswith("<!-- end results -->\nafter\n")
+    assert "stale" not in fresh and "Five seeds." in fresh and "| pretrained-e4 " in fresh
     assert results.regenerate(fresh) == fresh  # regenerating again changes nothing
-
-
-def test_a_rows_group_gives_each_row_its_mean_and_sd(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    group = tmp_path / "results" / "proof"
-    for seed, top1 in enumerate((0.30, 0.34)):
-        write_run(group / f"fractaldb-s{seed}", "fractaldb", seed, top1, 0.03, 0.6, "pretrained")
-    (group / "group.yaml").write_text(yaml.safe_dump({"title": "proof", "table": "rows", "also": ["test_ece"]}))
-    table = results.group_table("proof")
-    assert table["row"].tolist() == ["fractaldb"] and table["seeds"].tolist() == [2]
-    assert table["test_top1 mean"][0] == pytest.approx(0.32) and table["test_ece mean"][0] == pytest.approx(0.03)

@@ -25,16 +25,15 @@ import pandas as pd
 import yaml
 from mlflow.entities import Metric, Param
 
-from synthvit.commands.comparison import default_experiment
+from synthvit.commands.compare import default_experiment
+from synthvit.config import flatten
 from synthvit.errors import UserError
 from synthvit.files import history_path, metrics_path
+from synthvit.reporting.sources import TRAINING_STAGES, pipeline_stages
 from synthvit.tracking import summary
 from synthvit.tracking.runs import metric_name, parent_name, run_tags
 from synthvit.tracking.store import PIPELINE_TAG, get_experiment_id, open_client, use_store
-from synthvit.tracking.summary import RESTORED_TAG, flatten
-
-STAGES = ["generate_synthetic", "pretrain", "finetune", "evaluate", "visualize"]
-TRAINING_STAGES = ("pretrain", "finetune")
+from synthvit.tracking.summary import RESTORED_TAG
 
 
 def stage_metrics(stage: str) -> dict:
@@ -91,7 +90,8 @@ def record(name: str, experiment_name: str) -> str:
     parent = client.create_run(
         experiment_id, run_name=f"{parent_name(name)} (restored)", tags={**tags, PIPELINE_TAG: key}
     )
-    for stage in (s for s in STAGES if s in stages):
+    order = [s for s in pipeline_stages() if s in stages] + [s for s in stages if s not in pipeline_stages()]
+    for stage in order:
         entry = stages[stage]
         outs = entry.get("outs", [])
         run = client.create_run(
@@ -105,7 +105,7 @@ def record(name: str, experiment_name: str) -> str:
             },
         )
         run_id = run.info.run_id
-        params = [Param(k, v) for k, v in flatten((entry.get("params") or {}).get("params.yaml") or {}).items()]
+        params = [Param(k, str(v)) for k, v in flatten((entry.get("params") or {}).get("params.yaml") or {}).items()]
         metrics = [Metric(metric_name(k), v, now, 0) for k, v in stage_metrics(stage).items()]
         if stage in TRAINING_STAGES and history_path(stage).is_file():
             history = pd.read_csv(history_path(stage))
@@ -125,7 +125,7 @@ def record(name: str, experiment_name: str) -> str:
     client.set_terminated(parent.info.run_id, "FINISHED")
     print(
         f"recorded restored execution {name!r}: run {parent.info.run_id} in MLflow experiment "
-        f"{experiment_name!r} ({uri}), stages {', '.join(s for s in STAGES if s in stages)}"
+        f"{experiment_name!r} ({uri}), stages {', '.join(order)}"
     )
     return parent.info.run_id
 
