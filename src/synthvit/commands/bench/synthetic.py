@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import functools
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -109,7 +108,7 @@ def _same_bytes(systems, settings: RenderSettings, device: torch.device) -> str:
 
 def _time_reference(system, settings: RenderSettings, seed: int) -> float:
     started = time.perf_counter()
-    render_reference(*system, settings.image_size, settings.num_points, seed, settings.patch, PAD, GRAY)
+    render_reference(*system, settings.image_size, settings.num_points, seed, patch=settings.patch, pad=PAD, value=GRAY)
     return time.perf_counter() - started
 
 
@@ -222,9 +221,3 @@ def run(args) -> int:
     if args.ofdb:
         _time_ofdb(args, workers)
     return 0
-
-
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(prog="python -m synthvit.synthetic.bench", description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    sys.exit(run(parser.parse_args()))
