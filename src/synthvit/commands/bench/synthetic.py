@@ -18,6 +18,7 @@ import functools
 import statistics
 import tempfile
 import time
+import timeit
 from pathlib import Path
 
 import numpy as np
@@ -81,9 +82,7 @@ def _time_fast(pool, systems, settings: RenderSettings) -> float:
     """Seconds to render all systems in numpy batches on the pool's workers."""
     batch = batch_size_for(settings.num_points)
     chunks = [systems[k : k + batch] for k in range(0, len(systems), batch)]
-    started = time.perf_counter()
-    list(pool.map(functools.partial(_render_chunk, settings=settings), chunks))
-    return time.perf_counter() - started
+    return timeit.timeit(lambda: list(pool.map(functools.partial(_render_chunk, settings=settings), chunks)), number=1)
 
 
 def _time_torch(systems, settings: RenderSettings, device: torch.device) -> tuple[float, float]:
@@ -166,9 +165,7 @@ def run(args) -> int:
     )
     fast_seconds, reference_seconds = [], []
     with worker_pool(workers) as pool:
-        _time_fast(
-            pool, systems[: batch_size_for(settings.num_points) * workers], settings
-        )  # start and warm the workers
+        _time_fast(pool, systems[: batch_size_for(settings.num_points) * workers], settings)  # start, warm the workers
         for repeat in range(max(args.repeats, args.reference_images)):  # alternate: same machine load
             if repeat < args.repeats:
                 fast_seconds.append(_time_fast(pool, systems, settings))
