@@ -18,10 +18,9 @@ from pathlib import Path
 
 import torch
 
-from synthvit.commands.predict import DEFAULT_MODEL, LoadedModel, decode, load_model, top_k
+from synthvit.commands.predict import LoadedModel, add_model_argument, as_batch, decode, load_model
 from synthvit.errors import UserError
 from synthvit.evaluation import attention
-from synthvit.evaluation.inference import class_probabilities
 
 TOP_K = 5
 DISPLAY_SIZE = 224  # the model sees S x S pixels (e.g. 32); the page shows them enlarged
@@ -58,9 +57,8 @@ class Classifier:
                 "message": f"Not an image this app can read ({Path(path).name}): upload a JPEG, PNG, "
                 "BMP, GIF, TIFF or WebP file.",
             }
-        images = torch.from_numpy(decoded.copy()).permute(2, 0, 1).unsqueeze(0).contiguous()
-        probs = class_probabilities(self.loaded.model, images, self.device, None, 1, self.loaded.mean, self.loaded.std)
-        ranked = top_k(probs, self.loaded.classes, TOP_K)[0]
+        images = as_batch([decoded])
+        ranked = self.loaded.top_k(images, TOP_K, self.device, batch_size=1)[0]
         display = attention.enlarge(decoded, DISPLAY_SIZE)
         if self.has_attention:
             result = attention.compute_attention(self.loaded.model, images, self.loaded.mean, self.loaded.std)
@@ -96,7 +94,7 @@ def build_app(classifier: Classifier):
     loaded = classifier.loaded
     with gr.Blocks(title="synthvit demo", analytics_enabled=False) as demo:
         gr.Markdown(
-            f"# synthvit demo\nModel: `{loaded.source}` ({loaded.checkpoint['model_config']['name']}, "
+            f"# synthvit demo\nModel: `{loaded.source}` ({loaded.name}, "
             f"{len(loaded.classes)} classes: {', '.join(loaded.classes[:12])}"
             f"{' ...' if len(loaded.classes) > 12 else ''}). "
             f"Images are resized (short side) and centre-cropped to {loaded.img_size} x {loaded.img_size} pixels.",
@@ -111,19 +109,9 @@ def build_app(classifier: Classifier):
                 scores = gr.Label(label=f"Top-{TOP_K}", num_top_classes=TOP_K, elem_id="scores")
         with gr.Row():
             # No share button: sharing uploads to a hub, and this page runs offline.
-            seen = gr.Image(
-                label="What the model sees",
-                type="numpy",
-                interactive=False,
-                elem_id="seen",
-                buttons=["download", "fullscreen"],
-            )
-            overlay = gr.Image(
-                label="Attention rollout",
-                type="numpy",
-                interactive=False,
-                elem_id="overlay",
-                buttons=["download", "fullscreen"],
+            seen, overlay = (
+                gr.Image(label=label, type="numpy", interactive=False, elem_id=name, buttons=["download", "fullscreen"])
+                for label, name in (("What the model sees", "seen"), ("Attention rollout", "overlay"))
             )
 
         def on_upload(path):
@@ -135,11 +123,7 @@ def build_app(classifier: Classifier):
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--model",
-        default=DEFAULT_MODEL,
-        help=f"checkpoint file, or an MLflow model URI such as models:/NAME@ALIAS (default {DEFAULT_MODEL})",
-    )
+    add_model_argument(parser)
     parser.add_argument(
         "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)"
     )

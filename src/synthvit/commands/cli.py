@@ -97,29 +97,19 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
                     help="also write the output, the command and the "
                     "machine to results/benchmarks/NAME.txt (the figures the docs quote)",
                 )
-                run = recorded(run)
             command.set_defaults(func=run)
     return parser
-
-
-def recorded(run):
-    """A benchmark's run that, with --record NAME, also keeps its output in results/benchmarks/NAME.txt."""
-
-    def run_and_record(args) -> int:
-        if not args.record:
-            return run(args)
-        from synthvit.commands.benchmarks import record  # measured: keeps torch out of `synthvit --help`
-
-        return record(run, args, "synthvit " + shlex.join(args.argv))
-
-    return run_and_record
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(argv).parse_args(argv)
-    args.argv = argv  # what was typed, for the record a benchmark keeps
-    run_main(lambda: args.func(args))
+    if getattr(args, "record", None):  # a benchmark's --record NAME: also keep its output in results/benchmarks/
+        from synthvit.commands.benchmarks import record  # measured: keeps torch out of `synthvit --help`
+
+        run_main(lambda: record(args.func, args, "synthvit " + shlex.join(argv)))
+    else:
+        run_main(lambda: args.func(args))
 
 
 if __name__ == "__main__":

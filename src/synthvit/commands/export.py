@@ -12,8 +12,8 @@ that, without synthvit installed,
 and `timm.data.resolve_data_config(model=model)` gives the input size and normalisation
 it was trained with. DIR/README.md is a model card: what the model is, the recipe that
 made it (kept in the checkpoint), and its results when results/ holds a locked run
-that produced exactly these weights. `--push REPO_ID` uploads the same to the Hugging
-Face hub with timm's `push_to_hf_hub` (needs a login: `hf auth login`).
+that produced exactly these weights. `--push REPO_ID` uploads the same folder to the
+Hugging Face hub (huggingface_hub's `upload_folder`; needs a login: `hf auth login`).
 
 A model with a convolutional stem (model.patch_embed=conv) is synthvit's own layer,
 which timm cannot rebuild from a config: export refuses it.
@@ -28,9 +28,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import timm
+import huggingface_hub
 import yaml
-from timm.models import push_to_hf_hub, save_for_hf
+from timm.models import save_for_hf
 
 from synthvit.config import ModelConfig
 from synthvit.errors import UserError
@@ -54,10 +54,6 @@ def data_config(checkpoint: dict) -> dict:
         "mean": tuple(checkpoint["mean"]),
         "std": tuple(checkpoint["std"]),
     }
-
-
-def file_md5(path: Path) -> str:
-    return hashlib.md5(path.read_bytes()).hexdigest()
 
 
 def locked_results(checkpoint_md5: str, results: Path = RESULTS) -> list[tuple[str, dict]]:
@@ -116,7 +112,7 @@ def model_card(checkpoint: dict, source: Path, name: str) -> str:
             for key, value in summary.items()
         ]
         lines.append("")
-    results = locked_results(file_md5(source))
+    results = locked_results(hashlib.md5(source.read_bytes()).hexdigest())
     if results:
         lines += [
             "## Results (locked in the synthvit repository's results/)",
@@ -181,18 +177,10 @@ def export(source: Path, folder: Path, force: bool = False) -> Path:
 
 
 def push(folder: Path, repo_id: str) -> str:
-    """Upload an exported folder's model through timm's hub upload; one line when the hub cannot be reached."""
-    model = timm.create_model(f"local-dir:{folder}", pretrained=True)
-    config = json.loads((folder / "config.json").read_text())
-    pretrained = config["pretrained_cfg"]
+    """Upload the exported folder as it is (weights, config, model card) to the hub; one line when it cannot."""
     try:
-        url = push_to_hf_hub(
-            model,
-            repo_id,
-            model_config={"label_names": config.get("label_names")},
-            data_config={k: pretrained[k] for k in ("input_size", "interpolation", "crop_pct", "mean", "std")},
-            model_card={"details": {"Exported by": "synthvit export"}},
-        )
+        url = huggingface_hub.create_repo(repo_id, exist_ok=True)
+        huggingface_hub.upload_folder(repo_id=repo_id, folder_path=folder, commit_message="synthvit export")
     except Exception as exc:  # noqa: BLE001 - network and auth errors come in many types
         raise UserError(
             f"cannot push to the Hugging Face hub as {repo_id} ({type(exc).__name__}: "

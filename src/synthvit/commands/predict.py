@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import codecs
 import glob
+import itertools
 import json
 import os
 import sys
@@ -53,35 +54,32 @@ CHUNK = 1024  # images decoded and classified at a time: bounds memory on big fo
 @dataclass
 class LoadedModel:
     model: nn.Module
-    checkpoint: dict
     source: str  # what --model named, for messages
+    name: str  # the timm architecture
+    classes: list[str]
+    img_size: int
+    mean: list[float]
+    std: list[float]
 
-    @property
-    def classes(self) -> list[str]:
-        return list(self.checkpoint["classes"])
-
-    @property
-    def img_size(self) -> int:
-        return int(self.checkpoint["model_config"]["img_size"])
-
-    @property
-    def mean(self):
-        return self.checkpoint["mean"]
-
-    @property
-    def std(self):
-        return self.checkpoint["std"]
-
-
-def is_mlflow_uri(spec: str) -> bool:
-    return spec.startswith(MLFLOW_SCHEMES)
+    @torch.no_grad()
+    def top_k(self, images: torch.Tensor, k: int, device: torch.device, amp_dtype=None, batch_size=256, tta_flip=False):
+        """The k most likely (class, probability) of each uint8 N x 3 x S x S image, most likely first."""
+        probs = class_probabilities(self.model, images, device, amp_dtype, batch_size, self.mean, self.std, tta_flip)
+        values, indices = probs.topk(min(k, probs.shape[1]), dim=1)
+        return [[(self.classes[i], p) for p, i in zip(*row)] for row in zip(values.tolist(), indices.tolist())]
 
 
 def load_model(spec: str) -> LoadedModel:
     """A checkpoint path, or an MLflow model URI whose model carries the synthvit checkpoint."""
-    checkpoint = checkpoint_from_mlflow(spec) if is_mlflow_uri(spec) else load_checkpoint(Path(spec))
-    model = model_from_checkpoint(checkpoint).eval()
-    return LoadedModel(model=model, checkpoint=checkpoint, source=spec)
+    checkpoint = checkpoint_from_mlflow(spec) if spec.startswith(MLFLOW_SCHEMES) else load_checkpoint(Path(spec))
+    model, config, classes = model_from_checkpoint(checkpoint).eval(), checkpoint["model_config"], checkpoint["classes"]
+    size = int(config["img_size"])
+    return LoadedModel(model, spec, config["name"], list(classes), size, checkpoint["mean"], checkpoint["std"])
+
+
+def as_batch(decoded: list[np.ndarray]) -> torch.Tensor:
+    """uint8 N x 3 x S x S from decoded S x S x 3 images."""
+    return torch.from_numpy(np.stack(decoded)).permute(0, 3, 1, 2).contiguous()
 
 
 def checkpoint_from_mlflow(uri: str) -> dict:
@@ -113,45 +111,28 @@ def checkpoint_from_mlflow(uri: str) -> dict:
         return load_checkpoint(found[0])
 
 
-@torch.no_grad()
-def top_k(probs: torch.Tensor, classes: list[str], k: int) -> list[list[tuple[str, float]]]:
-    values, indices = probs.topk(min(k, probs.shape[1]), dim=1)
-    return [
-        [(classes[i], float(v)) for v, i in zip(row_v, row_i)]
-        for row_v, row_i in zip(values.tolist(), indices.tolist())
-    ]
-
-
 # ---- the inputs ---------------------------------------------------------------------
 
 
 def expand_inputs(specs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
     """Files named by each IMAGE, DIR (recursively) or GLOB, in order, without repeats; and (spec, error)
     for those that name none."""
-    files: list[Path] = []
-    problems: list[tuple[str, str]] = []
+    files, problems = [], []
     for spec in specs:
         path = Path(spec)
         if path.is_dir():
-            found = sorted(
-                p
-                for p in path.rglob("*")
-                if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
-            )
-            if not found:
-                problems.append((spec, "folder holds no files"))
+            shown = [p for p in path.rglob("*") if not any(part.startswith(".") for part in p.relative_to(path).parts)]
+            found, none = sorted(p for p in shown if p.is_file()), "folder holds no files"
         elif path.is_file():
-            found = [path]
+            found, none = [path], ""
         elif GLOB_CHARS & set(spec):
             found = sorted(Path(p) for p in glob.glob(spec, recursive=True) if Path(p).is_file())
-            if not found:
-                problems.append((spec, "pattern matches no files"))
+            none = "pattern matches no files"
         else:
-            found = []
-            problems.append((spec, "no such file or folder"))
+            found, none = [], "no such file or folder"
         files += found
-    unique = list(dict.fromkeys(files))
-    return unique, problems
+        problems += [] if found else [(spec, none)]
+    return list(dict.fromkeys(files)), problems
 
 
 def decode(path: Path, img_size: int) -> np.ndarray | str:
@@ -179,40 +160,29 @@ def predict_files(
         for start in range(0, len(files), CHUNK):
             chunk = files[start : start + CHUNK]
             decoded = list(pool.map(lambda p: decode(p, loaded.img_size), chunk))
-            good = [i for i, d in enumerate(decoded) if not isinstance(d, str)]
-            ranked = []
-            if good:
-                images = torch.from_numpy(np.stack([decoded[i] for i in good])).permute(0, 3, 1, 2).contiguous()
-                probs = class_probabilities(
-                    loaded.model, images, device, amp_dtype, batch_size, loaded.mean, loaded.std, tta_flip
-                )
-                ranked = top_k(probs, loaded.classes, k)
-            by_index = dict(zip(good, ranked))
-            for i, path in enumerate(chunk):
-                if i in by_index:
-                    best = by_index[i]
-                    yield {
-                        "path": str(path),
-                        "class": best[0][0],
-                        "confidence": best[0][1],
-                        "top_k": [{"class": c, "confidence": p} for c, p in best],
-                    }
-                else:
-                    yield {"path": str(path), "error": decoded[i]}
+            good = [image for image in decoded if not isinstance(image, str)]
+            ranked = iter(loaded.top_k(as_batch(good), k, device, amp_dtype, batch_size, tta_flip) if good else [])
+            for path, image in zip(chunk, decoded):
+                if isinstance(image, str):
+                    yield {"path": str(path), "error": image}
+                    continue
+                best = next(ranked)
+                top = [{"class": name, "confidence": p} for name, p in best]
+                yield {"path": str(path), "class": best[0][0], "confidence": best[0][1], "top_k": top}
 
 
 # ---- output -------------------------------------------------------------------------
 
 
 def text_line(result: dict) -> str:
-    line = f"{result['path']}: {result['class']} {result['confidence']:.4f}"
-    rest = result["top_k"][1:]
-    if rest:
-        line += " (" + ", ".join(f"{r['class']} {r['confidence']:.4f}" for r in rest) + ")"
-    return line
+    best, *rest = (f"{entry['class']} {entry['confidence']:.4f}" for entry in result["top_k"])
+    return f"{result['path']}: {best}" + (f" ({', '.join(rest)})" if rest else "")
 
 
 def table_rows(results: list[dict], k: int) -> list[dict]:
+    """One row a result, its top-k spread over columns; a file name that is not UTF-8 keeps its bytes in CSV
+    (files.PATH_ERRORS), in JSON as the \\udcXX escapes of its lone surrogates (json.loads and os.fsencode give
+    the bytes back)."""
     rows = []
     for result in results:
         row = {
@@ -221,31 +191,18 @@ def table_rows(results: list[dict], k: int) -> list[dict]:
             "confidence": result.get("confidence"),
             "error": result.get("error", ""),
         }
-        for rank in range(k):
-            entry = result.get("top_k", [])[rank] if rank < len(result.get("top_k", [])) else {}
-            row[f"top{rank + 1}_class"] = entry.get("class", "")
-            row[f"top{rank + 1}_confidence"] = entry.get("confidence")
+        for rank, entry in enumerate(result.get("top_k") or [{}] * k, 1):
+            row |= {f"top{rank}_class": entry.get("class", ""), f"top{rank}_confidence": entry.get("confidence")}
         rows.append(row)
     return rows
-
-
-def write_table(path: Path, results: list[dict], k: int) -> None:
-    """The whole table. A file name that is not UTF-8 keeps its bytes: in CSV as they are (files.PATH_ERRORS),
-    in JSON as the \\udcXX escapes of its lone surrogates (json.loads and os.fsencode give the bytes back)."""
-    suffix = path.suffix.lower()
-    if suffix == ".json":
-        write_json(path, results)
-    else:
-        write_csv(path, text_frame(table_rows(results, k)))
 
 
 def names_survive_stdout() -> None:
     """Per-image lines name their file even when the name is not valid UTF-8: its undecodable bytes are
     written back as they were (what `ls` and `find` print, so a pipe gets the real name), and a
     character the terminal's encoding lacks as a backslash escape; never an exception mid-output."""
-    stream = sys.stdout
-    if hasattr(stream, "reconfigure") and stream.errors != PATH_OUTPUT_ERRORS:
-        stream.reconfigure(errors=PATH_OUTPUT_ERRORS)
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(errors=PATH_OUTPUT_ERRORS)
 
 
 def _path_output_errors(exc: UnicodeEncodeError):
@@ -265,6 +222,15 @@ codecs.register_error(PATH_OUTPUT_ERRORS, _path_output_errors)
 # ---- the command --------------------------------------------------------------------
 
 
+def add_model_argument(parser: argparse.ArgumentParser) -> None:
+    """--model, as predict and app take it."""
+    parser.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help=f"checkpoint file, or an MLflow model URI such as models:/NAME@ALIAS (default {DEFAULT_MODEL})",
+    )
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "inputs",
@@ -272,11 +238,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="IMAGE|DIR|GLOB",
         help="image files, folders (searched recursively) or quoted glob patterns",
     )
-    parser.add_argument(
-        "--model",
-        default=DEFAULT_MODEL,
-        help=f"checkpoint file, or an MLflow model URI such as models:/NAME@ALIAS (default {DEFAULT_MODEL})",
-    )
+    add_model_argument(parser)
     parser.add_argument("--top-k", type=int, default=1, help="also show the next K-1 classes (default 1)")
     parser.add_argument("--json", action="store_true", help="one JSON object per line instead of text")
     parser.add_argument("--output", type=Path, help="also write the whole table to this .csv or .json file")
@@ -306,31 +268,23 @@ def run(args) -> int:
     files, problems = expand_inputs(args.inputs)
     runtime = RuntimeConfig(device=args.device, precision=args.precision)
     device = resolve_device(runtime)
-    results, failed = [], 0
-
-    def emit(result: dict) -> None:
-        nonlocal failed
+    amp_dtype = autocast_dtype(runtime, device)
+    results = []
+    unnamed = [{"path": spec, "error": reason} for spec, reason in problems]
+    for result in itertools.chain(
+        unnamed, predict_files(loaded, files, k, device, amp_dtype, args.batch_size, args.tta_flip)
+    ):
         results.append(result)
         if "error" in result:
-            failed += 1
-            reason = result["error"]
-            print(
-                f"error: {reason}" if result["path"] in reason else f"error: {result['path']}: {reason}",
-                file=sys.stderr,
-            )
-            if args.json:
-                print(json.dumps(result), flush=True)
-        else:
+            path, reason = result["path"], result["error"]
+            print(f"error: {reason}" if path in reason else f"error: {path}: {reason}", file=sys.stderr)
+        if args.json or "error" not in result:
             print(json.dumps(result) if args.json else text_line(result), flush=True)
-
-    for spec, reason in problems:
-        emit({"path": spec, "error": reason})
-    for result in predict_files(
-        loaded, files, k, device, autocast_dtype(runtime, device), args.batch_size, args.tta_flip
-    ):
-        emit(result)
-    if args.output is not None:
-        write_table(args.output, results, k)
+    failed = sum("error" in result for result in results)
+    if args.output is not None and args.output.suffix.lower() == ".json":
+        write_json(args.output, results)
+    elif args.output is not None:
+        write_csv(args.output, text_frame(table_rows(results, k)))
     if failed:
         print(f"{failed} of {len(results)} input(s) could not be classified", file=sys.stderr)
     return 1 if failed else 0

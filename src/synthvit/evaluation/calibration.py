@@ -63,30 +63,12 @@ def reliability_diagram(bins: pd.DataFrame, ece: float, title: str = "Reliabilit
     fig, (ax, ax_count) = plt.subplots(2, 1, figsize=(5, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     width = bins["upper"] - bins["lower"]
     filled = bins["count"] > 0
-    ax.bar(
-        bins["lower"][filled],
-        bins["accuracy"][filled],
-        width=width[filled],
-        align="edge",
-        edgecolor="black",
-        color="tab:blue",
-        alpha=0.8,
-        label="accuracy",
-    )
+    columns = {"x": bins["lower"][filled], "width": width[filled], "align": "edge"}
+    ax.bar(**columns, height=bins["accuracy"][filled], edgecolor="black", color="tab:blue", alpha=0.8, label="accuracy")
     gap_bottom = np.minimum(bins["accuracy"], bins["confidence"])[filled]
     gap_height = (bins["accuracy"] - bins["confidence"]).abs()[filled]
-    ax.bar(
-        bins["lower"][filled],
-        gap_height,
-        bottom=gap_bottom,
-        width=width[filled],
-        align="edge",
-        edgecolor="tab:red",
-        color="tab:red",
-        alpha=0.25,
-        hatch="//",
-        label="gap to confidence",
-    )
+    gap_style = {"edgecolor": "tab:red", "color": "tab:red", "alpha": 0.25, "hatch": "//", "label": "gap to confidence"}
+    ax.bar(**columns, height=gap_height, bottom=gap_bottom, **gap_style)
     ax.plot([0, 1], [0, 1], linestyle="--", color="gray", label="perfect calibration")
     ax.set(ylabel="accuracy", xlim=(0, 1), ylim=(0, 1), title=f"{title} (ECE {ece:.3f}, {len(bins)} bins)")
     ax.legend(loc="upper left", fontsize=8)

@@ -31,12 +31,10 @@ def save(fig, path: Path) -> Path:
 def training_curves(history: pd.DataFrame, title: str):
     """Loss and accuracy per epoch, train and (when present) held-out, on two panels."""
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.8))
-    for column, label in (("train_loss", "train"), ("eval_loss", "held-out")):
-        if column in history:
-            ax_loss.plot(history["epoch"], history[column], marker=".", label=label)
-    for column, label in (("train_acc", "train"), ("eval_acc", "held-out")):
-        if column in history:
-            ax_acc.plot(history["epoch"], history[column], marker=".", label=label)
+    for ax, metric in ((ax_loss, "loss"), (ax_acc, "acc")):
+        for column, label in ((f"train_{metric}", "train"), (f"eval_{metric}", "held-out")):
+            if column in history:
+                ax.plot(history["epoch"], history[column], marker=".", label=label)
     ax_loss.set(xlabel="epoch", ylabel="loss", title=f"{title}: loss")
     ax_acc.set(xlabel="epoch", ylabel="accuracy", title=f"{title}: accuracy", ylim=(0, 1))
     for ax in (ax_loss, ax_acc):

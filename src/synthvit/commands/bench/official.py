@@ -15,12 +15,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
+from torchvision.utils import make_grid
 
 from synthvit.commands.bench.reference import render_reference
 from synthvit.errors import UserError
 from synthvit.synthetic.render import render_ifs
-from synthvit.synthetic.search import Rule
+from synthvit.synthetic.search import SCORE_BATCH, Rule
 
 FAITHFUL = {"image_size": 362, "num_points": 200_000, "pad": 6, "value": 127}
 TRAINING = {"image_size": 64, "num_points": 20_000}
@@ -49,51 +51,35 @@ def _system(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def rescore(categories: dict[str, np.ndarray], fill_rate: float = 0.2) -> dict:
     """How many official categories synthvit's rule keeps, and their map-count mix."""
-    systems = [_system(rows) for rows in categories.values()]
-    rates, converged = [], []
-    for start in range(0, len(systems), 20):
-        r, c = Rule(fill_rate).score(
-            systems[start : start + 20], list(range(start, start + len(systems[start : start + 20])))
-        )
-        rates += r.tolist()
-        converged += c.tolist()
-    kept = [Rule(fill_rate).keeps(r, c) for r, c in zip(rates, converged)]
+    systems, seeds, rule = (
+        [_system(rows) for rows in categories.values()],
+        list(range(len(categories))),
+        Rule(fill_rate),
+    )
+    batches = [slice(k, k + SCORE_BATCH) for k in range(0, len(systems), SCORE_BATCH)]
+    scored = [rule.score(systems[batch], seeds[batch]) for batch in batches]
+    rates, converged = (np.concatenate(column) for column in zip(*scored))
     return {
         "categories": len(systems),
-        "kept": int(sum(kept)),
-        "converged": int(sum(converged)),
+        "kept": int(sum(rule.keeps(r, c) for r, c in zip(rates, converged))),
+        "converged": int(converged.sum()),
         "median_fill": float(np.median(rates)),
         "map_counts": np.bincount([len(s[0]) for s in systems], minlength=8)[2:].tolist(),
     }
 
 
-def _tile(image: np.ndarray) -> np.ndarray:
-    return np.asarray(Image.fromarray(image).resize((TILE, TILE), Image.Resampling.BOX))
-
-
 def write_grid(categories: dict[str, np.ndarray], path: Path, count: int = 4) -> None:
     """Rows: categories; columns: FractalDB's algorithm, synthvit faithful, synthvit 64 px (random, solid patches)."""
-    rows = []
-    for seed, rows_ in enumerate(list(categories.values())[:count]):
-        maps, probabilities = _system(rows_)
-        official = render_reference(
-            maps,
-            probabilities,
-            FAITHFUL["image_size"],
-            FAITHFUL["num_points"],
-            seed,
-            pad=FAITHFUL["pad"],
-            value=FAITHFUL["value"],
-            burn_in=0,
-        )
-        faithful = render_ifs(maps, probabilities, seed=seed, **FAITHFUL)
-        training = render_ifs(maps, probabilities, seed=seed, **TRAINING)
-        solid = render_ifs(maps, probabilities, seed=seed, patch="full", **TRAINING)
-        rows.append([_tile(official), _tile(faithful), _tile(training), _tile(solid)])
-    grid = np.full((len(rows) * (TILE + GAP) + GAP, len(rows[0]) * (TILE + GAP) + GAP), 64, np.uint8)
-    for r, tiles in enumerate(rows):
-        for c, tile in enumerate(tiles):
-            top, left = GAP + r * (TILE + GAP), GAP + c * (TILE + GAP)
-            grid[top : top + TILE, left : left + TILE] = tile
+    tiles = []
+    for seed, parameters in enumerate(list(categories.values())[:count]):
+        maps, probabilities = _system(parameters)
+        tiles += [
+            render_reference(maps, probabilities, seed=seed, burn_in=0, **FAITHFUL),
+            render_ifs(maps, probabilities, seed=seed, **FAITHFUL),
+            render_ifs(maps, probabilities, seed=seed, **TRAINING),
+            render_ifs(maps, probabilities, seed=seed, patch="full", **TRAINING),
+        ]
+    resized = [np.asarray(Image.fromarray(tile).resize((TILE, TILE), Image.Resampling.BOX)) for tile in tiles]
+    grid = make_grid(torch.from_numpy(np.stack(resized))[:, None], nrow=4, padding=GAP, pad_value=64)[0]
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(grid).save(path, optimize=True)
+    Image.fromarray(grid.numpy()).save(path, optimize=True)

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from synthvit.config import load_params, parse_params
+from synthvit.config import apply_overrides, parse_params, read_params_file
 from synthvit.data.fractals import RenderedFractals, RenderedImages, read_manifest
 from synthvit.data.images import TensorImages
 from synthvit.files import SYNTHETIC_DIR
@@ -47,20 +47,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=2, help="timed epochs per side (the median counts)")
 
 
-def _params(args):
-    raw = load_params(args.params).model_dump()
-    for item in args.set:
-        key, _, value = item.partition("=")
-        *sections, name = key.split(".")
-        target = raw
-        for section in sections:
-            target = target[section]
-        target[name] = yaml.safe_load(value)
-    return parse_params(raw)
-
-
 def run(args) -> int:
-    params = _params(args)
+    overrides = {key: yaml.safe_load(value) for key, _, value in (item.partition("=") for item in args.set)}
+    params = parse_params(apply_overrides(read_params_file(args.params), overrides), args.params)
     manifest = read_manifest(args.synthetic)
     images = ManifestImages(manifest)
     count = min(args.images, len(images))

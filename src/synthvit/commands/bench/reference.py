@@ -12,6 +12,7 @@ compare), non-finite points are dropped, the bounding box of the points maps to
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 
@@ -28,10 +29,7 @@ def chaos_game_reference(
     """num_points chaos-game points after burn_in undrawn steps from (0, 0)."""
     maps = [tuple(float(v) for v in m) for m in maps]
     total = float(sum(probabilities))
-    cumulative, running = [], 0.0
-    for p in probabilities:
-        running += float(p) / total
-        cumulative.append(running)
+    cumulative = list(itertools.accumulate(float(p) / total for p in probabilities))
     x = y = 0.0
     points = []
     for step in range(burn_in + num_points):
@@ -76,17 +74,10 @@ def paste_patches_reference(
 
 
 def render_reference(
-    maps,
-    probabilities,
-    image_size: int,
-    num_points: int,
-    seed: int,
-    patch: str = "random",
-    pad: int = 0,
-    value: int = LIT,
-    burn_in: int = BURN_IN,
+    maps, probabilities, image_size: int, num_points: int, seed: int, burn_in: int = BURN_IN, **look
 ) -> np.ndarray:
-    """One (image_size, image_size) uint8 image, point by point."""
+    """One (image_size, image_size) uint8 image, point by point; `look` is paste_patches_reference's patch, pad
+    and value."""
     rng = random.Random(seed)
     points = chaos_game_reference(maps, probabilities, num_points, rng, burn_in)
-    return paste_patches_reference(points, image_size, rng, patch, pad, value)
+    return paste_patches_reference(points, image_size, rng, **look)

@@ -16,9 +16,9 @@ from __future__ import annotations
 import argparse
 import functools
 import statistics
-import sys
 import tempfile
 import time
+import timeit
 from pathlib import Path
 
 import numpy as np
@@ -82,9 +82,7 @@ def _time_fast(pool, systems, settings: RenderSettings) -> float:
     """Seconds to render all systems in numpy batches on the pool's workers."""
     batch = batch_size_for(settings.num_points)
     chunks = [systems[k : k + batch] for k in range(0, len(systems), batch)]
-    started = time.perf_counter()
-    list(pool.map(functools.partial(_render_chunk, settings=settings), chunks))
-    return time.perf_counter() - started
+    return timeit.timeit(lambda: list(pool.map(functools.partial(_render_chunk, settings=settings), chunks)), number=1)
 
 
 def _time_torch(systems, settings: RenderSettings, device: torch.device) -> tuple[float, float]:
@@ -109,7 +107,7 @@ def _same_bytes(systems, settings: RenderSettings, device: torch.device) -> str:
 
 def _time_reference(system, settings: RenderSettings, seed: int) -> float:
     started = time.perf_counter()
-    render_reference(*system, settings.image_size, settings.num_points, seed, settings.patch, PAD, GRAY)
+    render_reference(*system, settings.image_size, settings.num_points, seed, patch=settings.patch, pad=PAD, value=GRAY)
     return time.perf_counter() - started
 
 
@@ -167,9 +165,7 @@ def run(args) -> int:
     )
     fast_seconds, reference_seconds = [], []
     with worker_pool(workers) as pool:
-        _time_fast(
-            pool, systems[: batch_size_for(settings.num_points) * workers], settings
-        )  # start and warm the workers
+        _time_fast(pool, systems[: batch_size_for(settings.num_points) * workers], settings)  # start, warm the workers
         for repeat in range(max(args.repeats, args.reference_images)):  # alternate: same machine load
             if repeat < args.repeats:
                 fast_seconds.append(_time_fast(pool, systems, settings))
@@ -222,9 +218,3 @@ def run(args) -> int:
     if args.ofdb:
         _time_ofdb(args, workers)
     return 0
-
-
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(prog="python -m synthvit.synthetic.bench", description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    sys.exit(run(parser.parse_args()))

@@ -9,17 +9,18 @@ All sides train the same timm model at the same batch size, resolution and preci
 - engine: synthvit's in-memory uint8 tensor, batch augmentation on the device.
 Plain and engine run with --augment light (pad-and-crop, horizontal flip), full
 (params.yaml's finetune recipe: RandAugment, random resized crop, Mixup/CutMix, random
-erasing) or both. Each side runs a warm-up epoch, then a timed epoch; the figures come from
-one run, side by side, and the ratios are what to compare across machines. The training
-FLOPs per image (torch's FlopCounterMode) turn img/s into TFLOP/s; on CUDA these are also
-given as a fraction of the card's bf16 peak, from its datasheet and from an 8192^3 bf16
-matmul timed in the same run.
+erasing) or both. Each of them runs a warm-up epoch, then a timed one (the bare step a few
+warm-up steps, then an epoch's worth); the figures come from one run, side by side, and
+the ratios are what to compare across machines. The training FLOPs per image (torch's
+FlopCounterMode) turn img/s into TFLOP/s; on CUDA these are also given as a fraction of
+the card's bf16 peak, from its datasheet and from an 8192^3 bf16 matmul timed in the same
+run.
 """
 
 from __future__ import annotations
 
 import argparse
-import time
+import functools
 
 import torch
 from PIL import Image
@@ -45,17 +46,10 @@ DATASHEET_BF16_PEAK = {"H200 NVL": 835.5e12, "H200": 989.5e12}
 
 # Light: what this bench always measured, pad-and-crop and a flip.
 LIGHT = TrainConfig(
-    epochs=2,
-    lr=1e-3,
-    warmup_epochs=0,
-    mixup_alpha=0.0,
-    cutmix_alpha=0.0,
-    random_erasing=0.0,
-    crop_scale=[1.0, 1.0],
-    crop_padding=4,
-    hflip=0.5,
-    checkpoint_every=0,
+    lr=1e-3, mixup_alpha=0.0, cutmix_alpha=0.0, random_erasing=0.0, crop_scale=[1.0, 1.0], crop_padding=4
 )
+# Either recipe trains two epochs (the first warms up), without warm-up of the lr or checkpoints.
+TIMED = {"epochs": 2, "warmup_epochs": 0, "checkpoint_every": 0}
 
 
 class PILDataset(Dataset):
@@ -93,9 +87,15 @@ def per_sample_transform(cfg: TrainConfig, img_size: int):
     return transforms.Compose(steps)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+def train_step(forward, optimizer, criterion, x, target, device, amp_dtype, grad_clip: float = 0.0) -> None:
+    """One step as typical training code writes it: forward under autocast, backward, clip, optimizer step."""
+    with autocast(device, amp_dtype):
+        loss = criterion(forward(x), target)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip > 0:
+        nn.utils.clip_grad_norm_(forward.parameters(), grad_clip)
+    optimizer.step()
 
 
 def plain_loop_images_per_s(
@@ -115,58 +115,29 @@ def plain_loop_images_per_s(
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
     mixup = build_mixup(cfg, data.num_classes)  # timm's, on the batch: what timm's own train.py does
     criterion = SoftTargetCrossEntropy() if mixup else nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    seconds = 0.0
     for _ in range(2):  # the first epoch warms up workers, kernels and caches
-        _sync(device)
-        started = time.perf_counter()
-        seen = 0
+        started = benchmark.timer()  # torch's benchmark clock, which first waits for the GPU
         for x, y in loader:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            target = y
-            if mixup is not None:
-                x, target = mixup(x, y)
-            with autocast(device, amp_dtype):
-                loss = criterion(forward(x), target)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip > 0:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
-            seen += len(y)
-        _sync(device)
-        seconds = time.perf_counter() - started
-    return seen / seconds
+            x, target = mixup(x, y) if mixup else (x, y)
+            train_step(forward, optimizer, criterion, x, target, device, amp_dtype, cfg.grad_clip)
+    return len(loader) * cfg.batch_size / (benchmark.timer() - started)
 
 
 def bare_step_images_per_s(
     model, data: TensorImages, batch_size: int, device, amp_dtype, compile: bool = False
 ) -> float:
-    """The step alone on one batch already on the device: the engine's optimizer (timm's fused AdamW)."""
+    """The step alone on one batch already on the device, with the engine's optimizer (timm's fused AdamW):
+    an epoch's worth of steps after a few warm-up steps, timed by torch's benchmark Timer."""
     model.to(device).train()
     forward = torch.compile(model) if compile else model
     optimizer = create_optimizer_v2(model, opt="adamw", lr=1e-3, weight_decay=0.05, fused=True)
-    criterion = nn.CrossEntropyLoss(label_smoothing=0.1)
     x = to_float(data.images[:batch_size].to(device), DEFAULT_MEAN, DEFAULT_STD)
     y = data.labels[:batch_size].to(device)
-    steps = len(data) // batch_size
-    seconds = 0.0
-    for _ in range(2):  # as the other sides: a warm-up epoch, then a timed one
-        _sync(device)
-        started = time.perf_counter()
-        for _ in range(steps):
-            with autocast(device, amp_dtype):
-                loss = criterion(forward(x), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-        _sync(device)
-        seconds = time.perf_counter() - started
-    return steps * batch_size / seconds
-
-
-def engine_images_per_s(model, data: TensorImages, cfg: TrainConfig, runtime: RuntimeConfig) -> float:
-    history = train(model, data, cfg, runtime, seed=0, desc="engine")
-    return history[-1]["train_images_per_s"]
+    criterion = nn.CrossEntropyLoss(label_smoothing=0.1)
+    step = functools.partial(train_step, forward, optimizer, criterion, x, y, device, amp_dtype)
+    timer = benchmark.Timer("step()", globals={"step": step}, num_threads=torch.get_num_threads())
+    return batch_size / timer.timeit(len(data) // batch_size).mean
 
 
 def train_flops_per_image(model_cfg: ModelConfig, num_classes: int) -> float:
@@ -177,10 +148,6 @@ def train_flops_per_image(model_cfg: ModelConfig, num_classes: int) -> float:
     with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
         model(x).sum().backward()
     return counter.get_total_flops() / 2
-
-
-def datasheet_peak(device_name: str) -> float | None:
-    return next((peak for name, peak in DATASHEET_BF16_PEAK.items() if name in device_name), None)
 
 
 def matmul_peak(device: torch.device, n: int = 8192) -> float:
@@ -234,11 +201,9 @@ def run(args) -> int:
     runtime = RuntimeConfig(device=args.device, compile=args.compile)
     device = resolve_device(runtime)
     amp_dtype = autocast_dtype(runtime, device)
-    count = args.images or (50000 if device.type == "cuda" else 2048)
-    per_class = -(-count // 10)
-    data = load_split(
-        DataConfig(name="imagefolder", root=args.root, train_per_class=per_class, num_workers=4), "train", args.img_size
-    )
+    per_class = -(-(args.images or (50000 if device.type == "cuda" else 2048)) // 10)
+    data_cfg = DataConfig(name="imagefolder", root=args.root, train_per_class=per_class, num_workers=4)
+    data = load_split(data_cfg, "train", args.img_size)
     model_cfg = ModelConfig(
         img_size=args.img_size,
         patch_size=args.patch_size,
@@ -259,7 +224,8 @@ def run(args) -> int:
     peaks = {}
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
-        peaks = {"datasheet": datasheet_peak(name), "measured": matmul_peak(device)}
+        datasheet = next((peak for card, peak in DATASHEET_BF16_PEAK.items() if card in name), None)
+        peaks = {"datasheet": datasheet, "measured": matmul_peak(device)}
         print(peak_line(name, peaks["datasheet"], peaks["measured"]), flush=True)
     else:
         print("bf16 peak: not measured on cpu (the peak fractions are a CUDA figure)")
@@ -270,14 +236,10 @@ def run(args) -> int:
 
     bare = bare_step_images_per_s(fresh_model(), data, args.batch_size, device, amp_dtype, args.compile)
     print(rate_line("bare timm step (one batch on the device)", bare, flops, peaks), flush=True)
-    recipes = {}
-    if args.augment in ("light", "both"):
-        recipes["light"] = LIGHT.model_copy(update={"batch_size": args.batch_size})
-    if args.augment in ("full", "both"):
-        update = {"epochs": 2, "batch_size": args.batch_size, "warmup_epochs": 0, "checkpoint_every": 0}
-        recipes["full"] = load_params(args.params).finetune.model_copy(update=update)
-    for name, cfg in recipes.items():
-        engine = engine_images_per_s(fresh_model(), data, cfg, runtime)
+    for name in ("light", "full") if args.augment == "both" else (args.augment,):
+        recipe = LIGHT if name == "light" else load_params(args.params).finetune
+        cfg = recipe.model_copy(update={**TIMED, "batch_size": args.batch_size})
+        engine = train(fresh_model(), data, cfg, runtime, seed=0, desc="engine")[-1]["train_images_per_s"]
         print(rate_line(f"synthvit engine, {name} augmentation", engine, flops, peaks), flush=True)
         plain = plain_loop_images_per_s(
             fresh_model(), data, cfg, args.img_size, device, amp_dtype, args.workers, args.compile
