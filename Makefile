@@ -1,7 +1,9 @@
-# synthvit: `make demo` answers "does synthetic pre-training help?" at CPU size (two arms, compared);
-# `make test` runs the linters and the tests.
+# synthvit: `make demo` answers "does fractal pre-training help?" at CPU size (three arms, compared with
+# the study's locked answer); `make test` runs the linters and the tests.
 # Both create .venv and install the pinned dependencies on first use.
 
+# bash: the ledger reads its comma-separated sweep points with `read <<<`
+SHELL := bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
@@ -9,34 +11,25 @@ INSTALLED := $(VENV)/.installed
 TESTS_INSTALLED := $(VENV)/.tests-installed
 export PATH := $(abspath $(BIN)):$(PATH)
 
-# The CPU demo: does synthetic pre-training help? Two DVC experiments with one fine-tuning
-# budget: fractal pre-training then fine-tuning, and the same fine-tuning from scratch (the
-# second reuses the fractals and the pre-training: DVC skips both). The recipe is
-# recipes.yaml's `demo` (`synthvit recipe demo` prints it); DEMO_ARGS go to both arms after
-# it (the last -S of a key wins), e.g. DEMO_ARGS="-S data.name=imagefolder -S data.root=PATH".
-DEMO_RECIPE ?= demo
+# The CPU demo: does fractal pre-training help? Three DVC experiments, one fine-tuning recipe (the
+# study's: recipes.yaml `demo`, `synthvit recipe demo` prints it): from the study's released
+# backbone (results/study/backbone: an hour of pre-training, restored from git instead of run
+# again), from scratch, and from mimetic initialisation; then the comparison, beside the study's
+# locked five-seed answer. PRETRAIN=fresh pre-trains that backbone again (about an hour on 2
+# cores) instead of taking the released one. DEMO_ARGS go to every arm after the recipe (the last
+# -S of a key wins), e.g. DEMO_ARGS="-S data.name=imagefolder -S data.root=PATH".
+PRETRAIN ?= released
 DEMO_ARGS ?=
 STAMP := $(shell date +%m%d-%H%M)
 DEMO_NAME ?= demo-$(STAMP)
 DEMO_OUTPUT ?= plots/demo
+DEMO_ARMS ?= pretrained scratch mimetic
+DEMO_RECIPES = demo $(if $(filter fresh,$(PRETRAIN)),study-pretrained)
+DEMO_BACKBONE = $(if $(filter fresh,$(PRETRAIN)),-S finetune.backbone=models/pretrain.pt)
 
-# The papers' table at CPU scale (docs/results.md): each row of PROOF_ROWS is the recipe
-# proof-<row>, run for every seed as experiment $(PROOF_NAME)-<row>-s<seed>; then the
-# pre-training budget curve (proof-budget-* rows, PROOF_BUDGET_SEEDS). `synthvit compare
-# --over-seeds` prints the table and draws the figures into plots/proof/. PROOF_ARGS go to
-# every run (e.g. the local dataset, as DEMO_ARGS). Runs stop at evaluate (the table needs
-# no figures of each run). FractalDB comes before scratch: the scratch row's fractals and
-# pre-training have the same params, so DVC restores them from its run cache.
-PROOF_ROWS ?= fractaldb scratch ofdb onepfrac shuffled
-PROOF_SEEDS ?= 0 1 2
-PROOF_BUDGET_ROWS ?= budget-quarter budget-half
-PROOF_BUDGET_SEEDS ?= 0
-PROOF_ARGS ?= $(DEMO_ARGS)
-PROOF_NAME ?= proof-$(STAMP)
-PROOF_OUTPUT ?= plots/proof
 PYTEST_ARGS ?=
 
-.PHONY: install demo proof study-candidates study test lint no-dvc-running clean-venv browser-deps postgres-deps gpu-pack gpu-check
+.PHONY: install demo study-candidates study ledger test lint no-dvc-running clean-venv browser-deps postgres-deps gpu-pack gpu-check
 
 $(INSTALLED): requirements.txt constraints.txt pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -53,26 +46,16 @@ install: $(INSTALLED)
 
 # INSTALLED= skips the venv (the end-to-end test runs the target so, with the tools on PATH).
 demo: $(INSTALLED) no-dvc-running
-	dvc exp run -n $(DEMO_NAME)-synthetic $$(synthvit recipe $(DEMO_RECIPE)) -S finetune.init=pretrained $(DEMO_ARGS)
-	dvc exp run -n $(DEMO_NAME)-scratch $$(synthvit recipe $(DEMO_RECIPE)) -S finetune.init=scratch $(DEMO_ARGS)
+	@set -e; for init in $(DEMO_ARMS); do \
+		echo "== $(DEMO_NAME)-$$init"; \
+		dvc exp run -n $(DEMO_NAME)-$$init $$(synthvit recipe $(DEMO_RECIPES)) $(DEMO_BACKBONE) -S finetune.init=$$init \
+			$(DEMO_ARGS) evaluate; \
+	done
 	@echo
-	synthvit compare --arms $(DEMO_NAME)-synthetic $(DEMO_NAME)-scratch --output-dir $(DEMO_OUTPUT)
-	@echo
-	@echo "More figures (the last arm): plots/visualize/*.png; dvc exp show; dvc plots diff"
-
-proof: $(INSTALLED) no-dvc-running
-	@set -e; for seed in $(PROOF_SEEDS); do for row in $(PROOF_ROWS); do \
-		echo "== $(PROOF_NAME)-$$row-s$$seed"; \
-		dvc exp run -n $(PROOF_NAME)-$$row-s$$seed $$(synthvit recipe proof-$$row) -S seed=$$seed $(PROOF_ARGS) evaluate; \
-	done; done
-	@set -e; for seed in $(PROOF_BUDGET_SEEDS); do for row in $(PROOF_BUDGET_ROWS); do \
-		echo "== $(PROOF_NAME)-$$row-s$$seed"; \
-		dvc exp run -n $(PROOF_NAME)-$$row-s$$seed $$(synthvit recipe proof-$$row) -S seed=$$seed $(PROOF_ARGS) evaluate; \
-	done; done
-	@echo
-	synthvit compare --source dvc --names '$(PROOF_NAME)-*' --over-seeds --output-dir $(PROOF_OUTPUT) --force --log
-	synthvit compare --source dvc --names '$(PROOF_NAME)-scratch-*,$(PROOF_NAME)-budget-*,$(PROOF_NAME)-fractaldb-*' \
-		--over-seeds --x pretrain --output-dir $(PROOF_OUTPUT)/budget --force --log
+	synthvit compare --arms $(addprefix $(DEMO_NAME)-,$(DEMO_ARMS)) --output-dir $(DEMO_OUTPUT)
+	@if ls results/study/*/run.yaml >/dev/null 2>&1; then echo; \
+		echo "The study's answer, five paired fine-tuning seeds (results/study, docs/study.md):"; \
+		synthvit results show study; fi
 
 # The pre-training study (docs/study.md): does fractal pre-training help this ViT on a CPU? Every run is
 # locked into results/ as soon as it ends, and a run already locked is skipped, so a stopped study
@@ -91,26 +74,56 @@ STUDY_ARGS ?= $(DEMO_ARGS)
 STUDY_LONGEST = $(lastword $(STUDY_EPOCHS))
 # A run: `$(call study_run,NAME,GROUP/ROW,ARGS,TARGET)`, skipped when results/GROUP/NAME is locked.
 study_run = test -d results/$(2)/$(1) || { echo "== $(2)/$(1)"; \
-	dvc exp run -n $(1) $(3) $(STUDY_ARGS) $(4) && synthvit results lock $(1) --as $(2)/$(1); }
+	dvc exp run -n $(1) $(3) $(4) && synthvit results lock $(1) --as $(2)/$(1); }
 
 study-candidates: $(INSTALLED) no-dvc-running
 	@set -e; for c in $(STUDY_CANDIDATES); do \
-		$(call study_run,$$c,study-candidates,$$(synthvit recipe study-probe pretrain-$$c),finetune); done
+		$(call study_run,$$c,study-candidates,$$(synthvit recipe study-probe pretrain-$$c) $(STUDY_ARGS),finetune); done
 	@set -e; for p in $(STUDY_PROBES); do \
-		$(call study_run,probe-$$p,study-candidates,$$(synthvit recipe probe-$$p),finetune); done
+		$(call study_run,probe-$$p,study-candidates,$$(synthvit recipe probe-$$p) $(STUDY_ARGS),finetune); done
 	synthvit results show study-candidates
 
 study: $(INSTALLED) no-dvc-running
 	@set -e; for e in $(STUDY_EPOCHS); do for s in $(STUDY_SEEDS); do \
 		$(call study_run,pretrained-e$$e-s$$s,study,$$(synthvit recipe study-finetune $(STUDY_PRETRAIN)) \
-			-S pretrain.epochs=$$e -S finetune.seed=$$s,evaluate); done; done
+			-S pretrain.epochs=$$e -S finetune.seed=$$s $(STUDY_ARGS),evaluate); done; done
 	@set -e; for s in $(STUDY_SEEDS); do for init in scratch mimetic; do \
 		$(call study_run,$$init-s$$s,study,$$(synthvit recipe study-finetune $(STUDY_PRETRAIN)) \
-			-S pretrain.epochs=$(STUDY_LONGEST) -S finetune.init=$$init -S finetune.seed=$$s,evaluate); done; done
+			-S pretrain.epochs=$(STUDY_LONGEST) -S finetune.init=$$init -S finetune.seed=$$s $(STUDY_ARGS),evaluate); \
+		done; done
 	@set -e; for s in $(STUDY_SEEDS); do \
 		$(call study_run,shuffled-s$$s,study,$$(synthvit recipe study-finetune $(STUDY_PRETRAIN)) \
-			-S pretrain.epochs=$(STUDY_LONGEST) -S pretrain.labels=shuffled -S finetune.seed=$$s,evaluate); done
+			-S pretrain.epochs=$(STUDY_LONGEST) -S pretrain.labels=shuffled -S finetune.seed=$$s $(STUDY_ARGS),evaluate); \
+		done
 	synthvit results show study
+
+# The claims ledger (docs/results.md): the seed projects' claims a CPU can check, locked into
+# results/ledger (and the sweep into results/ledger-sweep), each skipped once locked. The absolute
+# claims one seed each; linear against convolutional patching (MNIST, CIFAR-10) and learned
+# against sin-cos positions (MNIST) with LEDGER_SEEDS as paired fine-tuning seeds. The sweep: a
+# queued DVC study (`dvc exp run --queue`, `dvc queue start`) over patch size, heads and depth.
+LEDGER_SEEDS ?= 0 1 2
+LEDGER_MNIST_ARGS ?= -S data.root=data/mnist
+LEDGER_CIFAR10_ARGS ?= $(DEMO_ARGS)
+LEDGER_SWEEP ?= 4,2,2 4,2,6 4,4,2 4,4,6 7,2,2 7,2,6 7,4,2 7,4,6
+ledger_run = $(call study_run,$(1),ledger,$$(synthvit recipe $(2)) -S finetune.seed=$(3) $(4),evaluate)
+
+ledger: $(INSTALLED) no-dvc-running
+	@set -e; $(call ledger_run,mnist-p7-s0,ledger-mnist-vit-scratch-p7,0,$(LEDGER_MNIST_ARGS))
+	@set -e; for s in $(LEDGER_SEEDS); do \
+		$(call ledger_run,mnist-linear-s$$s,ledger-mnist-vit-scratch,$$s,$(LEDGER_MNIST_ARGS)); \
+		$(call ledger_run,mnist-conv-s$$s,ledger-mnist-vit-scratch-conv,$$s,$(LEDGER_MNIST_ARGS)); \
+		$(call ledger_run,mnist-sincos-s$$s,ledger-mnist-vit-scratch-sincos,$$s,$(LEDGER_MNIST_ARGS)); \
+		$(call ledger_run,cifar10-linear-s$$s,ledger-cifar10-vit-scratch,$$s,$(LEDGER_CIFAR10_ARGS)); \
+		$(call ledger_run,cifar10-conv-s$$s,ledger-cifar10-vit-scratch-conv,$$s,$(LEDGER_CIFAR10_ARGS)); done
+	@set -e; for point in $(LEDGER_SWEEP); do IFS=, read p h d <<< "$$point"; name=sweep-p$$p-h$$h-d$$d; \
+		test -d results/ledger-sweep/$$name || dvc exp run --queue -n $$name $$(synthvit recipe ledger-mnist-sweep) \
+			-S model.patch_size=$$p -S model.num_heads=$$h -S model.depth=$$d $(LEDGER_MNIST_ARGS) evaluate; done
+	dvc queue start -j 1 && while dvc queue status | grep -qE 'Queued|Running'; do sleep 20; done
+	@set -e; for point in $(LEDGER_SWEEP); do IFS=, read p h d <<< "$$point"; name=sweep-p$$p-h$$h-d$$d; \
+		test -d results/ledger-sweep/$$name || synthvit results lock $$name --as ledger-sweep/$$name; done
+	synthvit compare --source dvc --names 'sweep-*' --output-dir results/ledger-sweep --force
+	synthvit results show ledger
 
 # `dvc exp run -S` writes its values into params.yaml before it finds out that another DVC
 # command holds the repository's lock, and leaves them there: refuse to start instead.

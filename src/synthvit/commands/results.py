@@ -124,11 +124,51 @@ def interval(mean, low, high) -> str:
     return f"{100 * mean:+.2f}" + ("" if pd.isna(low) else f" [{100 * low:+.2f}, {100 * high:+.2f}]")
 
 
+def claim_row(claim: dict, rows: pd.DataFrame, metric: str) -> dict:
+    """A ledger line: the claim, its figure, ours from the locked rows it names, and the verdict. `absolute`:
+    reproduced at or above the claimed figure less 2 points; `better: [A, B]`: A beats B, paired by seed,
+    reproduced when the 95% interval of A - B is above 0; `compare: [A, B]`: measured, no direction
+    claimed; `needs`: what this machine lacks to run it."""
+    ours, verdict = "", f"needs {claim['needs']}" if "needs" in claim else ""
+    if "absolute" in claim:
+        values = rows[rows["row"] == claim["row"]][metric].astype(float)
+        ours = tables.cell(metric, values.mean(), True) + (f" ± {100 * values.std():.2f}%" if len(values) > 1 else "")
+        gap = values.mean() - claim["absolute"]
+        verdict = "reproduced" if gap >= -0.02 else f"not reproduced: {-100 * gap:.1f} points below"
+    pair = claim.get("better") or claim.get("compare")
+    if pair:
+        difference = tables.paired(rows[rows["row"].isin(pair)], metric, pair[1]).iloc[0]
+        ours = f"{pair[0]} - {pair[1]}: {interval(difference['mean'], difference['low'], difference['high'])}"
+        if "better" in claim:
+            shown = difference["low"] > 0 or difference["high"] < 0
+            verdict = (
+                "reproduced"
+                if difference["low"] > 0
+                else "not reproduced: the other way"
+                if shown
+                else ("not shown: the 95% interval holds 0")
+            )
+        else:
+            verdict = "measured (no direction claimed)"
+    if verdict.startswith("not") and claim.get("differs"):
+        verdict += f" ({claim['differs']})"
+    return {
+        "claim": claim["claim"],
+        "claimed": claim.get("figure", ""),
+        "ours": ours,
+        "recipe": f"`{claim['recipe']}`",
+        "verdict": verdict,
+    }
+
+
 def group_table(group: str) -> pd.DataFrame:
     """Each row's mean ± sd over its seeds (`metric`, then `also`), after the `params` that tell rows
-    apart; for each `paired` row, every row's mean difference from it with its 95% interval (points)."""
+    apart; for each `paired` row, every row's mean difference from it with its 95% interval (points).
+    A ledger (`claims`): one line per claim (claim_row)."""
     spec, rows = group_rows(group)
     metric = spec.get("metric", "test_top1")
+    if "claims" in spec:
+        return pd.DataFrame([claim_row(claim, rows, metric) for claim in spec["claims"]])
     table = tables.over_seeds(rows, "row", [metric, *spec.get("also", [])], order=spec.get("rows"))
     for against in spec.get("paired", []):
         differences = tables.paired(rows, metric, against).set_index("row")
