@@ -62,6 +62,7 @@ def run_evaluate_stage(workdir: Path, data_root: Path, checkpoint: Path, tta_fli
     or (with TTA, to save the imports) by calling its main() here."""
     (workdir / "models").mkdir(parents=True)
     shutil.copy(checkpoint, workdir / "models/finetune.pt")
+    shutil.copy(REPO / "dvc.yaml", workdir)  # the params evaluate must find unchanged before it writes
     params = {
         "data": {"name": "imagefolder", "root": str(data_root)},
         "evaluate": {"batch_size": 7, "tta_flip": tta_flip},
