@@ -19,8 +19,9 @@ from synthvit.evaluation.inference import class_probabilities
 from synthvit.evaluation.metrics import classification_report
 from synthvit.files import checkpoint_path, metrics_path, text_frame, write_csv, write_json
 from synthvit.models import load_checkpoint, model_from_checkpoint
+from synthvit.pipeline import stage_context
 from synthvit.runtime import autocast_dtype, resolve_device
-from synthvit.tracking.runs import metric_name, stage_context
+from synthvit.tracking.runs import metric_name
 
 PLOTS = Path("plots/evaluate")
 

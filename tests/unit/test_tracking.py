@@ -5,6 +5,7 @@ import mlflow
 import pytest
 
 from synthvit.errors import UserError, run_main
+from synthvit.pipeline import stage_context
 from synthvit.tracking import runs
 from synthvit.tracking import store as mlflow_store
 
@@ -111,7 +112,7 @@ def test_stage_failing_before_its_run_fails_the_parent(store, monkeypatch):
     (store / "params.yaml").write_text("tracking: {experiment_name: unit}\nfinetune: {epochs: 0}\n")
 
     def finetune():
-        with runs.stage_context("finetune", "finetune"):
+        with stage_context("finetune", "finetune"):
             raise AssertionError("the stage body must not run")
 
     with pytest.raises(SystemExit) as exit_info:
@@ -134,10 +135,10 @@ def test_a_stage_failing_in_its_run_records_the_error_once(store, small_imagefol
     data = f"data: {{name: imagefolder, root: {small_imagefolder}}}\n"  # the pipeline's inputs are there
     (store / "params.yaml").write_text("tracking: {experiment_name: unit}\n" + data)
     runs.record_early_failure("finetune", UserError("not under dvc"))  # e.g. `python stages/finetune.py` by hand
-    with runs.stage_context("pretrain", "seed"):
+    with stage_context("pretrain", "seed"):
         pass
     monkeypatch.setenv("DVC_STAGE", "finetune")
-    with pytest.raises(UserError), runs.stage_context("finetune", "seed"):
+    with pytest.raises(UserError), stage_context("finetune", "seed"):
         raise UserError("cannot download ImageNet weights")
     parents, children = stage_runs(mlflow_store.tracking_uri())
     assert [p.info.status for p in parents] == ["FAILED"]

@@ -22,9 +22,7 @@ import torch
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from synthvit.models import unwrap
 from synthvit.tracking.store import GIT_COMMIT_TAG, store_lock
-from synthvit.training import distributed
 
 SCORE_TAG = "synthvit.heldout_acc"  # the version's held-out top-1 when it was fine-tuned
 HELDOUT_TAG = "synthvit.heldout"  # which images that score is on (a digest of the held-out set)
@@ -41,12 +39,10 @@ def log_model(
     names and normalisation that `synthvit predict` needs. Requirements are given
     explicitly so MLflow does not spend time inferring them.
     """
-    if not distributed.is_main():
-        return None
     # MLflow warns about pickle on every save; the choice is deliberate (see above).
     logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)
     info = mlflow.pytorch.log_model(
-        unwrap(model).to("cpu").eval(),
+        model.to("cpu").eval(),
         name="model",
         serialization_format="pickle",
         pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"timm=={timm.__version__}"],
