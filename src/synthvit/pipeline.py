@@ -23,7 +23,7 @@ from synthvit.models import check_weights_available
 from synthvit.tracking import health, timing
 from synthvit.tracking.outbox import OutboxRun
 from synthvit.tracking.runs import record_early_failure, stage_run
-from synthvit.tracking.summary import flatten
+from synthvit.tracking.summary import flatten, used_params
 from synthvit.training import distributed
 
 
@@ -66,7 +66,8 @@ def stage_context(name: str, *sections: str, needs=()):
     if not distributed.is_main():  # under torchrun, process 0 records the run
         yield Stage(name, params, distributed.Silent(), {}, started_with)
         return
-    with stage_run(name, flatten(params.model_dump(include=set(sections))), params.tracking.experiment_name) as run:
+    logged = used_params(flatten(params.model_dump(include=set(sections))))
+    with stage_run(name, logged, params.tracking.experiment_name) as run:
         stage = Stage(name, params, run, {}, started_with)
         yield stage
         run.log_artifact(str(timing.write_timing(name, **stage.timing)))

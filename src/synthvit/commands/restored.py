@@ -31,7 +31,7 @@ from synthvit.files import history_path, metrics_path
 from synthvit.tracking import summary
 from synthvit.tracking.runs import metric_name, parent_name, run_tags
 from synthvit.tracking.store import PIPELINE_TAG, get_experiment_id, open_client, use_store
-from synthvit.tracking.summary import RESTORED_TAG, flatten
+from synthvit.tracking.summary import RESTORED_TAG, flatten, used_params
 
 STAGES = ["generate_synthetic", "pretrain", "finetune", "evaluate", "visualize"]
 TRAINING_STAGES = ("pretrain", "finetune")
@@ -105,7 +105,8 @@ def record(name: str, experiment_name: str) -> str:
             },
         )
         run_id = run.info.run_id
-        params = [Param(k, v) for k, v in flatten((entry.get("params") or {}).get("params.yaml") or {}).items()]
+        recorded = flatten((entry.get("params") or {}).get("params.yaml") or {})
+        params = [Param(k, v) for k, v in used_params(recorded).items()]
         metrics = [Metric(metric_name(k), v, now, 0) for k, v in stage_metrics(stage).items()]
         if stage in TRAINING_STAGES and history_path(stage).is_file():
             history = pd.read_csv(history_path(stage))

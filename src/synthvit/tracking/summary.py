@@ -4,8 +4,10 @@ MLflow's runs table shows a parent run's own params and metrics, not its childre
 parent without them cannot be compared with another execution without expanding every
 stage. So after each stage run ends, `record_stage` copies onto the parent:
 
-- params: every key of params.yaml, flattened (`finetune.init`, `model.depth`, ...),
-  which is what defines the execution (DVC does not change params.yaml during one);
+- params: every key of params.yaml the execution used, flattened (`finetune.init`,
+  `model.depth`, ...), which is what defines it (DVC does not change params.yaml during
+  one); a fine-tuning that did not start from the pre-training leaves out its params
+  (`used_params`);
 - metrics, rounded as shown: `wall_<stage>_s` (from the stage's timing file) and the
   stage's headline results, read from the metrics file the stage just wrote:
   `pretrain_train_acc`, `finetune_train_acc`, `test_top1`, `test_top5`, `test_ece`; and
@@ -69,10 +71,21 @@ EXPERIMENT_TAGS = {
 
 
 def execution_params(params_file: Path = Path("params.yaml")) -> dict[str, str]:
-    """params.yaml flattened to `section.key` -> text, as MLflow stores params ({} outside a pipeline)."""
+    """params.yaml flattened to `section.key` -> text, as MLflow stores params, less what the execution did not
+    use ({} outside a pipeline)."""
     if not params_file.is_file():
         return {}
-    return flatten(yaml.safe_load(params_file.read_text()) or {})
+    return used_params(flatten(yaml.safe_load(params_file.read_text()) or {}))
+
+
+def used_params(params: dict[str, str]) -> dict[str, str]:
+    """Flattened params less the starting weights a fine-tuning did not use: an arm from scratch, mimetic or
+    ImageNet weights never read the fractals, their pre-training or finetune.backbone, and only init=imagenet
+    reads finetune.imagenet_weights. Params without finetune.init (the other stages' runs) keep the rest."""
+    init = params.get("finetune.init", "pretrained")
+    unused = ("synthetic.", "pretrain.", "finetune.backbone") if init != "pretrained" else ()
+    unused += ("finetune.imagenet_weights",) if init != "imagenet" else ()
+    return {key: value for key, value in params.items() if not key.startswith(unused)}
 
 
 def flatten(params: dict) -> dict[str, str]:
