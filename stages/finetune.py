@@ -11,10 +11,13 @@ Every draw of fine-tuning comes from params.finetune_seed (finetune.seed, else s
 augmentation, and differ only in the backbone they start from: paired seeds.
 """
 
+from synthvit.data.augment import to_float
 from synthvit.data.images import load_split, split_validation
 from synthvit.errors import run_main
 from synthvit.files import checkpoint_path, user_path
 from synthvit.models import (
+    DEFAULT_MEAN,
+    DEFAULT_STD,
     backbone_with_new_head,
     check_same_architecture,
     create_model,
@@ -80,10 +83,13 @@ def main() -> None:
             stage.run.log_synthvit_model(
                 model,
                 checkpoint_path("finetune"),
-                tracking.registered_model,
-                tracking.model_alias,
+                input_example=to_float(eval_set.images[:1], DEFAULT_MEAN, DEFAULT_STD).numpy(),  # for the signature
+                registered_model=tracking.registered_model,
+                alias=tracking.model_alias,
                 score=summary["eval_acc"],
                 heldout=eval_set.digest[:16],
+                arm=cfg.init,
+                model_summary=params.model.summary(),
             )
         elif tracking.registered_model:
             print(f"model not registered as {tracking.registered_model!r}: tracking.log_model is false")

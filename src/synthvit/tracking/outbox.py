@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
@@ -102,29 +103,13 @@ class OutboxRun:
         records = pd.DataFrame(data).to_dict(orient="list")
         self.send({"call": "log_table", "run_id": self.run_id, "data": records, "artifact_file": artifact_file})
 
-    def log_synthvit_model(
-        self,
-        model,
-        checkpoint,
-        registered_model: str = "",
-        alias: str = "",
-        score: float | None = None,
-        heldout: str = "",
-    ) -> None:
-        """registry.log_model; in an outage the checkpoint waits in the outbox, and `synthvit tracking sync` logs
-        the model from it later."""
+    def log_synthvit_model(self, model, checkpoint, input_example: np.ndarray | None = None, **about) -> None:
+        """registry.log_model (`about`: registered_model, alias, score, heldout, arm, model_summary); in an outage
+        the checkpoint waits in the outbox, and `synthvit tracking sync` logs the model from it later."""
         self.model = model
-        self.send(
-            {
-                "call": "log_model",
-                "run_id": self.run_id,
-                "file": str(checkpoint),
-                "registered_model": registered_model,
-                "alias": alias,
-                "score": score,
-                "heldout": heldout,
-            }
-        )
+        example = None if input_example is None else input_example.tolist()
+        entry = {"call": "log_model", "run_id": self.run_id, "file": str(checkpoint), **about, "example": example}
+        self.send(entry)
 
     def end(self, status: str, parent_id: str) -> None:
         """Terminate this run and its pipeline's parent, then replay what waits; warn (one line) about what is left."""
@@ -248,13 +233,14 @@ def apply(client, entry: dict, base: Path, load_model) -> None:
         raise ValueError(f"unknown outbox call {call!r}")
 
 
-MODEL_ARGS = ("registered_model", "alias", "score", "heldout")  # registry.log_model's
+MODEL_ARGS = ("registered_model", "alias", "score", "heldout", "arm", "model_summary")  # registry.log_model's
 
 
 def log_model_into(client, entry: dict, checkpoint: Path, load_model) -> None:
     """registry.log_model on the entry's run: the active run, or reopened for the upload (a replay)."""
-    run_id = entry["run_id"]
+    run_id, example = entry["run_id"], entry.get("example")
     args = {key: entry[key] for key in MODEL_ARGS if key in entry}
+    args["input_example"] = None if example is None else np.asarray(example, dtype=np.float32)
     model = load_model(checkpoint)
     mlflow.set_tracking_uri(client.tracking_uri)
     mlflow.set_registry_uri(client.tracking_uri)
