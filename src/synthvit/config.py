@@ -10,7 +10,7 @@ the value and what is allowed, so a stage fails on its first line.
 Defaults: the `Field` defaults below are the only ones in code. The repository's
 params.yaml writes every key out with the same value (DVC tracks only keys present in
 the file, and its comments are the user's documentation);
-tests/test_config.py::test_params_yaml_spells_out_every_default fails when they drift.
+tests/unit/test_config.py::test_params_yaml_spells_out_every_default fails when they drift.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ memorised one (FractalDB's are drawn off its weight grid, draws.heldout_variatio
 Rendering is the vectorised numpy renderer (render.py), so an image is byte-identical
 whichever batch, process or epoch asks for it; the generator writes its files (PNG
 folder or shards) through `render` too. Pre-training on CUDA renders the same `systems`
-with the torch port (torch_render.py, through synthetic_set.RenderedImages.device_batches).
+with the torch port (torch_render.py, through data/fractals.py's RenderedImages.device_batches).
 """
 
 from __future__ import annotations
