@@ -94,9 +94,6 @@ class SyntheticConfig(Section):
     instance_weights: float = Field(
         0.1, gt=0, le=0.5, description="fractaldb: weight set step (FractalDB ships 0.1 and 0.4)"
     )
-    ofdb_weighting: Literal["first_row", "none"] = Field(
-        "first_row", description="ofdb: first_row draws every map's a x 0.2"
-    )
     sigma: float = Field(3.5, gt=0, description="onepfrac: sigma-factor of the single IFS (drawn within +-0.1)")
     onepfrac_maps: Positive = Field(2, description="onepfrac: affine maps in the single IFS (1p-frac uses 2)")
     delta: Fraction = Field(0.1, description="onepfrac: each coefficient times U(1-delta, 1+delta)")
@@ -190,10 +187,9 @@ class TrainConfig(Section):
 
     epochs: Positive = 100
     batch_size: int = Field(256, ge=2)
-    optimizer: Literal["adamw", "sgd"] = "adamw"
+    optimizer: Literal["adamw"] = "adamw"  # timm's fused AdamW
     lr: float = Field(5.0e-4, gt=0)
     weight_decay: float = Field(0.05, ge=0)
-    momentum: Fraction = Field(0.9, description="sgd only")
     warmup_epochs: float = Field(5, ge=0)
     min_lr: float = Field(1.0e-6, ge=0)
     label_smoothing: Fraction = 0.1
@@ -372,7 +368,7 @@ def _bounds(metadata) -> str:
 
 
 def describe(field) -> str:
-    """What a field accepts, in words: 'an integer >= 1', 'one of adamw, sgd', 'a number in [0, 1) (0 = off)'."""
+    """What a field accepts, in words: 'an integer >= 1', 'one of memory, stream', 'a number in [0, 1) (0 = off)'."""
     annotation, metadata, nullable = field.annotation, list(field.metadata), False
     if get_origin(annotation) is Union and NoneType in get_args(annotation):
         nullable = True

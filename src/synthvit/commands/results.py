@@ -35,7 +35,7 @@ from synthvit.commands.benchmarks import quoted
 from synthvit.commands.comparison import fit_width, markdown_table, over_seeds
 from synthvit.commands.experiments import STAGES, TRAINING_STAGES, Experiment
 from synthvit.commands.recipe import as_argument
-from synthvit.config import committed_params, read_yaml
+from synthvit.config import committed_params, parse_params, read_yaml
 from synthvit.errors import UserError
 from synthvit.files import history_path, metrics_path, timing_path, write_text
 
@@ -273,10 +273,14 @@ def check(args) -> int:
         f"check-{folder.parent.name}-{folder.name}-{datetime.datetime.now():%m%d-%H%M%S}"  # a new experiment each time
     )
     # `dvc exp run` starts from the workspace's params.yaml (whatever ran last): set every recorded param
-    # that differs from it.
+    # that differs from it, but an option this version removed (e.g. pretrain.momentum, which AdamW never
+    # read), which the stage would refuse.
     recorded_params = flatten(read_yaml(folder / "params.yaml") or {})
     workspace = flatten(read_yaml(Path("params.yaml")) or {}) if Path("params.yaml").is_file() else {}
-    changed = {key: value for key, value in recorded_params.items() if workspace.get(key, object()) != value}
+    known = flatten(parse_params({}).model_dump())
+    if removed := sorted(set(recorded_params) - set(known)):
+        print(f"left out {', '.join(removed)}: recorded, but no longer options of this version")
+    changed = {k: v for k, v in recorded_params.items() if k in known and workspace.get(k, object()) != v}
     overrides = [shlex.split(as_argument(key, value, quote=True))[1] for key, value in changed.items()]
     command = [
         sys.executable,
