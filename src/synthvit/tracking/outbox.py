@@ -88,9 +88,6 @@ class OutboxRun:
     def log_params(self, params: dict) -> None:
         self.send({"call": "log_batch", "run_id": self.run_id, "params": {k: str(v) for k, v in params.items()}})
 
-    def log_param(self, key: str, value) -> None:
-        self.log_params({key: value})
-
     def log_artifact(self, local_path, artifact_path: str | None = None) -> None:
         self.send(
             {"call": "log_artifact", "run_id": self.run_id, "file": str(local_path), "artifact_path": artifact_path}

@@ -118,8 +118,7 @@ def headline_metrics(stage: str, params: dict[str, str]) -> dict[str, float]:
 def record_stage(client, parent_id: str, stage: str, stage_run_id: str) -> None:
     """Copy the execution's params and this stage's wall time and headline metrics onto the parent run."""
     params = execution_params()
-    stage_run = client.get_run(stage_run_id)
-    run = stage_run.info
+    run = client.get_run(stage_run_id).info
     metrics = headline_metrics(stage, params)
     # MLflow takes at most 100 params per call; a param logged again with the same value is accepted.
     items = [Param(key, value) for key, value in params.items()]
