@@ -155,7 +155,7 @@ lint: $(TESTS_INSTALLED)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-# Headless Chromium and its driver for the browser tests (tests/test_app.py, test_demo.py), from Debian's
+# Headless Chromium and its driver for the browser tests (tests/unit/test_app.py, tests/pipeline/test_demo.py), from Debian's
 # packages: installed once (as root, or through sudo), a no-op when both are already there.
 browser-deps:
 	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then :; else \
@@ -164,7 +164,7 @@ browser-deps:
 		$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; \
 	fi
 
-# PostgreSQL server binaries for the team-tracking test (tests/test_postgres_tracking.py, a
+# PostgreSQL server binaries for the team-tracking test (tests/pipeline/test_postgres_tracking.py, a
 # throwaway cluster behind `mlflow server`), from Debian's packages: a no-op when initdb,
 # pg_ctl and postgres are found on PATH or in /usr/lib/postgresql/*/bin.
 postgres-deps:

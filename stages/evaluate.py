@@ -1,7 +1,7 @@
 """Stage evaluate: score the fine-tuned model on the test split.
 
 params: runtime.{device,precision,deterministic}, data.{name,root,test_per_class,ignore_class_case}, evaluate.*
-        (tracking.* only names the MLflow run)
+        (tracking.* only names the MLflow run and the registered model that gets the test top-1)
 deps:   models/finetune.pt
 outs:   metrics/evaluate.json (with ECE), plots/evaluate/predictions.csv (confusion), plots/evaluate/per_class.csv,
         plots/evaluate/calibration.csv and reliability.png (reliability diagram)
@@ -19,8 +19,10 @@ from synthvit.evaluation.inference import class_probabilities
 from synthvit.evaluation.metrics import classification_report
 from synthvit.files import checkpoint_path, metrics_path, text_frame, write_csv, write_json
 from synthvit.models import load_checkpoint, model_from_checkpoint
+from synthvit.pipeline import stage_context
 from synthvit.runtime import autocast_dtype, resolve_device
-from synthvit.tracking.runs import metric_name, stage_context
+from synthvit.tracking.registry import record_test_score
+from synthvit.tracking.runs import metric_name
 
 PLOTS = Path("plots/evaluate")
 
@@ -84,6 +86,8 @@ def main() -> None:
         mlflow.log_table(per_class, "per_class_table.json")
         mlflow.log_artifact(str(PLOTS / "calibration.csv"), artifact_path="calibration")
         mlflow.log_artifact(str(PLOTS / "reliability.png"), artifact_path="calibration")
+        if params.tracking.log_model and params.tracking.registered_model:  # finetune registered the model evaluated
+            record_test_score(params.tracking.registered_model, checkpoint_path("finetune"), summary["top1"])
         print(
             f"test top-1 {summary['top1']:.4f}  top-{summary['top5_k']} {summary['top5']:.4f}  "
             f"macro-F1 {summary['macro_f1']:.4f}  ECE {ece:.4f}  on {summary['num_images']} images"

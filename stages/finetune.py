@@ -11,10 +11,13 @@ Every draw of fine-tuning comes from params.finetune_seed (finetune.seed, else s
 augmentation, and differ only in the backbone they start from: paired seeds.
 """
 
+from synthvit.data.augment import to_float
 from synthvit.data.images import load_split, split_validation
 from synthvit.errors import run_main
 from synthvit.files import checkpoint_path, user_path
 from synthvit.models import (
+    DEFAULT_MEAN,
+    DEFAULT_STD,
     backbone_with_new_head,
     check_same_architecture,
     create_model,
@@ -22,9 +25,11 @@ from synthvit.models import (
     mimetic_init,
     new_head,
 )
+from synthvit.pipeline import stage_context
 from synthvit.runtime import seed_everything
-from synthvit.tracking.runs import stage_context
-from synthvit.training.stage import train_and_record
+from synthvit.training.engine import train
+from synthvit.training.resume import resume_path, training_fingerprint
+from synthvit.training.stage import record_training
 
 
 def pretrained_backbone(params) -> list:
@@ -57,26 +62,34 @@ def main() -> None:
             if cfg.init == "mimetic":
                 mimetic_init(model, seed)
         new_head(model, train_set.num_classes, seed)  # the same head for every arm of a seed
-        summary, timing = train_and_record(
-            stage,
+        resume_file = resume_path("finetune", training_fingerprint(model, train_set, cfg, params, seed))
+        history = train(
             model,
             train_set,
             cfg,
+            params.runtime,
             seed,
             eval_set=eval_set,
+            on_epoch=stage.log_epoch,
+            desc="finetune",
+            resume_file=resume_file,
             keep_best=params.data.val_fraction > 0,
-            backbone=backbone.get("recipe", {}) if backbone else None,
+            num_workers=params.data.num_workers,
         )
-        stage.timing.update(timing)
+        made_from = backbone.get("recipe", {}) if backbone else None
+        summary = record_training(stage, model, train_set, history, resume_file, eval_set, backbone=made_from)
         tracking = params.tracking
         if tracking.log_model:  # the serving alias moves only to a model at least as good on the same held-out images
             stage.run.log_synthvit_model(
                 model,
                 checkpoint_path("finetune"),
-                tracking.registered_model,
-                tracking.model_alias,
+                input_example=to_float(eval_set.images[:1], DEFAULT_MEAN, DEFAULT_STD).numpy(),  # for the signature
+                registered_model=tracking.registered_model,
+                alias=tracking.model_alias,
                 score=summary["eval_acc"],
                 heldout=eval_set.digest[:16],
+                arm=cfg.init,
+                model_summary=params.model.summary(),
             )
         elif tracking.registered_model:
             print(f"model not registered as {tracking.registered_model!r}: tracking.log_model is false")

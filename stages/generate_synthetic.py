@@ -8,8 +8,8 @@ import time
 
 from synthvit.errors import run_main
 from synthvit.files import SYNTHETIC_DIR
+from synthvit.pipeline import stage_context
 from synthvit.synthetic.generate import generate_dataset
-from synthvit.tracking.runs import stage_context
 
 
 def main() -> None:

@@ -17,9 +17,11 @@ from synthvit.data.fractals import load_heldout, load_synthetic, shuffle_labels
 from synthvit.errors import run_main
 from synthvit.files import SYNTHETIC_DIR
 from synthvit.models import create_model, mimetic_init
+from synthvit.pipeline import stage_context
 from synthvit.runtime import seed_everything
-from synthvit.tracking.runs import stage_context
-from synthvit.training.stage import train_and_record
+from synthvit.training.engine import train
+from synthvit.training.resume import resume_path, training_fingerprint
+from synthvit.training.stage import record_training
 
 
 def main() -> None:
@@ -40,8 +42,20 @@ def main() -> None:
         model = create_model(params.model, num_classes=train_set.num_classes)
         if cfg.init == "mimetic":
             mimetic_init(model, params.seed)
-        _, timing = train_and_record(stage, model, train_set, cfg, params.seed, eval_set=heldout)
-        stage.timing.update(timing)
+        resume_file = resume_path("pretrain", training_fingerprint(model, train_set, cfg, params, params.seed))
+        history = train(
+            model,
+            train_set,
+            cfg,
+            params.runtime,
+            params.seed,
+            eval_set=heldout,
+            on_epoch=stage.log_epoch,
+            desc="pretrain",
+            resume_file=resume_file,
+            num_workers=params.data.num_workers,
+        )
+        record_training(stage, model, train_set, history, resume_file, eval_set=heldout)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from synthvit.errors import run_main
 from synthvit.evaluation import attention, plots
 from synthvit.files import SYNTHETIC_DIR, checkpoint_path, history_path, read_csv
 from synthvit.models import load_checkpoint, model_from_checkpoint
-from synthvit.tracking.runs import stage_context
+from synthvit.pipeline import stage_context
 
 OUT = Path("plots/visualize")
 EVALUATE = Path("plots/evaluate")

@@ -113,7 +113,7 @@ MUTATIONS = [
     Mutation(
         "no-timing-file",
         "a stage ends without its timing file",
-        "src/synthvit/tracking/runs.py",
+        "src/synthvit/pipeline.py",
         "run.log_artifact(str(timing.write_timing(name, **stage.timing)))",
         "pass",
         ["tests/unit/test_tracking.py"],

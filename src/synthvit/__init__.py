@@ -5,6 +5,7 @@ packages and writes the outputs dvc.yaml declares. Layers, top to bottom (a modu
 imports only from its own layer or below; tests/unit/test_layout.py checks it):
 
     commands/    the `synthvit` CLI: check, recipe, predict, app, export, compare, results, bench
+    pipeline.py  every stage's preamble: params, input checks, its MLflow run, its timing file
     tracking/    MLflow bookkeeping: store, stage runs, health check, outbox, registry, summaries, timing
     training/    the training loop, resumable state, torchrun, what pretrain/finetune share
     evaluation/  inference, metrics, calibration, attention maps, figures
@@ -16,6 +17,6 @@ imports only from its own layer or below; tests/unit/test_layout.py checks it):
     files.py     output paths, repository paths, atomic writes
     errors.py    one-line user errors, damaged-file messages, the entry-point wrapper
 
-Bookkeeping (tracking/, commands/) never changes what a stage computes, so dvc.yaml does
-not list it as a dependency: editing it re-runs nothing.
+Bookkeeping (pipeline.py, tracking/, commands/) never changes what a stage computes, so
+dvc.yaml does not list it as a dependency: editing it re-runs nothing.
 """

@@ -105,10 +105,6 @@ def refused_errno(exc: BaseException) -> int | None:
     return next((code for code in DISK_ERRORS if os.strerror(code) in text), None)
 
 
-def is_disk_full(exc: BaseException) -> bool:
-    return refused_errno(exc) in (errno.ENOSPC, errno.EDQUOT)
-
-
 def fix_for(code: int) -> str:
     """What to do about a refused write, in a few words."""
     if code in (errno.ENOSPC, errno.EDQUOT):

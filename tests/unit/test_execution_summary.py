@@ -103,6 +103,23 @@ def test_pretraining_accuracy_follows_the_weights_not_the_folder(store):
     assert parent.info.run_name == "pretrained · arm-a"  # what differs between arms comes first
 
 
+def test_an_arm_that_did_not_pre_train_leaves_out_the_pre_training_params(store):
+    scratch = {**PARAMS, "finetune": {"init": "scratch", "epochs": 8, "backbone": "models/pretrain.pt"}}
+    (store / "params.yaml").write_text(yaml.safe_dump({**scratch, "synthetic": {"kind": "ofdb"}}))
+    stage("finetune", {"train_acc": 0.6})
+    client = mlflow_store.open_client(mlflow_store.tracking_uri())
+    parent = next(
+        r
+        for r in client.search_runs([client.get_experiment_by_name("unit").experiment_id])
+        if mlflow_store.PIPELINE_TAG in r.data.tags
+    )
+    assert parent.data.params == {"seed": "0", "finetune.init": "scratch", "finetune.epochs": "8"}
+    imagenet = {"finetune.init": "imagenet", "finetune.imagenet_weights": "vit.safetensors"}
+    assert summary.used_params({**imagenet, "pretrain.lr": "0.1"}) == imagenet
+    pretrain_run = {"pretrain.lr": "0.1", "seed": "0"}  # no finetune.init: the pre-training's own run keeps its params
+    assert summary.used_params(pretrain_run) == pretrain_run
+
+
 def test_existing_experiment_gets_the_ui_tags(store):
     client = mlflow_store.open_client(mlflow_store.tracking_uri())
     client.create_experiment("unit")  # as an earlier synthvit made it: no tags

@@ -21,9 +21,9 @@ def tracked_entries() -> list[str]:
     return sorted(names | untracked)
 
 
-def test_at_most_twelve_entries_and_the_package_docstring_maps_each():
+def test_at_most_thirteen_entries_and_the_package_docstring_maps_each():
     entries = tracked_entries()
-    assert len(entries) <= 12, entries
+    assert len(entries) <= 13, entries
     package_map = ast.get_docstring(ast.parse((PACKAGE / "__init__.py").read_text()))
     for entry in entries:
         if entry != "__init__.py":
@@ -54,12 +54,13 @@ def test_the_cycle_finder_finds_a_cycle():
 
 
 def test_layers_hold():
-    """pyproject.toml's import-linter contract: commands and tracking above training, above
-    evaluation, above data, above the generator, above the shared modules."""
+    """pyproject.toml's import-linter contracts: commands, the stages' preamble and tracking above training,
+    above evaluation, above data, above the generator, above the shared modules; tracking reads no params,
+    data, models or training."""
     lint_imports = Path(sys.executable).parent / "lint-imports"
     result = subprocess.run([str(lint_imports), "--no-cache"], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
-    assert "Contracts: 1 kept, 0 broken." in result.stdout
+    assert "Contracts: 2 kept, 0 broken." in result.stdout
 
 
 def test_imports_inside_functions_say_why():

@@ -62,6 +62,7 @@ def run_evaluate_stage(workdir: Path, data_root: Path, checkpoint: Path, tta_fli
     or (with TTA, to save the imports) by calling its main() here."""
     (workdir / "models").mkdir(parents=True)
     shutil.copy(checkpoint, workdir / "models/finetune.pt")
+    shutil.copy(REPO / "dvc.yaml", workdir)  # the params evaluate must find unchanged before it writes
     params = {
         "data": {"name": "imagefolder", "root": str(data_root)},
         "evaluate": {"batch_size": 7, "tta_flip": tta_flip},
@@ -251,6 +252,39 @@ def test_the_serving_alias_never_moves_to_a_worse_model(checkpoint, store, capsy
     assert log_and_register(checkpoint, model, score=0.40, heldout="val-a") == "3" and served() == "3"  # as good
     assert log_and_register(checkpoint, model, score=0.10, heldout="val-b") == "4" and served() == "4"  # not comparable
     assert mlflow.MlflowClient().get_model_version("synthvit-vit", "2").tags[registry.SCORE_TAG] == "0.350000"
+
+
+def test_a_registered_version_says_its_arm_its_model_and_its_scores(checkpoint, store):
+    from synthvit.models import load_checkpoint, model_from_checkpoint
+
+    model = model_from_checkpoint(load_checkpoint(checkpoint))
+    with runs.stage_run("finetune", {}, "unit"):
+        registry.log_model(
+            model,
+            checkpoint,
+            "synthvit-vit",
+            "current",
+            score=0.4,
+            heldout="val-a",
+            arm="scratch",
+            model_summary=TINY.summary(),
+            input_example=torch.zeros(1, 3, 32, 32).numpy(),
+        )
+    client = mlflow.MlflowClient()
+    version = client.get_model_version("synthvit-vit", "1")
+    assert version.tags[registry.ARM_TAG] == "scratch" and version.tags[registry.MODEL_TAG] == TINY.summary()
+    assert version.description == f"finetune.init=scratch; {TINY.summary()}; held-out top-1 0.4000"
+    assert "ViT of 2 blocks, width 32" in version.description  # not just timm's vit_tiny_patch16_224
+    signature = mlflow.models.get_model_info("models:/synthvit-vit/1").signature
+    assert signature.inputs.inputs[0].shape == (-1, 3, 32, 32) and signature.outputs.inputs[0].shape == (-1, 10)
+    # evaluate, which runs after finetune registered it, adds the test top-1 to the versions of its checkpoint only.
+    other = store / "other.pt"
+    other.write_bytes(b"another model")
+    registry.record_test_score("synthvit-vit", other, 0.9)
+    registry.record_test_score("synthvit-vit", checkpoint, 0.3811)
+    version = client.get_model_version("synthvit-vit", "1")
+    assert version.tags[registry.TEST_TAG] == "0.381100"
+    assert version.description.endswith("; held-out top-1 0.4000; test top-1 0.3811")
 
 
 def test_registered_model_loads_by_alias(checkpoint, cifar_small, store, capsys):

@@ -3,9 +3,14 @@ import sys
 
 import mlflow
 import pytest
+import torch
 
+from synthvit.commands.cli import main
+from synthvit.config import ModelConfig
 from synthvit.errors import UserError, run_main
-from synthvit.tracking import runs
+from synthvit.models import create_model, save_checkpoint
+from synthvit.pipeline import stage_context
+from synthvit.tracking import outbox, registry, runs
 from synthvit.tracking import store as mlflow_store
 
 
@@ -111,7 +116,7 @@ def test_stage_failing_before_its_run_fails_the_parent(store, monkeypatch):
     (store / "params.yaml").write_text("tracking: {experiment_name: unit}\nfinetune: {epochs: 0}\n")
 
     def finetune():
-        with runs.stage_context("finetune", "finetune"):
+        with stage_context("finetune", "finetune"):
             raise AssertionError("the stage body must not run")
 
     with pytest.raises(SystemExit) as exit_info:
@@ -134,10 +139,10 @@ def test_a_stage_failing_in_its_run_records_the_error_once(store, small_imagefol
     data = f"data: {{name: imagefolder, root: {small_imagefolder}}}\n"  # the pipeline's inputs are there
     (store / "params.yaml").write_text("tracking: {experiment_name: unit}\n" + data)
     runs.record_early_failure("finetune", UserError("not under dvc"))  # e.g. `python stages/finetune.py` by hand
-    with runs.stage_context("pretrain", "seed"):
+    with stage_context("pretrain", "seed"):
         pass
     monkeypatch.setenv("DVC_STAGE", "finetune")
-    with pytest.raises(UserError), runs.stage_context("finetune", "seed"):
+    with pytest.raises(UserError), stage_context("finetune", "seed"):
         raise UserError("cannot download ImageNet weights")
     parents, children = stage_runs(mlflow_store.tracking_uri())
     assert [p.info.status for p in parents] == ["FAILED"]
@@ -149,3 +154,29 @@ def test_a_stage_failing_in_its_run_records_the_error_once(store, small_imagefol
     assert failed.data.tags[mlflow_store.ERROR_TAG] == "cannot download ImageNet weights"
     # Each stage that ended wrote its timing file; the failed one did not.
     assert (store / "metrics/timing/pretrain.json").is_file() and not (store / "metrics/timing/finetune.json").exists()
+
+
+def test_a_model_kept_in_the_outbox_is_logged_and_registered_by_sync(store, monkeypatch, capsys):
+    """What finetune's log_synthvit_model leaves in the outbox while the server is away: `synthvit tracking sync`
+    rebuilds the model from the checkpoint kept there and logs it with its signature, registered and described."""
+    tiny = ModelConfig(img_size=16, patch_size=8, embed_dim=16, depth=1, num_heads=2, drop_path_rate=0.0)
+    model, checkpoint = create_model(tiny, 2), store / "finetune.pt"
+    save_checkpoint(checkpoint, model, tiny, ["cat", "dog"])
+    uri = mlflow_store.tracking_uri()
+    client = mlflow_store.open_client(uri)
+    run_id = client.create_run(mlflow_store.get_experiment_id(client, uri, "unit")).info.run_id
+    away = outbox.OutboxRun(uri, run_id)
+    monkeypatch.setattr(away, "send", away.store)  # the server is away: every call waits in the outbox
+    about = {"registered_model": "synthvit-vit", "alias": "current", "score": 0.5, "heldout": "val-a"}
+    away.log_synthvit_model(
+        model, checkpoint, torch.zeros(1, 3, 16, 16).numpy(), arm="mimetic", model_summary=tiny.summary(), **about
+    )
+    checkpoint.unlink()  # the outbox keeps its own copy
+    with pytest.raises(SystemExit) as exit_info:
+        main(["tracking", "sync"])
+    assert exit_info.value.code == 0, capsys.readouterr().err
+    version = client.get_model_version("synthvit-vit", "1")
+    assert version.run_id == run_id and version.tags[registry.ARM_TAG] == "mimetic"
+    assert version.description == f"finetune.init=mimetic; {tiny.summary()}; held-out top-1 0.5000"
+    signature = mlflow.models.get_model_info("models:/synthvit-vit@current").signature
+    assert signature.inputs.inputs[0].shape == (-1, 3, 16, 16) and signature.outputs.inputs[0].shape == (-1, 2)

@@ -26,14 +26,13 @@ import yaml
 from mlflow.entities import Metric, Param
 
 from synthvit.commands.compare import default_experiment
-from synthvit.config import flatten
 from synthvit.errors import UserError
 from synthvit.files import history_path, metrics_path
 from synthvit.reporting.sources import TRAINING_STAGES, pipeline_stages
 from synthvit.tracking import summary
 from synthvit.tracking.runs import metric_name, parent_name, run_tags
 from synthvit.tracking.store import PIPELINE_TAG, get_experiment_id, open_client, use_store
-from synthvit.tracking.summary import RESTORED_TAG
+from synthvit.tracking.summary import RESTORED_TAG, flatten, used_params
 
 
 def stage_metrics(stage: str) -> dict:
@@ -105,7 +104,8 @@ def record(name: str, experiment_name: str) -> str:
             },
         )
         run_id = run.info.run_id
-        params = [Param(k, str(v)) for k, v in flatten((entry.get("params") or {}).get("params.yaml") or {}).items()]
+        recorded = flatten((entry.get("params") or {}).get("params.yaml") or {})
+        params = [Param(k, str(v)) for k, v in used_params(recorded).items()]
         metrics = [Metric(metric_name(k), v, now, 0) for k, v in stage_metrics(stage).items()]
         if stage in TRAINING_STAGES and history_path(stage).is_file():
             history = pd.read_csv(history_path(stage))

@@ -36,12 +36,13 @@ import yaml
 from synthvit.commands.benchmarks import quoted
 from synthvit.commands.compare import log_comparison
 from synthvit.commands.recipe import as_argument
-from synthvit.config import committed_params, flatten, read_yaml
+from synthvit.config import committed_params, parse_params, read_yaml
 from synthvit.errors import UserError
 from synthvit.evaluation import plots
 from synthvit.files import history_path, metrics_path, timing_path, write_csv, write_text
 from synthvit.reporting import figures, tables
 from synthvit.reporting.sources import TRAINING_STAGES, Experiment, locked_row, pipeline_stages
+from synthvit.tracking.summary import flatten
 
 RESULTS = Path("results")
 DOCUMENTS = [Path("README.md"), *sorted(Path("docs").glob("*.md"))]
@@ -301,10 +302,14 @@ def check(args) -> int:
     if not (folder / "run.yaml").is_file():
         raise UserError(f"no locked run {args.run!r} (results/{args.run}/run.yaml)")
     name = f"check-{folder.parent.name}-{folder.name}-{datetime.datetime.now():%m%d-%H%M%S}"  # a new one each time
-    # `dvc exp run` starts from the workspace's params.yaml (whatever ran last): set every recorded param that differs.
+    # `dvc exp run` starts from the workspace's params.yaml (whatever ran last): set every recorded param that
+    # differs, but an option this version removed (e.g. pretrain.momentum, which AdamW never read).
     recorded_params = flatten(read_yaml(folder / "params.yaml") or {})
     workspace = flatten(read_yaml(Path("params.yaml")) or {}) if Path("params.yaml").is_file() else {}
-    changed = {key: value for key, value in recorded_params.items() if workspace.get(key, object()) != value}
+    known = flatten(parse_params({}).model_dump())
+    if removed := sorted(set(recorded_params) - set(known)):
+        print(f"left out {', '.join(removed)}: recorded, but no longer options of this version")
+    changed = {k: v for k, v in recorded_params.items() if k in known and workspace.get(k, object()) != v}
     overrides = [part for k, v in changed.items() for part in ("-S", shlex.split(as_argument(k, v, quote=True))[1])]
     # trained again (--force), not restored from this repository's run cache; --pull: from the remote
     command = [sys.executable, "-m", "dvc", "exp", "run", "--temp", "-n", name, "--pull" if args.pull else "--force"]

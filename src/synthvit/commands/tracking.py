@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from synthvit.models import load_checkpoint, model_from_checkpoint
 from synthvit.tracking import health, outbox
 from synthvit.tracking.store import sqlite_path, tracking_uri
 
@@ -19,5 +20,5 @@ def check(args) -> int:
 
 def sync(args) -> int:
     """Upload the tracking calls kept in .synthvit/outbox while the server was away; exit 0 only when all went."""
-    outbox.sync()
+    outbox.sync(lambda checkpoint: model_from_checkpoint(load_checkpoint(checkpoint)))
     return 0

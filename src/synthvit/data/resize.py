@@ -8,7 +8,7 @@ Pillow's Resample.c. Per output pixel, weights from its bicubic filter (a = -0.5
 stretched by the downscale factor, normalised, rounded to 22-bit fixed point; a horizontal
 then a vertical pass, each rounding and clipping to uint8. The passes are float64 matrix
 products, exact because every product and partial sum is an integer below 2**53
-(tests/test_synthetic_torch.py compares with Pillow byte for byte).
+(tests/unit/test_synthetic_torch.py compares with Pillow byte for byte).
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ else renders with numpy (render.py stays the reference). The work splits in two:
 Every float operation is the single IEEE operation numpy performs, in the same order:
 separate multiply and add kernels (no fused multiply-add; do not torch.compile the step),
 so on a CPU the images and converged flags equal render_batch's byte for byte
-(tests/test_synthetic_torch.py). CUDA's float32 multiply and add are IEEE-rounded too, so
+(tests/unit/test_synthetic_torch.py). CUDA's float32 multiply and add are IEEE-rounded too, so
 GPU images should match as well; that has not been checked (no GPU where this was written).
 """
 

@@ -27,10 +27,11 @@ import yaml
 from dvc.api import DVCFileSystem
 from mlflow.exceptions import MlflowException
 
-from synthvit.config import MISSING, flatten, read_yaml, value_at
+from synthvit.config import MISSING, read_yaml, value_at
 from synthvit.errors import UserError
 from synthvit.files import history_path, metrics_path, repo_root, timing_path
 from synthvit.tracking.store import PIPELINE_TAG, use_store
+from synthvit.tracking.summary import flatten
 
 TRAINING_STAGES = ("pretrain", "finetune")
 # column: (stage, key in metrics/<stage>.json). MLflow holds a training stage's as final_<key>.

@@ -17,7 +17,6 @@ from synthvit.synthetic.search import Candidate
 # One stream per kind of draw, so no two draws ever share a generator.
 SEARCH_STREAM, INSTANCE_STREAM, SIGMA_FACTOR_STREAM, PERTURBATION_STREAM, HELDOUT_STREAM = range(5)
 FLIPS = ("none", "vertical", "horizontal", "both")
-PATTERNS_PER_ROW = 10  # FractalDB: 10 patch draws per weight row and flip (25 x 10 x 4 = 1,000)
 OFDB_FIRST_ROW = (0.2, 1.0, 1.0, 1.0, 1.0, 1.0)  # make_2dofdb.py renders weights_0.4.csv's first row only
 SIGMA_JITTER = 0.1  # 1p-frac draws its base IFS's sigma-factor from U(sigma - 0.1, sigma + 0.1)
 

@@ -14,7 +14,7 @@ render_seed}], and classes in label order, one line each:
     name, maps [[a, b, c, d, e, f], ...], probabilities (sum 1, ~|det|), fill_rate (the
     acceptance score: fill of the official 512-px search render, search.py), attempts
     (draws the search used), render_seed (image 0000, with the params' render settings);
-    ofdb with first_row weighting adds rendered_maps (what image 0000 draws); onepfrac
+    ofdb adds rendered_maps (what image 0000 draws: every map's a x 0.2); onepfrac
     adds multipliers (maps / base maps); fractaldb with store=images adds instances
     [{file, coefficient, weight, flip, pattern, render_seed, converged}], instance 0 being
     the searched image (otherwise they follow from draws.instance_variation, unlisted).
@@ -318,7 +318,7 @@ def _build(cfg: SyntheticConfig, seed: int, root: Path, progress: bool, workers:
                     " exceeded it (best fill rate {best:.3f})"
                 )
             else:
-                weights = draws.OFDB_FIRST_ROW if cfg.kind == "ofdb" and cfg.ofdb_weighting == "first_row" else None
+                weights = draws.OFDB_FIRST_ROW if cfg.kind == "ofdb" else None
                 draw = draws.SearchDraw(seed, cfg.min_maps, cfg.max_maps, weights)
                 rule, key = Rule(cfg.fill_rate), "synthetic.fill_rate"
                 failure = "category {category} found no IFS reaching it (best fill rate {best:.3f})"

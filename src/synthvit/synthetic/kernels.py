@@ -4,7 +4,7 @@ render.py's numpy code is bound by call overhead and by a dozen passes over ever
 these loops fuse them. Each is the single IEEE operation numpy performs per element, in
 numpy's order (((a * x) + (b * y)) + e, no fused multiply-add: numba does not contract
 without fastmath), so images, converged flags and fill rates equal the numpy path's byte
-for byte (tests/test_synthetic_kernels.py). Without numba (a GPU machine's minimal
+for byte (tests/unit/test_synthetic_kernels.py). Without numba (a GPU machine's minimal
 install, or SYNTHVIT_NUMBA=0) render.py runs its numpy code: same images, slower.
 
 Measured by `synthvit bench synthetic` (FractalDB settings, 1 process): README, "Synthetic data".

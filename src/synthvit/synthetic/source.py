@@ -2,7 +2,7 @@
 
 An image is addressed by its flat index, category * images_per_class + instance, as
 the stored layouts order them. Instance 0 of a category is its searched image (the
-manifest's render_seed, rendered_maps when OFDB's weighting applies); FractalDB's
+manifest's render_seed, and OFDB's rendered_maps); FractalDB's
 instances 1.. are draws.instance_variation of the category's maps, a pure function
 of (seed, category, instance), so the manifest need not list them. With fresh
 instances, epoch e (from 1) reads instance numbers (e - 1) * images_per_class + i:
@@ -15,7 +15,7 @@ memorised one (FractalDB's are drawn off its weight grid, draws.heldout_variatio
 Rendering is the vectorised numpy renderer (render.py), so an image is byte-identical
 whichever batch, process or epoch asks for it; the generator writes its files (PNG
 folder or shards) through `render` too. Pre-training on CUDA renders the same `systems`
-with the torch port (torch_render.py, through synthetic_set.RenderedImages.device_batches).
+with the torch port (torch_render.py, through data/fractals.py's RenderedImages.device_batches).
 """
 
 from __future__ import annotations

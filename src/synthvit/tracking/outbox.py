@@ -26,13 +26,13 @@ import time
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 
 from synthvit.errors import UserError
 from synthvit.files import repo_root, write_text
-from synthvit.models import load_checkpoint, model_from_checkpoint
 from synthvit.tracking import health
 from synthvit.tracking.registry import log_model
 
@@ -65,6 +65,7 @@ class OutboxRun:
         self.client = MlflowClient(uri, registry_uri=uri)
         self.folder = outbox_root() / run_id
         self.last_probe = 0.0
+        self.model = None  # the model of log_synthvit_model, for its replay in this process
 
     def __getattr__(self, name):
         return getattr(mlflow, name)
@@ -87,9 +88,6 @@ class OutboxRun:
     def log_params(self, params: dict) -> None:
         self.send({"call": "log_batch", "run_id": self.run_id, "params": {k: str(v) for k, v in params.items()}})
 
-    def log_param(self, key: str, value) -> None:
-        self.log_params({key: value})
-
     def log_artifact(self, local_path, artifact_path: str | None = None) -> None:
         self.send(
             {"call": "log_artifact", "run_id": self.run_id, "file": str(local_path), "artifact_path": artifact_path}
@@ -102,28 +100,13 @@ class OutboxRun:
         records = pd.DataFrame(data).to_dict(orient="list")
         self.send({"call": "log_table", "run_id": self.run_id, "data": records, "artifact_file": artifact_file})
 
-    def log_synthvit_model(
-        self,
-        model,
-        checkpoint,
-        registered_model: str = "",
-        alias: str = "",
-        score: float | None = None,
-        heldout: str = "",
-    ) -> None:
-        """registry.log_model; in an outage the checkpoint waits in the outbox and the model is logged from it later."""
-        self.send(
-            {
-                "call": "log_model",
-                "run_id": self.run_id,
-                "file": str(checkpoint),
-                "registered_model": registered_model,
-                "alias": alias,
-                "score": score,
-                "heldout": heldout,
-            },
-            model=model,
-        )
+    def log_synthvit_model(self, model, checkpoint, input_example: np.ndarray | None = None, **about) -> None:
+        """registry.log_model (`about`: registered_model, alias, score, heldout, arm, model_summary); in an outage
+        the checkpoint waits in the outbox, and `synthvit tracking sync` logs the model from it later."""
+        self.model = model
+        example = None if input_example is None else input_example.tolist()
+        entry = {"call": "log_model", "run_id": self.run_id, "file": str(checkpoint), **about, "example": example}
+        self.send(entry)
 
     def end(self, status: str, parent_id: str) -> None:
         """Terminate this run and its pipeline's parent, then replay what waits; warn (one line) about what is left."""
@@ -150,7 +133,7 @@ class OutboxRun:
 
     # ---- delivery ---------------------------------------------------------------------
 
-    def send(self, entry: dict, model=None) -> None:
+    def send(self, entry: dict) -> None:
         """Deliver now, or keep in the outbox: after earlier calls that wait, or when the server is away."""
         if self.pending():
             if not self.server_back():
@@ -161,7 +144,7 @@ class OutboxRun:
                 self.store(entry)
                 return
         try:
-            apply(self.client, entry, Path.cwd(), model)
+            apply(self.client, entry, Path.cwd(), lambda _: self.model)
         except Exception as exc:
             if health.store_problem(self.uri) is None:
                 raise  # the server answers: a real error, not an outage
@@ -198,7 +181,7 @@ class OutboxRun:
     def flush(self) -> None:
         """Replay the outbox; stops, keeping the rest, if the server goes away again."""
         try:
-            sent, _ = replay(self.client, self.folder)
+            sent, _ = replay(self.client, self.folder, lambda _: self.model)
         except Exception:
             if health.store_problem(self.uri) is None:
                 raise
@@ -225,8 +208,9 @@ def pending_calls(folder: Path) -> int:
     return line_count(folder / CALLS) - sent_count(folder)
 
 
-def apply(client, entry: dict, base: Path, model=None) -> None:
-    """Make one recorded call on `client`; file names are relative to `base`."""
+def apply(client, entry: dict, base: Path, load_model) -> None:
+    """Make one recorded call on `client`; file names are relative to `base`. `load_model(checkpoint)`: the
+    model a log_model call logs (models.py builds it from the checkpoint; tracking does not import models)."""
     call, run_id = entry["call"], entry["run_id"]
     if call == "log_batch":
         metrics = [Metric(key, value, stamp, step) for key, value, stamp, step in entry.get("metrics", [])]
@@ -241,42 +225,29 @@ def apply(client, entry: dict, base: Path, model=None) -> None:
     elif call == "set_terminated":
         client.set_terminated(run_id, entry["status"], entry["end_time"])
     elif call == "log_model":
-        log_model_into(
-            client,
-            run_id,
-            base / entry["file"],
-            entry["registered_model"],
-            entry["alias"],
-            model,
-            entry.get("score"),
-            entry.get("heldout", ""),
-        )
+        log_model_into(client, entry, base / entry["file"], load_model)
     else:
         raise ValueError(f"unknown outbox call {call!r}")
 
 
-def log_model_into(
-    client,
-    run_id: str,
-    checkpoint: Path,
-    registered_model: str,
-    alias: str,
-    model=None,
-    score: float | None = None,
-    heldout: str = "",
-) -> None:
-    """registry.log_model on run `run_id`: the active run, or reopened for the upload (a replay)."""
-    if model is None:
-        model = model_from_checkpoint(load_checkpoint(checkpoint))
+MODEL_ARGS = ("registered_model", "alias", "score", "heldout", "arm", "model_summary")  # registry.log_model's
+
+
+def log_model_into(client, entry: dict, checkpoint: Path, load_model) -> None:
+    """registry.log_model on the entry's run: the active run, or reopened for the upload (a replay)."""
+    run_id, example = entry["run_id"], entry.get("example")
+    args = {key: entry[key] for key in MODEL_ARGS if key in entry}
+    args["input_example"] = None if example is None else np.asarray(example, dtype=np.float32)
+    model = load_model(checkpoint)
     mlflow.set_tracking_uri(client.tracking_uri)
     mlflow.set_registry_uri(client.tracking_uri)
     active = mlflow.active_run()
     if active is not None and active.info.run_id == run_id:
-        log_model(model, checkpoint, registered_model, alias, score, heldout)
+        log_model(model, checkpoint, **args)
         return
     status = client.get_run(run_id).info.status
     with mlflow.start_run(run_id=run_id):
-        log_model(model, checkpoint, registered_model, alias, score, heldout)
+        log_model(model, checkpoint, **args)
     client.set_terminated(run_id, status)  # reopening set it RUNNING; a later set_terminated call may follow
 
 
@@ -302,7 +273,7 @@ def reject(folder: Path, number: int, line: bytes, exc: ValueError) -> None:
     )
 
 
-def replay(client, folder: Path) -> tuple[int, int]:
+def replay(client, folder: Path, load_model) -> tuple[int, int]:
     """Send the outbox's waiting calls in order, counting each one handled; lines that are not a whole
     call are skipped (kept in REJECTED). Once all are handled the folder goes, or, when some were
     rejected, all but the rejected lines and meta.json (which server and run they belong to).
@@ -319,7 +290,7 @@ def replay(client, folder: Path) -> tuple[int, int]:
                 reject(folder, number, line, exc)
                 rejected += 1
             else:
-                apply(client, entry, folder)
+                apply(client, entry, folder, load_model)
                 done += 1
             write_text(folder / SENT, str(number + 1))
     if (folder / REJECTED).is_file():
@@ -331,8 +302,9 @@ def replay(client, folder: Path) -> tuple[int, int]:
     return done, rejected
 
 
-def sync(root: Path | None = None) -> int:
-    """`synthvit tracking sync`: upload every outbox under the repository to its server. Returns the calls sent.
+def sync(load_model, root: Path | None = None) -> int:
+    """`synthvit tracking sync`: upload every outbox under the repository to its server (`load_model(checkpoint)`
+    rebuilds the model a log_model call logs). Returns the calls sent.
     Raises UserError, one line saying how many calls did not go and where they are kept, while any wait
     (server away or refusing, meta.json damaged) or lie set aside (cut off or not a call): exit 0 means all went."""
     root = root or outbox_root()
@@ -360,7 +332,7 @@ def sync(root: Path | None = None) -> int:
             left[folder] = pending_calls(folder)
             continue
         try:
-            sent, rejected = replay(MlflowClient(uri, registry_uri=uri), folder)
+            sent, rejected = replay(MlflowClient(uri, registry_uri=uri), folder, load_model)
         except Exception as exc:  # noqa: BLE001 - one line, the rest stays for the next sync
             print(
                 f"warning: uploading {folder} to {health.redact(uri)} stopped ({type(exc).__name__}: "

@@ -1,10 +1,8 @@
 """A DVC stage as MLflow records it: one run per stage, under one parent run per pipeline execution.
 
-`stage_context` is the preamble every stage shares: validate params.yaml, ask the
-tracking store (seconds, before any work), open the stage's MLflow run with the params
-sections the stage reads, and at the end write the stage's timing file
-(metrics/timing/<stage>.json: wall time, machine, throughput) and end the run FINISHED,
-FAILED or KILLED.
+`stage_run` opens a stage's run with the params the stage reads (pipeline.stage_context, the
+stages' preamble, calls it) and ends it FINISHED, FAILED or KILLED;
+`record_early_failure` records a stage that failed before its run opened.
 
 Grouping: DVC runs each stage as its own process, so stages find their parent run by a
 key: the DVC process that launched them (pid and start time), which is the same for
@@ -14,25 +12,18 @@ every stage of one `dvc repro` / `dvc exp run` and differs between executions.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import re
 import socket
 import sys
-import tempfile
 import uuid
 from pathlib import Path
 
 import mlflow
 import psutil
 from mlflow.utils.git_utils import get_git_commit
-from pydantic import BaseModel
 
-from synthvit.config import Params, check_params_unchanged, parse_params, read_params_file
-from synthvit.data.images import check_available
-from synthvit.errors import DISK_ERRORS, UserError, fix_for
-from synthvit.models import check_weights_available
-from synthvit.tracking import health, summary, timing
+from synthvit.tracking import health, summary
 from synthvit.tracking.outbox import OutboxRun
 from synthvit.tracking.store import (
     ERROR_TAG,
@@ -46,77 +37,6 @@ from synthvit.tracking.store import (
     tracking_uri,
     use_store,
 )
-from synthvit.training import distributed
-
-
-@dataclasses.dataclass
-class Stage:
-    """What a stage's code gets from `stage_context`."""
-
-    name: str
-    params: Params
-    run: OutboxRun | distributed.Silent  # the stage's MLflow run (log_metrics, log_artifact, ...)
-    timing: dict  # figures for the timing file, beside the wall time and the machine
-    started_with: dict  # params.yaml as the stage read it, once, at its start
-
-    def check_params_unchanged(self) -> None:
-        """Call before writing the outputs: stops the stage when params.yaml changed under it."""
-        check_params_unchanged(self.name, self.started_with)
-
-
-@contextlib.contextmanager
-def stage_context(name: str, *sections: str, needs=()):
-    """Run one DVC stage: yields a `Stage` whose run logs `sections` of params.yaml as its params.
-    `needs`: files the stage reads that an earlier stage writes, checked before anything is opened."""
-    try:
-        started_with = read_params_file()
-        params = parse_params(started_with)
-        health.check_tracking_store()  # within seconds, before any work: is the server there and letting us in?
-        check_pipeline_inputs(params)
-        for path in needs(params) if callable(needs) else needs:
-            if not Path(path).exists():
-                raise UserError(f"{path} not found: run the stage that writes it first (dvc repro)")
-        check_writable(name)
-    except BaseException as exc:
-        record_early_failure(name, exc)
-        raise
-    logged = {}
-    for section in sections:
-        value = getattr(params, section)
-        logged.update(flat(value, section) if isinstance(value, BaseModel) else {section: value})
-    with stage_run(name, logged, params.tracking.experiment_name) as run:
-        stage = Stage(name, params, run, {}, started_with)
-        yield stage
-        if distributed.is_main():
-            run.log_artifact(str(timing.write_timing(name, **stage.timing)))
-
-
-def check_pipeline_inputs(params: Params) -> None:
-    """What the whole pipeline will read, checked by whichever stage runs first: the fine-tuning data
-    (here or downloadable) and ImageNet weights (init=imagenet). An offline `make demo` then stops
-    within seconds, not after minutes of fractals and pre-training."""
-    check_available(params.data)
-    if params.finetune.init == "imagenet":
-        check_weights_available(params.model, params.finetune.imagenet_weights)
-
-
-def check_writable(stage: str) -> None:
-    """A stage writes its outputs in the working directory (the repository): a read-only checkout, or one
-    the user may not write, is one line now, before any work, not an error after training."""
-    try:
-        with tempfile.TemporaryFile(dir=Path.cwd(), prefix=".synthvit-write-check-"):
-            pass
-    except OSError as exc:
-        if exc.errno not in DISK_ERRORS:
-            raise
-        raise UserError(
-            f"{stage} cannot write its outputs in {Path.cwd()} ({DISK_ERRORS[exc.errno]}); {fix_for(exc.errno)}"
-        ) from None
-
-
-def flat(section: BaseModel, prefix: str) -> dict:
-    """`{"prefix.key": value}` for logging a params section as MLflow params."""
-    return {f"{prefix}.{k}": v for k, v in section.model_dump().items()}
 
 
 def launching_dvc_process() -> psutil.Process | None:
@@ -226,9 +146,6 @@ def stage_run(stage: str, params: dict, experiment_name: str):
 
 @contextlib.contextmanager
 def _stage_run(stage: str, params: dict, experiment_name: str):
-    if not distributed.is_main():  # under torchrun, process 0 records the run
-        yield distributed.Silent()
-        return
     health.shorten_http_retries()
     uri = use_store()
     client = open_client(uri)
@@ -278,7 +195,7 @@ def record_early_failure(stage: str, error: BaseException) -> None:
     (nothing of this execution is in MLflow). Never raises: the stage's own error is what
     the user must see.
     """
-    if not os.environ.get("DVC_STAGE") or not distributed.is_main():
+    if not os.environ.get("DVC_STAGE"):
         return
     uri = tracking_uri()
     db = sqlite_path(uri)

@@ -4,8 +4,10 @@ MLflow's runs table shows a parent run's own params and metrics, not its childre
 parent without them cannot be compared with another execution without expanding every
 stage. So after each stage run ends, `record_stage` copies onto the parent:
 
-- params: every key of params.yaml, flattened (`finetune.init`, `model.depth`, ...),
-  which is what defines the execution (DVC does not change params.yaml during one);
+- params: every key of params.yaml the execution used, flattened (`finetune.init`,
+  `model.depth`, ...), which is what defines it (DVC does not change params.yaml during
+  one); a fine-tuning that did not start from the pre-training leaves out its params
+  (`used_params`);
 - metrics, rounded as shown: `wall_<stage>_s` (from the stage's timing file) and the
   stage's headline results, read from the metrics file the stage just wrote:
   `pretrain_train_acc`, `finetune_train_acc`, `test_top1`, `test_top5`, `test_ece`; and
@@ -69,16 +71,27 @@ EXPERIMENT_TAGS = {
 
 
 def execution_params(params_file: Path = Path("params.yaml")) -> dict[str, str]:
-    """params.yaml flattened to `section.key` -> text, as MLflow stores params ({} outside a pipeline)."""
+    """params.yaml flattened to `section.key` -> text, as MLflow stores params, less what the execution did not
+    use ({} outside a pipeline)."""
     if not params_file.is_file():
         return {}
-    return flatten(yaml.safe_load(params_file.read_text()) or {})
+    return used_params(flatten(yaml.safe_load(params_file.read_text()) or {}))
 
 
-def flatten(params: dict) -> dict[str, str]:
-    """A nested params mapping as MLflow's dotted keys and text values."""
-    flat = pd.json_normalize(params, sep=".").to_dict("records") if params else [{}]
-    return {key: str(value) for key, value in flat[0].items()}
+def used_params(params: dict[str, str]) -> dict[str, str]:
+    """Flattened params less the starting weights a fine-tuning did not use: an arm from scratch, mimetic or
+    ImageNet weights never read the fractals, their pre-training or finetune.backbone, and only init=imagenet
+    reads finetune.imagenet_weights. Params without finetune.init (the other stages' runs) keep the rest."""
+    init = params.get("finetune.init", "pretrained")
+    unused = ("synthetic.", "pretrain.", "finetune.backbone") if init != "pretrained" else ()
+    unused += ("finetune.imagenet_weights",) if init != "imagenet" else ()
+    return {key: value for key, value in params.items() if not key.startswith(unused)}
+
+
+def flatten(params: dict) -> dict:
+    """A nested params mapping as `{"section.key": value}`: MLflow's param names, and the keys `dvc exp run -S`
+    takes (lists stay values). The one flatten: reporting and results use it too."""
+    return pd.json_normalize(params, sep=".").to_dict("records")[0] if params else {}
 
 
 def headline_metrics(stage: str, params: dict[str, str]) -> dict[str, float]:
@@ -105,11 +118,10 @@ def headline_metrics(stage: str, params: dict[str, str]) -> dict[str, float]:
 def record_stage(client, parent_id: str, stage: str, stage_run_id: str) -> None:
     """Copy the execution's params and this stage's wall time and headline metrics onto the parent run."""
     params = execution_params()
-    stage_run = client.get_run(stage_run_id)
-    run = stage_run.info
+    run = client.get_run(stage_run_id).info
     metrics = headline_metrics(stage, params)
     # MLflow takes at most 100 params per call; a param logged again with the same value is accepted.
-    items = [Param(key, value) for key, value in params.items()]
+    items = [Param(key, str(value)) for key, value in params.items()]
     for start in range(0, len(items), 100):
         client.log_batch(parent_id, params=items[start : start + 100])
     points = [Metric(key, value, run.end_time or 0, 0) for key, value in metrics.items()]

@@ -5,7 +5,7 @@ depend on (checkpoints, histories, metrics): two runs of the same params then gi
 byte-identical results and re-run nothing downstream. The timing file is a declared,
 cached output of its stage (restored with it), read by `synthvit compare` and
 `synthvit results`; nothing depends on it. Bookkeeping: editing this module re-runs nothing.
-`runs.stage_context` writes it when a stage ends.
+`pipeline.stage_context` writes it when a stage ends.
 """
 
 from __future__ import annotations

@@ -125,7 +125,6 @@ def set_up(
         opt=cfg.optimizer,
         lr=cfg.lr,
         weight_decay=cfg.weight_decay,
-        momentum=cfg.momentum,
         layer_decay=cfg.layer_decay or None,
         fused=True,
     )

@@ -1,24 +1,24 @@
-"""What the pretrain and finetune stages share: train, then write and log the results.
+"""What the pretrain and finetune stages share: once `engine.train` has run, write and log the results.
 
 Outputs (files.py, declared the same way in dvc.yaml): models/<stage>.pt,
 metrics/<stage>.json, plots/<stage>/history.csv. They depend only on the params, the
 data and the seed: two runs give the same bytes. How long training took and on what
-machine goes to the stage's timing file (tracking/runs.py) and to MLflow instead.
+machine goes to the stage's timing file (pipeline.py) and to MLflow instead.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 from torch import nn
 
-from synthvit.config import Params, TrainConfig
+from synthvit.config import Params
 from synthvit.data.images import ImageSet, TensorImages
 from synthvit.errors import DISK_ERRORS, UserError, fix_for
 from synthvit.files import checkpoint_path, history_path, metrics_path, write_csv, write_json
 from synthvit.models import count_parameters, save_checkpoint
 from synthvit.training import distributed
-from synthvit.training.engine import train
-from synthvit.training.resume import resume_path, training_fingerprint
 
 # Per-epoch figures that depend on the machine's load, not on what was learned: logged to
 # MLflow and the timing file, kept out of history.csv.
@@ -41,20 +41,18 @@ def recipe(stage: str, params: Params) -> dict:
     return sections
 
 
-def train_and_record(
-    stage,  # what tracking.runs.stage_context yields: name, params, run, check_params_unchanged()
+def record_training(
+    stage,  # what pipeline.stage_context yields: name, params, run, timing, check_params_unchanged()
     model: nn.Module,
     train_set: ImageSet,
-    train_cfg: TrainConfig,
-    seed: int,
+    history: list[dict],
+    resume_file: Path,
     eval_set: TensorImages | None = None,
-    keep_best: bool = False,
     backbone: dict | None = None,
-) -> tuple[dict, dict]:
-    """Train `model` with `seed` (order, augmentation), save its checkpoint, history and summary metrics,
-    log them to the stage's MLflow run; returns (summary, timing figures). `eval_set` is scored every
-    epoch (fine-tuning: validation or test curve; pre-training: held-out fractal instances).
-    `backbone`: the recipe of the pre-trained checkpoint the model started from, kept in the new one too.
+) -> dict:
+    """After `engine.train`: save the model's checkpoint, history and summary metrics, log them to the stage's
+    MLflow run, put the timing figures in `stage.timing`; returns the summary. `backbone`: the recipe of the
+    pre-trained checkpoint the model started from, kept in the new one too.
 
     Outputs are written only if params.yaml still holds what the stage started with. The resume state
     goes only once every output is written: a disk that fills while the checkpoint is written, or
@@ -68,22 +66,6 @@ def train_and_record(
             "data.train_images": len(train_set),
             "data.num_classes": train_set.num_classes,
         }
-    )
-    resume_file = resume_path(stage.name, training_fingerprint(model, train_set, train_cfg, params, seed))
-    history = train(
-        model,
-        train_set,
-        train_cfg,
-        params.runtime,
-        seed,
-        eval_set=eval_set,
-        on_epoch=lambda metrics: run.log_metrics(
-            {k: v for k, v in metrics.items() if k != "epoch"}, step=metrics["epoch"]
-        ),
-        desc=stage.name,
-        resume_file=resume_file,
-        keep_best=keep_best,
-        num_workers=params.data.num_workers,
     )
     last = next(h for h in history if h["selected"])  # the epoch whose weights the model ends with
     summary = {
@@ -108,8 +90,9 @@ def train_and_record(
         else None,
         "epoch_seconds": [round(h["epoch_seconds"], 2) for h in timed],
     }
+    stage.timing.update(timing)
     if not distributed.is_main():
-        return summary, timing  # under torchrun, process 0 writes the outputs
+        return summary  # under torchrun, process 0 writes the outputs
     stage.check_params_unchanged()
     name = stage.name
     try:
@@ -136,4 +119,4 @@ def train_and_record(
     if timing["train_images_per_s"] is not None:
         run.log_metric("final_train_images_per_s", timing["train_images_per_s"])
     run.log_artifact(str(history_path(name)))
-    return summary, timing
+    return summary
