@@ -28,10 +28,10 @@ from helpers.repo import TINY, copy_subset, git, pipeline_env, snapshot_repo, st
 from helpers.servers import free_port, running_server
 from synthvit.commands.compare import arm_row, arms_table
 from synthvit.commands.export import export
+from synthvit.commands.reporting import figures
+from synthvit.commands.reporting.sources import Experiment
 from synthvit.config import ModelConfig
 from synthvit.models import create_model, save_checkpoint
-from synthvit.reporting import figures
-from synthvit.reporting.sources import Experiment
 from synthvit.tracking import registry, summary
 from synthvit.tracking import store as mlflow_store
 from synthvit.tracking.summary import EXPERIMENT_TAGS

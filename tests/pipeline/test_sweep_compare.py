@@ -27,7 +27,7 @@ from PIL import Image
 
 from helpers.repo import STAGES, TINY, copy_subset, dvc, pipeline_env
 from synthvit.commands import cli
-from synthvit.reporting import figures, sources, tables
+from synthvit.commands.reporting import figures, sources, tables
 from synthvit.tracking import store as mlflow_store
 
 # The e2e test's tiny pipeline, smaller still: 2 fractal classes, 1 epoch each, a one-block ViT.

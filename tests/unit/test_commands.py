@@ -15,9 +15,9 @@ import yaml
 from helpers.repo import REPO
 from helpers.training import bright_vs_dark, plain_recipe
 from synthvit.commands import cli
+from synthvit.commands.reporting.figures import accuracy_plot
 from synthvit.config import ModelConfig, RuntimeConfig
 from synthvit.models import create_model
-from synthvit.reporting.figures import accuracy_plot
 from synthvit.runtime import seed_everything
 from synthvit.training.engine import train
 

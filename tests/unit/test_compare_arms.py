@@ -5,9 +5,9 @@ import pytest
 
 from synthvit.commands import cli
 from synthvit.commands import compare as compare_arms
+from synthvit.commands.reporting import figures
+from synthvit.commands.reporting.tables import cell, fit_width, markdown_table
 from synthvit.errors import UserError
-from synthvit.reporting import figures
-from synthvit.reporting.tables import cell, fit_width, markdown_table
 
 
 def arm(label, name, init, top1, top5, ece, heldout, pretrain_s, finetune_s, cost_s):

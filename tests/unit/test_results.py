@@ -11,7 +11,7 @@ from scipy import stats
 
 from helpers.repo import REPO
 from synthvit.commands import results
-from synthvit.reporting.tables import fit_width
+from synthvit.commands.reporting.tables import fit_width
 
 
 def test_readme_and_docs_match_results(monkeypatch, capsys):

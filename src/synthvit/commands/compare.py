@@ -30,12 +30,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from synthvit.commands.reporting import figures, tables
+from synthvit.commands.reporting.sources import Experiment, dvc_exp_show, dvc_rows, experiment_revs, mlflow_rows
 from synthvit.config import load_params
 from synthvit.errors import UserError
 from synthvit.evaluation import plots
 from synthvit.files import write_csv, write_text
-from synthvit.reporting import figures, tables
-from synthvit.reporting.sources import Experiment, dvc_exp_show, dvc_rows, experiment_revs, mlflow_rows
 from synthvit.tracking import summary
 from synthvit.tracking.store import get_experiment_id, open_client, sqlite_path, tracking_uri
 

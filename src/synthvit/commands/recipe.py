@@ -4,7 +4,7 @@
     dvc exp run -n mine $(synthvit recipe study-finetune pretrain-colors)   # several, in order
     synthvit recipe --list
 
-Recipes live in recipes.yaml, one source for the Makefile (`make demo`, `make proof`) and
+Recipes live in recipes.yaml, one source for the Makefile (`make demo`, `make study`, `make ledger`) and
 the documentation. A recipe applies to the committed params.yaml: it also prints, at their
 committed values, the keys other recipes set, so whatever ran last in the workspace does not
 leak into it. A recipe may include others; a later value of a key wins, as with

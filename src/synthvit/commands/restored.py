@@ -26,9 +26,9 @@ import yaml
 from mlflow.entities import Metric, Param
 
 from synthvit.commands.compare import default_experiment
+from synthvit.commands.reporting.sources import TRAINING_STAGES, pipeline_stages
 from synthvit.errors import UserError
 from synthvit.files import history_path, metrics_path
-from synthvit.reporting.sources import TRAINING_STAGES, pipeline_stages
 from synthvit.tracking import summary
 from synthvit.tracking.runs import metric_name, parent_name, run_tags
 from synthvit.tracking.store import PIPELINE_TAG, get_experiment_id, open_client, use_store

@@ -36,12 +36,12 @@ import yaml
 from synthvit.commands.benchmarks import quoted
 from synthvit.commands.compare import log_comparison
 from synthvit.commands.recipe import as_argument
+from synthvit.commands.reporting import figures, tables
+from synthvit.commands.reporting.sources import TRAINING_STAGES, Experiment, locked_row, pipeline_stages
 from synthvit.config import committed_params, parse_params, read_yaml
 from synthvit.errors import UserError
 from synthvit.evaluation import plots
 from synthvit.files import history_path, metrics_path, timing_path, write_csv, write_text
-from synthvit.reporting import figures, tables
-from synthvit.reporting.sources import TRAINING_STAGES, Experiment, locked_row, pipeline_stages
 from synthvit.tracking.summary import flatten
 
 RESULTS = Path("results")
