@@ -4,7 +4,6 @@ Plain helpers live in tests/helpers/."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -13,7 +12,7 @@ import mlflow
 import pytest
 
 from helpers.browser import CHROMEDRIVER, CHROMIUM, CHROMIUM_FLAGS, browser_available
-from helpers.repo import copy_subset, find_cifar10, snapshot_repo
+from helpers.repo import copy_subset, find_cifar10, snapshot_repo, unavailable
 
 
 @pytest.fixture(scope="session")
@@ -21,10 +20,7 @@ def cifar10_root() -> Path:
     """The real CIFAR-10 ImageFolder. Missing: skipped on a laptop, an error in CI."""
     root = find_cifar10()
     if root is None:
-        message = "real CIFAR-10 ImageFolder not found: set SYNTHVIT_CIFAR10 or put it at ../shared/datasets/cifar10"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable("real CIFAR-10 ImageFolder not found: set SYNTHVIT_CIFAR10 or put it at ../shared/datasets/cifar10")
     return root
 
 
@@ -43,10 +39,7 @@ def repo_copy(tmp_path) -> Path:
 def browser():
     missing = browser_available()
     if missing:
-        message = f"headless browser not installed ({missing}): run `make browser-deps` and `make test`"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable(f"headless browser not installed ({missing}): run `make browser-deps` and `make test`")
     from selenium import webdriver  # only when a browser test runs: selenium is a test-only install
     from selenium.webdriver.chrome.service import Service
 

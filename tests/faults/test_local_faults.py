@@ -23,6 +23,7 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
+from helpers.commands import run_synthvit
 from helpers.mounts import remount, small_disk
 from helpers.repo import pipeline_env
 from helpers.servers import free_port
@@ -226,14 +227,7 @@ def store(tmp_path, monkeypatch):
     mlflow.set_tracking_uri(None)
 
 
-def cli(capsys, *args) -> tuple[int, str, str]:
-    from synthvit.commands.cli import main
-
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exit_info:
-        main(list(args))
-    out, err = capsys.readouterr()
-    return exit_info.value.code, out, err
+cli = run_synthvit
 
 
 def test_sync_skips_cut_off_and_garbage_lines_keeps_them_and_uploads_the_rest(store, capsys):

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import torch
 
-from helpers.training import bright_vs_dark
-from synthvit.config import ModelConfig, RuntimeConfig, TrainConfig
+from helpers.training import bright_vs_dark, plain_recipe
+from synthvit.config import ModelConfig, RuntimeConfig
 from synthvit.models import create_model
 from synthvit.runtime import seed_everything
 from synthvit.training import distributed
@@ -16,18 +16,8 @@ from synthvit.training.engine import train
 
 MODEL = ModelConfig(img_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=2, drop_path_rate=0.0)
 # No augmentation and no dropout: every random draw that differs between processes is off.
-RECIPE = TrainConfig(
-    epochs=2,
-    batch_size=16,
-    lr=2e-3,
-    warmup_epochs=0,
-    mixup_alpha=0.0,
-    cutmix_alpha=0.0,
-    random_erasing=0.0,
-    crop_scale=[1.0, 1.0],
-    crop_padding=0,
-    hflip=0.0,
-    checkpoint_every=0,
+RECIPE = plain_recipe(
+    epochs=2, batch_size=16, lr=2e-3, crop_scale=[1.0, 1.0], crop_padding=0, hflip=0.0, checkpoint_every=0
 )
 
 

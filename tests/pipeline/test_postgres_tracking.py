@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers.repo import STAGES, TINY, copy_subset, pipeline_env
+from helpers.repo import STAGES, TINY, copy_subset, pipeline_env, unavailable
 from helpers.servers import MlflowServer, free_port, tail
 
 pytestmark = pytest.mark.e2e
@@ -33,13 +33,6 @@ SERVER_TOOLS = ("initdb", "pg_ctl", "postgres")
 CLUSTER_ACCOUNTS = ("postgres", "nobody")
 # Smaller than test_pipeline_e2e: this test is about where the runs go, not about learning.
 OVERRIDES = {**dict(o.split("=", 1) for o in TINY), "pretrain.epochs": "1", "finetune.epochs": "2"}
-
-
-def unavailable(message: str):
-    """Skipped on a laptop; a failure in CI, where `make test` installs what is missing."""
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
 
 
 def postgres_bin_dir() -> Path | None:

@@ -25,8 +25,8 @@ from dvc.api import DVCFileSystem
 from mlflow import MlflowClient
 from PIL import Image
 
+from helpers.commands import run_synthvit
 from helpers.repo import STAGES, TINY, copy_subset, dvc, pipeline_env
-from synthvit.commands import cli
 from synthvit.commands.reporting import figures, sources, tables
 from synthvit.tracking import store as mlflow_store
 
@@ -245,10 +245,7 @@ def test_queued_sweep_then_compare(repo_copy, cifar10_root, tmp_path):
 
 
 def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main(["compare", *args])
-    out, err = capsys.readouterr()
-    return exit_info.value.code, out, err
+    return run_synthvit(capsys, "compare", *args)
 
 
 @pytest.fixture

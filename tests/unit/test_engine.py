@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.overrides import TorchFunctionMode
 
-from helpers.training import bright_vs_dark
+from helpers.training import bright_vs_dark, plain_recipe
 from synthvit.config import ModelConfig, RuntimeConfig, TrainConfig, parse_params
 from synthvit.data.images import FileImages, TensorImages, split_validation
 from synthvit.errors import UserError
@@ -44,17 +44,7 @@ def test_steps_per_epoch():
 
 
 def test_training_learns_and_is_deterministic():
-    cfg = TrainConfig(
-        epochs=4,
-        batch_size=32,
-        lr=2e-3,
-        warmup_epochs=0,
-        mixup_alpha=0.0,
-        cutmix_alpha=0.0,
-        random_erasing=0.0,
-        label_smoothing=0.0,
-        crop_scale=[0.8, 1.0],
-    )
+    cfg = plain_recipe(epochs=4, batch_size=32, lr=2e-3, label_smoothing=0.0, crop_scale=[0.8, 1.0])
     data = bright_vs_dark()
     runs = []
     for _ in range(2):
@@ -156,9 +146,7 @@ def test_resume_continues_exactly(tmp_path):
 def test_ema_weights_replace_the_raw_ones():
     """A decay near 1 keeps the averaged weights near their start (timm's EMA copies the weights at its
     first update, after one optimizer step), while raw training moves them on."""
-    cfg = TrainConfig(
-        epochs=4, batch_size=16, lr=5e-3, warmup_epochs=0, mixup_alpha=0, cutmix_alpha=0, random_erasing=0
-    )
+    cfg = plain_recipe(epochs=4, batch_size=16, lr=5e-3)
     seed_everything(0)
     start = create_model(TINY, 2)
     initial = {k: v.clone() for k, v in start.state_dict().items()}
@@ -179,16 +167,7 @@ def test_keep_best_restores_the_best_validation_epoch():
     data = bright_vs_dark(128)
     train_part, val = split_validation(data, 0.25, seed=0)
     assert len(val) == 32 and torch.bincount(val.labels).tolist() == [16, 16]
-    cfg = TrainConfig(
-        epochs=5,
-        batch_size=16,
-        lr=2e-3,
-        warmup_epochs=0,
-        mixup_alpha=0,
-        cutmix_alpha=0,
-        random_erasing=0,
-        label_smoothing=0.0,
-    )
+    cfg = plain_recipe(epochs=5, batch_size=16, lr=2e-3, label_smoothing=0.0)
     seed_everything(0)
     model = create_model(TINY, 2)
     history = train(model, train_part, cfg, CPU, seed=0, eval_set=val, keep_best=True)
@@ -309,9 +288,7 @@ def test_a_diverged_loss_stops_training_with_one_line():
 
 def test_fp16_steps_through_a_loss_scaler_and_other_precisions_do_not():
     """fp16 gradients underflow unscaled: fp16 gets torch.amp.GradScaler, bf16/fp32 a pass-through."""
-    cfg = TrainConfig(
-        epochs=2, batch_size=16, lr=2e-3, warmup_epochs=0, mixup_alpha=0, cutmix_alpha=0, random_erasing=0
-    )
+    cfg = plain_recipe(epochs=2, batch_size=16, lr=2e-3)
     seed_everything(0)
     loop = engine.set_up(
         create_model(TINY, 2),

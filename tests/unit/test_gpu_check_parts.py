@@ -10,7 +10,7 @@ import sys
 import pytest
 import yaml
 
-from helpers.repo import REPO
+from helpers.repo import REPO, unavailable
 from synthvit.commands.bench import train as bench_train
 from synthvit.commands.cli import build_parser
 
@@ -95,7 +95,7 @@ def test_params_get_the_overrides_as_dvc_exp_run_applies_them(tmp_path):
 def test_the_pack_holds_mlflow_without_dvc_and_fits_64_mib():
     wheels = REPO.parent / "shared" / "wheels-cp312"
     if not wheels.is_dir():
-        pytest.skip(f"no shared wheels at {wheels}")
+        unavailable(f"no shared wheels at {wheels}")
     gpu_pack = load_script("gpu_pack")
     packed, absent = gpu_pack.needed_wheels(wheels)
     names = {path.name.split("-")[0].lower() for path in packed}

@@ -17,6 +17,7 @@ import torch
 import yaml
 from PIL import Image
 
+from helpers.commands import run_synthvit
 from helpers.repo import REPO, copy_subset, pipeline_env
 from helpers.training import tiny_finetuned_checkpoint
 from synthvit.commands.cli import main as cli_main
@@ -48,13 +49,7 @@ def run_cli(*args, env=None, cwd=None):
     return subprocess.run([SYNTHVIT, *map(str, args)], capture_output=True, text=True, timeout=300, env=env, cwd=cwd)
 
 
-def cli(capsys, *args) -> tuple[int, str, str]:
-    """`synthvit ...` in this process (the same entry point, without paying for torch's import again)."""
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exit_info:
-        cli_main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return exit_info.value.code, out, err
+cli = run_synthvit
 
 
 def run_evaluate_stage(workdir: Path, data_root: Path, checkpoint: Path, tta_flip: bool, monkeypatch) -> pd.DataFrame:

@@ -2,13 +2,13 @@
 
 import pytest
 
+from helpers.commands import run_synthvit
 from synthvit.commands import cli
 
 
 def record(capsys, *args):
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main(["record-restored", *args])
-    return exit_info.value.code, capsys.readouterr().err
+    code, _, err = run_synthvit(capsys, "record-restored", *args)
+    return code, err
 
 
 def test_without_dvc_lock_it_says_to_restore_first(tmp_path, monkeypatch, capsys):
