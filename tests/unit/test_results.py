@@ -109,3 +109,48 @@ def test_regenerate_writes_the_group_between_its_markers(study):
     assert fresh.startswith("before\n<!-- results study -->\n| row") and fresh.endswith("<!-- end results -->\nafter\n")
     assert "stale" not in fresh and "Five seeds." in fresh and "| pretrained-e4 " in fresh
     assert results.regenerate(fresh) == fresh  # regenerating again changes nothing
+
+
+def test_a_ledger_gives_each_claim_its_figure_ours_and_a_verdict_from_the_locked_runs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    group = tmp_path / "results" / "ledger"
+    write_run(group / "mnist-p7-s0", "mnist-p7", 0, 0.85, "scratch")
+    for seed, (conv, linear) in enumerate([(0.46, 0.44), (0.465, 0.44), (0.455, 0.44)]):
+        write_run(group / f"cifar10-conv-s{seed}", "cifar10-conv", seed, conv, "scratch")
+        write_run(group / f"cifar10-linear-s{seed}", "cifar10-linear", seed, linear, "scratch")
+    claims = [
+        {
+            "claim": "88% on MNIST",
+            "figure": "88%",
+            "row": "mnist-p7",
+            "absolute": 0.88,
+            "recipe": "p7",
+            "differs": "one seed",
+        },
+        {"claim": "44% on CIFAR-10", "figure": "44%", "row": "cifar10-linear", "absolute": 0.44, "recipe": "lin"},
+        {
+            "claim": "conv helps",
+            "figure": "conv > linear",
+            "better": ["cifar10-conv", "cifar10-linear"],
+            "recipe": "conv",
+        },
+        {
+            "claim": "linear helps",
+            "figure": "linear > conv",
+            "better": ["cifar10-linear", "cifar10-conv"],
+            "recipe": "conv",
+        },
+        {"claim": "98.5% from ImageNet", "figure": "98.5%", "needs": "hub weights and a GPU", "recipe": "hub"},
+    ]
+    (group / "group.yaml").write_text(yaml.safe_dump({"claims": claims}))
+    table = results.group_table("ledger").set_index("claim")
+    assert table.loc["88% on MNIST", "ours"] == "85.00%"
+    assert table.loc["88% on MNIST", "verdict"] == "not reproduced: 3.0 points below (one seed)"
+    assert table.loc["44% on CIFAR-10", "ours"] == "44.00% ± 0.00%" and table.loc["44% on CIFAR-10", "verdict"] == (
+        "reproduced"
+    )
+    assert table.loc["conv helps", "ours"].startswith("cifar10-conv - cifar10-linear: +2.00 [")
+    assert table.loc["conv helps", "verdict"] == "reproduced"
+    assert table.loc["linear helps", "verdict"] == "not reproduced: the other way"
+    assert table.loc["98.5% from ImageNet", "verdict"] == "needs hub weights and a GPU"
+    assert table.loc["98.5% from ImageNet", "recipe"] == "`hub`"
