@@ -9,6 +9,7 @@ import time
 
 import psutil
 import pytest
+import yaml
 
 from helpers.repo import copy_subset, pipeline_env, update_params
 
@@ -115,3 +116,40 @@ def test_terminated_finetune_is_killed_in_mlflow_and_resumes(pretrained_repo):
     )
     assert "resuming after epoch" not in output
     assert finetune_metrics(repo) == resumed
+
+
+def test_params_edited_during_a_real_dvc_repro_are_refused_and_never_locked(pretrained_repo):
+    """While `dvc repro` trains finetune with lr 0.002, params.yaml is rewritten to 0.0005 (an editor, or a refused
+    `dvc exp run -S`). The stage stops before writing anything, so dvc.lock never pairs 0.0005 with a model
+    trained at 0.002; set back, the next `dvc repro` resumes from the saved state instead of training again."""
+    repo = pretrained_repo
+    update_params(repo, {"finetune": {"lr": 0.002}})
+    original = (repo / "params.yaml").read_text()
+    process = subprocess.Popen(
+        ["dvc", "repro", "finetune"],
+        cwd=repo,
+        env=pipeline_env(repo),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    resume_dir = repo / ".synthvit/resume"
+    deadline = time.time() + 300
+    while not list(resume_dir.glob("finetune-*.pt")) and time.time() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    update_params(repo, {"finetune": {"lr": 0.0005}})  # training is under way: an epoch is saved
+    output, _ = process.communicate(timeout=600)
+    assert process.returncode != 0, output[-3000:]
+    assert (
+        "error: params.yaml changed while finetune ran: finetune.lr was 0.002 when it started and is 0.0005" in output
+    )
+    assert "Traceback" not in output
+    assert not (repo / "models/finetune.pt").exists() and not (repo / "metrics/finetune.json").exists()
+    assert "finetune" not in yaml.safe_load((repo / "dvc.lock").read_text())["stages"]  # nothing locked for it
+    assert list(resume_dir.glob("finetune-*.pt"))  # the training done is kept
+
+    (repo / "params.yaml").write_text(original)
+    output = dvc(repo, "repro", "finetune")
+    assert "finetune: resuming after epoch" in output
+    locked = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]["finetune"]["params"]["params.yaml"]
+    assert locked["finetune"]["lr"] == 0.002 and (repo / "models/finetune.pt").is_file()
