@@ -29,7 +29,7 @@ DEMO_BACKBONE = $(if $(filter fresh,$(PRETRAIN)),-S finetune.backbone=models/pre
 
 PYTEST_ARGS ?=
 
-.PHONY: install demo study-candidates study ledger test lint no-dvc-running clean-venv browser-deps postgres-deps gpu-pack gpu-check
+.PHONY: install demo study-candidates study ledger test test-fast lint no-dvc-running clean-venv browser-deps postgres-deps gpu-pack gpu-check
 
 $(INSTALLED): requirements.txt constraints.txt pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -149,6 +149,10 @@ gpu-check:
 
 test: $(TESTS_INSTALLED) browser-deps postgres-deps lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The inner loop: the unit tests that build no DVC repository and drive no browser (the `e2e` marker).
+test-fast: $(TESTS_INSTALLED) lint
+	$(BIN)/python -m pytest tests/unit -m "not e2e" $(PYTEST_ARGS)
 
 # ruff: lint (pyflakes, pycodestyle, isort, bugbear, ...) and the formatter's check; pyproject.toml configures both.
 lint: $(TESTS_INSTALLED)

@@ -64,3 +64,11 @@ def no_mlflow_uri_left_behind():
     yield
     mlflow.set_tracking_uri(None)
     mlflow.set_registry_uri(None)
+
+
+def pytest_collection_modifyitems(items):
+    """A test that builds a repository for DVC or drives a browser is an end-to-end test (`e2e`), whatever its
+    folder: `make test-fast` leaves them out."""
+    for item in items:
+        if {"repo_copy", "browser"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.e2e)
