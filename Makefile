@@ -46,10 +46,13 @@ install: $(INSTALLED)
 
 # INSTALLED= skips the venv (the end-to-end test runs the target so, with the tools on PATH).
 demo: $(INSTALLED) no-dvc-running
+	@test "$(PRETRAIN)" = fresh || test -f results/study/backbone/model.safetensors || { echo "error: \
+	results/study/backbone (the study's released backbone) is missing: restore it (git checkout -- results), or \
+	pre-train it again with make demo PRETRAIN=fresh"; exit 2; }
 	@set -e; for init in $(DEMO_ARMS); do \
 		echo "== $(DEMO_NAME)-$$init"; \
-		dvc exp run -n $(DEMO_NAME)-$$init $$(synthvit recipe $(DEMO_RECIPES)) $(DEMO_BACKBONE) -S finetune.init=$$init \
-			$(DEMO_ARGS) evaluate; \
+		dvc exp run -n $(DEMO_NAME)-$$init $$(synthvit recipe $(DEMO_RECIPES)) -S finetune.init=$$init $(DEMO_ARGS) \
+			$(DEMO_BACKBONE) evaluate; \
 	done
 	@echo
 	synthvit compare --arms $(addprefix $(DEMO_NAME)-,$(DEMO_ARMS)) --output-dir $(DEMO_OUTPUT)
@@ -73,8 +76,8 @@ STUDY_SEEDS ?= 0 1 2 3 4
 STUDY_ARGS ?= $(DEMO_ARGS)
 STUDY_LONGEST = $(lastword $(STUDY_EPOCHS))
 # A run: `$(call study_run,NAME,GROUP/ROW,ARGS,TARGET)`, skipped when results/GROUP/NAME is locked.
-study_run = test -d results/$(2)/$(1) || { echo "== $(2)/$(1)"; \
-	dvc exp run -n $(1) $(3) $(4) && synthvit results lock $(1) --as $(2)/$(1); }
+study_run = if ! test -d results/$(2)/$(1); then echo "== $(2)/$(1)"; \
+	dvc exp run -n $(1) $(3) $(4) || exit 1; synthvit results lock $(1) --as $(2)/$(1) || exit 1; fi
 
 study-candidates: $(INSTALLED) no-dvc-running
 	@set -e; for c in $(STUDY_CANDIDATES); do \

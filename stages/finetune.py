@@ -11,10 +11,12 @@ Every draw of fine-tuning comes from params.finetune_seed (finetune.seed, else s
 augmentation, and differ only in the backbone they start from: paired seeds.
 """
 
+from pathlib import Path
+
 from synthvit.data.augment import to_float
 from synthvit.data.images import load_split, split_validation
 from synthvit.errors import run_main
-from synthvit.files import checkpoint_path, user_path
+from synthvit.files import checkpoint_path
 from synthvit.models import (
     DEFAULT_MEAN,
     DEFAULT_STD,
@@ -33,7 +35,9 @@ from synthvit.training.stage import record_training
 
 
 def pretrained_backbone(params) -> list:
-    return [user_path(params.finetune.backbone)] if params.finetune.init == "pretrained" else []
+    # Relative to the working directory, as DVC resolves ${finetune.backbone}: in a queued or --temp experiment
+    # that is the experiment's copy, whose models/pretrain.pt its own pretrain stage just wrote.
+    return [Path(params.finetune.backbone)] if params.finetune.init == "pretrained" else []
 
 
 def main() -> None:
@@ -52,7 +56,7 @@ def main() -> None:
             eval_set = load_split(curve_data, "test", params.model.img_size)
         backbone = None
         if cfg.init == "pretrained":
-            backbone = load_backbone(user_path(cfg.backbone))
+            backbone = load_backbone(Path(cfg.backbone))
             check_same_architecture(backbone, params.model, cfg.backbone)
             model = backbone_with_new_head(backbone, params.model)
         elif cfg.init == "imagenet":  # the hub, or finetune.imagenet_weights offline

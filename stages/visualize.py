@@ -19,7 +19,7 @@ from synthvit.data.fractals import synthetic_samples
 from synthvit.data.images import decode_image, load_split
 from synthvit.errors import run_main
 from synthvit.evaluation import attention, plots
-from synthvit.files import SYNTHETIC_DIR, checkpoint_path, history_path, read_csv
+from synthvit.files import SYNTHETIC_DIR, checkpoint_path, from_pipeline_pretraining, history_path, read_csv
 from synthvit.models import load_checkpoint, model_from_checkpoint
 from synthvit.pipeline import stage_context
 
@@ -103,8 +103,7 @@ def main() -> None:
             plots.save(plots.confusion_matrix(matrix, classes), OUT / "confusion_matrix.png"),
             misclassified_grid(params, predictions, OUT / "misclassified.png"),
         ]
-        from_pipeline = Path(params.finetune.backbone) == checkpoint_path("pretrain")  # not a released backbone
-        if params.finetune.init == "pretrained" and from_pipeline:  # only a model that started from these fractals
+        if from_pipeline_pretraining(params.finetune.init, params.finetune.backbone):  # these fractals made its start
             figures += [
                 plots.save(
                     plots.training_curves(pd.read_csv(history_path("pretrain")), "pretrain"),

@@ -41,7 +41,7 @@ MUTATIONS = [
     Mutation(
         "no-pretraining-curve",
         "the comparison figure leaves out the pre-training curves",
-        "src/synthvit/reporting/figures.py",
+        "src/synthvit/commands/reporting/figures.py",
         'ax_pre.plot(curve["epoch"], curve[column], marker=".", label=label)',
         "pass",
         ["tests/unit/test_compare_arms.py"],
@@ -57,7 +57,7 @@ MUTATIONS = [
     Mutation(
         "swapped-scores",
         "each arm's whole-test star shows another arm's score",
-        "src/synthvit/reporting/figures.py",
+        "src/synthvit/commands/reporting/figures.py",
         "for (label, experiment), row in zip(arms, table.itertuples()):",
         "for (label, experiment), row in zip(arms, list(table.itertuples())[::-1]):",
         ["tests/unit/test_compare_arms.py"],
@@ -83,7 +83,7 @@ MUTATIONS = [
         "finetune writes its metrics before the model (a failed model write leaves metrics that look valid)",
         "src/synthvit/training/stage.py",
         "        save_checkpoint(\n",
-        "        write_json(metrics_path(stage), summary)\n        save_checkpoint(\n",
+        "        write_json(metrics_path(name), summary)\n        save_checkpoint(\n",
         ["tests/unit/test_training_stage.py"],
     ),
     Mutation(

@@ -502,7 +502,7 @@ def load_params(path: str | Path = "params.yaml") -> Params:
 
 def declared_params(stage: str, pipeline: Path = Path("dvc.yaml")) -> list[str]:
     """The params keys (sections or dotted keys) dvc.yaml declares for `stage`: what DVC records in dvc.lock.
-    None outside a pipeline (no dvc.yaml where the stage runs): no dvc.lock will record them."""
+    None ([]) outside a pipeline (no dvc.yaml where the stage runs): no dvc.lock will record them."""
     if not pipeline.is_file():
         return []
     declared = (read_yaml(pipeline) or {}).get("stages", {}).get(stage, {}).get("params", [])

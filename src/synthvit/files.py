@@ -26,6 +26,15 @@ def checkpoint_path(stage: str) -> Path:
     return MODELS_DIR / f"{stage}.pt"
 
 
+def from_pipeline_pretraining(init, backbone=None) -> bool:
+    """Whether a fine-tuning started from this pipeline's own pre-training (finetune.init pretrained, from
+    models/pretrain.pt), not from a released backbone, scratch, mimetic or ImageNet weights: only then do the
+    workspace's fractals, pre-training metrics and curves describe its starting point."""
+    return str(init) == "pretrained" and Path(str(backbone or checkpoint_path("pretrain"))) == checkpoint_path(
+        "pretrain"
+    )
+
+
 def metrics_path(stage: str) -> Path:
     return METRICS_DIR / f"{stage}.json"
 

@@ -71,7 +71,7 @@ def test_unknown_recipe_names_the_known_ones(monkeypatch):
 
 
 def test_a_recipe_gives_its_params_whatever_ran_before():
-    """`make proof` runs its rows one after another in one workspace, and `dvc exp run` starts from the
+    """`make study` runs its rows one after another in one workspace, and `dvc exp run` starts from the
     params the last run left: a recipe also sets, at their committed values, the keys other recipes set."""
     base = read_yaml(REPO / "params.yaml")
     printed = {name: recipe_overrides(name, RECIPES, baseline=base) for name in RECIPES}
@@ -79,13 +79,11 @@ def test_a_recipe_gives_its_params_whatever_ran_before():
         after_previous = apply_overrides(base, printed[previous])
         for row in RECIPES:
             assert apply_overrides(after_previous, printed[row]) == apply_overrides(base, printed[row]), (previous, row)
-    # Without the committed values, the proof's OFDB row run after its scratch row fine-tuned from scratch.
-    ofdb_after_scratch = apply_overrides(
-        apply_overrides(base, printed["proof-scratch"]), recipe_overrides("proof-ofdb", RECIPES)
+    # Without the committed values, the demo run after a scratch probe would fine-tune from scratch.
+    demo_after_probe = apply_overrides(
+        apply_overrides(base, printed["probe-scratch"]), recipe_overrides("demo", RECIPES)
     )
-    assert (
-        ofdb_after_scratch["finetune"]["init"] == "scratch" and printed["proof-ofdb"]["finetune.init"] == "pretrained"
-    )
+    assert demo_after_probe["finetune"]["init"] == "scratch" and printed["demo"]["finetune.init"] == "pretrained"
 
 
 def test_several_recipes_combine_in_order(capsys, monkeypatch):

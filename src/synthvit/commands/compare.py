@@ -35,7 +35,7 @@ from synthvit.commands.reporting.sources import Experiment, dvc_exp_show, dvc_ro
 from synthvit.config import load_params
 from synthvit.errors import UserError
 from synthvit.evaluation import plots
-from synthvit.files import write_csv, write_text
+from synthvit.files import from_pipeline_pretraining, write_csv, write_text
 from synthvit.tracking import summary
 from synthvit.tracking.store import get_experiment_id, open_client, sqlite_path, tracking_uri
 
@@ -158,7 +158,7 @@ PRETRAINING = ("generate_synthetic", "pretrain")
 
 def arm_row(label: str, experiment: Experiment) -> dict:
     row = experiment.row()
-    pretrained = row.get("finetune.init") == "pretrained"
+    pretrained = from_pipeline_pretraining(row.get("finetune.init"), row.get("finetune.backbone"))
     # what the arm needed: a scratch or mimetic arm does not need the fractals and pre-training that DVC
     # ran or restored beside it
     needed = [

@@ -262,7 +262,7 @@ def show_arguments(parser: argparse.ArgumentParser) -> None:
 def show(args) -> int:
     """Print a group of locked results as a table (terminal width, Markdown or CSV); --log: as one MLflow run,
     its paired differences as metrics."""
-    spec, _ = group_rows(args.group)
+    spec, rows = group_rows(args.group)
     table = group_table(args.group)
     if args.csv:
         table.to_csv(sys.stdout, index=False)
@@ -273,7 +273,6 @@ def show(args) -> int:
         paths = [write_csv(folder / "table.csv", table), write_text(folder / "table.md", document_table(args.group))]
         if spec.get("figure") == "budget":
             paths.append(plots.save(budget_figure(args.group), folder / "budget.png"))
-        _, rows = group_rows(args.group)
         metric = spec.get("metric", "test_top1")
         metrics = {
             f"{metric} {d.row} - {against}{suffix}": d[key]

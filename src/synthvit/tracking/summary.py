@@ -33,9 +33,8 @@ import pandas as pd
 import yaml
 from mlflow.entities import Metric, Param
 
-from synthvit.files import checkpoint_path, metrics_path, timing_path
+from synthvit.files import from_pipeline_pretraining, metrics_path, timing_path
 
-PIPELINE_BACKBONE = str(checkpoint_path("pretrain"))  # finetune.backbone when the pre-training is this pipeline's
 RESTORED_TAG = "synthvit.restored"  # on runs that `synthvit record-restored` made from DVC-restored outputs
 
 # stage -> {key in its metrics file: metric name on the parent}
@@ -85,7 +84,7 @@ def used_params(params: dict[str, str]) -> dict[str, str]:
     reads finetune.imagenet_weights. Params without finetune.init (the other stages' runs) keep the rest."""
     init = params.get("finetune.init", "pretrained")
     unused = ("synthetic.", "pretrain.", "finetune.backbone") if init != "pretrained" else ()
-    if init == "pretrained" and params.get("finetune.backbone", PIPELINE_BACKBONE) != PIPELINE_BACKBONE:
+    if not from_pipeline_pretraining(init, params.get("finetune.backbone")) and init == "pretrained":
         unused = ("synthetic.", "pretrain.")  # a released backbone: this pipeline's pre-training did not make it
     unused += ("finetune.imagenet_weights",) if init != "imagenet" else ()
     return {key: value for key, value in params.items() if not key.startswith(unused)}
@@ -102,8 +101,7 @@ def headline_metrics(stage: str, params: dict[str, str]) -> dict[str, float]:
     timing file), and pre-training's for a finetune that starts from it (also when DVC restored the
     pre-training from its cache: its files are the run's). Rounded as the runs table shows them."""
     sources = [stage]
-    from_pipeline = params.get("finetune.backbone", PIPELINE_BACKBONE) == PIPELINE_BACKBONE
-    if stage == "finetune" and params.get("finetune.init") == "pretrained" and from_pipeline:
+    if stage == "finetune" and from_pipeline_pretraining(params.get("finetune.init"), params.get("finetune.backbone")):
         sources.insert(0, "pretrain")
     metrics = {}
     for source in sources:

@@ -7,6 +7,7 @@ import pandas as pd
 from matplotlib.ticker import MaxNLocator
 
 from synthvit.evaluation.plots import plt
+from synthvit.files import from_pipeline_pretraining
 
 X_AXES = {
     "params": ("parameters", "parameters (fine-tuned model)"),
@@ -72,7 +73,9 @@ def arms_figure(arms: list, table: pd.DataFrame):
     accuracy); right: each arm's held-out accuracy per fine-tuning epoch, a star at its whole-test score.
     `arms`: (label, Experiment) pairs; `table`: their rows (test_top1, test_images)."""
     fig, (ax_pre, ax_fine) = plt.subplots(1, 2, figsize=(12, 4.2), gridspec_kw={"width_ratios": [1, 1.5]})
-    pretrained = next((e for _, e in arms if e.param("finetune.init") == "pretrained"), None)
+    pretrained = next(
+        (e for _, e in arms if from_pipeline_pretraining(e.param("finetune.init"), e.param("finetune.backbone"))), None
+    )
     curve = pretrained.history("pretrain") if pretrained else pd.DataFrame()
     for column, label in (("train_acc", "training"), ("eval_acc", "held-out instances")):
         if column in curve:

@@ -8,7 +8,7 @@
 
 A row holds `name`, `id`, `started`, `status`, the params as dotted keys (`finetune.init`), and
 the RESULTS columns. Stages come from dvc.yaml (`pipeline_stages`); params are flattened by
-config.flatten; metrics files are the stages' own (files.metrics_path).
+tracking.summary.flatten; metrics files are the stages' own (files.metrics_path).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from mlflow.exceptions import MlflowException
 
 from synthvit.config import MISSING, read_yaml, value_at
 from synthvit.errors import UserError
-from synthvit.files import history_path, metrics_path, repo_root, timing_path
+from synthvit.files import from_pipeline_pretraining, history_path, metrics_path, repo_root, timing_path
 from synthvit.tracking.store import PIPELINE_TAG, use_store
 from synthvit.tracking.summary import flatten
 
@@ -55,7 +55,7 @@ def pipeline_stages() -> list[str]:
 def result_columns(metric, params: dict, walls: dict) -> dict:
     """The RESULTS columns from `metric(stage, key)`, the wall seconds per stage, their total and the
     training rates. Pre-training's results only for a model that started from it."""
-    pretrained = str(params.get("finetune.init")) == "pretrained"
+    pretrained = from_pipeline_pretraining(params.get("finetune.init"), params.get("finetune.backbone"))
     row = {
         column: metric(stage, key) if pretrained or stage != "pretrain" else None
         for column, (stage, key) in RESULTS.items()

@@ -14,6 +14,7 @@ import pandas as pd
 from scipy import stats
 
 from synthvit.commands.reporting.sources import RESULTS
+from synthvit.files import from_pipeline_pretraining
 
 ID_COLUMNS = ["name", "id", "started", "status"]
 KEY_PARAMS = ["model.name", "finetune.init", "data.name"]
@@ -73,7 +74,9 @@ def over_seeds(rows: pd.DataFrame, by: str, metrics: list[str], order: list[str]
 def seed_table(rows: pd.DataFrame) -> pd.DataFrame:
     """`compare --over-seeds`: per row (name without -s<seed>), the params constant within it that differ
     between rows, the pre-training epochs it started from (0 from scratch), then results over seeds."""
-    pretrained = rows.get("finetune.init", pd.Series("", index=rows.index)).astype(str) == "pretrained"
+    backbones = rows.get("finetune.backbone", pd.Series(None, index=rows.index))
+    inits = rows.get("finetune.init", pd.Series("", index=rows.index))
+    pretrained = pd.Series([from_pipeline_pretraining(i, b) for i, b in zip(inits, backbones)], index=rows.index)
     epochs = pd.to_numeric(rows.get("pretrain.epochs", pd.Series(None, index=rows.index)), errors="coerce")
     rows = rows.assign(row=rows["name"].astype(str).str.replace(SEED_SUFFIX, "", regex=True))
     rows = rows.assign(pretrain_epochs=epochs.where(pretrained, 0))
