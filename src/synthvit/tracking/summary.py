@@ -10,7 +10,8 @@ stage. So after each stage run ends, `record_stage` copies onto the parent:
   (`used_params`);
 - metrics, rounded as shown: `wall_<stage>_s` (from the stage's timing file) and the
   stage's headline results, read from the metrics file the stage just wrote:
-  `pretrain_train_acc`, `finetune_train_acc`, `test_top1`, `test_top5`, `test_ece`; and
+  `pretrain_train_acc`, `pretrain_heldout_acc` (fractal instances no epoch drew), `finetune_train_acc`,
+  `test_top1`, `test_top5`, `test_ece`; and
   finetune's held-out accuracy per epoch as `finetune_eval_acc`, so the UI's charts draw
   executions' curves together.
 
@@ -39,7 +40,10 @@ RESTORED_TAG = "synthvit.restored"  # on runs that `synthvit record-restored` ma
 
 # stage -> {key in its metrics file: metric name on the parent}
 HEADLINES = {
-    "pretrain": {"train_acc": "pretrain_train_acc"},
+    "pretrain": {
+        "train_acc": "pretrain_train_acc",
+        "eval_acc": "pretrain_heldout_acc",
+    },  # held-out: instances no epoch drew
     "finetune": {"train_acc": "finetune_train_acc"},
     "evaluate": {"top1": "test_top1", "top5": "test_top5", "ece": "test_ece"},
 }
@@ -52,7 +56,7 @@ VIEW_STATE = {
         "metrics.`test_top1`",
         "metrics.`test_top5`",
         "metrics.`test_ece`",
-        "metrics.`pretrain_train_acc`",
+        "metrics.`pretrain_heldout_acc`",
         "metrics.`wall_pretrain_s`",
         "metrics.`wall_finetune_s`",
         "params.`finetune.init`",
