@@ -70,7 +70,8 @@ demo: $(INSTALLED) no-dvc-running
 #    scratch, mimetic and shuffled-label arms with the same seeds, scored on all test images: results/study.
 STUDY_CANDIDATES ?= base mimetic 16cats 128cats wide-instances pool-augment colors
 STUDY_PROBES ?= scratch mimetic
-STUDY_PRETRAIN ?= pretrain-base
+# The candidate the validation probe chose (docs/study.md):
+STUDY_PRETRAIN ?= pretrain-mimetic
 STUDY_EPOCHS ?= 4 16 64 256
 STUDY_SEEDS ?= 0 1 2 3 4
 STUDY_ARGS ?= $(DEMO_ARGS)
