@@ -30,9 +30,9 @@ def from_pipeline_pretraining(init, backbone=None) -> bool:
     """Whether a fine-tuning started from this pipeline's own pre-training (finetune.init pretrained, from
     models/pretrain.pt), not from a released backbone, scratch, mimetic or ImageNet weights: only then do the
     workspace's fractals, pre-training metrics and curves describe its starting point."""
-    return str(init) == "pretrained" and Path(str(backbone or checkpoint_path("pretrain"))) == checkpoint_path(
-        "pretrain"
-    )
+    own = checkpoint_path("pretrain")
+    backbone = backbone if isinstance(backbone, str) and backbone else own  # unrecorded (NaN, None): the default
+    return str(init) == "pretrained" and Path(backbone) == own
 
 
 def metrics_path(stage: str) -> Path:

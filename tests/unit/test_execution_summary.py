@@ -42,7 +42,7 @@ def stage(name: str, metrics_file: dict | None = None, curve: list[float] = (), 
 
 
 def test_parent_run_carries_params_headline_metrics_and_wall_times(store):
-    stage("pretrain", {"train_acc": 0.53}, wall=190.123)
+    stage("pretrain", {"train_acc": 0.53, "eval_acc": 0.71}, wall=190.123)
     stage("finetune", {"train_acc": 0.61}, curve=[0.3, 0.45], wall=120.0)
     stage("evaluate", {"top1": 0.04268916, "top5": 0.92, "ece": 0.02, "num_images": 10000}, wall=20.44)
     client = mlflow_store.open_client(mlflow_store.tracking_uri())
@@ -57,6 +57,7 @@ def test_parent_run_carries_params_headline_metrics_and_wall_times(store):
     metrics = parent.data.metrics
     assert {k: metrics[k] for k in summary.HEADLINE_METRICS} == {
         "pretrain_train_acc": 0.53,
+        "pretrain_heldout_acc": 0.71,  # on fractal instances no epoch drew
         "finetune_train_acc": 0.61,
         "test_top1": 0.0427,  # rounded as the runs table shows it
         "test_top5": 0.92,
