@@ -87,7 +87,9 @@ def demo(cifar10_root, tmp_path_factory) -> dict:
     tmp = tmp_path_factory.mktemp("demo")
     repo = snapshot_repo(tmp / "repo")
     released_backbone(repo)
-    data = copy_subset(cifar10_root, tmp / "cifar", train_per_class=20, test_per_class=10)
+    # Class folders named 0..9, as Fashion-MNIST and many digit sets ship: names stay text end to end (issue 33).
+    digits = [str(i) for i in range(10)]
+    data = copy_subset(cifar10_root, tmp / "cifar", train_per_class=20, test_per_class=10, folders=digits)
     started = time.monotonic()
     output = make_demo(repo, data)
     print(f"tiny make demo: {time.monotonic() - started:.0f} s")
@@ -107,6 +109,8 @@ def dvc_experiments(repo: Path) -> dict[str, dict]:
 
 def test_demo_fine_tunes_three_arms_from_the_released_backbone_and_compares_them(demo):
     repo, output = demo["repo"], demo["output"]
+    per_class = pd.read_csv(repo / "plots/evaluate/per_class.csv", dtype={"class": str})
+    assert per_class["class"].tolist() == [str(i) for i in range(10)]  # numeric folders, kept as their names
     # Three experiments, each only fine-tuning and evaluating: the pre-training comes from results/.
     for name in ARMS:
         arm = output.split(f"== {name}", 1)[1].split("== ", 1)[0]

@@ -181,7 +181,11 @@ def test_imagenet_weights_from_a_local_file_are_adapted_to_the_params(tmp_path):
 
 
 def test_imagenet_weights_offline_without_a_file_say_what_to_do(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # no network here; this makes the hub fail at once
+    import huggingface_hub.constants
+
+    # No network here: fail at once. huggingface_hub reads the variable when imported, so set its constant too.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(
         UserError, match=r"hf download timm/vit_tiny_patch16_224\S* model.safetensors.*finetune.imagenet_weights"
     ):
