@@ -3,15 +3,17 @@ uninterrupted run."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import psutil
 import pytest
 import yaml
 
-from helpers.repo import copy_subset, pipeline_env, update_params
+from helpers.repo import copy_subset, pipeline_env, snapshot_repo, update_params
 
 pytestmark = pytest.mark.e2e
 
@@ -37,13 +39,21 @@ def finetune_metrics(repo):
     return {k: v for k, v in metrics.items() if k not in ("wall_seconds", "train_images_per_s")}
 
 
+@pytest.fixture(scope="module")
+def pretrained_once(cifar10_root, tmp_path_factory):
+    """The tiny recipe on real CIFAR-10 images, pre-trained once for the module."""
+    base = tmp_path_factory.mktemp("pretrained")
+    repo = snapshot_repo(base / "repo")
+    data = copy_subset(cifar10_root, base / "cifar", train_per_class=40, test_per_class=10)
+    update_params(repo, {**TINY, "data": {"name": "imagefolder", "root": str(data)}})
+    dvc(repo, "repro", "pretrain")
+    return repo
+
+
 @pytest.fixture
-def pretrained_repo(repo_copy, cifar10_root, tmp_path):
-    """The tiny recipe on real CIFAR-10 images, pre-trained: ready for finetune."""
-    data = copy_subset(cifar10_root, tmp_path / "cifar", train_per_class=40, test_per_class=10)
-    update_params(repo_copy, {**TINY, "data": {"name": "imagefolder", "root": str(data)}})
-    dvc(repo_copy, "repro", "pretrain")
-    return repo_copy
+def pretrained_repo(pretrained_once, tmp_path):
+    """A copy of the pre-trained repository (its DVC cache and MLflow store too): ready for finetune."""
+    return Path(shutil.copytree(pretrained_once, tmp_path / "repo", symlinks=True))
 
 
 def signal_finetune(repo, sig, args=()):
