@@ -341,7 +341,7 @@ def test_the_demo_is_locked_in_results_and_checked_again(demo):
     assert run["experiment"] == f"{NAME}-pretrained" and run["seed"] == 0 and run["row"] == "pretrained"
     assert run["machine"]["cpu_cores"] >= 1 and run["wall_seconds"]["total"] > run["wall_seconds"]["finetune"] > 0
     assert (locked / "history/finetune.csv").is_file() and (locked / "dvc.lock").is_file()
-    table = pd.read_csv(io.StringIO(synthvit("results", "show", "tiny", "--csv"))).set_index("row")
+    table = pd.read_csv(io.StringIO(synthvit("results", "show", "tiny", "--csv")), dtype=str).set_index("row")
     pretrained = json.loads((locked / "metrics/evaluate.json").read_text())
     assert table.loc["pretrained", "- scratch (95% CI)"] == f"{100 * (pretrained['top1'] - scratch['top1']):+.2f}"
     checked = synthvit("results", "check", "tiny/pretrained-s0")
