@@ -12,6 +12,7 @@ from scipy import stats
 from helpers.repo import REPO
 from synthvit.commands import results
 from synthvit.commands.reporting.tables import fit_width
+from synthvit.errors import UserError
 
 
 def test_readme_and_docs_match_results(monkeypatch, capsys):
@@ -154,3 +155,24 @@ def test_a_ledger_gives_each_claim_its_figure_ours_and_a_verdict_from_the_locked
     assert table.loc["linear helps", "verdict"] == "not reproduced: the other way"
     assert table.loc["98.5% from ImageNet", "verdict"] == "needs hub weights and a GPU"
     assert table.loc["98.5% from ImageNet", "recipe"] == "`hub`"
+    (group / "group.yaml").write_text(
+        yaml.safe_dump({"claims": [*claims, {"claim": "sincos", "compare": ["a", "b"], "recipe": "s", "differs": "x"}]})
+    )
+    assert results.group_table("ledger").set_index("claim").loc["sincos", "verdict"] == "not run yet (`make ledger`)"
+
+
+def test_a_group_with_no_locked_runs_says_so_in_documents_and_a_ledger_still_lists_its_claims(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "results/sweep").mkdir(parents=True)
+    (tmp_path / "results/sweep/group.yaml").write_text("note: One epoch.\n")
+    assert results.document_table("sweep") == "Not run yet: results/sweep holds no locked runs.\n\nOne epoch.\n"
+    with pytest.raises(UserError, match="holds no locked runs"):
+        results.group_table("sweep")  # `results show` on it: the one-line error
+    (tmp_path / "results/ledger").mkdir()
+    claims = [
+        {"claim": "88% on MNIST", "figure": "88%", "row": "mnist-p7", "absolute": 0.88, "recipe": "p7"},
+        {"claim": "98.5% from ImageNet", "figure": "98.5%", "needs": "a GPU", "recipe": "hub"},
+    ]
+    (tmp_path / "results/ledger/group.yaml").write_text(yaml.safe_dump({"claims": claims}))
+    table = results.group_table("ledger").set_index("claim")
+    assert list(table["verdict"]) == ["not run yet (`make ledger`)", "needs a GPU"] and set(table["ours"]) == {""}

@@ -105,6 +105,8 @@ def group_rows(group: str) -> tuple[dict, pd.DataFrame]:
         known = ", ".join(sorted(p.parent.name for p in RESULTS.glob("*/group.yaml"))) or "none"
         raise UserError(f"no results group {group!r} (results/{group}/group.yaml); groups: {known}")
     runs = sorted(p.parent for p in folder.glob("*/run.yaml"))
+    if not runs and "claims" in (read_yaml(folder / "group.yaml") or {}):  # a ledger lists its claims before any run
+        return read_yaml(folder / "group.yaml"), pd.DataFrame(columns=["row", "seed"])
     if not runs:
         raise UserError(f"results/{group} holds no locked runs: `synthvit results lock EXPERIMENT --as {group}/NAME`")
     rows = pd.DataFrame([locked_row(run) for run in runs])
@@ -129,15 +131,16 @@ def claim_row(claim: dict, rows: pd.DataFrame, metric: str) -> dict:
     """A ledger line: the claim, its figure, ours from the locked rows it names, and the verdict. `absolute`:
     reproduced at or above the claimed figure less 2 points; `better: [A, B]`: A beats B, paired by seed,
     reproduced when the 95% interval of A - B is above 0; `compare: [A, B]`: measured, no direction
-    claimed; `needs`: what this machine lacks to run it."""
+    claimed; `needs`: what this machine lacks to run it. A claim none of whose rows is locked: not run yet."""
     ours, verdict = "", f"needs {claim['needs']}" if "needs" in claim else ""
-    if "absolute" in claim:
+    pair = claim.get("better") or claim.get("compare")
+    ran = rows["row"].isin([claim.get("row"), *(pair or [])]).any()
+    if "absolute" in claim and ran:
         values = rows[rows["row"] == claim["row"]][metric].astype(float)
         ours = tables.cell(metric, values.mean(), True) + (f" ± {100 * values.std():.2f}%" if len(values) > 1 else "")
         gap = values.mean() - claim["absolute"]
         verdict = "reproduced" if gap >= -0.02 else f"not reproduced: {-100 * gap:.1f} points below"
-    pair = claim.get("better") or claim.get("compare")
-    if pair:
+    if pair and ran:
         difference = tables.paired(rows[rows["row"].isin(pair)], metric, pair[1]).iloc[0]
         ours = f"{pair[0]} - {pair[1]}: {interval(difference['mean'], difference['low'], difference['high'])}"
         if "better" in claim:
@@ -153,6 +156,7 @@ def claim_row(claim: dict, rows: pd.DataFrame, metric: str) -> dict:
             verdict = "measured (no direction claimed)"
     if verdict.startswith("not") and claim.get("differs"):
         verdict += f" ({claim['differs']})"
+    verdict = verdict or "not run yet (`make ledger`)"
     return {
         "claim": claim["claim"],
         "claimed": claim.get("figure", ""),
@@ -221,7 +225,9 @@ def document_table(group: str) -> str:
     """What a document shows for `<!-- results GROUP -->`: the group's table and note, or a recorded benchmark."""
     if group.startswith("benchmarks/"):
         return quoted(group.split("/", 1)[1])
-    spec, _ = group_rows(group)
+    spec = read_yaml(RESULTS / group / "group.yaml") or {}
+    if "claims" not in spec and not any((RESULTS / group).glob("*/run.yaml")):
+        return f"Not run yet: results/{group} holds no locked runs.\n\n{spec.get('note', '').strip()}\n"
     table = tables.markdown_table(group_table(group), percent=True)
     return f"{table}\n\n{spec.get('note', '').strip()}\n".replace("\n\n\n", "\n\n")
 
