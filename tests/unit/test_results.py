@@ -89,6 +89,7 @@ def test_a_paired_group_gives_each_row_its_difference_with_a_95_percent_interval
     assert table.loc["scratch", "- scratch (95% CI)"] == ""  # the baseline itself
     assert table.loc["shuffled", "- scratch (95% CI)"] == "-1.00"  # one pair: no interval
     assert table.loc["pretrained-e16", "pretrain.epochs"] == 16
+    assert table.loc["scratch", "pretrain.epochs"] == ""  # it never pre-trained: its pretrain.* params are not shown
     text = fit_width(results.group_table("study"))
     assert "+4.60 [+2.34, +6.86]" in text and max(map(len, text.splitlines())) <= 120
 

@@ -41,7 +41,7 @@ from synthvit.commands.reporting.sources import TRAINING_STAGES, Experiment, loc
 from synthvit.config import committed_params, parse_params, read_yaml
 from synthvit.errors import UserError
 from synthvit.evaluation import plots
-from synthvit.files import history_path, metrics_path, timing_path, write_csv, write_text
+from synthvit.files import from_pipeline_pretraining, history_path, metrics_path, timing_path, write_csv, write_text
 from synthvit.tracking.summary import flatten
 
 RESULTS = Path("results")
@@ -181,6 +181,11 @@ def group_table(group: str) -> pd.DataFrame:
         table[f"- {against} (95% CI)"] = table["row"].map(cells).fillna("")
     shown = [f"params.{key}" for key in spec.get("params", [])]  # what the rows differ in, from their params.yaml
     if shown:
+        own = rows.apply(
+            lambda r: from_pipeline_pretraining(r.get("params.finetune.init"), r.get("params.finetune.backbone")), 1
+        )
+        unused = [c for c in shown if c.startswith("params.pretrain.")]  # a scratch arm's pretrain.* never ran
+        rows = rows.assign(**{c: rows[c].astype(object).where(own, "") for c in unused})
         firsts = rows.groupby("row", sort=False)[shown].first().reset_index()
         firsts.columns = ["row", *spec["params"]]
         table = table.merge(firsts, on="row", how="left")  # results first: a narrow terminal drops params
