@@ -104,7 +104,9 @@ def test_the_pack_holds_mlflow_without_dvc_and_fits_64_mib():
     assert "numpy" in absent and "torch" not in absent  # the machine's own; nothing here asks for torch
     data = REPO.parent / "shared" / "datasets" / "cifar10.tar.xz"
     total = sum(p.stat().st_size for p in packed) + data.stat().st_size + gpu_pack.repository_bytes()
-    assert total < gpu_pack.LIMIT - 8 * 2**20  # room to spare for the repository to grow
+    # Room for the repository to grow: 3 MiB since the study's released backbone (4.8 MB) travels in git; the
+    # study's remaining locked runs take about 1.5 MB of it.
+    assert total < gpu_pack.LIMIT - 3 * 2**20
 
 
 def test_bench_train_prints_every_side_on_a_cpu(small_imagefolder, capsys):
