@@ -41,7 +41,7 @@ from synthvit.commands.reporting.sources import TRAINING_STAGES, Experiment, loc
 from synthvit.config import committed_params, parse_params, read_yaml
 from synthvit.errors import UserError
 from synthvit.evaluation import plots
-from synthvit.files import from_pipeline_pretraining, history_path, metrics_path, timing_path, write_csv, write_text
+from synthvit.files import history_path, metrics_path, timing_path, write_csv, write_text
 from synthvit.tracking.summary import flatten
 
 RESULTS = Path("results")
@@ -99,14 +99,17 @@ def lock(experiment: Experiment, folder: Path, row: str, force: bool = False) ->
 # ---- a group's table and figure ------------------------------------------------------
 
 
-def group_rows(group: str) -> tuple[dict, pd.DataFrame]:
+def group_rows(group: str, allow_empty: bool = False) -> tuple[dict, pd.DataFrame]:
+    """The group's spec (group.yaml) and one row per locked run. No locked runs: an error, unless
+    `allow_empty` or the group is a ledger (it lists its claims before any run)."""
     folder = RESULTS / group
     if not (folder / "group.yaml").is_file():
         known = ", ".join(sorted(p.parent.name for p in RESULTS.glob("*/group.yaml"))) or "none"
         raise UserError(f"no results group {group!r} (results/{group}/group.yaml); groups: {known}")
+    spec = read_yaml(folder / "group.yaml") or {}
     runs = sorted(p.parent for p in folder.glob("*/run.yaml"))
-    if not runs and "claims" in (read_yaml(folder / "group.yaml") or {}):  # a ledger lists its claims before any run
-        return read_yaml(folder / "group.yaml"), pd.DataFrame(columns=["row", "seed"])
+    if not runs and (allow_empty or "claims" in spec):
+        return spec, pd.DataFrame(columns=["row", "seed"])
     if not runs:
         raise UserError(f"results/{group} holds no locked runs: `synthvit results lock EXPERIMENT --as {group}/NAME`")
     rows = pd.DataFrame([locked_row(run) for run in runs])
@@ -115,9 +118,7 @@ def group_rows(group: str) -> tuple[dict, pd.DataFrame]:
         for key in ("synthetic.num_classes", "synthetic.instances_per_class", "pretrain.epochs")
     )  # every epoch draws num_classes x instances_per_class images
     steps = classes * per_class * epochs
-    return read_yaml(folder / "group.yaml"), rows.assign(
-        pretrain_image_steps=steps.where(rows["pretrain_train_acc"].notna())
-    )
+    return spec, rows.assign(pretrain_image_steps=steps.where(rows["pretrain_train_acc"].notna()))
 
 
 def interval(mean, low, high) -> str:
@@ -181,9 +182,7 @@ def group_table(group: str) -> pd.DataFrame:
         table[f"- {against} (95% CI)"] = table["row"].map(cells).fillna("")
     shown = [f"params.{key}" for key in spec.get("params", [])]  # what the rows differ in, from their params.yaml
     if shown:
-        own = rows.apply(
-            lambda r: from_pipeline_pretraining(r.get("params.finetune.init"), r.get("params.finetune.backbone")), 1
-        )
+        own = tables.own_pretraining(rows, "params.")
         unused = [c for c in shown if c.startswith("params.pretrain.")]  # a scratch arm's pretrain.* never ran
         rows = rows.assign(**{c: rows[c].astype(object).where(own, "") for c in unused})
         firsts = rows.groupby("row", sort=False)[shown].first().reset_index()
@@ -230,8 +229,8 @@ def document_table(group: str) -> str:
     """What a document shows for `<!-- results GROUP -->`: the group's table and note, or a recorded benchmark."""
     if group.startswith("benchmarks/"):
         return quoted(group.split("/", 1)[1])
-    spec = read_yaml(RESULTS / group / "group.yaml") or {}
-    if "claims" not in spec and not any((RESULTS / group).glob("*/run.yaml")):
+    spec, rows = group_rows(group, allow_empty=True)
+    if rows.empty and "claims" not in spec:
         return f"Not run yet: results/{group} holds no locked runs.\n\n{spec.get('note', '').strip()}\n"
     table = tables.markdown_table(group_table(group), percent=True)
     return f"{table}\n\n{spec.get('note', '').strip()}\n".replace("\n\n\n", "\n\n")

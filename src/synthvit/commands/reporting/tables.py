@@ -71,12 +71,18 @@ def over_seeds(rows: pd.DataFrame, by: str, metrics: list[str], order: list[str]
     return table.reset_index(drop=True)
 
 
+def own_pretraining(rows: pd.DataFrame, prefix: str = "") -> pd.Series:
+    """Per row: whether it fine-tuned from the pipeline's own pre-training (files.from_pipeline_pretraining);
+    `prefix`: where the params columns start ("params." in locked rows)."""
+    inits = rows.get(f"{prefix}finetune.init", pd.Series("", index=rows.index))
+    backbones = rows.get(f"{prefix}finetune.backbone", pd.Series(None, index=rows.index))
+    return pd.Series([from_pipeline_pretraining(i, b) for i, b in zip(inits, backbones)], index=rows.index)
+
+
 def seed_table(rows: pd.DataFrame) -> pd.DataFrame:
     """`compare --over-seeds`: per row (name without -s<seed>), the params constant within it that differ
     between rows, the pre-training epochs it started from (0 from scratch), then results over seeds."""
-    backbones = rows.get("finetune.backbone", pd.Series(None, index=rows.index))
-    inits = rows.get("finetune.init", pd.Series("", index=rows.index))
-    pretrained = pd.Series([from_pipeline_pretraining(i, b) for i, b in zip(inits, backbones)], index=rows.index)
+    pretrained = own_pretraining(rows)
     epochs = pd.to_numeric(rows.get("pretrain.epochs", pd.Series(None, index=rows.index)), errors="coerce")
     rows = rows.assign(row=rows["name"].astype(str).str.replace(SEED_SUFFIX, "", regex=True))
     rows = rows.assign(pretrain_epochs=epochs.where(pretrained, 0))
