@@ -13,9 +13,9 @@ export PATH := $(abspath $(BIN)):$(PATH)
 
 # The CPU demo: does fractal pre-training help? Three DVC experiments, one fine-tuning recipe (the
 # study's: recipes.yaml `demo`, `synthvit recipe demo` prints it): from the study's released
-# backbone (results/study/backbone: 85 minutes of pre-training, restored from git instead of run
+# backbone (results/study/backbone: 90 minutes of pre-training, restored from git instead of run
 # again), from scratch, and from mimetic initialisation; then the comparison, beside the study's
-# locked five-seed answer. PRETRAIN=fresh pre-trains that backbone again (about 85 minutes on 2
+# locked five-seed answer. PRETRAIN=fresh pre-trains that backbone again (about 90 minutes on 2
 # cores) instead of taking the released one. DEMO_ARGS go to every arm after the recipe (the last
 # -S of a key wins), e.g. DEMO_ARGS="-S data.name=imagefolder -S data.root=PATH".
 PRETRAIN ?= released
