@@ -64,6 +64,14 @@ def test_the_ledger_rows_measure_what_their_claims_say():
         assert params.finetune.init == "scratch" and params.pretrain.epochs == 1  # pre-training shrunk: unused
 
 
+def test_every_ledger_command_names_a_recipe_that_exists():
+    claims = read_yaml(REPO / "results/ledger/group.yaml")["claims"]
+    for claim in claims:
+        assert ("command" in claim) != ("recipe" in claim), claim["claim"]  # one way to run it, said once
+        if "recipe" in claim:
+            parse_params(apply_overrides(read_yaml(REPO / "params.yaml"), recipe_overrides(claim["recipe"], RECIPES)))
+
+
 def test_unknown_recipe_names_the_known_ones(monkeypatch):
     monkeypatch.chdir(REPO)
     with pytest.raises(UserError, match="no recipe 'nope' in recipes.yaml; recipes: demo, "):

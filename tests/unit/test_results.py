@@ -148,14 +148,16 @@ def test_a_ledger_gives_each_claim_its_figure_ours_and_a_verdict_from_the_locked
     table = results.group_table("ledger").set_index("claim")
     assert table.loc["88% on MNIST", "ours"] == "85.00%"
     assert table.loc["88% on MNIST", "verdict"] == "not reproduced: 3.0 points below (one seed)"
-    assert table.loc["44% on CIFAR-10", "ours"] == "44.00% ± 0.00%" and table.loc["44% on CIFAR-10", "verdict"] == (
-        "reproduced"
+    assert table.loc["44% on CIFAR-10", "ours"] == "44.00%" and table.loc["44% on CIFAR-10", "verdict"] == (
+        "reproduced (+0.0 points)"
     )
-    assert table.loc["conv helps", "ours"].startswith("cifar10-conv - cifar10-linear: +2.00 [")
+    assert table.loc["conv helps", "ours"].startswith(
+        "cifar10-conv 46.00% ± 0.50%, cifar10-linear 44.00%; difference +2.00 [+0.76, +3.24]"
+    )
     assert table.loc["conv helps", "verdict"] == "reproduced"
     assert table.loc["linear helps", "verdict"] == "not reproduced: the other way"
     assert table.loc["98.5% from ImageNet", "verdict"] == "needs hub weights and a GPU"
-    assert table.loc["98.5% from ImageNet", "recipe"] == "`hub`"
+    assert table.loc["98.5% from ImageNet", "command"] == "`dvc exp run $(synthvit recipe hub)`"
     (group / "group.yaml").write_text(
         yaml.safe_dump({"claims": [*claims, {"claim": "sincos", "compare": ["a", "b"], "recipe": "s", "differs": "x"}]})
     )

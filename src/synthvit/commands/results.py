@@ -129,41 +129,49 @@ def interval(mean, low, high) -> str:
 
 
 def claim_row(claim: dict, rows: pd.DataFrame, metric: str) -> dict:
-    """A ledger line: the claim, its figure, ours from the locked rows it names, and the verdict. `absolute`:
-    reproduced at or above the claimed figure less 2 points; `better: [A, B]`: A beats B, paired by seed,
-    reproduced when the 95% interval of A - B is above 0; `compare: [A, B]`: measured, no direction
-    claimed; `needs`: what this machine lacks to run it. A claim none of whose rows is locked: not run yet."""
+    """A ledger line: the claim, its figure, ours from the locked rows it names, the command that runs it and
+    the verdict. `absolute`: reproduced at or above the claimed figure less 2 points; `better: [A, B]`: A beats
+    B, paired by seed, reproduced when the 95% interval of A - B is above 0; `compare: [A, B]`: measured, no
+    direction claimed; `needs`: what this machine lacks to run it; `differs`: what our recipe does otherwise,
+    said beside a verdict that is not `reproduced`. A claim none of whose rows is locked: not run yet."""
     ours, verdict = "", f"needs {claim['needs']}" if "needs" in claim else ""
     pair = claim.get("better") or claim.get("compare")
-    ran = rows["row"].isin([claim.get("row"), *(pair or [])]).any()
+    named = [claim["row"]] if "row" in claim else pair or []
+    ran = rows["row"].isin(named).any()
+
+    def mean_sd(row: str) -> str:
+        values = rows[rows["row"] == row][metric].astype(float)
+        return tables.cell(metric, values.mean(), True) + (f" ± {100 * values.std():.2f}%" if values.nunique() > 1 else "")
+
     if "absolute" in claim and ran:
-        values = rows[rows["row"] == claim["row"]][metric].astype(float)
-        ours = tables.cell(metric, values.mean(), True) + (f" ± {100 * values.std():.2f}%" if len(values) > 1 else "")
-        gap = values.mean() - claim["absolute"]
-        verdict = "reproduced" if gap >= -0.02 else f"not reproduced: {-100 * gap:.1f} points below"
+        ours = mean_sd(claim["row"])
+        gap = rows[rows["row"] == claim["row"]][metric].astype(float).mean() - claim["absolute"]
+        below = f"not reproduced: {-100 * gap:.1f} points below"
+        verdict = f"reproduced ({100 * gap:+.1f} points)" if gap >= -0.02 else below
     if pair and ran:
         difference = tables.paired(rows[rows["row"].isin(pair)], metric, pair[1]).iloc[0]
-        ours = f"{pair[0]} - {pair[1]}: {interval(difference['mean'], difference['low'], difference['high'])}"
+        ours = (
+            f"{pair[0]} {mean_sd(pair[0])}, {pair[1]} {mean_sd(pair[1])}; difference "
+            f"{interval(difference['mean'], difference['low'], difference['high'])}"
+        )
         if "better" in claim:
-            shown = difference["low"] > 0 or difference["high"] < 0
             verdict = (
                 "reproduced"
                 if difference["low"] > 0
                 else "not reproduced: the other way"
-                if shown
-                else ("not shown: the 95% interval holds 0")
+                if difference["high"] < 0
+                else "not shown: the 95% interval holds 0"
             )
         else:
             verdict = "measured (no direction claimed)"
     if verdict.startswith("not") and claim.get("differs"):
         verdict += f" ({claim['differs']})"
-    verdict = verdict or "not run yet (`make ledger`)"
     return {
         "claim": claim["claim"],
         "claimed": claim.get("figure", ""),
         "ours": ours,
-        "recipe": f"`{claim['recipe']}`",
-        "verdict": verdict,
+        "command": f"`{claim.get('command') or 'dvc exp run $(synthvit recipe ' + claim['recipe'] + ')'}`",
+        "verdict": verdict or "not run yet (`make ledger`)",
     }
 
 

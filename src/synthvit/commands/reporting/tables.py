@@ -58,10 +58,11 @@ def comparison_table(rows: pd.DataFrame, include_status: bool) -> pd.DataFrame:
 
 
 def over_seeds(rows: pd.DataFrame, by: str, metrics: list[str], order: list[str] | None = None) -> pd.DataFrame:
-    """One row per value of `by`: how many seeds, each metric's `<metric> mean` and `<metric> sd`."""
+    """One row per value of `by`: how many seeds, each metric's `<metric> mean` and `<metric> sd`. No sd
+    where every seed holds the same value: one measurement the seeds share (e.g. their one pre-training)."""
     numbers = rows.reindex(columns=metrics).apply(pd.to_numeric, errors="coerce").assign(**{by: rows[by]})
     groups = numbers.groupby(by, sort=False)
-    table = groups[metrics].agg(["mean", "std"])
+    table = groups[metrics].agg(["mean", lambda values: values.std() if values.nunique() > 1 else None])
     table.columns = [f"{metric} {'mean' if kind == 'mean' else 'sd'}" for metric, kind in table.columns]
     table.insert(0, "seeds", groups.size())
     table = table.reset_index()
