@@ -89,6 +89,7 @@ def test_compare_plots_accuracy_against_wall_time():
     assert [t.get_text() for t in ax.texts] == ["a", "b"] and ax.get_xlabel() == "total wall time (s)"
 
 
+@pytest.mark.e2e  # torch.compile's first build takes ~40 s on 2 cores: `make test` runs it, `make test-fast` not
 def test_compiled_training_learns_like_eager():
     """runtime.compile=true: torch.compile the model; the same recipe learns the same task."""
     model_cfg = ModelConfig(img_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=2, drop_path_rate=0.0)
