@@ -141,7 +141,8 @@ def claim_row(claim: dict, rows: pd.DataFrame, metric: str) -> dict:
 
     def mean_sd(row: str) -> str:
         values = rows[rows["row"] == row][metric].astype(float)
-        return tables.cell(metric, values.mean(), True) + (f" ± {100 * values.std():.2f}%" if values.nunique() > 1 else "")
+        spread = f" ± {100 * values.std():.2f}%" if values.nunique() > 1 else ""
+        return tables.cell(metric, values.mean(), True) + spread
 
     if "absolute" in claim and ran:
         ours = mean_sd(claim["row"])
