@@ -139,14 +139,16 @@ def claim_row(claim: dict, rows: pd.DataFrame, metric: str) -> dict:
     named = [claim["row"]] if "row" in claim else pair or []
     ran = rows["row"].isin(named).any()
 
+    def scores(row: str) -> pd.Series:
+        return rows[rows["row"] == row][metric].astype(float)
+
     def mean_sd(row: str) -> str:
-        values = rows[rows["row"] == row][metric].astype(float)
-        spread = f" ± {100 * values.std():.2f}%" if values.nunique() > 1 else ""
-        return tables.cell(metric, values.mean(), True) + spread
+        spread = f" ± {100 * scores(row).std():.2f}%" if scores(row).nunique() > 1 else ""
+        return tables.cell(metric, scores(row).mean(), True) + spread
 
     if "absolute" in claim and ran:
         ours = mean_sd(claim["row"])
-        gap = rows[rows["row"] == claim["row"]][metric].astype(float).mean() - claim["absolute"]
+        gap = scores(claim["row"]).mean() - claim["absolute"]
         below = f"not reproduced: {-100 * gap:.1f} points below"
         verdict = f"reproduced ({100 * gap:+.1f} points)" if gap >= -0.02 else below
     if pair and ran:
