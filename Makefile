@@ -28,6 +28,9 @@ DEMO_RECIPES = demo $(if $(filter fresh,$(PRETRAIN)),study-pretrained)
 DEMO_BACKBONE = $(if $(filter fresh,$(PRETRAIN)),-S finetune.backbone=models/pretrain.pt)
 
 PYTEST_ARGS ?=
+# pytest-xdist workers: one per core, whole files per worker (a module's built pipeline is built once),
+# one torch thread each (tests/conftest.py), so two workers do not fight over the cores. TEST_WORKERS=0: one process.
+TEST_WORKERS ?= auto
 
 .PHONY: install demo study-candidates study ledger test test-fast lint no-dvc-running clean-venv browser-deps postgres-deps gpu-pack gpu-check
 
@@ -158,11 +161,11 @@ gpu-check:
 	python3 scripts/gpu_check.py $(GPU_CHECK_ARGS)
 
 test: $(TESTS_INSTALLED) browser-deps postgres-deps lint
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # The inner loop: the unit tests that build no DVC repository and drive no browser (the `e2e` marker).
 test-fast: $(TESTS_INSTALLED) lint
-	$(BIN)/python -m pytest tests/unit -m "not e2e" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest tests/unit -m "not e2e" -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # ruff: lint (pyflakes, pycodestyle, isort, bugbear, ...) and the formatter's check; pyproject.toml configures both.
 lint: $(TESTS_INSTALLED)

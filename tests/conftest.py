@@ -4,6 +4,7 @@ Plain helpers live in tests/helpers/."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -13,6 +14,12 @@ import pytest
 
 from helpers.browser import CHROMEDRIVER, CHROMIUM, CHROMIUM_FLAGS, browser_available
 from helpers.repo import copy_subset, find_cifar10, snapshot_repo, unavailable
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs one pytest-xdist worker per core: one compute thread each (and in the stages they start,
+    # which inherit it), or the workers' OpenMP threads fight over the same cores and each runs several times slower.
+    for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(variable, "1")
 
 
 @pytest.fixture(scope="session")
