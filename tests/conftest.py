@@ -11,9 +11,10 @@ from pathlib import Path
 
 import mlflow
 import pytest
+from filelock import FileLock
 
 from helpers.browser import CHROMEDRIVER, CHROMIUM, CHROMIUM_FLAGS, browser_available
-from helpers.repo import copy_subset, find_cifar10, snapshot_repo, unavailable
+from helpers.repo import STAGES, TINY, copy_subset, dvc, find_cifar10, git, snapshot_repo, stages_run, unavailable
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # `make test` runs one pytest-xdist worker per core: one compute thread each (and in the stages they start,
@@ -40,6 +41,47 @@ def small_imagefolder(cifar10_root, tmp_path) -> Path:
 def repo_copy(tmp_path) -> Path:
     """A fresh git repo holding this working tree's files (tracked and new), as a clone would."""
     return snapshot_repo(tmp_path / "repo")
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline(cifar10_root, tmp_path_factory, worker_id) -> dict:
+    """A repository in which `dvc exp run -n tiny` ran every stage of the tiny pipeline on 600 real training and
+    200 test images, with a DVC remote configured and committed: built once per test run, for every test that
+    needs a built pipeline (the xdist workers share it through a lock). Tests never change it: they copy it
+    (`copy_repo`: git history, experiments, DVC cache and MLflow store). {"repo", "data", "overrides", "output"
+    (what `dvc exp run` printed)}."""
+    shared = tmp_path_factory.getbasetemp()
+    if worker_id != "master":  # one folder above the workers' own: the same for all of them, new each run
+        shared = shared.parent
+    root = shared / "tiny-pipeline"
+    with FileLock(str(shared / "tiny-pipeline.lock")):
+        if not (root / "built.txt").is_file():
+            shutil.rmtree(root, ignore_errors=True)  # what a build that failed left
+            data = copy_subset(cifar10_root, root / "cifar", train_per_class=60, test_per_class=20)
+            # A launcher other than plain `python` is exec'd by synthvit.training.launch (python3: this interpreter).
+            overrides = [
+                *TINY,
+                "data.name=imagefolder",
+                f"data.root={data}",
+                "data.val_fraction=0.2",
+                "runtime.launcher=python3",
+            ]
+            repo = snapshot_repo(root / "repo")
+            # A team's DVC remote (a local folder, as S3 or SSH storage would be), committed: a test that pushes
+            # the experiment uses it (test_restore_from_cache.py).
+            dvc(repo, "remote", "add", "-d", "team", str(root / "dvc-remote"))
+            git("commit", "-qam", "team DVC remote", cwd=repo)
+            output = dvc(repo, "exp", "run", "-n", "tiny", *[arg for o in overrides for arg in ("-S", o)])
+            assert stages_run(output) == STAGES, output[-4000:]
+            (root / "output.txt").write_text(output)
+            (root / "overrides.txt").write_text("\n".join(overrides))
+            (root / "built.txt").write_text("built\n")
+    return {
+        "repo": root / "repo",
+        "data": root / "cifar",
+        "overrides": (root / "overrides.txt").read_text().splitlines(),
+        "output": (root / "output.txt").read_text(),
+    }
 
 
 @pytest.fixture
@@ -77,5 +119,5 @@ def pytest_collection_modifyitems(items):
     """A test that builds a repository for DVC or drives a browser is an end-to-end test (`e2e`), whatever its
     folder: `make test-fast` leaves them out."""
     for item in items:
-        if {"repo_copy", "browser"} & set(getattr(item, "fixturenames", ())):
+        if {"repo_copy", "browser", "tiny_pipeline"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.e2e)

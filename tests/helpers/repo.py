@@ -99,6 +99,11 @@ def update_params(repo: Path, sections: dict) -> None:
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
+def copy_repo(repo: Path, dest: Path) -> Path:
+    """A copy of a repository a test may change: its git history and experiments, DVC cache and MLflow store."""
+    return Path(shutil.copytree(repo, dest, symlinks=True))
+
+
 def git(*args, cwd):
     return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout
 

@@ -1,8 +1,9 @@
 """Reproduce from cache: what one clone ran and pushed, a fresh clone restores without running a stage.
 
 Two clones of one bare git remote share a local-directory DVC remote, as a team shares S3 or
-SSH storage. Clone A runs a tiny pipeline as a named experiment and pushes its outputs, its
-run cache and the experiment; fresh clones then restore instead of re-training.
+SSH storage. Clone A ran the tiny pipeline as a named experiment (the suite builds it once:
+tests/conftest.py `tiny_pipeline`) and pushes its outputs, its run cache and the experiment;
+fresh clones then restore instead of re-training.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import mlflow
 import pandas as pd
 import pytest
 
-from helpers.repo import COMPUTED_OUTPUTS, STAGES, TINY, copy_subset, dvc, git, pipeline_env, snapshot_repo, stages_run
+from helpers.repo import COMPUTED_OUTPUTS, STAGES, copy_repo, dvc, git, pipeline_env, stages_run
 
 pytestmark = pytest.mark.e2e
 
@@ -56,23 +57,23 @@ def fresh_clone(shared: dict, name: str) -> Path:
 
 
 @pytest.fixture(scope="module")
-def shared(tmp_path_factory, cifar10_root) -> dict:
-    """Clone A ran the tiny pipeline as experiment `tiny` and pushed everything."""
+def shared(tiny_pipeline, tmp_path_factory) -> dict:
+    """Clone A (the suite's tiny pipeline, run as experiment `tiny`) pushed everything."""
     root = tmp_path_factory.mktemp("team")
-    data = copy_subset(cifar10_root, root / "cifar", train_per_class=20, test_per_class=5)
-    # A launcher other than plain `python` is exec'd by synthvit.launch (python3: the same interpreter).
-    overrides = [*TINY, "finetune.epochs=2", "data.name=imagefolder", f"data.root={data}", "runtime.launcher=python3"]
     origin = root / "origin.git"
     git("init", "-q", "--bare", "-b", "main", str(origin), cwd=root)
-    a = snapshot_repo(root / "a")
-    dvc(a, "remote", "add", "-d", "team", str(root / "dvc-remote"))
+    a = copy_repo(tiny_pipeline["repo"], root / "a")
     git("remote", "add", "origin", str(origin), cwd=a)
-    run(a, "git", "commit", "-qam", "team DVC remote")
     run(a, "git", "push", "-q", "origin", "main")
-    assert stages_run(dvc(a, "exp", "run", "-n", "tiny", *sets(overrides))) == STAGES
     dvc(a, "push", "--run-cache")
     dvc(a, "exp", "push", "origin", "tiny")
-    return {"root": root, "origin": origin, "a": a, "overrides": overrides, "data": data}
+    return {
+        "root": root,
+        "origin": origin,
+        "a": a,
+        "overrides": tiny_pipeline["overrides"],
+        "data": tiny_pipeline["data"],
+    }
 
 
 def test_a_fresh_clone_restores_every_stage_and_the_shared_experiment(shared):
@@ -118,14 +119,14 @@ def test_a_fresh_clone_restores_every_stage_and_the_shared_experiment(shared):
     parent_name = "pretrained · tiny-again (restored)"
     assert sorted(by_name) == sorted([*STAGES, parent_name])
     assert by_name["evaluate"].data.metrics["top1"] == pytest.approx(evaluation["top1"])
-    assert by_name["finetune"].data.params["finetune.epochs"] == "2"
+    assert by_name["finetune"].data.params["finetune.epochs"] == "4"
     assert {r.data.tags["mlflow.parentRunId"] for r in runs if r.info.run_name in STAGES} == {
         by_name[parent_name].info.run_id
     }
     # The restored execution's cost is the one its timing files recorded when clone A ran it.
     timing = json.loads((a / "metrics/timing/pretrain.json").read_text())
     assert by_name[parent_name].data.metrics["wall_pretrain_s"] == pytest.approx(timing["wall_seconds"], abs=0.1)
-    assert len(client.get_metric_history(by_name["finetune"].info.run_id, "train_loss")) == 2  # per epoch
+    assert len(client.get_metric_history(by_name["finetune"].info.run_id, "train_loss")) == 4  # per epoch
 
 
 def test_a_changed_finetune_param_reruns_only_finetune_and_what_follows(shared):
