@@ -11,12 +11,15 @@ finished epoch stays for the next `dvc repro`. A full disk or a read-only folder
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
+
+import yaml
 
 
 class UserError(Exception):
@@ -37,20 +40,17 @@ class Terminated(KeyboardInterrupt):
 
 # ---- damaged files ------------------------------------------------------------------
 
-# Files each stage writes, so a damaged one names the command that rebuilds it.
-WRITTEN_BY = {
-    "models/pretrain.pt": "pretrain",
-    "models/finetune.pt": "finetune",
-    "data/synthetic": "generate_synthetic",
-}
-
 
 def rebuild_hint(path) -> str:
-    """How to replace `path` with a good copy."""
-    parts = Path(path).as_posix()
-    for output, stage in WRITTEN_BY.items():
-        if parts == output or parts.endswith("/" + output) or f"{output}/" in parts:
-            return f"rebuild it with `dvc repro -f {stage}`"
+    """How to replace `path` with a good copy: for an output of a stage (or a file within one), as dvc.yaml
+    declares its outs and metrics, the `dvc repro -f` that rebuilds it."""
+    written = Path(path).as_posix()
+    with contextlib.suppress(OSError, yaml.YAMLError, AttributeError):  # no dvc.yaml here, or a damaged one
+        for stage, spec in yaml.safe_load(Path("dvc.yaml").read_text())["stages"].items():
+            for output in [*spec.get("outs", []), *spec.get("metrics", [])]:
+                output = next(iter(output)) if isinstance(output, dict) else output  # `- path: {cache: false}`
+                if written == output or written.endswith("/" + output) or f"{output}/" in written:
+                    return f"rebuild it with `dvc repro -f {stage}`"
     if Path(path).name == "params.yaml":
         return f"fix it, or restore the committed one with `git checkout {path}`"
     return "remove or replace the file"
