@@ -376,9 +376,8 @@ def _config_error(exc: ValidationError, raw, source: str) -> ConfigError:
         return ConfigError(key, ctx["value"], ctx["allowed"], source)
     named, section = _key_at(loc)
     key = ".".join(map(str, named)) or "(top level)"
-    value = raw
-    for part in named:  # the whole value the user wrote
-        value = value.get(part) if isinstance(value, dict) else error["input"]
+    # The whole value the user wrote: for an item of a list (crop_scale), the list.
+    value = error["input"] if named == loc else raw[named[0]][named[1]]
     if kind == "extra_forbidden":
         allowed = f"unknown key; known keys here: {', '.join(section.model_fields)}"
     elif kind in ("model_type", "model_attributes_type", "dict_type"):
@@ -403,8 +402,7 @@ def parse_params(raw: dict | None, source: str = "params.yaml") -> Params:
 
 
 class DuplicateKey(yaml.YAMLError):
-    def __init__(self, key, first_line: int, line: int):
-        self.key, self.first_line, self.line = key, first_line, line
+    """A key written twice in one mapping; the message names it and its lines."""
 
 
 class StrictLoader(yaml.SafeLoader):
@@ -418,21 +416,18 @@ def _unique_mapping(loader: StrictLoader, node: yaml.MappingNode) -> dict:
         key = loader.construct_object(key_node, deep=True)
         line = key_node.start_mark.line + 1
         if key in lines:
-            raise DuplicateKey(key, lines[key], line)
+            raise DuplicateKey(
+                f"key {key!r} is written twice (lines {lines[key]} and {line}); DVC refuses such a file: keep one"
+            )
         lines[key] = line
     return loader.construct_mapping(node, deep=True)
 
 
-# A float in YAML 1.2 that YAML 1.1 reads as text: an exponent, no dot needed (1e-06).
-YAML12_FLOAT = re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$")
 StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
 # DVC reads and writes params.yaml as YAML 1.2, where 1e-06 is a number (and `dvc exp run -S x=1.0e-6`
-# writes it back as 1e-06); PyYAML's YAML 1.1 rules would take it for text.
-StrictLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    YAML12_FLOAT,
-    list("-+0123456789."),
-)
+# writes it back as 1e-06); PyYAML's YAML 1.1 rules would take it for text (a float with an exponent, no dot).
+YAML12_FLOAT = re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$")
+StrictLoader.add_implicit_resolver("tag:yaml.org,2002:float", YAML12_FLOAT, list("-+0123456789."))
 
 
 def read_yaml(path: Path):
@@ -440,10 +435,7 @@ def read_yaml(path: Path):
     try:
         return yaml.load(path.read_text(), Loader=StrictLoader)
     except DuplicateKey as exc:
-        raise UserError(
-            f"{path}: key {exc.key!r} is written twice (lines {exc.first_line} and {exc.line}); "
-            "DVC refuses such a file: keep one"
-        ) from None
+        raise UserError(f"{path}: {exc}") from None
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
