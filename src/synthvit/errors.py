@@ -79,15 +79,6 @@ DISK_ERRORS = {
 }
 
 
-def disk_error_message(exc: OSError) -> str | None:
-    """One line for a write the machine refused (full disk, read-only, no permission); None for other errors."""
-    reason = DISK_ERRORS.get(exc.errno)
-    if reason is None:
-        return None
-    where = f" writing {exc.filename}" if exc.filename else ""
-    return f"{reason}{where}: {fix_for(exc.errno)} and run it again"
-
-
 def refused_errno(exc: BaseException) -> int | None:
     """The errno (one of DISK_ERRORS) of a write the machine refused, or None for other errors.
 
@@ -157,9 +148,9 @@ def run_main(main: Callable[[], int | None]) -> None:
     except KeyboardInterrupt as exc:
         stop(exc)
     except Exception as exc:
-        message = disk_error_message(exc) if isinstance(exc, OSError) else None
-        if message is not None:
-            print(f"error: {message}", file=sys.stderr)
+        if isinstance(exc, OSError) and exc.errno in DISK_ERRORS:  # a write the machine refused
+            where = f" writing {exc.filename}" if exc.filename else ""
+            print(f"error: {DISK_ERRORS[exc.errno]}{where}: {fix_for(exc.errno)} and run it again", file=sys.stderr)
             sys.exit(2)
         interrupt = interruption(exc)
         if interrupt is None:
