@@ -63,8 +63,8 @@ class RuntimeConfig(Section):
 
     @model_validator(mode="after")
     def _launcher_runs_python(self):
-        first = self.launcher.split()[0] if self.launcher.split() else ""
-        if not (first in ("python", "python3", "torchrun") or first.endswith(("/python", "/python3", "/torchrun"))):
+        program = Path((self.launcher.split() or [""])[0]).name  # python, or a path to it: .venv/bin/python
+        if program not in ("python", "python3", "torchrun"):
             raise invalid(
                 "launcher", self.launcher, "python, or torchrun with its options (e.g. torchrun --nproc-per-node 4)"
             )
@@ -538,8 +538,8 @@ def recipe_overrides(name: str, recipes: dict | None = None, baseline: dict | No
     if baseline is None:
         return overrides
     others = sorted({key for other in recipes for key in own(other)} - set(overrides))
-    reset = {key: value_at(baseline, key) for key in others}
-    return {**{key: value for key, value in reset.items() if value is not MISSING}, **overrides}
+    reset = {key: value_at(baseline, key) for key in others if value_at(baseline, key) is not MISSING}
+    return {**reset, **overrides}
 
 
 MISSING = object()
