@@ -359,14 +359,6 @@ def describe(schema: dict) -> str:
     return f"{text} ({schema['description']})" if "description" in schema else text
 
 
-def _key_at(loc: tuple) -> tuple[tuple, type[BaseModel]]:
-    """(the loc parts naming the key an error is about, not a list item within it; the model holding that key)."""
-    field = Params.model_fields.get(loc[0]) if loc else None
-    if field is not None and isinstance(field.default, Section) and len(loc) > 1:
-        return loc[:2], type(field.default)
-    return loc[:1], Params
-
-
 def _config_error(exc: ValidationError, raw, source: str) -> ConfigError:
     """The first of pydantic's errors as a ConfigError: dotted key, the value given, what is allowed."""
     error = exc.errors(include_url=False)[0]
@@ -374,10 +366,10 @@ def _config_error(exc: ValidationError, raw, source: str) -> ConfigError:
     if kind == "invalid":  # a cross-key rule; a Params-level one names its key in full
         key = ctx["key"] if "." in ctx["key"] else ".".join(map(str, (*loc, ctx["key"])))
         return ConfigError(key, ctx["value"], ctx["allowed"], source)
-    named, section = _key_at(loc)
+    named = loc[:2]  # (section, key) or (top-level key,): the key, not an item of its list (crop_scale)
+    section = Params.model_fields[named[0]].annotation if len(named) == 2 else Params
     key = ".".join(map(str, named)) or "(top level)"
-    # The whole value the user wrote: for an item of a list (crop_scale), the list.
-    value = error["input"] if named == loc else raw[named[0]][named[1]]
+    value = error["input"] if named == loc else raw[named[0]][named[1]]  # an item's error shows the whole list
     if kind == "extra_forbidden":
         allowed = f"unknown key; known keys here: {', '.join(section.model_fields)}"
     elif kind in ("model_type", "model_attributes_type", "dict_type"):
