@@ -169,9 +169,8 @@ class ModelConfig(Section):
     @model_validator(mode="after")
     def _shapes_fit(self):
         patch = self.patch_size
-        if self.patch_embed == "conv" and (
-            patch is None or patch < 2 or patch & (patch - 1)
-        ):  # one stride-2 conv per halving
+        # A conv stem halves the image with one stride-2 conv per step: the patch must be a power of 2.
+        if self.patch_embed == "conv" and (patch is None or patch < 2 or patch & (patch - 1)):
             raise invalid("patch_size", patch, "a power of 2 (>= 2) with model.patch_embed=conv")
         if patch is not None and self.img_size % patch:
             raise invalid("patch_size", patch, f"must divide model.img_size={self.img_size}")
