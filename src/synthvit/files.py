@@ -18,13 +18,10 @@ from synthvit.errors import refused_errno
 
 # The stages' outputs (dvc.yaml declares the same paths).
 SYNTHETIC_DIR = Path("data/synthetic")
-MODELS_DIR = Path("models")
-METRICS_DIR = Path("metrics")
-PLOTS_DIR = Path("plots")
 
 
 def checkpoint_path(stage: str) -> Path:
-    return MODELS_DIR / f"{stage}.pt"
+    return Path("models") / f"{stage}.pt"
 
 
 def from_pipeline_pretraining(init, backbone=None) -> bool:
@@ -37,15 +34,15 @@ def from_pipeline_pretraining(init, backbone=None) -> bool:
 
 
 def metrics_path(stage: str) -> Path:
-    return METRICS_DIR / f"{stage}.json"
+    return Path("metrics") / f"{stage}.json"
 
 
 def history_path(stage: str) -> Path:
-    return PLOTS_DIR / stage / "history.csv"
+    return Path("plots") / stage / "history.csv"
 
 
 def timing_path(stage: str) -> Path:
-    return METRICS_DIR / "timing" / f"{stage}.json"
+    return Path("metrics/timing") / f"{stage}.json"
 
 
 def temp_path(path: Path, kind: str = "tmp") -> Path:
