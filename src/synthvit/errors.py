@@ -79,7 +79,7 @@ DISK_ERRORS = {
 }
 
 
-def refused_errno(exc: BaseException) -> int | None:
+def refused_errno(exc: OSError | RuntimeError) -> int | None:
     """The errno (one of DISK_ERRORS) of a write the machine refused, or None for other errors.
 
     torch.save reports these as a RuntimeError from its zip writer, without a path or an
@@ -88,8 +88,6 @@ def refused_errno(exc: BaseException) -> int | None:
     """
     if isinstance(exc, OSError):
         return exc.errno if exc.errno in DISK_ERRORS else None
-    if not isinstance(exc, RuntimeError):
-        return None
     text = str(exc)
     if "unexpected pos" in text or "file write failed" in text:
         return errno.ENOSPC
