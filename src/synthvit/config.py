@@ -18,10 +18,8 @@ from __future__ import annotations
 import re
 import subprocess
 from pathlib import Path
-from types import NoneType
-from typing import Annotated, Literal, Union, get_args, get_origin
+from typing import Annotated, Literal, get_args
 
-import annotated_types
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
@@ -65,8 +63,8 @@ class RuntimeConfig(Section):
 
     @model_validator(mode="after")
     def _launcher_runs_python(self):
-        first = self.launcher.split()[0] if self.launcher.split() else ""
-        if not (first in ("python", "python3", "torchrun") or first.endswith(("/python", "/python3", "/torchrun"))):
+        program = Path((self.launcher.split() or [""])[0]).name  # python, or a path to it: .venv/bin/python
+        if program not in ("python", "python3", "torchrun"):
             raise invalid(
                 "launcher", self.launcher, "python, or torchrun with its options (e.g. torchrun --nproc-per-node 4)"
             )
@@ -171,9 +169,8 @@ class ModelConfig(Section):
     @model_validator(mode="after")
     def _shapes_fit(self):
         patch = self.patch_size
-        if self.patch_embed == "conv" and (
-            patch is None or patch < 2 or patch & (patch - 1)
-        ):  # one stride-2 conv per halving
+        # A conv stem halves the image with one stride-2 conv per step: the patch must be a power of 2.
+        if self.patch_embed == "conv" and (patch is None or patch < 2 or patch & (patch - 1)):
             raise invalid("patch_size", patch, "a power of 2 (>= 2) with model.patch_embed=conv")
         if patch is not None and self.img_size % patch:
             raise invalid("patch_size", patch, f"must divide model.img_size={self.img_size}")
@@ -328,103 +325,62 @@ class Params(Section):
 
 # ---- ValidationError -> one line ---------------------------------------------------------------
 
-_TYPE_WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+_TYPE_WORDS = {"integer": "an integer", "number": "a number", "boolean": "true or false", "string": "a string"}
+_LOWER_BOUNDS = {"minimum": ("[", ">="), "exclusiveMinimum": ("(", ">")}
+_UPPER_BOUNDS = {"maximum": ("]", "<="), "exclusiveMaximum": (")", "<")}
 
 
-def _field_at(loc: tuple) -> tuple[type[BaseModel], int]:
-    """(the section model, how many loc parts name the field) for an error location."""
-    model, depth = Params, 0
-    while depth < len(loc) and isinstance(loc[depth], str) and loc[depth] in model.model_fields:
-        annotation = model.model_fields[loc[depth]].annotation
-        depth += 1
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
-            break
-        model = annotation
-    return model, depth
-
-
-def _bounds(metadata) -> str:
-    """' >= 1', ' > 0', ' in [0, 1)': a field's Field(ge=, gt=, le=, lt=) in words."""
-    low = next(
-        (
-            (m.ge, "[", ">=") if isinstance(m, annotated_types.Ge) else (m.gt, "(", ">")
-            for m in metadata
-            if isinstance(m, (annotated_types.Ge, annotated_types.Gt))
-        ),
-        None,
-    )
-    high = next(
-        (
-            (m.le, "]", "<=") if isinstance(m, annotated_types.Le) else (m.lt, ")", "<")
-            for m in metadata
-            if isinstance(m, (annotated_types.Le, annotated_types.Lt))
-        ),
-        None,
-    )
+def _bounds(schema: dict) -> str:
+    """' >= 1', ' > 0', ' in [0, 1)': a field's Field(ge=, gt=, le=, lt=) in words, from its JSON schema."""
+    low = [(schema[key], *signs) for key, signs in _LOWER_BOUNDS.items() if key in schema]
+    high = [(schema[key], *signs) for key, signs in _UPPER_BOUNDS.items() if key in schema]
     if low and high:
-        return f" in {low[1]}{low[0]:g}, {high[0]:g}{high[1]}"
-    bound = low or high
-    return f" {bound[2]} {bound[0]:g}" if bound else ""
+        (low_value, opening, _), (high_value, closing, _) = low[0], high[0]
+        return f" in {opening}{low_value:g}, {high_value:g}{closing}"
+    return "".join(f" {sign} {value:g}" for value, _, sign in low + high)
 
 
-def describe(field) -> str:
-    """What a field accepts, in words: 'an integer >= 1', 'one of memory, stream', 'a number in [0, 1) (0 = off)'."""
-    annotation, metadata, nullable = field.annotation, list(field.metadata), False
-    if get_origin(annotation) is Union and NoneType in get_args(annotation):
-        nullable = True
-        annotation = next(a for a in get_args(annotation) if a is not NoneType)
-    if get_origin(annotation) is Annotated:
-        annotation, *inner = get_args(annotation)
-        metadata += [m for group in inner for m in getattr(group, "metadata", [group])]
-    if get_origin(annotation) is Literal:
-        text = "one of " + ", ".join(map(str, get_args(annotation)))
-    elif get_origin(annotation) is list:
+def describe(schema: dict) -> str:
+    """What a field accepts, in words, from its JSON schema (pydantic's model_json_schema):
+    'an integer >= 1', 'one of memory, stream', 'a number in [0, 1) (0 = off)'."""
+    options = schema.get("anyOf", [schema])
+    accepted = next(option for option in options if option.get("type") != "null")
+    if "enum" in accepted or "const" in accepted:
+        text = "one of " + ", ".join(map(str, accepted.get("enum", [accepted.get("const")])))
+    elif accepted["type"] == "array":
         text = "a list of numbers"
-    elif annotation is str and any(isinstance(m, annotated_types.MinLen) for m in metadata):
+    elif accepted.get("minLength"):
         text = "a non-empty string"
     else:
-        text = _TYPE_WORDS[annotation] + _bounds(metadata)
-    if nullable:
+        text = _TYPE_WORDS[accepted["type"]] + _bounds(accepted)
+    if {"type": "null"} in options:
         text += ", or null"
-    return f"{text} ({field.description})" if field.description else text
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
+    return f"{text} ({schema['description']})" if "description" in schema else text
 
 
 def _config_error(exc: ValidationError, raw, source: str) -> ConfigError:
     """The first of pydantic's errors as a ConfigError: dotted key, the value given, what is allowed."""
     error = exc.errors(include_url=False)[0]
     loc, kind, ctx = error["loc"], error["type"], error.get("ctx", {})
-
-    def config_error(key, value, allowed):
-        return ConfigError(key, value, allowed, source)
-
     if kind == "invalid":  # a cross-key rule; a Params-level one names its key in full
         key = ctx["key"] if "." in ctx["key"] else ".".join(map(str, (*loc, ctx["key"])))
-        return config_error(key, ctx["value"], ctx["allowed"])
-    section, depth = _field_at(loc)
-    named = loc if kind == "extra_forbidden" else loc[:depth]  # the key, not a list item within it
+        return ConfigError(key, ctx["value"], ctx["allowed"], source)
+    named = loc[:2]  # (section, key) or (top-level key,): the key, not an item of its list (crop_scale)
+    section = Params.model_fields[named[0]].annotation if len(named) == 2 else Params
     key = ".".join(map(str, named)) or "(top level)"
-    value = raw
-    for part in named:  # the whole value the user wrote
-        value = value.get(part) if isinstance(value, dict) else error["input"]
+    value = error["input"] if named == loc else raw[named[0]][named[1]]  # an item's error shows the whole list
     if kind == "extra_forbidden":
-        return config_error(key, value, f"unknown key; known keys here: {', '.join(section.model_fields)}")
-    if kind in ("model_type", "model_attributes_type", "dict_type"):
-        return config_error(key, value, "a mapping of keys to values")
-    field = section.model_fields[loc[depth - 1]]
-    if kind.endswith(("_type", "_parsing")):  # a wrong type: say which type
-        hint = ""
-        if field.annotation is float and isinstance(value, str) and _is_number(value):
-            hint = f" (YAML 1.1 reads {value} as text: write it with a dot, e.g. 1.0e-3)"
-        return config_error(key, value, f"must be {describe(field)}{hint}")
-    return config_error(key, value, describe(field))
+        allowed = f"unknown key; known keys here: {', '.join(section.model_fields)}"
+    elif kind in ("model_type", "model_attributes_type", "dict_type"):
+        allowed = "a mapping of keys to values"
+    else:
+        schema = section.model_json_schema()["properties"][named[-1]]
+        allowed = describe(schema)
+        if kind.endswith(("_type", "_parsing")):  # a wrong type: say which type
+            allowed = f"must be {allowed}"
+            if schema.get("type") == "number" and isinstance(value, str) and YAML12_FLOAT.fullmatch(value):
+                allowed += f" (YAML 1.1 reads {value} as text: write it with a dot, e.g. 1.0e-3)"
+    return ConfigError(key, value, allowed, source)
 
 
 def parse_params(raw: dict | None, source: str = "params.yaml") -> Params:
@@ -437,8 +393,7 @@ def parse_params(raw: dict | None, source: str = "params.yaml") -> Params:
 
 
 class DuplicateKey(yaml.YAMLError):
-    def __init__(self, key, first_line: int, line: int):
-        self.key, self.first_line, self.line = key, first_line, line
+    """A key written twice in one mapping; the message names it and its lines."""
 
 
 class StrictLoader(yaml.SafeLoader):
@@ -452,19 +407,18 @@ def _unique_mapping(loader: StrictLoader, node: yaml.MappingNode) -> dict:
         key = loader.construct_object(key_node, deep=True)
         line = key_node.start_mark.line + 1
         if key in lines:
-            raise DuplicateKey(key, lines[key], line)
+            raise DuplicateKey(
+                f"key {key!r} is written twice (lines {lines[key]} and {line}); DVC refuses such a file: keep one"
+            )
         lines[key] = line
     return loader.construct_mapping(node, deep=True)
 
 
 StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
 # DVC reads and writes params.yaml as YAML 1.2, where 1e-06 is a number (and `dvc exp run -S x=1.0e-6`
-# writes it back as 1e-06); PyYAML's YAML 1.1 rules would take it for text.
-StrictLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$"),
-    list("-+0123456789."),
-)
+# writes it back as 1e-06); PyYAML's YAML 1.1 rules would take it for text (a float with an exponent, no dot).
+YAML12_FLOAT = re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$")
+StrictLoader.add_implicit_resolver("tag:yaml.org,2002:float", YAML12_FLOAT, list("-+0123456789."))
 
 
 def read_yaml(path: Path):
@@ -472,10 +426,7 @@ def read_yaml(path: Path):
     try:
         return yaml.load(path.read_text(), Loader=StrictLoader)
     except DuplicateKey as exc:
-        raise UserError(
-            f"{path}: key {exc.key!r} is written twice (lines {exc.first_line} and {exc.line}); "
-            "DVC refuses such a file: keep one"
-        ) from None
+        raise UserError(f"{path}: {exc}") from None
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -578,8 +529,8 @@ def recipe_overrides(name: str, recipes: dict | None = None, baseline: dict | No
     if baseline is None:
         return overrides
     others = sorted({key for other in recipes for key in own(other)} - set(overrides))
-    reset = {key: value_at(baseline, key) for key in others}
-    return {**{key: value for key, value in reset.items() if value is not MISSING}, **overrides}
+    reset = {key: value_at(baseline, key) for key in others if value_at(baseline, key) is not MISSING}
+    return {**reset, **overrides}
 
 
 MISSING = object()

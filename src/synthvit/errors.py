@@ -11,12 +11,15 @@ finished epoch stays for the next `dvc repro`. A full disk or a read-only folder
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
+
+import yaml
 
 
 class UserError(Exception):
@@ -37,20 +40,17 @@ class Terminated(KeyboardInterrupt):
 
 # ---- damaged files ------------------------------------------------------------------
 
-# Files each stage writes, so a damaged one names the command that rebuilds it.
-WRITTEN_BY = {
-    "models/pretrain.pt": "pretrain",
-    "models/finetune.pt": "finetune",
-    "data/synthetic": "generate_synthetic",
-}
-
 
 def rebuild_hint(path) -> str:
-    """How to replace `path` with a good copy."""
-    parts = Path(path).as_posix()
-    for output, stage in WRITTEN_BY.items():
-        if parts == output or parts.endswith("/" + output) or f"{output}/" in parts:
-            return f"rebuild it with `dvc repro -f {stage}`"
+    """How to replace `path` with a good copy: for an output of a stage (or a file within one), as dvc.yaml
+    declares its outs and metrics, the `dvc repro -f` that rebuilds it."""
+    written = Path(path).as_posix()
+    with contextlib.suppress(OSError, yaml.YAMLError, AttributeError):  # no dvc.yaml here, or a damaged one
+        for stage, spec in yaml.safe_load(Path("dvc.yaml").read_text())["stages"].items():
+            for output in [*spec.get("outs", []), *spec.get("metrics", [])]:
+                output = next(iter(output)) if isinstance(output, dict) else output  # `- path: {cache: false}`
+                if written == output or written.endswith("/" + output) or f"{output}/" in written:
+                    return f"rebuild it with `dvc repro -f {stage}`"
     if Path(path).name == "params.yaml":
         return f"fix it, or restore the committed one with `git checkout {path}`"
     return "remove or replace the file"
@@ -79,16 +79,7 @@ DISK_ERRORS = {
 }
 
 
-def disk_error_message(exc: OSError) -> str | None:
-    """One line for a write the machine refused (full disk, read-only, no permission); None for other errors."""
-    reason = DISK_ERRORS.get(exc.errno)
-    if reason is None:
-        return None
-    where = f" writing {exc.filename}" if exc.filename else ""
-    return f"{reason}{where}: {fix_for(exc.errno)} and run it again"
-
-
-def refused_errno(exc: BaseException) -> int | None:
+def refused_errno(exc: OSError | RuntimeError) -> int | None:
     """The errno (one of DISK_ERRORS) of a write the machine refused, or None for other errors.
 
     torch.save reports these as a RuntimeError from its zip writer, without a path or an
@@ -97,8 +88,6 @@ def refused_errno(exc: BaseException) -> int | None:
     """
     if isinstance(exc, OSError):
         return exc.errno if exc.errno in DISK_ERRORS else None
-    if not isinstance(exc, RuntimeError):
-        return None
     text = str(exc)
     if "unexpected pos" in text or "file write failed" in text:
         return errno.ENOSPC
@@ -157,9 +146,9 @@ def run_main(main: Callable[[], int | None]) -> None:
     except KeyboardInterrupt as exc:
         stop(exc)
     except Exception as exc:
-        message = disk_error_message(exc) if isinstance(exc, OSError) else None
-        if message is not None:
-            print(f"error: {message}", file=sys.stderr)
+        if isinstance(exc, OSError) and exc.errno in DISK_ERRORS:  # a write the machine refused
+            where = f" writing {exc.filename}" if exc.filename else ""
+            print(f"error: {DISK_ERRORS[exc.errno]}{where}: {fix_for(exc.errno)} and run it again", file=sys.stderr)
             sys.exit(2)
         interrupt = interruption(exc)
         if interrupt is None:

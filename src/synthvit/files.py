@@ -12,18 +12,16 @@ import shutil
 from pathlib import Path
 
 import pandas as pd
+import psutil
 
 from synthvit.errors import refused_errno
 
 # The stages' outputs (dvc.yaml declares the same paths).
 SYNTHETIC_DIR = Path("data/synthetic")
-MODELS_DIR = Path("models")
-METRICS_DIR = Path("metrics")
-PLOTS_DIR = Path("plots")
 
 
 def checkpoint_path(stage: str) -> Path:
-    return MODELS_DIR / f"{stage}.pt"
+    return Path("models") / f"{stage}.pt"
 
 
 def from_pipeline_pretraining(init, backbone=None) -> bool:
@@ -36,30 +34,20 @@ def from_pipeline_pretraining(init, backbone=None) -> bool:
 
 
 def metrics_path(stage: str) -> Path:
-    return METRICS_DIR / f"{stage}.json"
+    return Path("metrics") / f"{stage}.json"
 
 
 def history_path(stage: str) -> Path:
-    return PLOTS_DIR / stage / "history.csv"
+    return Path("plots") / stage / "history.csv"
 
 
 def timing_path(stage: str) -> Path:
-    return METRICS_DIR / "timing" / f"{stage}.json"
+    return Path("metrics/timing") / f"{stage}.json"
 
 
 def temp_path(path: Path, kind: str = "tmp") -> Path:
     """Where `path` is written before it is renamed into place: `.NAME.tmp-PID` beside it."""
     return path.with_name(f".{path.name}.{kind}-{os.getpid()}")
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
 
 
 def remove_stale_temps(path: Path, kinds=("tmp",)) -> None:
@@ -69,7 +57,7 @@ def remove_stale_temps(path: Path, kinds=("tmp",)) -> None:
     for kind in kinds:
         for stale in path.parent.glob(f".{glob.escape(path.name)}.{kind}-*"):
             pid = stale.name.rpartition("-")[2]
-            if not pid.isdigit() or int(pid) == os.getpid() or pid_alive(int(pid)):
+            if not pid.isdigit() or int(pid) == os.getpid() or psutil.pid_exists(int(pid)):
                 continue
             with contextlib.suppress(OSError):  # another run removing it at the same time, or a read-only folder
                 if stale.is_dir() and not stale.is_symlink():
@@ -129,16 +117,13 @@ def write_csv(path: Path, frame: pd.DataFrame) -> Path:
 NAME_COLUMNS = ("class", "actual", "predicted", "path")
 
 
-def is_name_column(column: str) -> bool:
-    return column in NAME_COLUMNS or column.endswith("_class")  # `synthvit predict`'s top1_class, ...
-
-
 def read_csv(path: Path, text_columns=()) -> pd.DataFrame:
     """A CSV that `write_csv` wrote. Name columns (NAME_COLUMNS) and `text_columns` come back exactly as
     written, as Python strings (file names included, see PATH_ERRORS; pandas' default Arrow strings cannot
     hold them); only an empty field, what write_csv writes for None, is missing. Other columns as pandas reads them."""
     written = pd.read_csv(path, encoding_errors=PATH_ERRORS, dtype=object, keep_default_na=False, na_values=[""])
-    text = [c for c in written.columns if is_name_column(c) or c in text_columns]
+    # `synthvit predict`'s top1_class, ... are names too.
+    text = [c for c in written.columns if c in NAME_COLUMNS or c.endswith("_class") or c in text_columns]
     # Two passes: pandas has no per-column switch for the words it reads as missing ("None", "NA", "nan").
     frame = pd.read_csv(path, encoding_errors=PATH_ERRORS, dtype=dict.fromkeys(text, object))
     frame[text] = written[text]

@@ -59,10 +59,7 @@ def progress_bar(iterable=None, **kwargs):
 
     A disabled bar does not count: never drive periodic work off `bar.n`.
     """
-    kwargs.setdefault("disable", None)
-    kwargs.setdefault("leave", False)
-    kwargs.setdefault("dynamic_ncols", True)
-    return tqdm(iterable, **kwargs)
+    return tqdm(iterable, disable=None, leave=False, dynamic_ncols=True, **kwargs)
 
 
 def log(message: str) -> None:

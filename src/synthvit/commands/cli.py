@@ -63,10 +63,8 @@ def load_command(spec: str):
 def named_command(argv: list[str]) -> str | None:
     """The command `argv` names ("predict", "bench train"), or None."""
     words = [arg for arg in argv if not arg.startswith("-")]
-    for length in (2, 1):
-        if " ".join(words[:length]) in COMMANDS:
-            return " ".join(words[:length])
-    return None
+    candidates = (" ".join(words[:length]) for length in (2, 1))  # "bench train" before "bench"
+    return next((name for name in candidates if name in COMMANDS), None)
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
