@@ -136,9 +136,7 @@ def run(args) -> int:
     threads = torch.get_num_threads()
     torch.set_num_threads(1 if device.type == "cpu" else threads)
     with worker_pool(workers) as pool:
-        _render_fast(
-            pool, systems[: batch_size_for(settings.num_points) * workers], settings
-        )  # start, warm the workers
+        _render_fast(pool, systems[: batch_size_for(settings.num_points) * workers], settings)  # warm the workers
         _render_torch(systems[:2], settings, device)  # warm-up (CUDA context, kernels)
         for repeat in range(max(args.repeats, args.reference_images)):  # alternate: same machine load
             if repeat < args.reference_images:
