@@ -70,18 +70,16 @@ class PILDataset(Dataset):
 
 def per_sample_transform(cfg: TrainConfig, img_size: int):
     """The recipe's augmentation as typical code writes it: PIL transforms, one image at a time."""
-    policy = auto_augment_policy(cfg.auto_augment, cfg.auto_augment_magnitude)  # the engine's, on one image
-    steps = [*([policy] if policy else []), transforms.RandomCrop(img_size, padding=cfg.crop_padding)]
-    if cfg.crop_scale != [1.0, 1.0]:
-        steps.append(transforms.RandomResizedCrop(img_size, scale=tuple(cfg.crop_scale)))
-    steps += [
+    steps = [
+        auto_augment_policy(cfg.auto_augment, cfg.auto_augment_magnitude),  # the engine's policy, or None
+        transforms.RandomCrop(img_size, padding=cfg.crop_padding),
+        transforms.RandomResizedCrop(img_size, scale=tuple(cfg.crop_scale)) if cfg.crop_scale != [1.0, 1.0] else None,
         transforms.RandomHorizontalFlip(cfg.hflip),
         transforms.ToTensor(),
         transforms.Normalize(DEFAULT_MEAN, DEFAULT_STD),
+        transforms.RandomErasing(cfg.random_erasing) if cfg.random_erasing > 0 else None,
     ]
-    if cfg.random_erasing > 0:
-        steps.append(transforms.RandomErasing(cfg.random_erasing))
-    return transforms.Compose(steps)
+    return transforms.Compose([step for step in steps if step is not None])
 
 
 def train_step(forward, optimizer, criterion, x, target, device, amp_dtype, grad_clip: float = 0.0) -> None:
