@@ -62,17 +62,16 @@ def run(args) -> int:
         f"{images.settings.num_points} points); rendering alone, one process: {count / rendering:.0f} img/s; "
         f"drawing the GPU renderer's random numbers alone, one process: {count / drawing:.0f} img/s"
     )
-    rates = {name: [] for name in sets}
+    rates, workers = {name: [] for name in sets}, params.data.num_workers
     for repeat in range(args.repeats):
         for name in sorted(sets, reverse=bool(repeat % 2)):  # alternate which side goes first
             seed_everything(params.seed)
             model = create_model(params.model, num_classes=len(images.names))
-            workers = params.data.num_workers
             history = train(model, sets[name], cfg, params.runtime, params.seed, desc=name, num_workers=workers)
             rates[name].append(history[0]["train_images_per_s"])
     median = {name: statistics.median(values) for name, values in rates.items()}
     on_gpu = resolve_device(params.runtime).type == "cuda"
-    where = f"on the GPU, {params.data.num_workers} DataLoader workers drawing" if on_gpu else "in the training process"
+    where = f"on the GPU, {workers} DataLoader workers drawing" if on_gpu else "in the training process"
     labels = {"rendered": f"rendered on the fly ({where})", "preloaded": "preloaded uint8 tensor"}
     for name, label in labels.items():
         epochs = ", ".join(f"{rate:.1f}" for rate in rates[name])
