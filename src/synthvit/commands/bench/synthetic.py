@@ -39,9 +39,8 @@ OFDB_CLASSES = 1000  # --ofdb's categories, as many as FractalDB-1k
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-size", type=int, default=362, help="image side in pixels (FractalDB: 362)")
     parser.add_argument("--points", type=int, default=200_000, help="chaos-game points per image (FractalDB: 200k)")
-    parser.add_argument(
-        "--patch", choices=("random", "full"), default="random", help="FractalDB's random masks or solid"
-    )
+    patch = "3x3 patches: FractalDB's random masks or solid (the demo's)"
+    parser.add_argument("--patch", choices=("random", "full"), default="random", help=patch)
     parser.add_argument("--fast-images", type=int, default=256, help="images per timed fast run")
     parser.add_argument("--reference-images", type=int, default=3, help="images the reference renders (~1 s each)")
     parser.add_argument("--repeats", type=int, default=3, help="timed fast runs (the median counts)")

@@ -158,7 +158,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--patch-size", type=int, default=4)
     parser.add_argument("--depth", type=int, default=12)
     parser.add_argument("--embed-dim", type=int, default=192)
-    parser.add_argument("--heads", dest="num_heads", type=int, default=3)
+    parser.add_argument("--heads", dest="num_heads", metavar="HEADS", type=int, default=3)
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the plain loop")
     parser.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (every side)")
