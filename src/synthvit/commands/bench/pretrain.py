@@ -76,7 +76,6 @@ def run(args) -> int:
     for name, label in labels.items():
         epochs = ", ".join(f"{rate:.1f}" for rate in rates[name])
         print(f"{label + ':':<46} {median[name]:8.1f} img/s  (epochs: {epochs})")
-    print(
-        f"cost of rendering on the fly: {1 - median['rendered'] / median['preloaded']:+.1%} of the preloaded throughput"
-    )
+    cost = 1 - median["rendered"] / median["preloaded"]
+    print(f"cost of rendering on the fly: {cost:+.1%} of the preloaded throughput")
     return 0
