@@ -2,7 +2,7 @@
 
 `synthvit bench synthetic --official PATH [--grid out.png]` reads FractalDB-1k category
 parameters (its data/csv_rate0.2_category1000 folder, one CSV per category with rows
-a, b, c, d, e, f, probability; or tests/fixtures/fractaldb1k/*.csv, the same rows with the
+a, b, c, d, e, f, probability; or tests/helpers/fixtures/fractaldb1k/*.csv, the same rows with the
 category name first), scores them with synthvit's acceptance rule and, with --grid, draws
 each of the first categories three ways: FractalDB's algorithm (reference.py: one walk
 from the origin, every point a random 3x3 mask, 362 px, 200k points, 6-px pad, gray 127),
@@ -51,13 +51,9 @@ def _system(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def rescore(categories: dict[str, np.ndarray], fill_rate: float = 0.2) -> dict:
     """How many official categories synthvit's rule keeps, and their map-count mix."""
-    systems, seeds, rule = (
-        [_system(rows) for rows in categories.values()],
-        list(range(len(categories))),
-        Rule(fill_rate),
-    )
-    batches = [slice(k, k + SCORE_BATCH) for k in range(0, len(systems), SCORE_BATCH)]
-    scored = [rule.score(systems[batch], seeds[batch]) for batch in batches]
+    systems, rule = [_system(rows) for rows in categories.values()], Rule(fill_rate)
+    seeds = list(range(len(systems)))
+    scored = [rule.score(systems[k : k + SCORE_BATCH], seeds[k : k + SCORE_BATCH]) for k in seeds[::SCORE_BATCH]]
     rates, converged = (np.concatenate(column) for column in zip(*scored))
     return {
         "categories": len(systems),

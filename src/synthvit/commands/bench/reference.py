@@ -64,12 +64,8 @@ def paste_patches_reference(
         col = pad + int((x / 2 - x_min / 2) * scale_x)
         row = pad + int((y_max / 2 - y / 2) * scale_y)
         mask = rng.randrange(1, 512) if patch == "random" else 511
-        cells = np.zeros((3, 3), np.uint8)
-        for i in range(3):
-            for j in range(3):
-                if mask >> (3 * i + j) & 1:
-                    cells[i, j] = value
-        image[row : row + 3, col : col + 3] = cells
+        cells = [value * (mask >> bit & 1) for bit in range(9)]  # bit 3i + j lights cell (i, j)
+        image[row : row + 3, col : col + 3] = np.array(cells, np.uint8).reshape(3, 3)
     return image
 
 

@@ -34,7 +34,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from torchvision import transforms
 
 from synthvit.config import DataConfig, ModelConfig, RuntimeConfig, TrainConfig, load_params
-from synthvit.data.augment import build_mixup, to_float
+from synthvit.data.augment import auto_augment_policy, build_mixup, to_float
 from synthvit.data.images import TensorImages, load_split
 from synthvit.models import DEFAULT_MEAN, DEFAULT_STD, create_model
 from synthvit.runtime import autocast, autocast_dtype, resolve_device, seed_everything
@@ -48,6 +48,8 @@ DATASHEET_BF16_PEAK = {"H200 NVL": 835.5e12, "H200": 989.5e12}
 LIGHT = TrainConfig(
     lr=1e-3, mixup_alpha=0.0, cutmix_alpha=0.0, random_erasing=0.0, crop_scale=[1.0, 1.0], crop_padding=4
 )
+# The options that size the model, named as ModelConfig's fields.
+MODEL_SIZES = ("img_size", "patch_size", "depth", "embed_dim", "num_heads")
 # Either recipe trains two epochs (the first warms up), without warm-up of the lr or checkpoints.
 TIMED = {"epochs": 2, "warmup_epochs": 0, "checkpoint_every": 0}
 
@@ -55,10 +57,9 @@ TIMED = {"epochs": 2, "warmup_epochs": 0, "checkpoint_every": 0}
 class PILDataset(Dataset):
     """What typical training code has: PIL images and per-sample torchvision transforms."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform):
-        self.images = [Image.fromarray(img.permute(1, 2, 0).numpy()) for img in images]
-        self.labels = labels.tolist()
-        self.transform = transform
+    def __init__(self, data: TensorImages, transform):
+        self.images = [Image.fromarray(img.permute(1, 2, 0).numpy()) for img in data.images]
+        self.labels, self.transform = data.labels.tolist(), transform
 
     def __len__(self):
         return len(self.images)
@@ -69,22 +70,16 @@ class PILDataset(Dataset):
 
 def per_sample_transform(cfg: TrainConfig, img_size: int):
     """The recipe's augmentation as typical code writes it: PIL transforms, one image at a time."""
-    steps = []
-    if cfg.auto_augment == "randaugment":
-        steps.append(transforms.RandAugment(num_ops=2, magnitude=cfg.auto_augment_magnitude))
-    elif cfg.auto_augment == "trivialaugment":
-        steps.append(transforms.TrivialAugmentWide())
-    steps.append(transforms.RandomCrop(img_size, padding=cfg.crop_padding))
-    if cfg.crop_scale != [1.0, 1.0]:
-        steps.append(transforms.RandomResizedCrop(img_size, scale=tuple(cfg.crop_scale)))
-    steps += [
+    steps = [
+        auto_augment_policy(cfg.auto_augment, cfg.auto_augment_magnitude),  # the engine's policy, or None
+        transforms.RandomCrop(img_size, padding=cfg.crop_padding),
+        transforms.RandomResizedCrop(img_size, scale=tuple(cfg.crop_scale)) if cfg.crop_scale != [1.0, 1.0] else None,
         transforms.RandomHorizontalFlip(cfg.hflip),
         transforms.ToTensor(),
         transforms.Normalize(DEFAULT_MEAN, DEFAULT_STD),
+        transforms.RandomErasing(cfg.random_erasing) if cfg.random_erasing > 0 else None,
     ]
-    if cfg.random_erasing > 0:
-        steps.append(transforms.RandomErasing(cfg.random_erasing))
-    return transforms.Compose(steps)
+    return transforms.Compose([step for step in steps if step is not None])
 
 
 def train_step(forward, optimizer, criterion, x, target, device, amp_dtype, grad_clip: float = 0.0) -> None:
@@ -99,23 +94,23 @@ def train_step(forward, optimizer, criterion, x, target, device, amp_dtype, grad
 
 
 def plain_loop_images_per_s(
-    model, data: TensorImages, cfg: TrainConfig, img_size: int, device, amp_dtype, workers: int, compile: bool = False
+    model, forward, data: TensorImages, cfg: TrainConfig, device, amp_dtype, workers: int
 ) -> float:
+    """A timed epoch, after one that warms up workers, kernels and caches, of the usual `for x, y in loader` loop."""
+    dataset = PILDataset(data, per_sample_transform(cfg, data.images.shape[-1]))
     loader = DataLoader(
-        PILDataset(data.images, data.labels, per_sample_transform(cfg, img_size)),
-        batch_size=cfg.batch_size,
+        dataset,
+        cfg.batch_size,
         shuffle=True,
         drop_last=True,
         num_workers=workers,
         pin_memory=device.type == "cuda",
         persistent_workers=workers > 0,
     )
-    model.to(device).train()
-    forward = torch.compile(model) if compile else model
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
     mixup = build_mixup(cfg, data.num_classes)  # timm's, on the batch: what timm's own train.py does
     criterion = SoftTargetCrossEntropy() if mixup else nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    for _ in range(2):  # the first epoch warms up workers, kernels and caches
+    for _ in range(2):
         started = benchmark.timer()  # torch's benchmark clock, which first waits for the GPU
         for x, y in loader:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
@@ -124,13 +119,9 @@ def plain_loop_images_per_s(
     return len(loader) * cfg.batch_size / (benchmark.timer() - started)
 
 
-def bare_step_images_per_s(
-    model, data: TensorImages, batch_size: int, device, amp_dtype, compile: bool = False
-) -> float:
+def bare_step_images_per_s(model, forward, data: TensorImages, batch_size: int, device, amp_dtype) -> float:
     """The step alone on one batch already on the device, with the engine's optimizer (timm's fused AdamW):
     an epoch's worth of steps after a few warm-up steps, timed by torch's benchmark Timer."""
-    model.to(device).train()
-    forward = torch.compile(model) if compile else model
     optimizer = create_optimizer_v2(model, opt="adamw", lr=1e-3, weight_decay=0.05, fused=True)
     x = to_float(data.images[:batch_size].to(device), DEFAULT_MEAN, DEFAULT_STD)
     y = data.labels[:batch_size].to(device)
@@ -152,8 +143,7 @@ def train_flops_per_image(model_cfg: ModelConfig, num_classes: int) -> float:
 
 def matmul_peak(device: torch.device, n: int = 8192) -> float:
     """FLOP/s of an n^3 bf16 matmul on `device` (torch's benchmark Timer synchronises CUDA)."""
-    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
-    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    a, b = (torch.randn(n, n, device=device, dtype=torch.bfloat16) for _ in range(2))
     timer = benchmark.Timer(stmt="a @ b", globals={"a": a, "b": b})
     return 2 * n**3 / timer.blocked_autorange(min_run_time=1.0).median
 
@@ -162,24 +152,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--root", default="../shared/datasets/cifar10", help="ImageFolder with train/<class>/ (default: %(default)s)"
     )
-    parser.add_argument(
-        "--images", type=int, default=0, help="training images per epoch (default: 2048 on CPU, 50000 on CUDA)"
-    )
+    parser.add_argument("--images", type=int, default=0, help="images per epoch (default: 2048 on CPU, 50000 on CUDA)")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--img-size", type=int, default=32)
     parser.add_argument("--patch-size", type=int, default=4)
     parser.add_argument("--depth", type=int, default=12)
     parser.add_argument("--embed-dim", type=int, default=192)
-    parser.add_argument("--heads", type=int, default=3)
+    parser.add_argument("--heads", dest="num_heads", metavar="HEADS", type=int, default=3)
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the plain loop")
     parser.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (every side)")
-    parser.add_argument(
-        "--augment",
-        choices=["light", "full", "both"],
-        default="light",
-        help="light: pad-and-crop and flip; full: --params' finetune recipe; both (default: %(default)s)",
-    )
+    augment = "light: pad-and-crop and flip; full: --params' finetune recipe; both (default: %(default)s)"
+    parser.add_argument("--augment", choices=["light", "full", "both"], default="light", help=augment)
     parser.add_argument("--params", default="params.yaml", help="where --augment full reads the finetune recipe")
 
 
@@ -204,14 +188,7 @@ def run(args) -> int:
     per_class = -(-(args.images or (50000 if device.type == "cuda" else 2048)) // 10)
     data_cfg = DataConfig(name="imagefolder", root=args.root, train_per_class=per_class, num_workers=4)
     data = load_split(data_cfg, "train", args.img_size)
-    model_cfg = ModelConfig(
-        img_size=args.img_size,
-        patch_size=args.patch_size,
-        embed_dim=args.embed_dim,
-        depth=args.depth,
-        num_heads=args.heads,
-        drop_path_rate=0.0,
-    )
+    model_cfg = ModelConfig(**{field: getattr(args, field) for field in MODEL_SIZES}, drop_path_rate=0.0)
     precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[amp_dtype]
     print(
         f"training ViT (depth {args.depth}, dim {args.embed_dim}, patch {args.patch_size}) at {args.img_size}px, "
@@ -234,16 +211,19 @@ def run(args) -> int:
         seed_everything(0)
         return create_model(model_cfg, data.num_classes)
 
-    bare = bare_step_images_per_s(fresh_model(), data, args.batch_size, device, amp_dtype, args.compile)
+    def fresh_model_on_device():
+        """A fresh model on the device in training mode, and what runs its forward (compiled with --compile)."""
+        model = fresh_model().to(device).train()
+        return model, torch.compile(model) if args.compile else model
+
+    bare = bare_step_images_per_s(*fresh_model_on_device(), data, args.batch_size, device, amp_dtype)
     print(rate_line("bare timm step (one batch on the device)", bare, flops, peaks), flush=True)
     for name in ("light", "full") if args.augment == "both" else (args.augment,):
         recipe = LIGHT if name == "light" else load_params(args.params).finetune
         cfg = recipe.model_copy(update={**TIMED, "batch_size": args.batch_size})
         engine = train(fresh_model(), data, cfg, runtime, seed=0, desc="engine")[-1]["train_images_per_s"]
         print(rate_line(f"synthvit engine, {name} augmentation", engine, flops, peaks), flush=True)
-        plain = plain_loop_images_per_s(
-            fresh_model(), data, cfg, args.img_size, device, amp_dtype, args.workers, args.compile
-        )
+        plain = plain_loop_images_per_s(*fresh_model_on_device(), data, cfg, device, amp_dtype, args.workers)
         print(rate_line(f"plain DataLoader loop, {name} augmentation ({args.workers} workers)", plain, flops, peaks))
         print(f"ratio engine / plain, {name} augmentation: {engine / plain:10.2f}x")
         print(f"ratio engine / bare, {name} augmentation:  {engine / bare:10.2f}x", flush=True)
