@@ -59,16 +59,7 @@ def sqlite_path(uri: str) -> Path | None:
     return Path(uri[len("sqlite:///") :])
 
 
-# SQLite's result codes for a file that is not (or no longer) a whole database.
-DAMAGED_CODES = {11, 26}  # SQLITE_CORRUPT, SQLITE_NOTADB
 _intact: set = set()  # stores found intact in this process: (path, size, mtime)
-
-
-def shown(path: Path) -> str:
-    """A path as the user types it: relative to the working directory when it is inside it."""
-    with contextlib.suppress(ValueError):
-        return str(path.resolve().relative_to(Path.cwd().resolve()))
-    return str(path)
 
 
 def check_intact(db: Path | None) -> None:
@@ -87,15 +78,14 @@ def check_intact(db: Path | None) -> None:
         with contextlib.closing(sqlite3.connect(db, timeout=60)) as connection:
             problems = [row[0] for row in connection.execute("PRAGMA quick_check").fetchall() if row[0] != "ok"]
     except sqlite3.DatabaseError as exc:
-        code = getattr(exc, "sqlite_errorcode", None)
-        damaged = (code is not None and code & 0xFF in DAMAGED_CODES) or any(
-            words in str(exc) for words in ("not a database", "malformed", "corrupt")
-        )
-        if not damaged:
+        # SQLITE_NOTADB "file is not a database", SQLITE_CORRUPT "database disk image is malformed"
+        if not any(words in str(exc) for words in ("not a database", "malformed", "corrupt")):
             return  # locked, or not readable here: MLflow says what it says
         problems = [str(exc)]
     if problems:
-        place = shown(db)
+        place = db  # as the user types it: relative to the working directory when it is inside it
+        with contextlib.suppress(ValueError):
+            place = db.resolve().relative_to(Path.cwd().resolve())
         raise UserError(
             f"the MLflow store {db} is damaged ({problems[0][:200]}); move it aside with "
             f"`mv {place} {place}.damaged` and run again: the next stage creates a fresh, empty store "
@@ -141,7 +131,7 @@ def store_lock(uri: str):
     lock = FileLock(str(db) + ".lock", timeout=600)
     try:
         db.parent.mkdir(parents=True, exist_ok=True)
-        lock.acquire()
+        acquired = lock.acquire()  # released when the `with` below ends
     except OSError as exc:
         if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
             raise
@@ -150,10 +140,8 @@ def store_lock(uri: str):
             "work in a writable clone of the repository (git clone), or record in a store you can write: "
             "MLFLOW_TRACKING_URI=sqlite:////tmp/mlflow/mlflow.db"
         ) from None
-    try:
+    with acquired:
         yield
-    finally:
-        lock.release()
 
 
 def open_client(uri: str):
