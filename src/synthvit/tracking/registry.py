@@ -29,7 +29,6 @@ import timm
 import torch
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
-from mlflow.models import infer_signature
 
 from synthvit.tracking import health
 from synthvit.tracking.store import GIT_COMMIT_TAG, store_lock
@@ -64,11 +63,7 @@ def log_model(
     """
     # MLflow warns about pickle on every save; the choice is deliberate (see above).
     logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)
-    model = model.to("cpu").eval()
-    signature = None
-    if input_example is not None:
-        with torch.no_grad():
-            signature = infer_signature(input_example, model(torch.from_numpy(input_example)).numpy())
+    model = model.to("cpu").eval()  # MLflow runs it on the input example for the signature
     about = {ARM_TAG: arm, MODEL_TAG: model_summary, CHECKPOINT_TAG: file_digest(checkpoint)}
     info = mlflow.pytorch.log_model(
         model,
@@ -76,7 +71,6 @@ def log_model(
         serialization_format="pickle",
         pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"timm=={timm.__version__}"],
         extra_files=[str(checkpoint)],
-        signature=signature,
         input_example=input_example,
         tags={key: value for key, value in about.items() if value},
     )
