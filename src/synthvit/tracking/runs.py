@@ -27,23 +27,15 @@ from synthvit.tracking import health, store, summary
 from synthvit.tracking.outbox import OutboxRun
 
 
-def launching_dvc_process() -> psutil.Process | None:
-    """The nearest ancestor process that is DVC (`dvc repro`, `dvc exp run`, a queue worker)."""
-    try:
+def pipeline_key() -> str:
+    """The same for every stage of one execution: the DVC process that launched them (`dvc repro`, `dvc exp run`,
+    a queue worker), the nearest ancestor that is DVC; a key of its own for a stage run by hand."""
+    with contextlib.suppress(psutil.Error, OSError):
         for process in psutil.Process().parents():
             # `dvc ...`, `python /venv/bin/dvc ...` or `python -m dvc ...`
             if any(Path(arg).name == "dvc" for arg in process.cmdline()[:3]):
-                return process
-    except (psutil.Error, OSError):
-        return None
-    return None
-
-
-def pipeline_key() -> str:
-    dvc = launching_dvc_process()
-    if dvc is None:
-        return f"manual-{uuid.uuid4().hex[:12]}"
-    return f"dvc-{dvc.pid}-{int(dvc.create_time() * 1000)}"
+                return f"dvc-{process.pid}-{int(process.create_time() * 1000)}"
+    return f"manual-{uuid.uuid4().hex[:12]}"
 
 
 def run_tags(stage: str) -> dict:
