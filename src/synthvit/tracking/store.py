@@ -53,10 +53,8 @@ def use_store(create: bool = True, missing: str = "") -> str:
 
 
 def sqlite_path(uri: str) -> Path | None:
-    if not uri.startswith("sqlite:///"):
-        return None
     # sqlite:///relative.db and sqlite:////absolute/path.db
-    return Path(uri[len("sqlite:///") :])
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
 
 
 _intact: set = set()  # stores found intact in this process: (path, size, mtime)
@@ -95,16 +93,12 @@ def check_intact(db: Path | None) -> None:
     _intact.add(key)
 
 
-class CaughtDatabaseErrors(logging.Filter):
-    """MLflow logs each SQLAlchemy OperationalError it re-raises ("SQLAlchemy database error. The following
-    exception is caught.", a page of traceback) before raising it again with the same message; what is
-    raised is reported once: as one line (a full disk, `refused_store_write`), or as the error it is."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("SQLAlchemy database error")
-
-
-logging.getLogger("mlflow.store.db.utils").addFilter(CaughtDatabaseErrors())
+# MLflow logs each SQLAlchemy OperationalError it re-raises ("SQLAlchemy database error. The following
+# exception is caught.", a page of traceback) before raising it again with the same message; what is
+# raised is reported once: as one line (a full disk, `refused_store_write`), or as the error it is.
+logging.getLogger("mlflow.store.db.utils").addFilter(
+    lambda record: not str(record.msg).startswith("SQLAlchemy database error")
+)
 
 # What SQLite (through SQLAlchemy and MLflow) says when a write is refused.
 REFUSED_BY_SQLITE = {"database or disk is full": errno.ENOSPC, "attempt to write a readonly database": errno.EROFS}
@@ -113,8 +107,7 @@ REFUSED_BY_SQLITE = {"database or disk is full": errno.ENOSPC, "attempt to write
 def refused_store_write(uri: str, exc: BaseException) -> OSError | None:
     """A write to a local SQLite store that the machine refused, as an OSError naming the file; None otherwise."""
     db = sqlite_path(uri)
-    text = str(exc)
-    code = next((code for words, code in REFUSED_BY_SQLITE.items() if words in text), None)
+    code = next((code for words, code in REFUSED_BY_SQLITE.items() if words in str(exc)), None)
     if db is None or code is None:
         return None
     return OSError(code, os.strerror(code), str(db))
