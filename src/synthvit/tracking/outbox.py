@@ -148,11 +148,8 @@ class OutboxRun:
                 if not self.server_away():
                     raise  # stops, keeping the rest, only if the server went away again
             else:
-                print(
-                    f"MLflow tracking server {health.redact(self.uri)} is back: {sent} waiting tracking call(s) "
-                    "uploaded",
-                    file=sys.stderr,
-                )
+                back = f"MLflow tracking server {health.redact(self.uri)} is back"
+                print(f"{back}: {sent} waiting tracking call(s) uploaded", file=sys.stderr)
         return self.pending()
 
     def pending(self) -> int:
