@@ -43,14 +43,10 @@ def machine() -> dict:
     }
 
 
-def process_seconds() -> float:
-    """Seconds since this process started: the stage's whole cost, interpreter and imports included."""
-    return time.time() - psutil.Process().create_time()
-
-
 def write_timing(stage: str, **figures) -> Path:
-    """metrics/timing/<stage>.json: wall seconds since the process started, the machine, and `figures`."""
+    """metrics/timing/<stage>.json: wall seconds since the process started (the stage's whole cost, interpreter
+    and imports included), the machine, and `figures`."""
+    seconds = time.time() - psutil.Process().create_time()
     return write_json(
-        timing_path(stage),
-        {"stage": stage, "wall_seconds": round(process_seconds(), 2), **figures, "machine": machine()},
+        timing_path(stage), {"stage": stage, "wall_seconds": round(seconds, 2), **figures, "machine": machine()}
     )
