@@ -55,28 +55,24 @@ def quick_http():
                 os.environ[name] = value
 
 
-def is_http(uri: str) -> bool:
-    return uri.startswith(("http://", "https://"))
-
-
 WAY_OUT = "start the server, or unset MLFLOW_TRACKING_URI to record in the local SQLite store (mlflow.db)"
 
 
-def check_tracking_store(uri: str | None = None, timeout: float = CHECK_TIMEOUT_S) -> None:
-    """Raise UserError (one line) unless the tracking store at `uri` answers within `timeout` seconds
+def check_tracking_store(uri: str | None = None) -> None:
+    """Raise UserError (one line) unless the tracking store at `uri` answers within seconds
     and accepts this user's credentials."""
-    problem = store_problem(uri or tracking_uri(), timeout)
+    problem = store_problem(uri or tracking_uri())
     if problem:
         raise UserError(problem)
 
 
-def store_problem(uri: str, timeout: float = CHECK_TIMEOUT_S) -> str | None:
+def store_problem(uri: str) -> str | None:
     """What keeps the store from answering, as one line; None when it answers. A local SQLite store needs no check."""
     if sqlite_path(uri) is not None:
         return None
-    if is_http(uri):
-        return http_problem(uri, timeout)
-    return database_problem(uri, max(timeout, DATABASE_CHECK_TIMEOUT_S))
+    if uri.startswith(("http://", "https://")):
+        return http_problem(uri, CHECK_TIMEOUT_S)
+    return database_problem(uri, DATABASE_CHECK_TIMEOUT_S)
 
 
 def http_problem(uri: str, timeout: float) -> str | None:

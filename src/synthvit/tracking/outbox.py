@@ -18,6 +18,7 @@ naming the file and line, kept in `calls.rejected.jsonl` beside it, and the rest
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -42,6 +43,7 @@ REJECTED = "calls.rejected.jsonl"  # lines that are not a whole call, kept for t
 KNOWN_CALLS = {"log_batch", "log_artifact", "log_dict", "log_table", "set_terminated", "log_model"}
 SENT = "sent"  # how many lines of calls.jsonl reached the server: a replay cut short resumes after them
 META = "meta.json"
+MODEL_ARGS = ("registered_model", "alias", "score", "heldout", "arm", "model_summary")  # registry.log_model's
 
 
 def outbox_root() -> Path:
@@ -53,12 +55,8 @@ def now_ms() -> int:
 
 
 class OutboxRun:
-    """The calls stages make on an MLflow run, safe against the server going away.
-
-    log_metrics/log_metric/log_params/log_artifact/log_dict/log_table and
-    log_synthvit_model survive an outage; any other attribute is the `mlflow` module's
-    own (no outage protection), so code written for `mlflow` keeps working.
-    """
+    """The calls stages make on an MLflow run, safe against the server going away:
+    log_metrics/log_metric/log_params/log_artifact/log_dict/log_table and log_synthvit_model."""
 
     def __init__(self, uri: str, run_id: str):
         self.uri, self.run_id = uri, run_id
@@ -67,20 +65,12 @@ class OutboxRun:
         self.last_probe = 0.0
         self.model = None  # the model of log_synthvit_model, for its replay in this process
 
-    def __getattr__(self, name):
-        return getattr(mlflow, name)
-
     # ---- the logging calls ------------------------------------------------------------
 
     def log_metrics(self, metrics: dict, step: int | None = None) -> None:
         stamp = now_ms()
-        self.send(
-            {
-                "call": "log_batch",
-                "run_id": self.run_id,
-                "metrics": [[key, float(value), stamp, step or 0] for key, value in metrics.items()],
-            }
-        )
+        points = [[key, float(value), stamp, step or 0] for key, value in metrics.items()]
+        self.send({"call": "log_batch", "run_id": self.run_id, "metrics": points})
 
     def log_metric(self, key: str, value: float, step: int | None = None) -> None:
         self.log_metrics({key: value}, step)
@@ -97,33 +87,27 @@ class OutboxRun:
         self.send({"call": "log_dict", "run_id": self.run_id, "data": dictionary, "artifact_file": artifact_file})
 
     def log_table(self, data, artifact_file: str) -> None:
-        records = pd.DataFrame(data).to_dict(orient="list")
-        self.send({"call": "log_table", "run_id": self.run_id, "data": records, "artifact_file": artifact_file})
+        columns = pd.DataFrame(data).to_dict(orient="list")  # JSON for the outbox; MlflowClient.log_table takes it
+        self.send({"call": "log_table", "run_id": self.run_id, "data": columns, "artifact_file": artifact_file})
 
     def log_synthvit_model(self, model, checkpoint, input_example: np.ndarray | None = None, **about) -> None:
         """registry.log_model (`about`: registered_model, alias, score, heldout, arm, model_summary); in an outage
         the checkpoint waits in the outbox, and `synthvit tracking sync` logs the model from it later."""
         self.model = model
         example = None if input_example is None else input_example.tolist()
-        entry = {"call": "log_model", "run_id": self.run_id, "file": str(checkpoint), **about, "example": example}
-        self.send(entry)
+        self.send({"call": "log_model", "run_id": self.run_id, "file": str(checkpoint), **about, "example": example})
 
     def end(self, status: str, parent_id: str) -> None:
-        """Terminate this run and its pipeline's parent, then replay what waits; warn (one line) about what is left."""
+        """Terminate this run (the active one) and its pipeline's parent, then replay what waits; warn (one line)
+        about what is left."""
         end_time = now_ms()
-        active = mlflow.active_run()
-        if active is not None and active.info.run_id == self.run_id:
-            try:
-                with health.quick_http():  # pops the active run even when the server does not answer
-                    mlflow.end_run(status)
-            except Exception:  # noqa: BLE001 - the outbox below records the status
-                self.store({"call": "set_terminated", "run_id": self.run_id, "status": status, "end_time": end_time})
-        else:
-            self.send({"call": "set_terminated", "run_id": self.run_id, "status": status, "end_time": end_time})
+        try:
+            with health.quick_http():  # pops the active run even when the server does not answer
+                mlflow.end_run(status)
+        except Exception:  # noqa: BLE001 - the outbox records the status
+            self.store({"call": "set_terminated", "run_id": self.run_id, "status": status, "end_time": end_time})
         self.send({"call": "set_terminated", "run_id": parent_id, "status": status, "end_time": end_time})
-        if self.pending() and self.server_back(force=True):
-            self.flush()
-        if self.pending():
+        if self.catch_up(force=True):
             print(
                 f"warning: MLflow tracking server {health.redact(self.uri)} is not answering: "
                 f"{self.pending()} tracking call(s) of this stage wait in {self.folder}; "
@@ -135,20 +119,14 @@ class OutboxRun:
 
     def send(self, entry: dict) -> None:
         """Deliver now, or keep in the outbox: after earlier calls that wait, or when the server is away."""
-        if self.pending():
-            if not self.server_back():
-                self.store(entry)
-                return
-            self.flush()
-            if self.pending():
-                self.store(entry)
-                return
+        if self.catch_up():
+            self.store(entry)
+            return
         try:
             apply(self.client, entry, Path.cwd(), lambda _: self.model)
         except Exception as exc:
-            if health.store_problem(self.uri) is None:
+            if not self.server_away():
                 raise  # the server answers: a real error, not an outage
-            self.last_probe = time.monotonic()
             print(
                 f"warning: MLflow tracking server {health.redact(self.uri)} stopped answering "
                 f"({type(exc).__name__}); tracking calls wait in {self.folder} until it is back; training goes on",
@@ -156,11 +134,23 @@ class OutboxRun:
             )
             self.store(entry)
 
-    def server_back(self, force: bool = False) -> bool:
-        if not force and time.monotonic() - self.last_probe < RETRY_S:
-            return False
+    def server_away(self) -> bool:
         self.last_probe = time.monotonic()
-        return health.store_problem(self.uri) is None
+        return health.store_problem(self.uri) is not None
+
+    def catch_up(self, force: bool = False) -> int:
+        """Replay the waiting calls if the server is back (asked at most every RETRY_S unless `force`);
+        returns how many still wait."""
+        if self.pending() and (force or time.monotonic() - self.last_probe >= RETRY_S) and not self.server_away():
+            try:
+                sent, _ = replay(self.client, self.folder, lambda _: self.model)
+            except Exception:
+                if not self.server_away():
+                    raise  # stops, keeping the rest, only if the server went away again
+            else:
+                back = f"MLflow tracking server {health.redact(self.uri)} is back"
+                print(f"{back}: {sent} waiting tracking call(s) uploaded", file=sys.stderr)
+        return self.pending()
 
     def pending(self) -> int:
         return pending_calls(self.folder)
@@ -177,20 +167,6 @@ class OutboxRun:
         with open(self.folder / CALLS, "a") as calls:
             calls.write(json.dumps(entry) + "\n")
             calls.flush()
-
-    def flush(self) -> None:
-        """Replay the outbox; stops, keeping the rest, if the server goes away again."""
-        try:
-            sent, _ = replay(self.client, self.folder, lambda _: self.model)
-        except Exception:
-            if health.store_problem(self.uri) is None:
-                raise
-            self.last_probe = time.monotonic()
-            return
-        print(
-            f"MLflow tracking server {health.redact(self.uri)} is back: {sent} waiting tracking call(s) uploaded",
-            file=sys.stderr,
-        )
 
 
 def line_count(path: Path) -> int:
@@ -218,19 +194,12 @@ def apply(client, entry: dict, base: Path, load_model) -> None:
         client.log_batch(run_id, metrics=metrics, params=params, synchronous=True)
     elif call == "log_artifact":
         client.log_artifact(run_id, str(base / entry["file"]), entry["artifact_path"])
-    elif call == "log_dict":
-        client.log_dict(run_id, entry["data"], entry["artifact_file"])
-    elif call == "log_table":
-        client.log_table(run_id, pd.DataFrame(entry["data"]), entry["artifact_file"])
     elif call == "set_terminated":
         client.set_terminated(run_id, entry["status"], entry["end_time"])
     elif call == "log_model":
         log_model_into(client, entry, base / entry["file"], load_model)
-    else:
-        raise ValueError(f"unknown outbox call {call!r}")
-
-
-MODEL_ARGS = ("registered_model", "alias", "score", "heldout", "arm", "model_summary")  # registry.log_model's
+    else:  # log_dict, log_table: MlflowClient takes the data as recorded
+        getattr(client, call)(run_id, entry["data"], entry["artifact_file"])
 
 
 def log_model_into(client, entry: dict, checkpoint: Path, load_model) -> None:
@@ -278,12 +247,10 @@ def replay(client, folder: Path, load_model) -> tuple[int, int]:
     call are skipped (kept in REJECTED). Once all are handled the folder goes, or, when some were
     rejected, all but the rejected lines and meta.json (which server and run they belong to).
     Returns (calls sent, lines rejected)."""
-    sent = sent_count(folder)
     done = rejected = 0
     with open(folder / CALLS, "rb") as calls:
-        for number, line in enumerate(calls):
-            if number < sent:
-                continue
+        sent = sent_count(folder)
+        for number, line in enumerate(itertools.islice(calls, sent, None), start=sent):
             try:
                 entry = parse_call(line)
             except ValueError as exc:
@@ -302,6 +269,10 @@ def replay(client, folder: Path, load_model) -> tuple[int, int]:
     return done, rejected
 
 
+class Kept(Exception):
+    """Why an outbox stays for a later sync, as the one-line warning that says so."""
+
+
 def sync(load_model, root: Path | None = None) -> int:
     """`synthvit tracking sync`: upload every outbox under the repository to its server (`load_model(checkpoint)`
     rebuilds the model a log_model call logs). Returns the calls sent.
@@ -315,43 +286,44 @@ def sync(load_model, root: Path | None = None) -> int:
     total, left = 0, {}
     for folder in waiting:  # one folder's problem leaves the others to go
         try:
-            uri = json.loads((folder / META).read_text())["uri"]
-        except (ValueError, KeyError, TypeError) as exc:
-            print(
-                f"warning: {folder / META} is damaged ({type(exc).__name__}): which server run {folder.name} belongs "
-                f'to is unknown; skipped it. Write {{"uri": "<tracking URI>", "run_id": "{folder.name}"}} '
-                "into it and sync again, or remove the folder",
-                file=sys.stderr,
-            )
+            total += upload(folder, load_model)
+        except Kept as why:
+            print(f"warning: {why}", file=sys.stderr)
             left[folder] = pending_calls(folder)
-            continue
-        problem = health.store_problem(uri)
-        if problem:  # a stage's way out (unset MLFLOW_TRACKING_URI) cannot move calls bound to this server
-            problem = problem.removesuffix(f": {health.WAY_OUT}")
-            print(f"warning: {problem}; the calls of run {folder.name} stay in {folder}", file=sys.stderr)
-            left[folder] = pending_calls(folder)
-            continue
-        try:
-            sent, rejected = replay(MlflowClient(uri, registry_uri=uri), folder, load_model)
-        except Exception as exc:  # noqa: BLE001 - one line, the rest stays for the next sync
-            print(
-                f"warning: uploading {folder} to {health.redact(uri)} stopped ({type(exc).__name__}: "
-                f"{str(exc).splitlines()[0][:300] if str(exc) else ''}); what is left stays there",
-                file=sys.stderr,
-            )
-            left[folder] = pending_calls(folder)
-            continue
-        total += sent
-        print(
-            f"uploaded {sent} tracking call(s) of run {folder.name} to {health.redact(uri)}"
-            + (f"; skipped {rejected} unreadable line(s), kept in {folder / REJECTED}" if rejected else "")
-        )
     # Lines set aside by this sync or an earlier one (or a stage's own replay) never reach a server: they
     # count until the user has looked at them, so a sync retried until it succeeds does not hide them.
     aside = {p / REJECTED: line_count(p / REJECTED) for p in folders if (p / REJECTED).is_file()}
     if left or aside:
         raise UserError(not_uploaded(left, aside))
     return total
+
+
+def upload(folder: Path, load_model) -> int:
+    """Replay one run's outbox to the server its meta.json names; returns the calls sent. Kept: why it stays."""
+    try:
+        uri = json.loads((folder / META).read_text())["uri"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise Kept(
+            f"{folder / META} is damaged ({type(exc).__name__}): which server run {folder.name} belongs "
+            f'to is unknown; skipped it. Write {{"uri": "<tracking URI>", "run_id": "{folder.name}"}} '
+            "into it and sync again, or remove the folder"
+        ) from None
+    problem = health.store_problem(uri)
+    if problem:  # a stage's way out (unset MLFLOW_TRACKING_URI) cannot move calls bound to this server
+        raise Kept(f"{problem.removesuffix(f': {health.WAY_OUT}')}; the calls of run {folder.name} stay in {folder}")
+    try:
+        sent, rejected = replay(MlflowClient(uri, registry_uri=uri), folder, load_model)
+    except Exception as exc:  # noqa: BLE001 - one line, the rest stays for the next sync
+        reason = str(exc).splitlines()[0][:300] if str(exc) else ""
+        raise Kept(
+            f"uploading {folder} to {health.redact(uri)} stopped ({type(exc).__name__}: {reason}); "
+            "what is left stays there"
+        ) from None
+    print(
+        f"uploaded {sent} tracking call(s) of run {folder.name} to {health.redact(uri)}"
+        + (f"; skipped {rejected} unreadable line(s), kept in {folder / REJECTED}" if rejected else "")
+    )
+    return sent
 
 
 def not_uploaded(left: dict[Path, int], aside: dict[Path, int]) -> str:

@@ -16,6 +16,7 @@ float32 images N x 3 x S x S, normalised as the checkpoint says, to logits.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import math
@@ -28,7 +29,6 @@ import timm
 import torch
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
-from mlflow.models import infer_signature
 
 from synthvit.tracking import health
 from synthvit.tracking.store import GIT_COMMIT_TAG, store_lock
@@ -63,11 +63,7 @@ def log_model(
     """
     # MLflow warns about pickle on every save; the choice is deliberate (see above).
     logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)
-    model = model.to("cpu").eval()
-    signature = None
-    if input_example is not None:
-        with torch.no_grad():
-            signature = infer_signature(input_example, model(torch.from_numpy(input_example)).numpy())
+    model = model.to("cpu").eval()  # MLflow runs it on the input example for the signature
     about = {ARM_TAG: arm, MODEL_TAG: model_summary, CHECKPOINT_TAG: file_digest(checkpoint)}
     info = mlflow.pytorch.log_model(
         model,
@@ -75,7 +71,6 @@ def log_model(
         serialization_format="pickle",
         pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"timm=={timm.__version__}"],
         extra_files=[str(checkpoint)],
-        signature=signature,
         input_example=input_example,
         tags={key: value for key, value in about.items() if value},
     )
@@ -96,9 +91,7 @@ def describe(tags: dict) -> str:
     return "; ".join(part for part in parts if part)
 
 
-def register_model(
-    model_uri: str, name: str, alias: str = "", score: float | None = None, heldout: str = "", about: dict | None = None
-) -> str:
+def register_model(model_uri: str, name: str, alias: str, score: float | None, heldout: str, about: dict) -> str:
     """A new version of registered model `name` from `model_uri`, with the `about` tags and a description;
     `alias` moves to it unless the version it points at scored better on the same held-out images.
 
@@ -111,34 +104,27 @@ def register_model(
         tags["git.commit"] = run.data.tags[GIT_COMMIT_TAG]  # model versions get no mlflow.source.* tags of their own
     if score is not None:
         tags.update({SCORE_TAG: f"{score:.6f}", HELDOUT_TAG: heldout})
-    tags.update({key: value for key, value in (about or {}).items() if value})
+    tags.update({key: value for key, value in about.items() if value})
     client = MlflowClient()
     with store_lock(mlflow.get_tracking_uri()):
         version = mlflow.register_model(model_uri, name, tags=tags or None)
         client.update_model_version(name, version.version, describe(tags))
-        if not alias:
-            print(f"registered model {name} version {version.version}")
-            return str(version.version)
-        serving = aliased_version(client, name, alias)
+        serving = None
+        if alias:
+            with contextlib.suppress(MlflowException):  # no such alias yet
+                serving = client.get_model_version_by_alias(name, alias)
         kept = serving is not None and better_than(serving, score, heldout)
-        if not kept:
+        if alias and not kept:
             client.set_registered_model_alias(name, alias, version.version)
+    registered = f"registered model {name} version {version.version}"
     if kept:
         print(
-            f"registered model {name} version {version.version}; models:/{name}@{alias} stays on version "
-            f"{serving.version}, which scored {float(serving.tags[SCORE_TAG]):.4f} on the same held-out images "
-            f"(this one {score:.4f})"
+            f"{registered}; models:/{name}@{alias} stays on version {serving.version}, which scored "
+            f"{float(serving.tags[SCORE_TAG]):.4f} on the same held-out images (this one {score:.4f})"
         )
     else:
-        print(f"registered model {name} version {version.version} as models:/{name}@{alias}")
+        print(registered + (f" as models:/{name}@{alias}" if alias else ""))
     return str(version.version)
-
-
-def aliased_version(client, name: str, alias: str):
-    try:
-        return client.get_model_version_by_alias(name, alias)
-    except MlflowException:  # no such alias yet
-        return None
 
 
 def better_than(serving, score: float | None, heldout: str) -> bool:

@@ -23,39 +23,19 @@ import mlflow
 import psutil
 from mlflow.utils.git_utils import get_git_commit
 
-from synthvit.tracking import health, summary
+from synthvit.tracking import health, store, summary
 from synthvit.tracking.outbox import OutboxRun
-from synthvit.tracking.store import (
-    ERROR_TAG,
-    GIT_COMMIT_TAG,
-    HOST_TAG,
-    PIPELINE_TAG,
-    get_experiment_id,
-    open_client,
-    refused_store_write,
-    sqlite_path,
-    tracking_uri,
-    use_store,
-)
-
-
-def launching_dvc_process() -> psutil.Process | None:
-    """The nearest ancestor process that is DVC (`dvc repro`, `dvc exp run`, a queue worker)."""
-    try:
-        for process in psutil.Process().parents():
-            # `dvc ...`, `python /venv/bin/dvc ...` or `python -m dvc ...`
-            if any(Path(arg).name == "dvc" for arg in process.cmdline()[:3]):
-                return process
-    except (psutil.Error, OSError):
-        return None
-    return None
 
 
 def pipeline_key() -> str:
-    dvc = launching_dvc_process()
-    if dvc is None:
-        return f"manual-{uuid.uuid4().hex[:12]}"
-    return f"dvc-{dvc.pid}-{int(dvc.create_time() * 1000)}"
+    """The same for every stage of one execution: the DVC process that launched them (`dvc repro`, `dvc exp run`,
+    a queue worker), the nearest ancestor that is DVC; a key of its own for a stage run by hand."""
+    with contextlib.suppress(psutil.Error, OSError):
+        for process in psutil.Process().parents():
+            # `dvc ...`, `python /venv/bin/dvc ...` or `python -m dvc ...`
+            if any(Path(arg).name == "dvc" for arg in process.cmdline()[:3]):
+                return f"dvc-{process.pid}-{int(process.create_time() * 1000)}"
+    return f"manual-{uuid.uuid4().hex[:12]}"
 
 
 def run_tags(stage: str) -> dict:
@@ -68,18 +48,24 @@ def run_tags(stage: str) -> dict:
     # MlflowClient.create_run (the parent, a failure record) get it from MLflow's same helper.
     commit = get_git_commit(str(Path.cwd()))
     if commit:
-        tags[GIT_COMMIT_TAG] = commit
+        tags[store.GIT_COMMIT_TAG] = commit
     return tags
 
 
+def find_parent(client, experiment_ids: list[str], key: str):
+    """The parent run of the pipeline execution `key` names, or None."""
+    found = client.search_runs(experiment_ids, filter_string=f"tags.`{store.PIPELINE_TAG}` = '{key}'", max_results=1)
+    return found[0] if found else None
+
+
 def find_or_create_parent(client, experiment_id: str, key: str, tags: dict) -> str:
-    found = client.search_runs([experiment_id], filter_string=f"tags.`{PIPELINE_TAG}` = '{key}'", max_results=1)
+    found = find_parent(client, [experiment_id], key)
     if found:
-        client.update_run(found[0].info.run_id, status="RUNNING")
-        return found[0].info.run_id
+        client.update_run(found.info.run_id, status="RUNNING")
+        return found.info.run_id
     name = os.environ.get("DVC_EXP_NAME") or ("manual" if key.startswith("manual") else "dvc repro")
     parent_tags = {k: v for k, v in tags.items() if k != "dvc.stage"}
-    parent_tags.update({PIPELINE_TAG: key, HOST_TAG: socket.gethostname()})
+    parent_tags.update({store.PIPELINE_TAG: key, store.HOST_TAG: socket.gethostname()})
     parent = client.create_run(experiment_id, run_name=parent_name(name), tags=parent_tags)
     return parent.info.run_id
 
@@ -102,10 +88,10 @@ def end_abandoned(client, experiment_id: str) -> None:
     try:
         host = socket.gethostname().replace("'", "")
         parents = client.search_runs(
-            [experiment_id], filter_string=f"attributes.status = 'RUNNING' and tags.`{HOST_TAG}` = '{host}'"
+            [experiment_id], filter_string=f"attributes.status = 'RUNNING' and tags.`{store.HOST_TAG}` = '{host}'"
         )
         for parent in parents:
-            key = parent.data.tags.get(PIPELINE_TAG, "")
+            key = parent.data.tags.get(store.PIPELINE_TAG, "")
             if not re.fullmatch(r"dvc-\d+-\d+", key) or dvc_process_alive(key):
                 continue
             stages = client.search_runs(
@@ -135,54 +121,41 @@ def stage_run(stage: str, params: dict, experiment_name: str):
     which run_main prints as one line, not a page of SQLAlchemy.
     """
     try:
-        with _stage_run(stage, params, experiment_name) as run:
+        health.shorten_http_retries()
+        uri = store.use_store()
+        client = store.open_client(uri)
+        experiment_id = store.get_experiment_id(client, uri, experiment_name)
+        tags = run_tags(stage)
+        end_abandoned(client, experiment_id)
+        parent_id = find_or_create_parent(client, experiment_id, pipeline_key(), tags)
+        started = mlflow.start_run(experiment_id=experiment_id, run_name=stage, parent_run_id=parent_id, tags=tags)
+        run = OutboxRun(uri, started.info.run_id)
+        status = "FAILED"
+        try:
+            run.log_params(params)
             yield run
+            status = "FINISHED"
+        except KeyboardInterrupt:  # also SIGTERM (errors.Terminated)
+            status = "KILLED"
+            raise
+        except Exception as exc:
+            with contextlib.suppress(Exception):  # the stage's own error is what the user must see
+                client.set_tag(run.run_id, store.ERROR_TAG, str(exc)[:4000] or type(exc).__name__)
+            raise
+        finally:
+            # Ending the run may fail as the stage did (a full disk); then the stage's own error is what counts.
+            with contextlib.suppress(Exception) if status != "FINISHED" else contextlib.nullcontext():
+                run.end(status, parent_id)
+        if not run.pending():  # finished, and its metrics are on the server to summarise
+            try:  # the execution's params and headline metrics on its parent run (summary.py)
+                summary.record_stage(client, parent_id, stage, run.run_id)
+            except Exception as exc:  # noqa: BLE001 - the stage's outputs are written; the summary is a convenience
+                print(f"warning: could not record {stage}'s headline on the pipeline run: {exc}", file=sys.stderr)
     except Exception as exc:
-        refused = refused_store_write(tracking_uri(), exc)
+        refused = store.refused_store_write(store.tracking_uri(), exc)
         if refused is None:
             raise
         raise refused from None
-
-
-@contextlib.contextmanager
-def _stage_run(stage: str, params: dict, experiment_name: str):
-    health.shorten_http_retries()
-    uri = use_store()
-    client = open_client(uri)
-    experiment_id = get_experiment_id(client, uri, experiment_name)
-    tags = run_tags(stage)
-    end_abandoned(client, experiment_id)
-    parent_id = find_or_create_parent(client, experiment_id, pipeline_key(), tags)
-    run = OutboxRun(
-        uri,
-        mlflow.start_run(experiment_id=experiment_id, run_name=stage, parent_run_id=parent_id, tags=tags).info.run_id,
-    )
-    status = "FAILED"
-    try:
-        run.log_params(params)
-        yield run
-        status = "FINISHED"
-    except KeyboardInterrupt:  # also SIGTERM (errors.Terminated)
-        status = "KILLED"
-        raise
-    except Exception as exc:
-        with contextlib.suppress(Exception):  # the stage's own error is what the user must see
-            client.set_tag(run.run_id, ERROR_TAG, str(exc)[:4000] or type(exc).__name__)
-        raise
-    finally:
-        # Ending the run may fail as the stage did (a full disk); then the stage's own error is what counts.
-        with contextlib.suppress(Exception) if status != "FINISHED" else contextlib.nullcontext():
-            run.end(status, parent_id)
-    if not run.pending():  # finished, and its metrics are on the server to summarise
-        record_on_parent(client, parent_id, stage, run.run_id)
-
-
-def record_on_parent(client, parent_id: str, stage: str, run_id: str) -> None:
-    """The execution's params and headline metrics on its parent run (summary.py); never fails the stage."""
-    try:
-        summary.record_stage(client, parent_id, stage, run_id)
-    except Exception as exc:  # noqa: BLE001 - the stage's outputs are written; the summary is a convenience
-        print(f"warning: could not record {stage}'s headline on the pipeline run: {exc}", file=sys.stderr)
 
 
 def record_early_failure(stage: str, error: BaseException) -> None:
@@ -197,26 +170,21 @@ def record_early_failure(stage: str, error: BaseException) -> None:
     """
     if not os.environ.get("DVC_STAGE"):
         return
-    uri = tracking_uri()
-    db = sqlite_path(uri)
-    if db is not None and not db.is_file():
-        return
-    if health.store_problem(uri):  # a server that is down has nothing to record into
-        return
+    uri = store.tracking_uri()
+    db = store.sqlite_path(uri)
+    if (db is not None and not db.is_file()) or health.store_problem(uri):
+        return  # no store yet, or a server that is down: nothing of this execution to fail
     status = "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
     try:
-        client = open_client(uri)
-        experiments = [e.experiment_id for e in client.search_experiments()]
-        found = client.search_runs(
-            experiments, filter_string=f"tags.`{PIPELINE_TAG}` = '{pipeline_key()}'", max_results=1
-        )
+        client = store.open_client(uri)
+        found = find_parent(client, [e.experiment_id for e in client.search_experiments()], pipeline_key())
         if not found:
             return
-        parent = found[0].info
+        parent = found.info
         tags = {
             **run_tags(stage),
             "mlflow.parentRunId": parent.run_id,
-            ERROR_TAG: str(error)[:4000] or type(error).__name__,
+            store.ERROR_TAG: str(error)[:4000] or type(error).__name__,
         }
         run = client.create_run(parent.experiment_id, run_name=stage, tags=tags)
         client.set_terminated(run.info.run_id, status)

@@ -53,22 +53,11 @@ def use_store(create: bool = True, missing: str = "") -> str:
 
 
 def sqlite_path(uri: str) -> Path | None:
-    if not uri.startswith("sqlite:///"):
-        return None
     # sqlite:///relative.db and sqlite:////absolute/path.db
-    return Path(uri[len("sqlite:///") :])
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
 
 
-# SQLite's result codes for a file that is not (or no longer) a whole database.
-DAMAGED_CODES = {11, 26}  # SQLITE_CORRUPT, SQLITE_NOTADB
 _intact: set = set()  # stores found intact in this process: (path, size, mtime)
-
-
-def shown(path: Path) -> str:
-    """A path as the user types it: relative to the working directory when it is inside it."""
-    with contextlib.suppress(ValueError):
-        return str(path.resolve().relative_to(Path.cwd().resolve()))
-    return str(path)
 
 
 def check_intact(db: Path | None) -> None:
@@ -87,15 +76,14 @@ def check_intact(db: Path | None) -> None:
         with contextlib.closing(sqlite3.connect(db, timeout=60)) as connection:
             problems = [row[0] for row in connection.execute("PRAGMA quick_check").fetchall() if row[0] != "ok"]
     except sqlite3.DatabaseError as exc:
-        code = getattr(exc, "sqlite_errorcode", None)
-        damaged = (code is not None and code & 0xFF in DAMAGED_CODES) or any(
-            words in str(exc) for words in ("not a database", "malformed", "corrupt")
-        )
-        if not damaged:
+        # SQLITE_NOTADB "file is not a database", SQLITE_CORRUPT "database disk image is malformed"
+        if not any(words in str(exc) for words in ("not a database", "malformed", "corrupt")):
             return  # locked, or not readable here: MLflow says what it says
         problems = [str(exc)]
     if problems:
-        place = shown(db)
+        place = db  # as the user types it: relative to the working directory when it is inside it
+        with contextlib.suppress(ValueError):
+            place = db.resolve().relative_to(Path.cwd().resolve())
         raise UserError(
             f"the MLflow store {db} is damaged ({problems[0][:200]}); move it aside with "
             f"`mv {place} {place}.damaged` and run again: the next stage creates a fresh, empty store "
@@ -105,16 +93,12 @@ def check_intact(db: Path | None) -> None:
     _intact.add(key)
 
 
-class CaughtDatabaseErrors(logging.Filter):
-    """MLflow logs each SQLAlchemy OperationalError it re-raises ("SQLAlchemy database error. The following
-    exception is caught.", a page of traceback) before raising it again with the same message; what is
-    raised is reported once: as one line (a full disk, `refused_store_write`), or as the error it is."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("SQLAlchemy database error")
-
-
-logging.getLogger("mlflow.store.db.utils").addFilter(CaughtDatabaseErrors())
+# MLflow logs each SQLAlchemy OperationalError it re-raises ("SQLAlchemy database error. The following
+# exception is caught.", a page of traceback) before raising it again with the same message; what is
+# raised is reported once: as one line (a full disk, `refused_store_write`), or as the error it is.
+logging.getLogger("mlflow.store.db.utils").addFilter(
+    lambda record: not str(record.msg).startswith("SQLAlchemy database error")
+)
 
 # What SQLite (through SQLAlchemy and MLflow) says when a write is refused.
 REFUSED_BY_SQLITE = {"database or disk is full": errno.ENOSPC, "attempt to write a readonly database": errno.EROFS}
@@ -123,8 +107,7 @@ REFUSED_BY_SQLITE = {"database or disk is full": errno.ENOSPC, "attempt to write
 def refused_store_write(uri: str, exc: BaseException) -> OSError | None:
     """A write to a local SQLite store that the machine refused, as an OSError naming the file; None otherwise."""
     db = sqlite_path(uri)
-    text = str(exc)
-    code = next((code for words, code in REFUSED_BY_SQLITE.items() if words in text), None)
+    code = next((code for words, code in REFUSED_BY_SQLITE.items() if words in str(exc)), None)
     if db is None or code is None:
         return None
     return OSError(code, os.strerror(code), str(db))
@@ -141,7 +124,7 @@ def store_lock(uri: str):
     lock = FileLock(str(db) + ".lock", timeout=600)
     try:
         db.parent.mkdir(parents=True, exist_ok=True)
-        lock.acquire()
+        acquired = lock.acquire()  # released when the `with` below ends
     except OSError as exc:
         if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
             raise
@@ -150,10 +133,8 @@ def store_lock(uri: str):
             "work in a writable clone of the repository (git clone), or record in a store you can write: "
             "MLFLOW_TRACKING_URI=sqlite:////tmp/mlflow/mlflow.db"
         ) from None
-    try:
+    with acquired:
         yield
-    finally:
-        lock.release()
 
 
 def open_client(uri: str):

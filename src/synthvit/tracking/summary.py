@@ -38,31 +38,21 @@ from synthvit.files import from_pipeline_pretraining, metrics_path, timing_path
 
 RESTORED_TAG = "synthvit.restored"  # on runs that `synthvit record-restored` made from DVC-restored outputs
 
-# stage -> {key in its metrics file: metric name on the parent}
+# stage -> {key in its metrics file: metric name on the parent}; pretrain's held-out: instances no epoch drew
 HEADLINES = {
-    "pretrain": {
-        "train_acc": "pretrain_train_acc",
-        "eval_acc": "pretrain_heldout_acc",
-    },  # held-out: instances no epoch drew
+    "pretrain": {"train_acc": "pretrain_train_acc", "eval_acc": "pretrain_heldout_acc"},
     "finetune": {"train_acc": "finetune_train_acc"},
     "evaluate": {"top1": "test_top1", "top5": "test_top5", "ece": "test_ece"},
 }
 HEADLINE_METRICS = [name for names in HEADLINES.values() for name in names.values()]
 VIEW_KEY = "synthvit-headline"
 # The runs table's columns in that view (MLflow's column ids): what defines and what answers an execution.
+VIEW_METRICS = ("test_top1", "test_top5", "test_ece", "pretrain_heldout_acc", "wall_pretrain_s", "wall_finetune_s")
+VIEW_PARAMS = ("finetune.init", "synthetic.kind", "data.name")
 VIEW_STATE = {
-    "selectedColumns": [
-        "attributes.`Duration`",
-        "metrics.`test_top1`",
-        "metrics.`test_top5`",
-        "metrics.`test_ece`",
-        "metrics.`pretrain_heldout_acc`",
-        "metrics.`wall_pretrain_s`",
-        "metrics.`wall_finetune_s`",
-        "params.`finetune.init`",
-        "params.`synthetic.kind`",
-        "params.`data.name`",
-    ],
+    "selectedColumns": ["attributes.`Duration`"]
+    + [f"metrics.`{name}`" for name in VIEW_METRICS]
+    + [f"params.`{name}`" for name in VIEW_PARAMS],
     "orderByKey": "attributes.start_time",
     "orderByAsc": False,
 }
@@ -126,17 +116,15 @@ def record_stage(client, parent_id: str, stage: str, stage_run_id: str) -> None:
     params = execution_params()
     run = client.get_run(stage_run_id).info
     metrics = headline_metrics(stage, params)
-    # MLflow takes at most 100 params per call; a param logged again with the same value is accepted.
+    # MlflowClient.log_batch sends params in MLflow's batches of 100; one logged again with the same value is accepted.
     items = [Param(key, str(value)) for key, value in params.items()]
-    for start in range(0, len(items), 100):
-        client.log_batch(parent_id, params=items[start : start + 100])
     points = [Metric(key, value, run.end_time or 0, 0) for key, value in metrics.items()]
     if stage == "finetune":
         points += [
             Metric("finetune_eval_acc", m.value, m.timestamp, m.step)
             for m in client.get_metric_history(stage_run_id, "eval_acc")
         ]
-    client.log_batch(parent_id, metrics=points)
+    client.log_batch(parent_id, metrics=points, params=items)
 
 
 def tag_experiment(client, experiment) -> None:

@@ -10,6 +10,7 @@ cached output of its stage (restored with it), read by `synthvit compare` and
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import time
@@ -23,19 +24,16 @@ from synthvit.files import timing_path, write_json
 
 def cpu_model() -> str:
     """The CPU's marketing name ("AMD EPYC", "Intel(R) Xeon(R) Platinum 8488C"), as /proc/cpuinfo gives it."""
-    try:
-        with open("/proc/cpuinfo") as info:
-            for line in info:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
+    with contextlib.suppress(OSError):  # not Linux
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
     return platform.processor() or platform.machine()
 
 
 def machine() -> dict:
     """The machine a figure was measured on: CPU, cores, torch threads, accelerator, library versions."""
-    info = {
+    return {
         "cpu": cpu_model(),
         "cpu_cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
@@ -43,17 +41,12 @@ def machine() -> dict:
         "python": platform.python_version(),
         "accelerator": torch.cuda.get_device_name() if torch.cuda.is_available() else "none",
     }
-    return info
-
-
-def process_seconds() -> float:
-    """Seconds since this process started: the stage's whole cost, interpreter and imports included."""
-    return time.time() - psutil.Process().create_time()
 
 
 def write_timing(stage: str, **figures) -> Path:
-    """metrics/timing/<stage>.json: wall seconds since the process started, the machine, and `figures`."""
+    """metrics/timing/<stage>.json: wall seconds since the process started (the stage's whole cost, interpreter
+    and imports included), the machine, and `figures`."""
+    seconds = time.time() - psutil.Process().create_time()
     return write_json(
-        timing_path(stage),
-        {"stage": stage, "wall_seconds": round(process_seconds(), 2), **figures, "machine": machine()},
+        timing_path(stage), {"stage": stage, "wall_seconds": round(seconds, 2), **figures, "machine": machine()}
     )
