@@ -35,7 +35,7 @@ from synthvit.commands.reporting.sources import Experiment, dvc_exp_show, dvc_ro
 from synthvit.config import load_params
 from synthvit.errors import UserError
 from synthvit.evaluation import plots
-from synthvit.files import from_pipeline_pretraining, write_csv, write_text
+from synthvit.files import write_csv, write_text
 from synthvit.tracking import summary
 from synthvit.tracking.store import get_experiment_id, open_client, sqlite_path, tracking_uri
 
@@ -153,28 +153,16 @@ ARM_COLUMNS = {
     "wall_finetune_s": "fine-tune s",
     "cost_s": "all stages s",
 }
-PRETRAINING = ("generate_synthetic", "pretrain")
 
 
 def arm_row(label: str, experiment: Experiment) -> dict:
-    row = experiment.row()
-    pretrained = from_pipeline_pretraining(row.get("finetune.init"), row.get("finetune.backbone"))
-    # what the arm needed: a scratch or mimetic arm does not need the fractals and pre-training that DVC
-    # ran or restored beside it
-    needed = [
-        v
-        for k, v in row.items()
-        if k.startswith("wall_")
-        and k != "wall_total_s"
-        and v is not None
-        and (pretrained or k[5:-2] not in PRETRAINING)
-    ]
+    row = experiment.row()  # its walls and cost: only what the arm needed (sources.needed)
     return {
         "arm": label,
         "experiment": experiment.name,
         "init": row.get("finetune.init"),
         **{key: row.get(key) for key in ARM_COLUMNS if key != "cost_s"},
-        "cost_s": sum(needed) if needed else None,
+        "cost_s": row["wall_total_s"],
         "test_images": experiment.metrics("evaluate").get("num_images"),
     }
 

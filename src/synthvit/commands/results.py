@@ -37,8 +37,8 @@ from synthvit.commands.benchmarks import quoted
 from synthvit.commands.compare import log_comparison
 from synthvit.commands.recipe import as_argument
 from synthvit.commands.reporting import figures, tables
-from synthvit.commands.reporting.sources import TRAINING_STAGES, Experiment, locked_row, pipeline_stages
-from synthvit.config import committed_params, parse_params, read_yaml
+from synthvit.commands.reporting.sources import TRAINING_STAGES, Experiment, locked_row, needed, pipeline_stages
+from synthvit.config import MISSING, committed_params, parse_params, read_yaml
 from synthvit.errors import UserError
 from synthvit.evaluation import plots
 from synthvit.files import history_path, metrics_path, timing_path, write_csv, write_text
@@ -52,11 +52,10 @@ MARKER = re.compile(r"(<!-- results (?P<group>[\w./-]+) -->\n)(?P<body>.*?)(<!--
 # ---- locking ------------------------------------------------------------------------
 
 
-def rerun_command(name: str, params: dict) -> str:
-    """The `dvc exp run` that gives these params on top of the committed params.yaml."""
-    base = flatten(committed_params())
-    changed = {k: v for k, v in flatten(params).items() if base.get(k) != v}
-    return " ".join(["dvc exp run -n", shlex.quote(name), *(as_argument(k, v, quote=True) for k, v in changed.items())])
+def overrides(params: dict, base: dict) -> list[str]:
+    """The `-S key=value` arguments (quoted for a shell) that give the flat `params` on top of the nested `base`."""
+    base = flatten(base)
+    return [as_argument(key, value, quote=True) for key, value in params.items() if base.get(key, MISSING) != value]
 
 
 def lock(experiment: Experiment, folder: Path, row: str, force: bool = False) -> Path:
@@ -68,7 +67,8 @@ def lock(experiment: Experiment, folder: Path, row: str, force: bool = False) ->
         )
     if folder.exists() and not force:
         raise UserError(f"{folder} exists: results are locked once; choose another name, or --force to replace it")
-    stages = [stage for stage in pipeline_stages() if experiment.ran(stage)]
+    params = flatten(experiment.params)
+    stages = [stage for stage in pipeline_stages() if experiment.ran(stage) and needed(stage, params)]
     timings = {stage: experiment.timing(stage) for stage in stages}
     machines = [t["machine"] for t in timings.values() if t.get("machine")]
     walls = {stage: t["wall_seconds"] for stage, t in timings.items() if "wall_seconds" in t}
@@ -79,7 +79,7 @@ def lock(experiment: Experiment, folder: Path, row: str, force: bool = False) ->
         "locked": datetime.date.today().isoformat(),
         "row": row,
         "seed": experiment.param("seed") if seed is None else seed,
-        "command": rerun_command(experiment.name, experiment.params),
+        "command": " ".join(["dvc exp run -n", shlex.quote(experiment.name), *overrides(params, committed_params())]),
         "machine": machines[-1] if machines else None,
         "wall_seconds": {**walls, "total": round(sum(walls.values()), 2)} if walls else None,
     }
@@ -202,36 +202,18 @@ def group_table(group: str) -> pd.DataFrame:
     return table
 
 
-def with_interval(rows: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """Per row: x (pre-training image-steps), init, labels, and the mean with its 95% interval over seeds."""
-    summary = []
-    for row, group in rows.groupby("row", sort=False):
-        first = group.iloc[0]
-        mean, low, high = tables.mean_interval(group[metric].astype(float))
-        labels = first["params.pretrain.labels"]
-        summary.append(
-            {
-                "row": row,
-                "x": first["pretrain_image_steps"],
-                "init": first["params.finetune.init"],
-                "labels": labels,
-                "mean": mean,
-                "low": low,
-                "high": high,
-            }
-        )
-    return pd.DataFrame(summary)
-
-
 def budget_figure(group: str):
     """The group's accuracy against pre-training image-steps (fractal categories and shuffled labels as
-    points), and its arms without pre-training (scratch, mimetic) as bands."""
+    points), and its arms without pre-training (scratch, mimetic) as bands: each row's mean and 95% interval."""
     spec, rows = group_rows(group)
-    summary = with_interval(rows, spec.get("metric", "test_top1"))
+    by_row = rows.groupby("row", sort=False)
+    summary = by_row[["pretrain_image_steps", "params.finetune.init", "params.pretrain.labels"]].first()
+    summary.columns = ["x", "init", "labels"]
+    scores = by_row[spec.get("metric", "test_top1")]
+    summary[["mean", "low", "high"]] = [tables.mean_interval(values.astype(float)) for _, values in scores]
     pretrained = summary["init"] == "pretrained"
-    points = summary[pretrained].assign(
-        label=summary["labels"].map({"categories": "fractal pre-training", "shuffled": "shuffled labels"})
-    )
+    labels = {"categories": "fractal pre-training", "shuffled": "shuffled labels"}
+    points = summary[pretrained].assign(label=summary["labels"].map(labels))
     bands = summary[~pretrained].assign(label=summary["init"])
     return figures.budget_figure(points, bands, spec.get("title", group))
 
@@ -325,16 +307,16 @@ def check(args) -> int:
     # `dvc exp run` starts from the workspace's params.yaml (whatever ran last): set every recorded param that
     # differs, but an option this version removed (e.g. pretrain.momentum, which AdamW never read).
     recorded_params = flatten(read_yaml(folder / "params.yaml") or {})
-    workspace = flatten(read_yaml(Path("params.yaml")) or {}) if Path("params.yaml").is_file() else {}
     known = flatten(parse_params({}).model_dump())
     if removed := sorted(set(recorded_params) - set(known)):
         print(f"left out {', '.join(removed)}: recorded, but no longer options of this version")
-    changed = {k: v for k, v in recorded_params.items() if k in known and workspace.get(k, object()) != v}
-    overrides = [part for k, v in changed.items() for part in ("-S", shlex.split(as_argument(k, v, quote=True))[1])]
+    workspace = read_yaml(Path("params.yaml")) or {} if Path("params.yaml").is_file() else {}
+    kept = {key: value for key, value in recorded_params.items() if key in known}
+    arguments = shlex.split(" ".join(overrides(kept, workspace)))
     # trained again (--force), not restored from this repository's run cache; --pull: from the remote
     command = [sys.executable, "-m", "dvc", "exp", "run", "--temp", "-n", name, "--pull" if args.pull else "--force"]
-    print("running:", shlex.join(command[2:] + overrides), flush=True)
-    if subprocess.run(command + overrides).returncode != 0:
+    print("running:", shlex.join(command[2:] + arguments), flush=True)
+    if subprocess.run(command + arguments).returncode != 0:
         raise UserError(f"the re-run of {args.run} failed (above); nothing was compared")
     spec, rows = group_rows(folder.parent.name)
     metric = spec.get("metric", "test_top1")

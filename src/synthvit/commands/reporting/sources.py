@@ -34,6 +34,7 @@ from synthvit.tracking.store import PIPELINE_TAG, use_store
 from synthvit.tracking.summary import flatten
 
 TRAINING_STAGES = ("pretrain", "finetune")
+PRETRAINING = ("generate_synthetic", "pretrain")  # the stages only a model fine-tuned from them needed
 # column: (stage, key in metrics/<stage>.json). MLflow holds a training stage's as final_<key>.
 RESULTS = {
     "test_top1": ("evaluate", "top1"),
@@ -52,14 +53,18 @@ def pipeline_stages() -> list[str]:
     return list((read_yaml(path) or {}).get("stages", {})) if path.is_file() else []
 
 
-def result_columns(metric, params: dict, walls: dict) -> dict:
-    """The RESULTS columns from `metric(stage, key)`, the wall seconds per stage, their total and the
-    training rates. Pre-training's results only for a model that started from it."""
+def needed(stage: str, params: dict) -> bool:
+    """Whether a run (flat `params`) needed the stage: a scratch, mimetic or ImageNet arm did not need the
+    fractals and pre-training that DVC ran or restored beside it (files.from_pipeline_pretraining)."""
     pretrained = from_pipeline_pretraining(params.get("finetune.init"), params.get("finetune.backbone"))
-    row = {
-        column: metric(stage, key) if pretrained or stage != "pretrain" else None
-        for column, (stage, key) in RESULTS.items()
-    }
+    return pretrained or stage not in PRETRAINING
+
+
+def result_columns(metric, params: dict, walls: dict) -> dict:
+    """The RESULTS columns from `metric(stage, key)`, the wall seconds per stage and their total: only of
+    the stages the run needed."""
+    row = {column: metric(stage, key) if needed(stage, params) else None for column, (stage, key) in RESULTS.items()}
+    walls = {stage: seconds for stage, seconds in walls.items() if needed(stage, params)}
     # fine-tuning's held-out score: a validation split, or (data.val_fraction 0) the test curve's subset
     held_out = "val_top1" if float(params.get("data.val_fraction") or 0) else "curve_top1"
     row[held_out] = row.pop("eval_top1")

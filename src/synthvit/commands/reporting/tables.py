@@ -136,6 +136,8 @@ def cell(column: str, value, percent: bool) -> str:
         return f"{value:.1f}"
     if name.endswith(("_s", " s", "seconds")):
         return f"{value:.0f}"
+    if isinstance(value, float) and value.is_integer():  # a count, e.g. a mean of parameter counts
+        return str(int(value))
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
