@@ -77,9 +77,9 @@ def claim_output_dir(folder: Path, names: tuple[str, ...], force: bool) -> None:
     write_text(folder / MARKER, "Files here are written by `synthvit compare`, which replaces them on each run.\n")
 
 
-def log_comparison(paths: list[Path], name: str, metrics: dict | None = None, params: dict | None = None) -> str:
+def log_comparison(paths: list[Path], name: str, metrics: dict | None = None, params: dict | None = None):
     """One MLflow run holding a comparison: its files at the top of the artifacts (MLflow's compare view
-    shows only those), its differences as metrics. Returns the run's id."""
+    shows only those), its differences as metrics. Returns the run's info (run_id, experiment_id)."""
     uri = tracking_uri()
     client = open_client(uri)
     experiment_id = get_experiment_id(client, uri, default_experiment())
@@ -93,7 +93,7 @@ def log_comparison(paths: list[Path], name: str, metrics: dict | None = None, pa
     for path in paths:
         client.log_artifact(run_id, str(path))
     client.set_terminated(run_id, "FINISHED")
-    return run_id
+    return run.info
 
 
 def run(args) -> int:
@@ -138,7 +138,7 @@ def run(args) -> int:
     print(tables.fit_width(table))
     print(f"\nwrote {', '.join(str(p) for p in paths)}")
     if args.log:
-        print(f"logged to MLflow run {log_comparison(paths, args.names or 'all')}")
+        print(f"logged to MLflow run {log_comparison(paths, args.names or 'all').run_id}")
     return 0
 
 
@@ -170,20 +170,11 @@ def arm_row(label: str, experiment: Experiment) -> dict:
 def arms_table(rows: list[dict]) -> pd.DataFrame:
     """One row per arm, then the first arm minus each other (`A - B`, `A - C`)."""
     table = pd.DataFrame(rows)
-    first = table.iloc[0]
-    differences = [
-        {
-            "arm": f"{first['arm']} - {other['arm']}",
-            "experiment": "",
-            "init": "",
-            **{
-                key: first[key] - other[key] if pd.notna(first[key]) and pd.notna(other[key]) else None
-                for key in ARM_COLUMNS
-            },
-        }
-        for _, other in table.iloc[1:].iterrows()
-    ]
-    return pd.concat([table, pd.DataFrame(differences)], ignore_index=True)
+    numbers = table[list(ARM_COLUMNS)].astype(float)  # a missing value (None) as NaN: its difference is NaN too
+    differences = (numbers.iloc[0] - numbers.iloc[1:]).assign(
+        arm=[f"{table['arm'][0]} - {other}" for other in table["arm"][1:]], experiment="", init=""
+    )
+    return pd.concat([table, differences], ignore_index=True)
 
 
 def display(table: pd.DataFrame) -> pd.DataFrame:
@@ -223,12 +214,10 @@ def compare_arms(args) -> int:
         differences = table[table["arm"].str.contains(" - ")]
         metrics = {f"{key} {row['arm']}": row[key] for _, row in differences.iterrows() for key in ARM_COLUMNS}
         params = {f"arm.{label}": f"{e.name} ({e.param('finetune.init')})" for label, e in arms}
-        run_id = log_comparison(paths, title, metrics, params)
-        uri = tracking_uri()
-        experiment_id = get_experiment_id(open_client(uri), uri, default_experiment())
+        run, uri = log_comparison(paths, title, metrics, params), tracking_uri()
         serve = "" if uri.startswith(("http://", "https://")) else f"mlflow ui --backend-store-uri {uri}, then open "
         print(
-            f"MLflow: run {run_id} holds this comparison (its differences as metrics); "
-            f"{serve}{summary.ui_url(uri, experiment_id)}"
+            f"MLflow: run {run.run_id} holds this comparison (its differences as metrics); "
+            f"{serve}{summary.ui_url(uri, run.experiment_id)}"
         )
     return 0

@@ -283,7 +283,7 @@ def show(args) -> int:
             for _, d in tables.paired(rows, metric, against).iterrows()
             for key, suffix in (("mean", ""), ("low", " low"), ("high", " high"))
         }
-        print(f"logged to MLflow run {log_comparison(paths, args.group, metrics)}")
+        print(f"logged to MLflow run {log_comparison(paths, args.group, metrics).run_id}")
     return 0
 
 

@@ -187,11 +187,9 @@ class Experiment:
 
 def dvc_rows(show: list) -> pd.DataFrame:
     """One row per experiment of `dvc exp show --json`, plus baseline commits that have test metrics
-    (the workspace holds whatever ran last: left out)."""
+    (the workspace holds whatever ran last: left out). The params are params.yaml's (dvc.yaml names no other)."""
     rows = []
-    for baseline in show:
-        if baseline["rev"] == "workspace":
-            continue
+    for baseline in (b for b in show if b["rev"] != "workspace"):
         entries = [(baseline, "success")] + [
             (rev, (experiment.get("executor") or {}).get("state", "success"))  # no executor: ran here and saved
             for experiment in baseline.get("experiments") or []
@@ -199,11 +197,7 @@ def dvc_rows(show: list) -> pd.DataFrame:
         ]
         for rev, state in entries:
             data = rev.get("data") or {}
-            params = {
-                f"{'' if file == 'params.yaml' else f'{file}:'}{key}": value
-                for file, content in (data.get("params") or {}).items()
-                for key, value in flatten(content.get("data") or {}).items()
-            }
+            params = flatten(((data.get("params") or {}).get("params.yaml") or {}).get("data") or {})
             metrics = {path: content.get("data") or {} for path, content in (data.get("metrics") or {}).items()}
             row = Experiment(rev.get("name") or rev["rev"][:7], rev["rev"]).row(
                 state,
