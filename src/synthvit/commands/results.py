@@ -113,11 +113,9 @@ def group_rows(group: str, allow_empty: bool = False) -> tuple[dict, pd.DataFram
     if not runs:
         raise UserError(f"results/{group} holds no locked runs: `synthvit results lock EXPERIMENT --as {group}/NAME`")
     rows = pd.DataFrame([locked_row(run) for run in runs])
-    classes, per_class, epochs = (
-        pd.to_numeric(rows.get(f"params.{key}"), errors="coerce")
-        for key in ("synthetic.num_classes", "synthetic.instances_per_class", "pretrain.epochs")
-    )  # every epoch draws num_classes x instances_per_class images
-    steps = classes * per_class * epochs
+    # every epoch draws num_classes x instances_per_class images
+    factors = [f"params.{key}" for key in ("synthetic.num_classes", "synthetic.instances_per_class", "pretrain.epochs")]
+    steps = rows.reindex(columns=factors).apply(pd.to_numeric, errors="coerce").prod(axis=1, min_count=len(factors))
     return spec, rows.assign(pretrain_image_steps=steps.where(rows["pretrain_train_acc"].notna()))
 
 

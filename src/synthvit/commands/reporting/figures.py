@@ -50,19 +50,12 @@ def seed_plot(table: pd.DataFrame, x_axis: str, title: str):
         ax.set(xlabel=X_AXES["pretrain"][1], ylabel="test top-1 (mean ± sd over seeds)")
     else:
         positions = list(range(len(table)))
-        ax.barh(positions, mean, xerr=sd, capsize=4, color="tab:blue", alpha=0.8)
+        bars = ax.barh(positions, mean, xerr=sd, capsize=4, color="tab:blue", alpha=0.8)
+        ax.bar_label(bars, [f"{100 * m:.1f} ± {100 * d:.1f}" for m, d in zip(mean, sd)], padding=4, fontsize=8)
         ax.set_yticks(positions, table["row"])
         ax.invert_yaxis()
         low = max(0.0, float((mean - sd).min()) - 0.05)
         ax.set(xlabel="test top-1 (mean ± sd over seeds)", xlim=(low, min(1.0, float((mean + sd).max()) + 0.03)))
-        for position, (m, d) in enumerate(zip(mean, sd)):
-            ax.annotate(
-                f"{100 * m:.1f} ± {100 * d:.1f}",
-                (m + d, position),
-                textcoords="offset points",
-                xytext=(4, -3),
-                fontsize=8,
-            )
     ax.set_title(title)
     ax.grid(alpha=0.3)
     return fig
