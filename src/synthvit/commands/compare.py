@@ -66,15 +66,27 @@ def default_experiment() -> str:
     return load_params().tracking.experiment_name if Path("params.yaml").is_file() else "synthvit"
 
 
-def claim_output_dir(folder: Path, names: tuple[str, ...], force: bool) -> None:
-    """Refuse to replace same-named files this command did not write; then mark the folder as its own."""
-    existing = [name for name in names if (folder / name).exists()]
+def claim_output_dir(folder: Path, stem: str, force: bool) -> None:
+    """Refuse to replace same-named files (`stem`.csv, .md, .png) this command did not write; then mark the
+    folder as its own."""
+    existing = [name for name in (f"{stem}.csv", f"{stem}.md", f"{stem}.png") if (folder / name).exists()]
     if existing and not (folder / MARKER).is_file() and not force:
         raise UserError(
             f"{folder} holds {', '.join(existing)} not written by synthvit compare: "
             "choose another --output-dir, or --force to replace them"
         )
     write_text(folder / MARKER, "Files here are written by `synthvit compare`, which replaces them on each run.\n")
+
+
+def write_outputs(folder: Path, stem: str, table: pd.DataFrame, document: str, figure) -> list[Path]:
+    """The table, its Markdown document and its figure as `stem`.csv, .md and .png; says where they went."""
+    paths = [
+        write_csv(folder / f"{stem}.csv", table),
+        write_text(folder / f"{stem}.md", document),
+        plots.save(figure, folder / f"{stem}.png"),
+    ]
+    print(f"\nwrote {', '.join(str(p) for p in paths)}")
+    return paths
 
 
 def log_comparison(paths: list[Path], name: str, metrics: dict | None = None, params: dict | None = None):
@@ -101,7 +113,7 @@ def run(args) -> int:
         return compare_arms(args)
     if args.last is not None and args.last < 1:
         raise UserError(f"--last {args.last} is invalid: give a number of runs >= 1")
-    claim_output_dir(args.output_dir, ("comparison.csv", "comparison.md", "comparison.png"), args.force)
+    claim_output_dir(args.output_dir, "comparison", args.force)
     if args.source == "dvc":
         if args.filter or args.experiment:
             raise UserError("--filter and --experiment select MLflow runs; with --source dvc leave them out")
@@ -124,19 +136,13 @@ def run(args) -> int:
         figure = figures.seed_plot(table, args.x, f"Test top-1 over seeds{budget}")
     else:
         figure = figures.accuracy_plot(table, args.x, f"Test top-1 against {figures.X_AXES[args.x][1]}")
-    folder = args.output_dir
     markdown = tables.markdown_table(table, percent=args.over_seeds)
-    paths = [
-        write_csv(folder / "comparison.csv", table),
-        write_text(
-            folder / "comparison.md",
-            f"# Experiment comparison\n\n{len(table)} runs from {where}. "
-            f"test_top1: evaluate stage; wall: {walls}.\n\n{markdown}\n\n![accuracy](comparison.png)\n",
-        ),
-        plots.save(figure, folder / "comparison.png"),
-    ]
+    document = (
+        f"# Experiment comparison\n\n{len(table)} runs from {where}. "
+        f"test_top1: evaluate stage; wall: {walls}.\n\n{markdown}\n\n![accuracy](comparison.png)\n"
+    )
     print(tables.fit_width(table))
-    print(f"\nwrote {', '.join(str(p) for p in paths)}")
+    paths = write_outputs(args.output_dir, "comparison", table, document, figure)
     if args.log:
         print(f"logged to MLflow run {log_comparison(paths, args.names or 'all').run_id}")
     return 0
@@ -192,23 +198,16 @@ def compare_arms(args) -> int:
         raise UserError(f"--arms needs two or more different experiments, got {' '.join(names)}")
     if args.source == "dvc" or args.filter or args.last or args.all:
         raise UserError("--arms names its experiments: leave out --source, --filter, --last and --all")
-    folder = args.output_dir
-    claim_output_dir(folder, ("arms.csv", "arms.md", "arms.png"), args.force)
+    claim_output_dir(args.output_dir, "arms", args.force)
     revs = experiment_revs()
     arms = [(chr(ord("A") + i), Experiment.named(name, revs)) for i, name in enumerate(names)]
     table = arms_table([arm_row(label, experiment) for label, experiment in arms])
-    markdown = tables.markdown_table(display(table), percent=True)
     title = " against ".join(names)
-    paths = [
-        write_csv(folder / "arms.csv", table),
-        write_text(
-            folder / "arms.md", f"# {title}\n\n{markdown}\n\n{legend(table)}\n\n![accuracy per epoch](arms.png)\n"
-        ),
-        plots.save(figures.arms_figure(arms, table), folder / "arms.png"),
-    ]
+    markdown = tables.markdown_table(display(table), percent=True)
+    document = f"# {title}\n\n{markdown}\n\n{legend(table)}\n\n![accuracy per epoch](arms.png)\n"
     print(tables.fit_width(display(table)))
     print(legend(table))
-    print(f"\nwrote {', '.join(str(p) for p in paths)}")
+    paths = write_outputs(args.output_dir, "arms", table, document, figures.arms_figure(arms, table))
     db = sqlite_path(tracking_uri())
     if db is None or db.is_file():  # a store the pipeline wrote to: the comparison is one run in it
         differences = table[table["arm"].str.contains(" - ")]

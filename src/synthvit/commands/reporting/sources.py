@@ -92,10 +92,10 @@ def dvc_exp_show() -> list:
     return json.loads(result.stdout)
 
 
-def experiment_revs(show: list | None = None) -> dict[str, str]:
+def experiment_revs() -> dict[str, str]:
     """{experiment name: its commit} of the experiments DVC shows (the current baseline's)."""
     revs = {}
-    for baseline in dvc_exp_show() if show is None else show:
+    for baseline in dvc_exp_show():
         for experiment in baseline.get("experiments") or []:
             revs.update({rev["name"]: rev["rev"] for rev in experiment["revs"] if rev.get("name")})
     return revs
