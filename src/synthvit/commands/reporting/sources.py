@@ -60,9 +60,9 @@ def needed(stage: str, params: dict) -> bool:
     return pretrained or stage not in PRETRAINING
 
 
-def result_columns(metric, params: dict, walls: dict) -> dict:
-    """The RESULTS columns from `metric(stage, key)`, the wall seconds per stage and their total: only of
-    the stages the run needed."""
+def result_columns(metric, params: dict, walls: dict, rates: dict | None = None) -> dict:
+    """The RESULTS columns from `metric(stage, key)`, the wall seconds per stage and their total, the
+    training rates (`rates`: images/s per stage): only of the stages the run needed."""
     row = {column: metric(stage, key) if needed(stage, params) else None for column, (stage, key) in RESULTS.items()}
     walls = {stage: seconds for stage, seconds in walls.items() if needed(stage, params)}
     # fine-tuning's held-out score: a validation split, or (data.val_fraction 0) the test curve's subset
@@ -73,6 +73,7 @@ def result_columns(metric, params: dict, walls: dict) -> dict:
         **row,
         **{f"wall_{stage}_s": seconds for stage, seconds in walls.items()},
         "wall_total_s": sum(known) if known else None,
+        **{f"{stage}_img_per_s": rate if needed(stage, params) else None for stage, rate in (rates or {}).items()},
     }
 
 
@@ -173,6 +174,7 @@ class Experiment:
         metric = metric or (lambda stage, key: self.metrics(stage).get(key))
         timings = {stage: self.timing(stage) for stage in pipeline_stages()} if status == "success" else {}
         walls = {stage: t.get("wall_seconds") for stage, t in timings.items() if t}
+        rates = {stage: timings.get(stage, {}).get("train_images_per_s") for stage in TRAINING_STAGES}
         return {
             "name": self.name,
             "id": self.rev,
@@ -180,8 +182,7 @@ class Experiment:
             "status": status,
             # As text, the way MLflow logs params: both sources read alike (a null depth stays "None").
             **{key: str(value) for key, value in params.items()},
-            **result_columns(metric, params, walls),
-            **{f"{s}_img_per_s": timings.get(s, {}).get("train_images_per_s") for s in TRAINING_STAGES},
+            **result_columns(metric, params, walls, rates),
         }
 
 
@@ -272,9 +273,8 @@ def mlflow_row(parent: pd.Series, stage_runs: pd.DataFrame) -> dict:
         "started": parent["start_time"],
         "status": parent["status"],
         **{k: v for k, v in params.items() if k not in RUN_FACTS},
-        **result_columns(metric, params, walls),
+        **result_columns(metric, params, walls, {s: metric(s, "train_images_per_s") for s in TRAINING_STAGES}),
         "wall_total_s": seconds(parent),  # first stage start to last stage end: start-up included
-        **{f"{s}_img_per_s": metric(s, "train_images_per_s") for s in TRAINING_STAGES},
     }
 
 
