@@ -106,7 +106,7 @@ def group_rows(group: str, allow_empty: bool = False) -> tuple[dict, pd.DataFram
     if not (folder / "group.yaml").is_file():
         known = ", ".join(sorted(p.parent.name for p in RESULTS.glob("*/group.yaml"))) or "none"
         raise UserError(f"no results group {group!r} (results/{group}/group.yaml); groups: {known}")
-    spec = read_yaml(folder / "group.yaml") or {}
+    spec = {"metric": "test_top1", **(read_yaml(folder / "group.yaml") or {})}
     runs = sorted(p.parent for p in folder.glob("*/run.yaml"))
     if not runs and (allow_empty or "claims" in spec):
         return spec, pd.DataFrame(columns=["row", "seed"])
@@ -135,36 +135,24 @@ def claim_row(claim: dict, rows: pd.DataFrame, metric: str) -> dict:
     ours, verdict = "", f"needs {claim['needs']}" if "needs" in claim else ""
     pair = claim.get("better") or claim.get("compare")
     named = [claim["row"]] if "row" in claim else pair or []
-    ran = rows["row"].isin(named).any()
-
-    def scores(row: str) -> pd.Series:
-        return rows[rows["row"] == row][metric].astype(float)
-
-    def mean_sd(row: str) -> str:
-        spread = f" ± {100 * scores(row).std():.2f}%" if scores(row).nunique() > 1 else ""
-        return tables.cell(metric, scores(row).mean(), True) + spread
-
-    if "absolute" in claim and ran:
-        ours = mean_sd(claim["row"])
-        gap = scores(claim["row"]).mean() - claim["absolute"]
-        below = f"not reproduced: {-100 * gap:.1f} points below"
-        verdict = f"reproduced ({100 * gap:+.1f} points)" if gap >= -0.02 else below
-    if pair and ran:
-        difference = tables.paired(rows[rows["row"].isin(pair)], metric, pair[1]).iloc[0]
-        ours = (
-            f"{pair[0]} {mean_sd(pair[0])}, {pair[1]} {mean_sd(pair[1])}; difference "
-            f"{interval(difference['mean'], difference['low'], difference['high'])}"
-        )
-        if "better" in claim:
-            verdict = (
-                "reproduced"
-                if difference["low"] > 0
-                else "not reproduced: the other way"
-                if difference["high"] < 0
-                else "not shown: the 95% interval holds 0"
+    if rows["row"].isin(named).any():
+        seeds = tables.over_seeds(rows, "row", [metric]).set_index("row")
+        mean_sd = tables.shown(seeds, percent=True)[metric]  # per row: 46.00% ± 0.50%
+        if "absolute" in claim:
+            ours = mean_sd[claim["row"]]
+            gap = seeds.loc[claim["row"], f"{metric} mean"] - claim["absolute"]
+            below = f"not reproduced: {-100 * gap:.1f} points below"
+            verdict = f"reproduced ({100 * gap:+.1f} points)" if gap >= -0.02 else below
+        if pair:
+            difference = tables.paired(rows[rows["row"].isin(pair)], metric, pair[1]).iloc[0]
+            ours = (
+                f"{pair[0]} {mean_sd.get(pair[0], '')}, {pair[1]} {mean_sd.get(pair[1], '')}; difference "
+                f"{interval(difference['mean'], difference['low'], difference['high'])}"
             )
-        else:
             verdict = "measured (no direction claimed)"
+            if "better" in claim:
+                verdict = "reproduced" if difference["low"] > 0 else "not shown: the 95% interval holds 0"
+                verdict = "not reproduced: the other way" if difference["high"] < 0 else verdict
     if verdict.startswith("not") and claim.get("differs"):
         verdict += f" ({claim['differs']})"
     return {
@@ -181,7 +169,7 @@ def group_table(group: str) -> pd.DataFrame:
     apart; for each `paired` row, every row's mean difference from it with its 95% interval (points).
     A ledger (`claims`): one line per claim (claim_row)."""
     spec, rows = group_rows(group)
-    metric = spec.get("metric", "test_top1")
+    metric = spec["metric"]
     if "claims" in spec:
         return pd.DataFrame([claim_row(claim, rows, metric) for claim in spec["claims"]])
     table = tables.over_seeds(rows, "row", [metric, *spec.get("also", [])], order=spec.get("rows"))
@@ -207,7 +195,7 @@ def budget_figure(group: str):
     by_row = rows.groupby("row", sort=False)
     summary = by_row[["pretrain_image_steps", "params.finetune.init", "params.pretrain.labels"]].first()
     summary.columns = ["x", "init", "labels"]
-    scores = by_row[spec.get("metric", "test_top1")]
+    scores = by_row[spec["metric"]]
     summary[["mean", "low", "high"]] = [tables.mean_interval(values.astype(float)) for _, values in scores]
     pretrained = summary["init"] == "pretrained"
     labels = {"categories": "fractal pre-training", "shuffled": "shuffled labels"}
@@ -274,7 +262,7 @@ def show(args) -> int:
         paths = [write_csv(folder / "table.csv", table), write_text(folder / "table.md", document_table(args.group))]
         if spec.get("figure") == "budget":
             paths.append(plots.save(budget_figure(args.group), folder / "budget.png"))
-        metric = spec.get("metric", "test_top1")
+        metric = spec["metric"]
         metrics = {
             f"{metric} {d.row} - {against}{suffix}": d[key]
             for against in spec.get("paired", [])
@@ -317,7 +305,7 @@ def check(args) -> int:
     if subprocess.run(command + arguments).returncode != 0:
         raise UserError(f"the re-run of {args.run} failed (above); nothing was compared")
     spec, rows = group_rows(folder.parent.name)
-    metric = spec.get("metric", "test_top1")
+    metric = spec["metric"]
     again = Experiment.named(name).row()[metric]
     recorded = locked_row(folder)[metric]
     same_row = rows[rows["row"] == read_yaml(folder / "run.yaml")["row"]][metric].astype(float)
