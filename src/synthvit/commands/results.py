@@ -72,13 +72,12 @@ def lock(experiment: Experiment, folder: Path, row: str, force: bool = False) ->
     timings = {stage: experiment.timing(stage) for stage in stages}
     machines = [t["machine"] for t in timings.values() if t.get("machine")]
     walls = {stage: t["wall_seconds"] for stage, t in timings.items() if "wall_seconds" in t}
-    seed = experiment.param("finetune.seed")  # the seed that pairs arms: fine-tuning's own when set
     run = {
         "experiment": experiment.name,
         "commit": experiment.rev,
         "locked": datetime.date.today().isoformat(),
         "row": row,
-        "seed": experiment.param("seed") if seed is None else seed,
+        "seed": experiment.param("finetune.seed", experiment.param("seed")),  # pairs arms: fine-tuning's own if set
         "command": " ".join(["dvc exp run -n", shlex.quote(experiment.name), *overrides(params, committed_params())]),
         "machine": machines[-1] if machines else None,
         "wall_seconds": {**walls, "total": round(sum(walls.values()), 2)} if walls else None,

@@ -255,18 +255,16 @@ RUN_FACTS = {"model.num_parameters", "data.train_images", "data.num_classes"}
 
 def mlflow_row(parent: pd.Series, stage_runs: pd.DataFrame) -> dict:
     by_stage = {run["tags.mlflow.runName"]: run for _, run in stage_runs.sort_values("start_time").iterrows()}
-    order = pipeline_stages() or list(by_stage)
-    params = {}
-    for stage in (s for s in order if s in by_stage):  # pipeline order: finetune's data.* win over pretrain's
-        run = by_stage[stage]
-        params.update({k[7:]: v for k, v in run.items() if k.startswith("params.") and pd.notna(v)})
+    stages = [stage for stage in pipeline_stages() or list(by_stage) if stage in by_stage]
+    # in pipeline order: finetune's data.* win over pretrain's
+    params = {k[7:]: v for s in stages for k, v in by_stage[s].items() if k.startswith("params.") and pd.notna(v)}
 
     def metric(stage: str, key: str):
         name = f"metrics.{'final_' if stage in TRAINING_STAGES else ''}{key}"
         value = by_stage[stage].get(name) if stage in by_stage else None
         return None if value is None or pd.isna(value) else value
 
-    walls = {stage: seconds(by_stage[stage]) for stage in order if stage in by_stage}
+    walls = {stage: seconds(by_stage[stage]) for stage in stages}
     return {
         "name": parent.get("tags.dvc.exp_name") or parent.get("tags.mlflow.runName"),
         "id": parent["run_id"],
