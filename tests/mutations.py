@@ -66,8 +66,8 @@ MUTATIONS = [
         "difference-reversed",
         "the table's differences are the other arm minus the first",
         "src/synthvit/commands/compare.py",
-        "key: first[key] - other[key] if pd.notna(first[key])",
-        "key: other[key] - first[key] if pd.notna(first[key])",
+        "differences = (numbers.iloc[0] - numbers.iloc[1:])",
+        "differences = (numbers.iloc[1:] - numbers.iloc[0])",
         ["tests/unit/test_compare_arms.py"],
     ),
     Mutation(

@@ -35,7 +35,7 @@ from synthvit.commands.reporting.sources import Experiment, dvc_exp_show, dvc_ro
 from synthvit.config import load_params
 from synthvit.errors import UserError
 from synthvit.evaluation import plots
-from synthvit.files import from_pipeline_pretraining, write_csv, write_text
+from synthvit.files import write_csv, write_text
 from synthvit.tracking import summary
 from synthvit.tracking.store import get_experiment_id, open_client, sqlite_path, tracking_uri
 
@@ -66,9 +66,10 @@ def default_experiment() -> str:
     return load_params().tracking.experiment_name if Path("params.yaml").is_file() else "synthvit"
 
 
-def claim_output_dir(folder: Path, names: tuple[str, ...], force: bool) -> None:
-    """Refuse to replace same-named files this command did not write; then mark the folder as its own."""
-    existing = [name for name in names if (folder / name).exists()]
+def claim_output_dir(folder: Path, stem: str, force: bool) -> None:
+    """Refuse to replace same-named files (`stem`.csv, .md, .png) this command did not write; then mark the
+    folder as its own."""
+    existing = [name for name in (f"{stem}.csv", f"{stem}.md", f"{stem}.png") if (folder / name).exists()]
     if existing and not (folder / MARKER).is_file() and not force:
         raise UserError(
             f"{folder} holds {', '.join(existing)} not written by synthvit compare: "
@@ -77,9 +78,20 @@ def claim_output_dir(folder: Path, names: tuple[str, ...], force: bool) -> None:
     write_text(folder / MARKER, "Files here are written by `synthvit compare`, which replaces them on each run.\n")
 
 
-def log_comparison(paths: list[Path], name: str, metrics: dict | None = None, params: dict | None = None) -> str:
+def write_outputs(folder: Path, stem: str, table: pd.DataFrame, document: str, figure) -> list[Path]:
+    """The table, its Markdown document and its figure as `stem`.csv, .md and .png; says where they went."""
+    paths = [
+        write_csv(folder / f"{stem}.csv", table),
+        write_text(folder / f"{stem}.md", document),
+        plots.save(figure, folder / f"{stem}.png"),
+    ]
+    print(f"\nwrote {', '.join(str(p) for p in paths)}")
+    return paths
+
+
+def log_comparison(paths: list[Path], name: str, metrics: dict | None = None, params: dict | None = None):
     """One MLflow run holding a comparison: its files at the top of the artifacts (MLflow's compare view
-    shows only those), its differences as metrics. Returns the run's id."""
+    shows only those), its differences as metrics. Returns the run's info (run_id, experiment_id)."""
     uri = tracking_uri()
     client = open_client(uri)
     experiment_id = get_experiment_id(client, uri, default_experiment())
@@ -93,7 +105,7 @@ def log_comparison(paths: list[Path], name: str, metrics: dict | None = None, pa
     for path in paths:
         client.log_artifact(run_id, str(path))
     client.set_terminated(run_id, "FINISHED")
-    return run_id
+    return run.info
 
 
 def run(args) -> int:
@@ -101,7 +113,7 @@ def run(args) -> int:
         return compare_arms(args)
     if args.last is not None and args.last < 1:
         raise UserError(f"--last {args.last} is invalid: give a number of runs >= 1")
-    claim_output_dir(args.output_dir, ("comparison.csv", "comparison.md", "comparison.png"), args.force)
+    claim_output_dir(args.output_dir, "comparison", args.force)
     if args.source == "dvc":
         if args.filter or args.experiment:
             raise UserError("--filter and --experiment select MLflow runs; with --source dvc leave them out")
@@ -124,21 +136,15 @@ def run(args) -> int:
         figure = figures.seed_plot(table, args.x, f"Test top-1 over seeds{budget}")
     else:
         figure = figures.accuracy_plot(table, args.x, f"Test top-1 against {figures.X_AXES[args.x][1]}")
-    folder = args.output_dir
     markdown = tables.markdown_table(table, percent=args.over_seeds)
-    paths = [
-        write_csv(folder / "comparison.csv", table),
-        write_text(
-            folder / "comparison.md",
-            f"# Experiment comparison\n\n{len(table)} runs from {where}. "
-            f"test_top1: evaluate stage; wall: {walls}.\n\n{markdown}\n\n![accuracy](comparison.png)\n",
-        ),
-        plots.save(figure, folder / "comparison.png"),
-    ]
+    document = (
+        f"# Experiment comparison\n\n{len(table)} runs from {where}. "
+        f"test_top1: evaluate stage; wall: {walls}.\n\n{markdown}\n\n![accuracy](comparison.png)\n"
+    )
     print(tables.fit_width(table))
-    print(f"\nwrote {', '.join(str(p) for p in paths)}")
+    paths = write_outputs(args.output_dir, "comparison", table, document, figure)
     if args.log:
-        print(f"logged to MLflow run {log_comparison(paths, args.names or 'all')}")
+        print(f"logged to MLflow run {log_comparison(paths, args.names or 'all').run_id}")
     return 0
 
 
@@ -153,28 +159,16 @@ ARM_COLUMNS = {
     "wall_finetune_s": "fine-tune s",
     "cost_s": "all stages s",
 }
-PRETRAINING = ("generate_synthetic", "pretrain")
 
 
 def arm_row(label: str, experiment: Experiment) -> dict:
-    row = experiment.row()
-    pretrained = from_pipeline_pretraining(row.get("finetune.init"), row.get("finetune.backbone"))
-    # what the arm needed: a scratch or mimetic arm does not need the fractals and pre-training that DVC
-    # ran or restored beside it
-    needed = [
-        v
-        for k, v in row.items()
-        if k.startswith("wall_")
-        and k != "wall_total_s"
-        and v is not None
-        and (pretrained or k[5:-2] not in PRETRAINING)
-    ]
+    row = experiment.row()  # its walls and cost: only what the arm needed (sources.needed)
     return {
         "arm": label,
         "experiment": experiment.name,
         "init": row.get("finetune.init"),
         **{key: row.get(key) for key in ARM_COLUMNS if key != "cost_s"},
-        "cost_s": sum(needed) if needed else None,
+        "cost_s": row["wall_total_s"],
         "test_images": experiment.metrics("evaluate").get("num_images"),
     }
 
@@ -182,20 +176,11 @@ def arm_row(label: str, experiment: Experiment) -> dict:
 def arms_table(rows: list[dict]) -> pd.DataFrame:
     """One row per arm, then the first arm minus each other (`A - B`, `A - C`)."""
     table = pd.DataFrame(rows)
-    first = table.iloc[0]
-    differences = [
-        {
-            "arm": f"{first['arm']} - {other['arm']}",
-            "experiment": "",
-            "init": "",
-            **{
-                key: first[key] - other[key] if pd.notna(first[key]) and pd.notna(other[key]) else None
-                for key in ARM_COLUMNS
-            },
-        }
-        for _, other in table.iloc[1:].iterrows()
-    ]
-    return pd.concat([table, pd.DataFrame(differences)], ignore_index=True)
+    numbers = table[list(ARM_COLUMNS)].astype(float)  # a missing value (None) as NaN: its difference is NaN too
+    differences = (numbers.iloc[0] - numbers.iloc[1:]).assign(
+        arm=[f"{table['arm'][0]} - {other}" for other in table["arm"][1:]], experiment="", init=""
+    )
+    return pd.concat([table, differences], ignore_index=True)
 
 
 def display(table: pd.DataFrame) -> pd.DataFrame:
@@ -213,34 +198,25 @@ def compare_arms(args) -> int:
         raise UserError(f"--arms needs two or more different experiments, got {' '.join(names)}")
     if args.source == "dvc" or args.filter or args.last or args.all:
         raise UserError("--arms names its experiments: leave out --source, --filter, --last and --all")
-    folder = args.output_dir
-    claim_output_dir(folder, ("arms.csv", "arms.md", "arms.png"), args.force)
+    claim_output_dir(args.output_dir, "arms", args.force)
     revs = experiment_revs()
     arms = [(chr(ord("A") + i), Experiment.named(name, revs)) for i, name in enumerate(names)]
     table = arms_table([arm_row(label, experiment) for label, experiment in arms])
-    markdown = tables.markdown_table(display(table), percent=True)
     title = " against ".join(names)
-    paths = [
-        write_csv(folder / "arms.csv", table),
-        write_text(
-            folder / "arms.md", f"# {title}\n\n{markdown}\n\n{legend(table)}\n\n![accuracy per epoch](arms.png)\n"
-        ),
-        plots.save(figures.arms_figure(arms, table), folder / "arms.png"),
-    ]
+    markdown = tables.markdown_table(display(table), percent=True)
+    document = f"# {title}\n\n{markdown}\n\n{legend(table)}\n\n![accuracy per epoch](arms.png)\n"
     print(tables.fit_width(display(table)))
     print(legend(table))
-    print(f"\nwrote {', '.join(str(p) for p in paths)}")
+    paths = write_outputs(args.output_dir, "arms", table, document, figures.arms_figure(arms, table))
     db = sqlite_path(tracking_uri())
     if db is None or db.is_file():  # a store the pipeline wrote to: the comparison is one run in it
         differences = table[table["arm"].str.contains(" - ")]
         metrics = {f"{key} {row['arm']}": row[key] for _, row in differences.iterrows() for key in ARM_COLUMNS}
         params = {f"arm.{label}": f"{e.name} ({e.param('finetune.init')})" for label, e in arms}
-        run_id = log_comparison(paths, title, metrics, params)
-        uri = tracking_uri()
-        experiment_id = get_experiment_id(open_client(uri), uri, default_experiment())
+        run, uri = log_comparison(paths, title, metrics, params), tracking_uri()
         serve = "" if uri.startswith(("http://", "https://")) else f"mlflow ui --backend-store-uri {uri}, then open "
         print(
-            f"MLflow: run {run_id} holds this comparison (its differences as metrics); "
-            f"{serve}{summary.ui_url(uri, experiment_id)}"
+            f"MLflow: run {run.run_id} holds this comparison (its differences as metrics); "
+            f"{serve}{summary.ui_url(uri, run.experiment_id)}"
         )
     return 0

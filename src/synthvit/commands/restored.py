@@ -35,24 +35,25 @@ from synthvit.tracking.store import PIPELINE_TAG, get_experiment_id, open_client
 from synthvit.tracking.summary import RESTORED_TAG, flatten, used_params
 
 
-def stage_metrics(stage: str) -> dict:
-    """The numbers the stage logged at its end: final_* for training stages, the summary for evaluate."""
-    path = metrics_path(stage)
-    if not path.is_file():
-        return {}
-    summary = json.loads(path.read_text())
-    prefix = "final_" if stage in TRAINING_STAGES else ""
-    return {f"{prefix}{k}": float(v) for k, v in summary.items() if isinstance(v, (int, float))}
+def stage_metrics(stage: str, at: int) -> list[Metric]:
+    """What the stage logged: its end numbers (final_* for training stages, the summary for evaluate) and,
+    for a training stage, its per-epoch curves."""
+    path, prefix = metrics_path(stage), "final_" if stage in TRAINING_STAGES else ""
+    values = json.loads(path.read_text()) if path.is_file() else {}
+    metrics = [
+        Metric(metric_name(prefix + k), float(v), at, 0) for k, v in values.items() if isinstance(v, int | float)
+    ]
+    if stage in TRAINING_STAGES and history_path(stage).is_file():
+        curves = pd.read_csv(history_path(stage)).melt(id_vars="epoch").dropna()
+        metrics += [Metric(p.variable, float(p.value), at, int(p.epoch)) for p in curves.itertuples()]
+    return metrics
 
 
 def output_files(outs: list[dict]) -> list[Path]:
     """The stage's output files worth browsing (tables, figures, manifests); models stay in DVC."""
-    files = []
-    for out in outs:
-        path = Path(out["path"])
-        candidates = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-        files += [p for p in candidates if p.suffix in (".csv", ".png", ".json") and "images" not in p.parts]
-    return [p for p in files if p.is_file()]
+    paths = [Path(out["path"]) for out in outs]
+    files = [file for path in paths for file in (sorted(path.rglob("*")) if path.is_dir() else [path])]
+    return [p for p in files if p.is_file() and p.suffix in (".csv", ".png", ".json") and "images" not in p.parts]
 
 
 def read_lock() -> dict:
@@ -60,10 +61,8 @@ def read_lock() -> dict:
     if not lock.is_file():
         raise UserError("dvc.lock not found: restore the pipeline first (dvc exp run --pull, or dvc repro --pull)")
     stages = (yaml.safe_load(lock.read_text()) or {}).get("stages") or {}
-    missing = [
-        out["path"] for stage in stages.values() for out in stage.get("outs", []) if not Path(out["path"]).exists()
-    ]
-    if missing:
+    missing = [out["path"] for stage in stages.values() for out in stage.get("outs", [])]
+    if missing := [path for path in missing if not Path(path).exists()]:
         raise UserError(
             f"outputs named in dvc.lock are missing ({', '.join(missing[:3])}): "
             "restore them first (dvc pull, or dvc exp run --pull)"
@@ -74,8 +73,7 @@ def read_lock() -> dict:
 def record(name: str, experiment_name: str) -> str:
     """The parent run id of the restored execution recorded from this workspace."""
     stages = read_lock()
-    digest = hashlib.sha256(Path("dvc.lock").read_bytes()).hexdigest()[:16]
-    key = f"restored-{digest}"
+    key = f"restored-{hashlib.sha256(Path('dvc.lock').read_bytes()).hexdigest()[:16]}"
     uri = use_store()
     client = open_client(uri)
     experiment_id = get_experiment_id(client, uri, experiment_name)
@@ -85,41 +83,23 @@ def record(name: str, experiment_name: str) -> str:
         return found[0].info.run_id
     tags = {**run_tags("pipeline"), "dvc.exp_name": name, RESTORED_TAG: "true"}
     tags.pop("dvc.stage")
-    now = int(time.time() * 1000)
     parent = client.create_run(
         experiment_id, run_name=f"{parent_name(name)} (restored)", tags={**tags, PIPELINE_TAG: key}
     )
     order = [s for s in pipeline_stages() if s in stages] + [s for s in stages if s not in pipeline_stages()]
+    now = int(time.time() * 1000)
     for stage in order:
-        entry = stages[stage]
-        outs = entry.get("outs", [])
-        run = client.create_run(
-            experiment_id,
-            run_name=stage,
-            tags={
-                **tags,
-                "dvc.stage": stage,
-                "mlflow.parentRunId": parent.info.run_id,
-                "dvc.outs": " ".join(f"{o['path']}:{o.get('md5', '')}" for o in outs),
-            },
-        )
-        run_id = run.info.run_id
-        recorded = flatten((entry.get("params") or {}).get("params.yaml") or {})
+        outs = stages[stage].get("outs", [])
+        outputs = " ".join(f"{o['path']}:{o.get('md5', '')}" for o in outs)
+        stage_tags = {**tags, "dvc.stage": stage, "mlflow.parentRunId": parent.info.run_id, "dvc.outs": outputs}
+        run_id = client.create_run(experiment_id, run_name=stage, tags=stage_tags).info.run_id
+        recorded = flatten((stages[stage].get("params") or {}).get("params.yaml") or {})
         params = [Param(k, str(v)) for k, v in used_params(recorded).items()]
-        metrics = [Metric(metric_name(k), v, now, 0) for k, v in stage_metrics(stage).items()]
-        if stage in TRAINING_STAGES and history_path(stage).is_file():
-            history = pd.read_csv(history_path(stage))
-            metrics += [
-                Metric(column, float(value), now, int(row["epoch"]))
-                for _, row in history.iterrows()
-                for column, value in row.items()
-                if column != "epoch" and isinstance(value, (int, float)) and pd.notna(value)
-            ]
+        metrics = stage_metrics(stage, now)
         for start in range(0, max(len(params), len(metrics)), 100):  # MLflow's batch limit for params
             client.log_batch(run_id, params=params[start : start + 100], metrics=metrics[start : start + 100])
         for path in output_files(outs):
-            folder = str(path.parent) if path.parent != Path(".") else None
-            client.log_artifact(run_id, str(path), artifact_path=folder)
+            client.log_artifact(run_id, str(path), artifact_path=str(path.parent) if path.parent != Path(".") else None)
         client.set_terminated(run_id, "FINISHED")
         summary.record_stage(client, parent.info.run_id, stage, run_id)  # headline on the parent, as live runs
     client.set_terminated(parent.info.run_id, "FINISHED")

@@ -37,8 +37,8 @@ from synthvit.commands.benchmarks import quoted
 from synthvit.commands.compare import log_comparison
 from synthvit.commands.recipe import as_argument
 from synthvit.commands.reporting import figures, tables
-from synthvit.commands.reporting.sources import TRAINING_STAGES, Experiment, locked_row, pipeline_stages
-from synthvit.config import committed_params, parse_params, read_yaml
+from synthvit.commands.reporting.sources import TRAINING_STAGES, Experiment, locked_row, needed, pipeline_stages
+from synthvit.config import MISSING, committed_params, parse_params, read_yaml
 from synthvit.errors import UserError
 from synthvit.evaluation import plots
 from synthvit.files import history_path, metrics_path, timing_path, write_csv, write_text
@@ -52,11 +52,10 @@ MARKER = re.compile(r"(<!-- results (?P<group>[\w./-]+) -->\n)(?P<body>.*?)(<!--
 # ---- locking ------------------------------------------------------------------------
 
 
-def rerun_command(name: str, params: dict) -> str:
-    """The `dvc exp run` that gives these params on top of the committed params.yaml."""
-    base = flatten(committed_params())
-    changed = {k: v for k, v in flatten(params).items() if base.get(k) != v}
-    return " ".join(["dvc exp run -n", shlex.quote(name), *(as_argument(k, v, quote=True) for k, v in changed.items())])
+def overrides(params: dict, base: dict) -> list[str]:
+    """The `-S key=value` arguments (quoted for a shell) that give the flat `params` on top of the nested `base`."""
+    base = flatten(base)
+    return [as_argument(key, value, quote=True) for key, value in params.items() if base.get(key, MISSING) != value]
 
 
 def lock(experiment: Experiment, folder: Path, row: str, force: bool = False) -> Path:
@@ -68,18 +67,18 @@ def lock(experiment: Experiment, folder: Path, row: str, force: bool = False) ->
         )
     if folder.exists() and not force:
         raise UserError(f"{folder} exists: results are locked once; choose another name, or --force to replace it")
-    stages = [stage for stage in pipeline_stages() if experiment.ran(stage)]
+    params = flatten(experiment.params)
+    stages = [stage for stage in pipeline_stages() if experiment.ran(stage) and needed(stage, params)]
     timings = {stage: experiment.timing(stage) for stage in stages}
     machines = [t["machine"] for t in timings.values() if t.get("machine")]
     walls = {stage: t["wall_seconds"] for stage, t in timings.items() if "wall_seconds" in t}
-    seed = experiment.param("finetune.seed")  # the seed that pairs arms: fine-tuning's own when set
     run = {
         "experiment": experiment.name,
         "commit": experiment.rev,
         "locked": datetime.date.today().isoformat(),
         "row": row,
-        "seed": experiment.param("seed") if seed is None else seed,
-        "command": rerun_command(experiment.name, experiment.params),
+        "seed": experiment.param("finetune.seed", experiment.param("seed")),  # pairs arms: fine-tuning's own if set
+        "command": " ".join(["dvc exp run -n", shlex.quote(experiment.name), *overrides(params, committed_params())]),
         "machine": machines[-1] if machines else None,
         "wall_seconds": {**walls, "total": round(sum(walls.values()), 2)} if walls else None,
     }
@@ -106,18 +105,16 @@ def group_rows(group: str, allow_empty: bool = False) -> tuple[dict, pd.DataFram
     if not (folder / "group.yaml").is_file():
         known = ", ".join(sorted(p.parent.name for p in RESULTS.glob("*/group.yaml"))) or "none"
         raise UserError(f"no results group {group!r} (results/{group}/group.yaml); groups: {known}")
-    spec = read_yaml(folder / "group.yaml") or {}
+    spec = {"metric": "test_top1", **(read_yaml(folder / "group.yaml") or {})}
     runs = sorted(p.parent for p in folder.glob("*/run.yaml"))
     if not runs and (allow_empty or "claims" in spec):
         return spec, pd.DataFrame(columns=["row", "seed"])
     if not runs:
         raise UserError(f"results/{group} holds no locked runs: `synthvit results lock EXPERIMENT --as {group}/NAME`")
     rows = pd.DataFrame([locked_row(run) for run in runs])
-    classes, per_class, epochs = (
-        pd.to_numeric(rows.get(f"params.{key}"), errors="coerce")
-        for key in ("synthetic.num_classes", "synthetic.instances_per_class", "pretrain.epochs")
-    )  # every epoch draws num_classes x instances_per_class images
-    steps = classes * per_class * epochs
+    # every epoch draws num_classes x instances_per_class images
+    factors = [f"params.{key}" for key in ("synthetic.num_classes", "synthetic.instances_per_class", "pretrain.epochs")]
+    steps = rows.reindex(columns=factors).apply(pd.to_numeric, errors="coerce").prod(axis=1, min_count=len(factors))
     return spec, rows.assign(pretrain_image_steps=steps.where(rows["pretrain_train_acc"].notna()))
 
 
@@ -137,36 +134,24 @@ def claim_row(claim: dict, rows: pd.DataFrame, metric: str) -> dict:
     ours, verdict = "", f"needs {claim['needs']}" if "needs" in claim else ""
     pair = claim.get("better") or claim.get("compare")
     named = [claim["row"]] if "row" in claim else pair or []
-    ran = rows["row"].isin(named).any()
-
-    def scores(row: str) -> pd.Series:
-        return rows[rows["row"] == row][metric].astype(float)
-
-    def mean_sd(row: str) -> str:
-        spread = f" ± {100 * scores(row).std():.2f}%" if scores(row).nunique() > 1 else ""
-        return tables.cell(metric, scores(row).mean(), True) + spread
-
-    if "absolute" in claim and ran:
-        ours = mean_sd(claim["row"])
-        gap = scores(claim["row"]).mean() - claim["absolute"]
-        below = f"not reproduced: {-100 * gap:.1f} points below"
-        verdict = f"reproduced ({100 * gap:+.1f} points)" if gap >= -0.02 else below
-    if pair and ran:
-        difference = tables.paired(rows[rows["row"].isin(pair)], metric, pair[1]).iloc[0]
-        ours = (
-            f"{pair[0]} {mean_sd(pair[0])}, {pair[1]} {mean_sd(pair[1])}; difference "
-            f"{interval(difference['mean'], difference['low'], difference['high'])}"
-        )
-        if "better" in claim:
-            verdict = (
-                "reproduced"
-                if difference["low"] > 0
-                else "not reproduced: the other way"
-                if difference["high"] < 0
-                else "not shown: the 95% interval holds 0"
+    if rows["row"].isin(named).any():
+        seeds = tables.over_seeds(rows, "row", [metric]).set_index("row")
+        mean_sd = tables.shown(seeds, percent=True)[metric]  # per row: 46.00% ± 0.50%
+        if "absolute" in claim:
+            ours = mean_sd[claim["row"]]
+            gap = seeds.loc[claim["row"], f"{metric} mean"] - claim["absolute"]
+            below = f"not reproduced: {-100 * gap:.1f} points below"
+            verdict = f"reproduced ({100 * gap:+.1f} points)" if gap >= -0.02 else below
+        if pair:
+            difference = tables.paired(rows[rows["row"].isin(pair)], metric, pair[1]).iloc[0]
+            ours = (
+                f"{pair[0]} {mean_sd.get(pair[0], '')}, {pair[1]} {mean_sd.get(pair[1], '')}; difference "
+                f"{interval(difference['mean'], difference['low'], difference['high'])}"
             )
-        else:
             verdict = "measured (no direction claimed)"
+            if "better" in claim:
+                verdict = "reproduced" if difference["low"] > 0 else "not shown: the 95% interval holds 0"
+                verdict = "not reproduced: the other way" if difference["high"] < 0 else verdict
     if verdict.startswith("not") and claim.get("differs"):
         verdict += f" ({claim['differs']})"
     return {
@@ -183,7 +168,7 @@ def group_table(group: str) -> pd.DataFrame:
     apart; for each `paired` row, every row's mean difference from it with its 95% interval (points).
     A ledger (`claims`): one line per claim (claim_row)."""
     spec, rows = group_rows(group)
-    metric = spec.get("metric", "test_top1")
+    metric = spec["metric"]
     if "claims" in spec:
         return pd.DataFrame([claim_row(claim, rows, metric) for claim in spec["claims"]])
     table = tables.over_seeds(rows, "row", [metric, *spec.get("also", [])], order=spec.get("rows"))
@@ -202,36 +187,18 @@ def group_table(group: str) -> pd.DataFrame:
     return table
 
 
-def with_interval(rows: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """Per row: x (pre-training image-steps), init, labels, and the mean with its 95% interval over seeds."""
-    summary = []
-    for row, group in rows.groupby("row", sort=False):
-        first = group.iloc[0]
-        mean, low, high = tables.mean_interval(group[metric].astype(float))
-        labels = first["params.pretrain.labels"]
-        summary.append(
-            {
-                "row": row,
-                "x": first["pretrain_image_steps"],
-                "init": first["params.finetune.init"],
-                "labels": labels,
-                "mean": mean,
-                "low": low,
-                "high": high,
-            }
-        )
-    return pd.DataFrame(summary)
-
-
 def budget_figure(group: str):
     """The group's accuracy against pre-training image-steps (fractal categories and shuffled labels as
-    points), and its arms without pre-training (scratch, mimetic) as bands."""
+    points), and its arms without pre-training (scratch, mimetic) as bands: each row's mean and 95% interval."""
     spec, rows = group_rows(group)
-    summary = with_interval(rows, spec.get("metric", "test_top1"))
+    by_row = rows.groupby("row", sort=False)
+    summary = by_row[["pretrain_image_steps", "params.finetune.init", "params.pretrain.labels"]].first()
+    summary.columns = ["x", "init", "labels"]
+    scores = by_row[spec["metric"]]
+    summary[["mean", "low", "high"]] = [tables.mean_interval(values.astype(float)) for _, values in scores]
     pretrained = summary["init"] == "pretrained"
-    points = summary[pretrained].assign(
-        label=summary["labels"].map({"categories": "fractal pre-training", "shuffled": "shuffled labels"})
-    )
+    labels = {"categories": "fractal pre-training", "shuffled": "shuffled labels"}
+    points = summary[pretrained].assign(label=summary["labels"].map(labels))
     bands = summary[~pretrained].assign(label=summary["init"])
     return figures.budget_figure(points, bands, spec.get("title", group))
 
@@ -294,14 +261,14 @@ def show(args) -> int:
         paths = [write_csv(folder / "table.csv", table), write_text(folder / "table.md", document_table(args.group))]
         if spec.get("figure") == "budget":
             paths.append(plots.save(budget_figure(args.group), folder / "budget.png"))
-        metric = spec.get("metric", "test_top1")
+        metric = spec["metric"]
         metrics = {
             f"{metric} {d.row} - {against}{suffix}": d[key]
             for against in spec.get("paired", [])
             for _, d in tables.paired(rows, metric, against).iterrows()
             for key, suffix in (("mean", ""), ("low", " low"), ("high", " high"))
         }
-        print(f"logged to MLflow run {log_comparison(paths, args.group, metrics)}")
+        print(f"logged to MLflow run {log_comparison(paths, args.group, metrics).run_id}")
     return 0
 
 
@@ -325,19 +292,19 @@ def check(args) -> int:
     # `dvc exp run` starts from the workspace's params.yaml (whatever ran last): set every recorded param that
     # differs, but an option this version removed (e.g. pretrain.momentum, which AdamW never read).
     recorded_params = flatten(read_yaml(folder / "params.yaml") or {})
-    workspace = flatten(read_yaml(Path("params.yaml")) or {}) if Path("params.yaml").is_file() else {}
     known = flatten(parse_params({}).model_dump())
     if removed := sorted(set(recorded_params) - set(known)):
         print(f"left out {', '.join(removed)}: recorded, but no longer options of this version")
-    changed = {k: v for k, v in recorded_params.items() if k in known and workspace.get(k, object()) != v}
-    overrides = [part for k, v in changed.items() for part in ("-S", shlex.split(as_argument(k, v, quote=True))[1])]
+    workspace = read_yaml(Path("params.yaml")) or {} if Path("params.yaml").is_file() else {}
+    kept = {key: value for key, value in recorded_params.items() if key in known}
+    arguments = shlex.split(" ".join(overrides(kept, workspace)))
     # trained again (--force), not restored from this repository's run cache; --pull: from the remote
     command = [sys.executable, "-m", "dvc", "exp", "run", "--temp", "-n", name, "--pull" if args.pull else "--force"]
-    print("running:", shlex.join(command[2:] + overrides), flush=True)
-    if subprocess.run(command + overrides).returncode != 0:
+    print("running:", shlex.join(command[2:] + arguments), flush=True)
+    if subprocess.run(command + arguments).returncode != 0:
         raise UserError(f"the re-run of {args.run} failed (above); nothing was compared")
     spec, rows = group_rows(folder.parent.name)
-    metric = spec.get("metric", "test_top1")
+    metric = spec["metric"]
     again = Experiment.named(name).row()[metric]
     recorded = locked_row(folder)[metric]
     same_row = rows[rows["row"] == read_yaml(folder / "run.yaml")["row"]][metric].astype(float)

@@ -50,19 +50,12 @@ def seed_plot(table: pd.DataFrame, x_axis: str, title: str):
         ax.set(xlabel=X_AXES["pretrain"][1], ylabel="test top-1 (mean ± sd over seeds)")
     else:
         positions = list(range(len(table)))
-        ax.barh(positions, mean, xerr=sd, capsize=4, color="tab:blue", alpha=0.8)
+        bars = ax.barh(positions, mean, xerr=sd, capsize=4, color="tab:blue", alpha=0.8)
+        ax.bar_label(bars, [f"{100 * m:.1f} ± {100 * d:.1f}" for m, d in zip(mean, sd)], padding=4, fontsize=8)
         ax.set_yticks(positions, table["row"])
         ax.invert_yaxis()
         low = max(0.0, float((mean - sd).min()) - 0.05)
         ax.set(xlabel="test top-1 (mean ± sd over seeds)", xlim=(low, min(1.0, float((mean + sd).max()) + 0.03)))
-        for position, (m, d) in enumerate(zip(mean, sd)):
-            ax.annotate(
-                f"{100 * m:.1f} ± {100 * d:.1f}",
-                (m + d, position),
-                textcoords="offset points",
-                xytext=(4, -3),
-                fontsize=8,
-            )
     ax.set_title(title)
     ax.grid(alpha=0.3)
     return fig
@@ -91,28 +84,17 @@ def arms_figure(arms: list, table: pd.DataFrame):
     for (label, experiment), row in zip(arms, table.itertuples()):
         history = experiment.history("finetune")
         counts.add(experiment.metrics("finetune").get("eval_images"))
-        init = experiment.param("finetune.init", "?")
-        (line,) = ax_fine.plot(
-            history["epoch"], history["eval_acc"], marker=".", label=f"{label}: {init}, {held_out} curve"
-        )
+        curve_label = f"{label}: {experiment.param('finetune.init', '?')}, {held_out} curve"
+        (line,) = ax_fine.plot(history["epoch"], history["eval_acc"], marker=".", label=curve_label)
         if pd.notna(row.test_top1):  # the score the table reports, on every test image
-            ax_fine.scatter(
-                [history["epoch"].max()],
-                [row.test_top1],
-                marker="*",
-                s=160,
-                color=line.get_color(),
-                zorder=4,
-                label=f"{label}: whole test split {100 * row.test_top1:.2f}%",
-            )
+            star = f"{label}: whole test split {100 * row.test_top1:.2f}%"
+            end = history["epoch"].max()
+            ax_fine.scatter([end], [row.test_top1], marker="*", s=160, color=line.get_color(), zorder=4, label=star)
     scored = f" on {counts.pop():,} images" if len(counts) == 1 and None not in counts else ""
     images = table["test_images"].dropna() if "test_images" in table else pd.Series(dtype=float)
     whole = f"; stars: all {int(images.iloc[0]):,} test images" if len(images) else ""
-    ax_fine.set(
-        xlabel="fine-tuning epoch",
-        ylabel=f"{held_out} top-1",
-        title=f"Fine-tuning: {held_out} accuracy per epoch{scored}{whole}",
-    )
+    title = f"Fine-tuning: {held_out} accuracy per epoch{scored}{whole}"
+    ax_fine.set(xlabel="fine-tuning epoch", ylabel=f"{held_out} top-1", title=title)
     for ax in (ax_pre, ax_fine):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)

@@ -34,6 +34,7 @@ from synthvit.tracking.store import PIPELINE_TAG, use_store
 from synthvit.tracking.summary import flatten
 
 TRAINING_STAGES = ("pretrain", "finetune")
+PRETRAINING = ("generate_synthetic", "pretrain")  # the stages only a model fine-tuned from them needed
 # column: (stage, key in metrics/<stage>.json). MLflow holds a training stage's as final_<key>.
 RESULTS = {
     "test_top1": ("evaluate", "top1"),
@@ -52,14 +53,18 @@ def pipeline_stages() -> list[str]:
     return list((read_yaml(path) or {}).get("stages", {})) if path.is_file() else []
 
 
-def result_columns(metric, params: dict, walls: dict) -> dict:
-    """The RESULTS columns from `metric(stage, key)`, the wall seconds per stage, their total and the
-    training rates. Pre-training's results only for a model that started from it."""
+def needed(stage: str, params: dict) -> bool:
+    """Whether a run (flat `params`) needed the stage: a scratch, mimetic or ImageNet arm did not need the
+    fractals and pre-training that DVC ran or restored beside it (files.from_pipeline_pretraining)."""
     pretrained = from_pipeline_pretraining(params.get("finetune.init"), params.get("finetune.backbone"))
-    row = {
-        column: metric(stage, key) if pretrained or stage != "pretrain" else None
-        for column, (stage, key) in RESULTS.items()
-    }
+    return pretrained or stage not in PRETRAINING
+
+
+def result_columns(metric, params: dict, walls: dict, rates: dict | None = None) -> dict:
+    """The RESULTS columns from `metric(stage, key)`, the wall seconds per stage and their total, the
+    training rates (`rates`: images/s per stage): only of the stages the run needed."""
+    row = {column: metric(stage, key) if needed(stage, params) else None for column, (stage, key) in RESULTS.items()}
+    walls = {stage: seconds for stage, seconds in walls.items() if needed(stage, params)}
     # fine-tuning's held-out score: a validation split, or (data.val_fraction 0) the test curve's subset
     held_out = "val_top1" if float(params.get("data.val_fraction") or 0) else "curve_top1"
     row[held_out] = row.pop("eval_top1")
@@ -68,6 +73,7 @@ def result_columns(metric, params: dict, walls: dict) -> dict:
         **row,
         **{f"wall_{stage}_s": seconds for stage, seconds in walls.items()},
         "wall_total_s": sum(known) if known else None,
+        **{f"{stage}_img_per_s": rate if needed(stage, params) else None for stage, rate in (rates or {}).items()},
     }
 
 
@@ -87,10 +93,10 @@ def dvc_exp_show() -> list:
     return json.loads(result.stdout)
 
 
-def experiment_revs(show: list | None = None) -> dict[str, str]:
+def experiment_revs() -> dict[str, str]:
     """{experiment name: its commit} of the experiments DVC shows (the current baseline's)."""
     revs = {}
-    for baseline in dvc_exp_show() if show is None else show:
+    for baseline in dvc_exp_show():
         for experiment in baseline.get("experiments") or []:
             revs.update({rev["name"]: rev["rev"] for rev in experiment["revs"] if rev.get("name")})
     return revs
@@ -168,6 +174,7 @@ class Experiment:
         metric = metric or (lambda stage, key: self.metrics(stage).get(key))
         timings = {stage: self.timing(stage) for stage in pipeline_stages()} if status == "success" else {}
         walls = {stage: t.get("wall_seconds") for stage, t in timings.items() if t}
+        rates = {stage: timings.get(stage, {}).get("train_images_per_s") for stage in TRAINING_STAGES}
         return {
             "name": self.name,
             "id": self.rev,
@@ -175,18 +182,15 @@ class Experiment:
             "status": status,
             # As text, the way MLflow logs params: both sources read alike (a null depth stays "None").
             **{key: str(value) for key, value in params.items()},
-            **result_columns(metric, params, walls),
-            **{f"{s}_img_per_s": timings.get(s, {}).get("train_images_per_s") for s in TRAINING_STAGES},
+            **result_columns(metric, params, walls, rates),
         }
 
 
 def dvc_rows(show: list) -> pd.DataFrame:
     """One row per experiment of `dvc exp show --json`, plus baseline commits that have test metrics
-    (the workspace holds whatever ran last: left out)."""
+    (the workspace holds whatever ran last: left out). The params are params.yaml's (dvc.yaml names no other)."""
     rows = []
-    for baseline in show:
-        if baseline["rev"] == "workspace":
-            continue
+    for baseline in (b for b in show if b["rev"] != "workspace"):
         entries = [(baseline, "success")] + [
             (rev, (experiment.get("executor") or {}).get("state", "success"))  # no executor: ran here and saved
             for experiment in baseline.get("experiments") or []
@@ -194,11 +198,7 @@ def dvc_rows(show: list) -> pd.DataFrame:
         ]
         for rev, state in entries:
             data = rev.get("data") or {}
-            params = {
-                f"{'' if file == 'params.yaml' else f'{file}:'}{key}": value
-                for file, content in (data.get("params") or {}).items()
-                for key, value in flatten(content.get("data") or {}).items()
-            }
+            params = flatten(((data.get("params") or {}).get("params.yaml") or {}).get("data") or {})
             metrics = {path: content.get("data") or {} for path, content in (data.get("metrics") or {}).items()}
             row = Experiment(rev.get("name") or rev["rev"][:7], rev["rev"]).row(
                 state,
@@ -255,27 +255,24 @@ RUN_FACTS = {"model.num_parameters", "data.train_images", "data.num_classes"}
 
 def mlflow_row(parent: pd.Series, stage_runs: pd.DataFrame) -> dict:
     by_stage = {run["tags.mlflow.runName"]: run for _, run in stage_runs.sort_values("start_time").iterrows()}
-    order = pipeline_stages() or list(by_stage)
-    params = {}
-    for stage in (s for s in order if s in by_stage):  # pipeline order: finetune's data.* win over pretrain's
-        run = by_stage[stage]
-        params.update({k[7:]: v for k, v in run.items() if k.startswith("params.") and pd.notna(v)})
+    stages = [stage for stage in pipeline_stages() or list(by_stage) if stage in by_stage]
+    # in pipeline order: finetune's data.* win over pretrain's
+    params = {k[7:]: v for s in stages for k, v in by_stage[s].items() if k.startswith("params.") and pd.notna(v)}
 
     def metric(stage: str, key: str):
         name = f"metrics.{'final_' if stage in TRAINING_STAGES else ''}{key}"
         value = by_stage[stage].get(name) if stage in by_stage else None
         return None if value is None or pd.isna(value) else value
 
-    walls = {stage: seconds(by_stage[stage]) for stage in order if stage in by_stage}
+    walls = {stage: seconds(by_stage[stage]) for stage in stages}
     return {
         "name": parent.get("tags.dvc.exp_name") or parent.get("tags.mlflow.runName"),
         "id": parent["run_id"],
         "started": parent["start_time"],
         "status": parent["status"],
         **{k: v for k, v in params.items() if k not in RUN_FACTS},
-        **result_columns(metric, params, walls),
+        **result_columns(metric, params, walls, {s: metric(s, "train_images_per_s") for s in TRAINING_STAGES}),
         "wall_total_s": seconds(parent),  # first stage start to last stage end: start-up included
-        **{f"{s}_img_per_s": metric(s, "train_images_per_s") for s in TRAINING_STAGES},
     }
 
 

@@ -108,9 +108,7 @@ def paired(rows: pd.DataFrame, metric: str, baseline: str) -> pd.DataFrame:
     out = []
     for row in wide.columns.drop(baseline, errors="ignore"):
         differences = (wide[row] - wide[baseline]).dropna() if baseline in wide else pd.Series(dtype=float)
-        out.append(
-            {"row": row, "pairs": len(differences), **dict(zip(("mean", "low", "high"), mean_interval(differences)))}
-        )
+        out.append([row, len(differences), *mean_interval(differences)])
     return pd.DataFrame(out, columns=["row", "pairs", "mean", "low", "high"])
 
 
@@ -136,6 +134,8 @@ def cell(column: str, value, percent: bool) -> str:
         return f"{value:.1f}"
     if name.endswith(("_s", " s", "seconds")):
         return f"{value:.0f}"
+    if isinstance(value, float) and value.is_integer():  # a count, e.g. a mean of parameter counts
+        return str(int(value))
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
