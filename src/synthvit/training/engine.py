@@ -1,7 +1,7 @@
 """The training loop: plain functions over uint8 image batches.
 
-`train` = `set_up` (device, processes, optimizer, schedule, EMA, loss scaler, augmentation,
-generators: one `Loop` holding one `TrainingState`), then `train_one_epoch` per epoch,
+`train` = a `Loop` (device, processes, optimizer, schedule, EMA, loss scaler, augmentation,
+generators: the `TrainingState` it holds), then `train_one_epoch` per epoch,
 then `keep_final_weights` (the one place that decides which weights the model ends with).
 
 One step: take a batch (`ImageSet.batches`: gathered from memory, decoded by workers or
@@ -15,7 +15,6 @@ through `on_epoch`.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -70,97 +69,71 @@ def build_schedule(optimizer, cfg: TrainConfig, total_steps: int, steps_each_epo
     )
 
 
-@dataclasses.dataclass
 class Loop:
-    """What `set_up` builds once and every epoch uses."""
+    """What is built once for a run and every epoch uses: device, processes, optimizer, schedule, EMA,
+    loss scaler, augmentation and generators (`state`: what changes as training runs)."""
 
-    cfg: TrainConfig
-    desc: str
-    device: torch.device
-    amp_dtype: torch.dtype | None
-    state: TrainingState  # what changes as training runs: weights, optimizer, schedule, EMA, scaler, generators
-    forward: nn.Module  # the model as called in the step: wrapped by DDP and/or torch.compile
-    criterion: nn.Module
-    augmentation: Augmentation
-    train_set: ImageSet  # ready on the device
-    labels: torch.Tensor  # on the device
-    steps: int  # optimizer steps per epoch
-    batch_size: int  # global batch, over all processes
-    num_workers: int
-
-
-def set_up(
-    model: nn.Module,
-    train_set: ImageSet,
-    cfg: TrainConfig,
-    runtime: RuntimeConfig,
-    seed: int,
-    desc: str,
-    num_workers: int,
-) -> Loop:
-    """Device, processes, optimizer, schedule, EMA, loss scaler, augmentation and generators for one run."""
-    seed_everything(seed)
-    device = resolve_device(runtime)
-    distributed.setup(device.type)
-    world, rank = distributed.world_size(), distributed.rank()
-    set_deterministic(runtime.deterministic)
-    amp_dtype = autocast_dtype(runtime, device)
-    model.to(device)
-    train_set = train_set.on(device)  # an in-memory set moves to the device once
-    steps, batch_size = steps_per_epoch(len(train_set), cfg.batch_size)
-    if batch_size % world:
-        raise UserError(
-            f"params.yaml: {desc}.batch_size={batch_size} is invalid: must divide evenly over {world} processes"
+    def __init__(
+        self,
+        model: nn.Module,
+        train_set: ImageSet,
+        cfg: TrainConfig,
+        runtime: RuntimeConfig,
+        seed: int,
+        desc: str,
+        num_workers: int,
+    ):
+        seed_everything(seed)
+        self.cfg, self.desc, self.num_workers = cfg, desc, num_workers
+        self.device = device = resolve_device(runtime)
+        distributed.setup(device.type)
+        world, rank = distributed.world_size(), distributed.rank()
+        set_deterministic(runtime.deterministic)
+        self.amp_dtype = autocast_dtype(runtime, device)
+        model.to(device)
+        self.train_set = train_set.on(device)  # an in-memory set moves to the device once
+        self.labels = train_set.labels.to(device)
+        self.steps, self.batch_size = steps_per_epoch(len(train_set), cfg.batch_size)  # the global batch
+        if self.batch_size % world:
+            raise UserError(
+                f"params.yaml: {desc}.batch_size={self.batch_size} is invalid: "
+                f"must divide evenly over {world} processes"
+            )
+        # The model as called in the step: wrapped by DDP and/or torch.compile.
+        forward = (
+            DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+            if world > 1
+            else model
         )
-    forward = (
-        DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-        if world > 1
-        else model
-    )
-    forward = torch.compile(forward) if runtime.compile else forward
-    # Fused: the step count lives on the device (a plain torch AdamW reads it back per step), and
-    # the fp16 scaler's overflow check stays there too (skipping a step costs no host sync).
-    optimizer = create_optimizer_v2(
-        model,
-        opt=cfg.optimizer,
-        lr=cfg.lr,
-        weight_decay=cfg.weight_decay,
-        layer_decay=cfg.layer_decay or None,
-        fused=True,
-    )
-    augmentation = Augmentation.of(cfg, train_set.num_classes, device)
-    state = TrainingState(
-        model=model,
-        optimizer=optimizer,
-        scheduler=build_schedule(optimizer, cfg, cfg.epochs * steps, steps),
-        scaler=torch.amp.GradScaler(device.type, enabled=amp_dtype is torch.float16),  # fp16 underflows unscaled
-        ema=ModelEmaV3(model, decay=cfg.ema_decay) if cfg.ema_decay > 0 else None,
-        # One order for all processes; each process its own augmentation draws.
-        generators={
-            "order": torch.Generator(device=device).manual_seed(seed),
-            "augment": torch.Generator(device=device).manual_seed(seed + 1 + rank),
-        },
-    )
-    criterion = (
-        SoftTargetCrossEntropy()
-        if augmentation.soft_targets
-        else nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    )
-    return Loop(
-        cfg=cfg,
-        desc=desc,
-        device=device,
-        amp_dtype=amp_dtype,
-        state=state,
-        forward=forward,
-        criterion=criterion,
-        augmentation=augmentation,
-        train_set=train_set,
-        labels=train_set.labels.to(device),
-        steps=steps,
-        batch_size=batch_size,
-        num_workers=num_workers,
-    )
+        self.forward = torch.compile(forward) if runtime.compile else forward
+        # Fused: the step count lives on the device (a plain torch AdamW reads it back per step), and
+        # the fp16 scaler's overflow check stays there too (skipping a step costs no host sync).
+        optimizer = create_optimizer_v2(
+            model,
+            opt=cfg.optimizer,
+            lr=cfg.lr,
+            weight_decay=cfg.weight_decay,
+            layer_decay=cfg.layer_decay or None,
+            fused=True,
+        )
+        self.augmentation = Augmentation.of(cfg, train_set.num_classes, device)
+        self.state = TrainingState(
+            model=model,
+            optimizer=optimizer,
+            scheduler=build_schedule(optimizer, cfg, cfg.epochs * self.steps, self.steps),
+            scaler=torch.amp.GradScaler(device.type, enabled=self.amp_dtype is torch.float16),  # fp16 underflows
+            ema=ModelEmaV3(model, decay=cfg.ema_decay) if cfg.ema_decay > 0 else None,
+            # One order for all processes; each process its own augmentation draws.
+            generators={
+                "order": torch.Generator(device=device).manual_seed(seed),
+                "augment": torch.Generator(device=device).manual_seed(seed + 1 + rank),
+            },
+        )
+        self.criterion = (
+            SoftTargetCrossEntropy()
+            if self.augmentation.soft_targets
+            else nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        )
 
 
 def check_finite(loss_sum: torch.Tensor, count: int, where: str) -> float:
@@ -250,7 +223,7 @@ def train(
 ) -> list[dict]:
     """Train in place; returns one dict of metrics per epoch, the kept epoch marked `selected`.
 
-    Set-up, then `train_one_epoch` per epoch, then `keep_final_weights`.
+    A `Loop`, then `train_one_epoch` per epoch, then `keep_final_weights`.
     With `resume_file`, the full training state is saved there every
     `cfg.checkpoint_every` epochs and after the last one, and a run that finds the file
     continues from it. The file stays: the caller removes it once the trained model is
@@ -259,7 +232,7 @@ def train(
     `eval_set` (a validation split: the test set is for reporting only).
     `num_workers` DataLoader workers decode (or draw) a streamed set's batches.
     """
-    loop = set_up(model, train_set, cfg, runtime, seed, desc, num_workers)
+    loop = Loop(model, train_set, cfg, runtime, seed, desc, num_workers)
     main = distributed.is_main()
     history, first_epoch, best = [], 1, {"acc": -1.0, "epoch": 0, "state": {}}
     saved_epoch = 0  # the last epoch whose state is on disk
@@ -312,14 +285,9 @@ def evaluate_loss_acc(model, eval_set: TensorImages, device, amp_dtype, batch_si
     world, rank = distributed.world_size(), distributed.rank()
     logits = predict_logits(model, eval_set.images[rank::world], device, amp_dtype, batch_size, desc="eval")
     labels = eval_set.labels[rank::world]
-    sums = torch.tensor(
-        [
-            nn.functional.cross_entropy(logits, labels, reduction="sum").item(),
-            (logits.argmax(1) == labels).sum().item(),
-        ],
-        dtype=torch.float64,
-        device=device,
-    )
+    loss_sum = nn.functional.cross_entropy(logits, labels, reduction="sum").item()
+    correct = (logits.argmax(1) == labels).sum().item()
+    sums = torch.tensor([loss_sum, correct], dtype=torch.float64, device=device)
     loss_sum, correct = distributed.all_reduce_sum(sums).tolist()
     loss = loss_sum / len(eval_set)
     return {"eval_loss": loss if math.isfinite(loss) else float("nan"), "eval_acc": correct / len(eval_set)}
