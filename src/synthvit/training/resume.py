@@ -27,7 +27,6 @@ from synthvit.config import Params, TrainConfig
 from synthvit.data.images import ImageSet, tensor_digest
 from synthvit.errors import torch_load_reason
 from synthvit.files import atomic_write
-from synthvit.models import unwrap
 from synthvit.runtime import log
 from synthvit.training import distributed
 
@@ -92,7 +91,7 @@ def save_state(path: Path, epoch: int, state: TrainingState, device: torch.devic
     numpy_state = np.random.get_state()
     saved = {
         "epoch": epoch,
-        "model": cpu_copy(unwrap(state.model).state_dict()),
+        "model": cpu_copy(state.model.state_dict()),
         "optimizer": state.optimizer.state_dict(),
         "scheduler": state.scheduler.state_dict(),
         "scaler": state.scaler.state_dict(),
