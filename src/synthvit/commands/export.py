@@ -44,18 +44,6 @@ WHAT = {
 }
 
 
-def data_config(checkpoint: dict) -> dict:
-    """How images are prepared for the model: its size, the resize, the normalisation it was trained with."""
-    size = int(checkpoint["model_config"]["img_size"])
-    return {
-        "input_size": (3, size, size),
-        "interpolation": "bicubic",
-        "crop_pct": 1.0,
-        "mean": tuple(checkpoint["mean"]),
-        "std": tuple(checkpoint["std"]),
-    }
-
-
 def locked_results(checkpoint_md5: str, results: Path = RESULTS) -> list[tuple[str, dict]]:
     """(locked run, its test metrics) for every run in results/ whose dvc.lock produced these exact weights."""
     found = []
@@ -148,15 +136,22 @@ def export(source: Path, folder: Path, force: bool = False) -> Path:
         raise UserError(f"{folder} exists and is not empty: choose another folder, or --force to replace its files")
     model = model_from_checkpoint(checkpoint).eval()
     stage = checkpoint.get("stage", "finetune")
-    with tempfile.TemporaryDirectory(
-        prefix=".synthvit-export-", dir=folder.parent if folder.parent.exists() else None
-    ) as tmp:
+    size = int(checkpoint["model_config"]["img_size"])
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".synthvit-export-", dir=folder.parent) as tmp:
         staging = Path(tmp) / "export"
         save_for_hf(
             model,
             staging,
             model_config={"label_names": list(checkpoint["classes"]), "pretrained_cfg": {"tag": f"synthvit_{stage}"}},
-            data_config=data_config(checkpoint),
+            # How images are prepared for the model: its size, the resize, the normalisation it was trained with.
+            data_config={
+                "input_size": (3, size, size),
+                "interpolation": "bicubic",
+                "crop_pct": 1.0,
+                "mean": tuple(checkpoint["mean"]),
+                "std": tuple(checkpoint["std"]),
+            },
             safe_serialization=True,
         )
         config = json.loads((staging / "config.json").read_text())

@@ -144,12 +144,6 @@ def compute_attention(
 # ---- overlays and figures ----------------------------------------------------------
 
 
-def normalise(heat: np.ndarray) -> np.ndarray:
-    heat = np.asarray(heat, dtype=np.float32)
-    low, high = float(heat.min()), float(heat.max())
-    return (heat - low) / (high - low) if high > low else np.zeros_like(heat)
-
-
 def enlarge(image: np.ndarray, size: int | None) -> np.ndarray:
     """The image scaled up by a whole factor to about `size` pixels (nearest neighbour: pixels stay honest)."""
     if not size or size <= image.shape[0]:
@@ -165,7 +159,9 @@ def overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.5, size: int |
     """
     image = enlarge(np.asarray(image, dtype=np.uint8), size)
     height, width = image.shape[:2]
-    heat = torch.from_numpy(normalise(heat))[None, None]
+    heat = np.asarray(heat, dtype=np.float32)
+    low, high = heat.min(), heat.max()
+    heat = torch.from_numpy((heat - low) / (high - low) if high > low else np.zeros_like(heat))[None, None]
     heat = F.interpolate(heat, size=(height, width), mode="bilinear", align_corners=False)[0, 0].numpy()
     colours = colormaps["jet"](heat)[..., :3]
     blended = (1 - alpha) * image.astype(np.float32) / 255.0 + alpha * colours
