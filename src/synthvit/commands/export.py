@@ -59,6 +59,12 @@ def locked_results(checkpoint_md5: str, results: Path = RESULTS) -> list[tuple[s
     return found
 
 
+def markdown_table(title: str, header: list[str], rows: list[tuple]) -> list[str]:
+    """A model card section: its title and a table, one row a tuple of cells."""
+    lines = [f"## {title}", "", f"| {' | '.join(header)} |", "|---" * len(header) + "|"]
+    return lines + [f"| {' | '.join(map(str, row))} |" for row in rows] + [""]
+
+
 def model_card(checkpoint: dict, source: Path, name: str) -> str:
     """README.md for the exported folder."""
     stage = checkpoint.get("stage", "finetune")
@@ -94,24 +100,13 @@ def model_card(checkpoint: dict, source: Path, name: str) -> str:
     ]
     summary = checkpoint.get("summary") or {}
     if summary:
-        lines += ["## Training", "", "| metric | value |", "|---|---|"]
-        lines += [
-            f"| {key} | {value:.4g} |" if isinstance(value, float) else f"| {key} | {value} |"
-            for key, value in summary.items()
-        ]
-        lines.append("")
+        rows = [(key, f"{value:.4g}" if isinstance(value, float) else value) for key, value in summary.items()]
+        lines += markdown_table("Training", ["metric", "value"], rows)
     results = locked_results(hashlib.md5(source.read_bytes()).hexdigest())
     if results:
-        lines += [
-            "## Results (locked in the synthvit repository's results/)",
-            "",
-            "| locked run | test top-1 | ECE |",
-            "|---|---|---|",
-        ]
-        lines += [
-            f"| {run} | {m.get('top1', float('nan')):.4f} | {m.get('ece', float('nan')):.4f} |" for run, m in results
-        ]
-        lines.append("")
+        rows = [(run, f"{m.get('top1', float('nan')):.4f}", f"{m.get('ece', float('nan')):.4f}") for run, m in results]
+        title = "Results (locked in the synthvit repository's results/)"
+        lines += markdown_table(title, ["locked run", "test top-1", "ECE"], rows)
     if recipe:
         lines += [
             "## Recipe (the params that made it)",
