@@ -55,12 +55,10 @@ def training_fingerprint(
     model: nn.Module, train_set: ImageSet, train_cfg: TrainConfig, params: Params, seed: int
 ) -> dict:
     """What must match for a saved training state to be resumed: recipe, seed, data and starting weights."""
-    runtime = params.runtime.model_dump()
-    runtime.pop("num_threads")
     return {
         "train": train_cfg.model_dump(),
         "model": params.model.model_dump(),
-        "runtime": runtime,
+        "runtime": params.runtime.model_dump(exclude={"num_threads"}),
         "seed": seed,
         "data": train_set.digest,
         "initial_weights": tensor_digest(*model.state_dict().values()),
