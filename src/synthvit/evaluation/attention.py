@@ -58,14 +58,11 @@ class AttentionResult:
 
 def attention_modules(model: nn.Module) -> list[nn.Module]:
     """The self-attention modules of a timm ViT, first block first; [] when it is not one."""
-    blocks = getattr(model, "blocks", None)
-    patch_embed = getattr(model, "patch_embed", None)
-    if blocks is None or patch_embed is None or getattr(patch_embed, "grid_size", None) is None:
+    if getattr(getattr(model, "patch_embed", None), "grid_size", None) is None:
         return []
-    modules = [getattr(block, "attn", None) for block in blocks]
-    if not modules or not all(type(m) is Attention for m in modules):  # subclasses may compute differently
-        return []
-    return modules
+    modules = [getattr(block, "attn", None) for block in getattr(model, "blocks", [])]
+    # Subclasses of Attention may compute differently.
+    return modules if modules and all(type(m) is Attention for m in modules) else []
 
 
 def supports_attention(model: nn.Module) -> bool:

@@ -234,15 +234,14 @@ def train(
     """
     loop = Loop(model, train_set, cfg, runtime, seed, desc, num_workers)
     main = distributed.is_main()
-    history, first_epoch, best = [], 1, {"acc": -1.0, "epoch": 0, "state": {}}
+    history, best = [], {"acc": -1.0, "epoch": 0, "state": {}}
     saved_epoch = 0  # the last epoch whose state is on disk
     saved = read_state(resume_file)
     if saved is not None:
-        done, history, best = restore_state(saved, loop.state, loop.device)
-        first_epoch, saved_epoch = done + 1, done
+        saved_epoch, history, best = restore_state(saved, loop.state, loop.device)
         if main:
-            log(f"{desc}: resuming after epoch {done} from {resume_file}")
-    for epoch in range(first_epoch, cfg.epochs + 1):
+            log(f"{desc}: resuming after epoch {saved_epoch} from {resume_file}")
+    for epoch in range(saved_epoch + 1, cfg.epochs + 1):
         metrics = train_one_epoch(loop, epoch)
         if eval_set is not None:
             metrics.update(

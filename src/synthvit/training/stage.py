@@ -84,10 +84,9 @@ def record_training(
     # Epochs restored from a resume state carry no timing of this run.
     timed = [h for h in history if "epoch_seconds" in h]
     seconds = sum(h["epoch_seconds"] for h in timed)
+    images = sum(h["train_images_per_s"] * h["epoch_seconds"] for h in timed)
     timing = {
-        "train_images_per_s": round(sum(h["train_images_per_s"] * h["epoch_seconds"] for h in timed) / seconds, 2)
-        if seconds
-        else None,
+        "train_images_per_s": round(images / seconds, 2) if seconds else None,
         "epoch_seconds": [round(h["epoch_seconds"], 2) for h in timed],
     }
     stage.timing.update(timing)
