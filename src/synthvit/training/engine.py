@@ -1,7 +1,7 @@
 """The training loop: plain functions over uint8 image batches.
 
 `train` = a `Loop` (device, processes, optimizer, schedule, EMA, loss scaler, augmentation,
-generators: the `TrainingState` it holds), then `train_one_epoch` per epoch,
+generators), then `train_one_epoch` per epoch,
 then `keep_final_weights` (the one place that decides which weights the model ends with).
 
 One step: take a batch (`ImageSet.batches`: gathered from memory, decoded by workers or
@@ -43,7 +43,7 @@ from synthvit.runtime import (
     set_deterministic,
 )
 from synthvit.training import distributed
-from synthvit.training.resume import TrainingState, cpu_copy, read_state, restore_state, save_state
+from synthvit.training.resume import cpu_copy, read_state, restore_state, save_state
 
 LOG_EVERY = 50  # steps between reads of the running loss: its finiteness check and the progress figure
 
@@ -71,7 +71,8 @@ def build_schedule(optimizer, cfg: TrainConfig, total_steps: int, steps_each_epo
 
 class Loop:
     """What is built once for a run and every epoch uses: device, processes, optimizer, schedule, EMA,
-    loss scaler, augmentation and generators (`state`: what changes as training runs)."""
+    loss scaler, augmentation and generators. What changes as training runs (model, optimizer, scheduler,
+    scaler, ema, generators) is what a resume file holds (resume.save_state)."""
 
     def __init__(
         self,
@@ -117,23 +118,26 @@ class Loop:
             fused=True,
         )
         self.augmentation = Augmentation.of(cfg, train_set.num_classes, device)
-        self.state = TrainingState(
-            model=model,
-            optimizer=optimizer,
-            scheduler=build_schedule(optimizer, cfg, cfg.epochs * self.steps, self.steps),
-            scaler=torch.amp.GradScaler(device.type, enabled=self.amp_dtype is torch.float16),  # fp16 underflows
-            ema=ModelEmaV3(model, decay=cfg.ema_decay) if cfg.ema_decay > 0 else None,
-            # One order for all processes; each process its own augmentation draws.
-            generators={
-                "order": torch.Generator(device=device).manual_seed(seed),
-                "augment": torch.Generator(device=device).manual_seed(seed + 1 + rank),
-            },
-        )
+        self.model, self.optimizer = model, optimizer  # the raw weights, trained in place
+        self.scheduler = build_schedule(optimizer, cfg, cfg.epochs * self.steps, self.steps)
+        # fp16 gradients underflow unscaled; a pass-through for other precisions.
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype is torch.float16)
+        self.ema = ModelEmaV3(model, decay=cfg.ema_decay) if cfg.ema_decay > 0 else None
+        # One order for all processes; each process its own augmentation draws.
+        self.generators = {
+            "order": torch.Generator(device=device).manual_seed(seed),
+            "augment": torch.Generator(device=device).manual_seed(seed + 1 + rank),
+        }
         self.criterion = (
             SoftTargetCrossEntropy()
             if self.augmentation.soft_targets
             else nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
         )
+
+    @property
+    def scored(self) -> nn.Module:
+        """The weights that are evaluated, kept and saved: the EMA's when it is on, else the raw ones."""
+        return self.ema.module if self.ema is not None else self.model
 
 
 def check_finite(loss_sum: torch.Tensor, count: int, where: str) -> float:
@@ -149,10 +153,9 @@ def train_one_epoch(loop: Loop, epoch: int) -> dict:
     cfg, device = loop.cfg, loop.device
     world, rank = distributed.world_size(), distributed.rank()
     per_rank = loop.batch_size // world  # each process takes its slice of every global batch
-    state = loop.state
-    state.model.train()
+    loop.model.train()
     started = time.perf_counter()
-    order = torch.randperm(len(loop.train_set), generator=state.generators["order"], device=device)
+    order = torch.randperm(len(loop.train_set), generator=loop.generators["order"], device=device)
     starts = [i * loop.batch_size + rank * per_rank for i in range(loop.steps)]
     loss_sum = torch.zeros((), device=device)  # summed on the device, read every LOG_EVERY steps
     correct = torch.zeros((), device=device, dtype=torch.long)
@@ -161,20 +164,20 @@ def train_one_epoch(loop: Loop, epoch: int) -> dict:
     for i, (batch, idx) in enumerate(bar):
         step = (epoch - 1) * loop.steps + i + 1  # the global step: optimizer steps taken once this one is done
         y = loop.labels[idx]
-        x, target = loop.augmentation(batch, y, state.generators["augment"])
+        x, target = loop.augmentation(batch, y, loop.generators["augment"])
         with autocast(device, loop.amp_dtype):
             logits = loop.forward(x)
             loss = loop.criterion(logits, target)
-        state.optimizer.zero_grad(set_to_none=True)
-        state.scaler.scale(loss).backward()
+        loop.optimizer.zero_grad(set_to_none=True)
+        loop.scaler.scale(loss).backward()
         if cfg.grad_clip > 0:
-            state.scaler.unscale_(state.optimizer)  # clip the true gradients, not the scaled ones
-            nn.utils.clip_grad_norm_(state.model.parameters(), cfg.grad_clip)
-        state.scaler.step(state.optimizer)
-        state.scaler.update()
-        if state.ema is not None:
-            state.ema.update(state.model, step=step)
-        state.scheduler.step_update(step)
+            loop.scaler.unscale_(loop.optimizer)  # clip the true gradients, not the scaled ones
+            nn.utils.clip_grad_norm_(loop.model.parameters(), cfg.grad_clip)
+        loop.scaler.step(loop.optimizer)
+        loop.scaler.update()
+        if loop.ema is not None:
+            loop.ema.update(loop.model, step=step)
+        loop.scheduler.step_update(step)
         loss_sum += loss.detach()
         correct += (logits.argmax(1) == y).sum()
         if (i + 1) % LOG_EVERY == 0:
@@ -187,7 +190,7 @@ def train_one_epoch(loop: Loop, epoch: int) -> dict:
         "epoch": epoch,
         "train_loss": check_finite(loss_sum, loop.steps * world, f"in epoch {epoch}"),
         "train_acc": correct.item() / seen,
-        "lr": state.optimizer.param_groups[0]["lr"],
+        "lr": loop.optimizer.param_groups[0]["lr"],
         "epoch_seconds": seconds,
         "train_images_per_s": seen / seconds,
     }
@@ -196,12 +199,11 @@ def train_one_epoch(loop: Loop, epoch: int) -> dict:
 def keep_final_weights(loop: Loop, history: list[dict], best: dict) -> None:
     """The one place that decides the weights training ends with, and marks their epoch `selected`:
     the best validation epoch's when `best` holds one (keep_best), else the last epoch's;
-    either way the EMA's weights when EMA is on (`TrainingState.scored`)."""
-    state = loop.state
+    either way the EMA's weights when EMA is on (`Loop.scored`)."""
     if best["state"]:
-        state.model.load_state_dict(best["state"])
-    elif state.ema is not None:
-        state.model.load_state_dict(state.ema.module.state_dict())
+        loop.model.load_state_dict(best["state"])
+    elif loop.ema is not None:
+        loop.model.load_state_dict(loop.ema.module.state_dict())
     selected = best["epoch"] if best["state"] else history[-1]["epoch"]
     for metrics in history:
         metrics["selected"] = int(metrics["epoch"] == selected)
@@ -238,7 +240,7 @@ def train(
     saved_epoch = 0  # the last epoch whose state is on disk
     saved = read_state(resume_file)
     if saved is not None:
-        saved_epoch, history, best = restore_state(saved, loop.state, loop.device)
+        saved_epoch, history, best = restore_state(saved, loop)
         if main:
             log(f"{desc}: resuming after epoch {saved_epoch} from {resume_file}")
     for epoch in range(saved_epoch + 1, cfg.epochs + 1):
@@ -246,11 +248,11 @@ def train(
         if eval_set is not None:
             metrics.update(
                 evaluate_loss_acc(
-                    loop.state.scored, eval_set, loop.device, loop.amp_dtype, batch_size=max(loop.batch_size, 256)
+                    loop.scored, eval_set, loop.device, loop.amp_dtype, batch_size=max(loop.batch_size, 256)
                 )
             )
             if keep_best and metrics["eval_acc"] > best["acc"]:
-                best = {"acc": metrics["eval_acc"], "epoch": epoch, "state": cpu_copy(loop.state.scored.state_dict())}
+                best = {"acc": metrics["eval_acc"], "epoch": epoch, "state": cpu_copy(loop.scored.state_dict())}
         history.append(metrics)
         if main:
             log(
@@ -265,7 +267,7 @@ def train(
             and (epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs)
         ):
             try:
-                save_state(resume_file, epoch, loop.state, loop.device, history, best)
+                save_state(resume_file, epoch, loop, history, best)
             except OSError as exc:  # a full disk or a read-only folder; the state saved before is intact
                 if exc.errno not in DISK_ERRORS:
                     raise
