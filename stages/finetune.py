@@ -20,11 +20,11 @@ from synthvit.files import checkpoint_path
 from synthvit.models import (
     DEFAULT_MEAN,
     DEFAULT_STD,
-    backbone_with_new_head,
     check_same_architecture,
     create_model,
     load_backbone,
     mimetic_init,
+    model_from_checkpoint,
     new_head,
 )
 from synthvit.pipeline import stage_context
@@ -58,7 +58,7 @@ def main() -> None:
         if cfg.init == "pretrained":
             backbone = load_backbone(Path(cfg.backbone))
             check_same_architecture(backbone, params.model, cfg.backbone)
-            model = backbone_with_new_head(backbone, params.model)
+            model = model_from_checkpoint(backbone, drop_path_rate=params.model.drop_path_rate)  # head replaced below
         elif cfg.init == "imagenet":  # the hub, or finetune.imagenet_weights offline
             model = create_model(params.model, num_classes=train_set.num_classes, imagenet_weights=cfg.imagenet_weights)
         else:

@@ -38,18 +38,14 @@ CHECKPOINT_FORMAT = 1
 VIT_MODULES = ["vision_transformer", "deit"]
 
 
-def takes_img_size(name: str) -> bool:
-    """timm's registry says whether a model is built for one input size (ViTs: img_size sizes the
-    position embedding) or takes any (CNNs, which have no img_size argument; the data still uses it)."""
-    pretrained_cfg = timm.models.get_pretrained_cfg(name)
-    return pretrained_cfg is None or bool(pretrained_cfg.fixed_input_size)
-
-
 def model_kwargs(cfg: ModelConfig) -> dict:
     """Keyword overrides for timm.create_model; null params keep the model's default."""
     keys = ("img_size", "patch_size", "embed_dim", "depth", "num_heads")
     kwargs = {k: getattr(cfg, k) for k in keys if getattr(cfg, k) is not None}
-    if not takes_img_size(cfg.name):
+    # timm's registry says whether a model is built for one input size (ViTs: img_size sizes the position
+    # embedding) or takes any (CNNs, which have no img_size argument; the data still uses it).
+    pretrained_cfg = timm.models.get_pretrained_cfg(cfg.name)
+    if pretrained_cfg is not None and not pretrained_cfg.fixed_input_size:
         kwargs.pop("img_size", None)
     kwargs["drop_path_rate"] = cfg.drop_path_rate
     if cfg.patch_embed == "conv":
@@ -120,10 +116,7 @@ def build_timm_model(cfg: ModelConfig, num_classes: int, imagenet_weights: str |
     kwargs = model_kwargs(cfg)
     pretrained = imagenet_weights is not None
     if imagenet_weights:
-        weights = user_path(imagenet_weights)
-        if not weights.is_file():
-            raise UserError(f"params.yaml: finetune.imagenet_weights={imagenet_weights!r} is invalid: no such file")
-        kwargs["pretrained_cfg_overlay"] = {"file": str(weights.resolve())}
+        kwargs["pretrained_cfg_overlay"] = {"file": str(imagenet_file(imagenet_weights).resolve())}
     try:
         return timm.create_model(cfg.name, pretrained=pretrained, num_classes=num_classes, **kwargs)
     except TypeError as exc:
@@ -141,25 +134,37 @@ def build_timm_model(cfg: ModelConfig, num_classes: int, imagenet_weights: str |
     except Exception as exc:
         if not pretrained or imagenet_weights:
             raise
-        hub_cfg = timm.models.get_pretrained_cfg(cfg.name)
-        hub_id = hub_cfg.hf_hub_id if hub_cfg else None
         raise UserError(
             f"cannot download ImageNet weights for {cfg.name!r} from the Hugging Face hub ({type(exc).__name__}); "
-            "offline, fetch them on a connected machine"
-            + (f" (hf download {hub_id} model.safetensors)" if hub_id else "")
-            + " and set finetune.imagenet_weights to the file (HF_HUB_OFFLINE=1 skips the download retries)"
+            f"{offline_advice(cfg.name)} (HF_HUB_OFFLINE=1 skips the download retries)"
         ) from None
+
+
+def imagenet_file(imagenet_weights: str) -> Path:
+    weights = user_path(imagenet_weights)
+    if not weights.is_file():
+        raise UserError(f"params.yaml: finetune.imagenet_weights={imagenet_weights!r} is invalid: no such file")
+    return weights
+
+
+def hub_id(name: str) -> str | None:
+    """Where timm downloads the model's ImageNet weights from: a Hugging Face hub repository."""
+    hub_cfg = timm.models.get_pretrained_cfg(name) if timm.is_model(name) else None
+    return hub_cfg.hf_hub_id if hub_cfg else None
+
+
+def offline_advice(name: str) -> str:
+    fetch = f" (hf download {hub_id(name)} model.safetensors)" if hub_id(name) else ""
+    return f"offline, fetch them on a connected machine{fetch} and set finetune.imagenet_weights to the file"
 
 
 def check_weights_available(cfg: ModelConfig, imagenet_weights: str) -> None:
     """Fail in seconds when finetune.init=imagenet cannot get its weights (no file, hub out of reach)."""
     if imagenet_weights:
-        if not user_path(imagenet_weights).is_file():
-            raise UserError(f"params.yaml: finetune.imagenet_weights={imagenet_weights!r} is invalid: no such file")
+        imagenet_file(imagenet_weights)
         return
-    hub_cfg = timm.models.get_pretrained_cfg(cfg.name) if timm.is_model(cfg.name) else None
-    hub_id = hub_cfg.hf_hub_id if hub_cfg else None
-    if hub_id and try_to_load_from_cache(hub_id, "model.safetensors") not in (None, _CACHED_NO_EXIST):
+    repo = hub_id(cfg.name)
+    if repo and try_to_load_from_cache(repo, "model.safetensors") not in (None, _CACHED_NO_EXIST):
         return  # downloaded before: timm loads it from the cache offline
     try:
         with urllib.request.urlopen(urllib.request.Request("https://huggingface.co", method="HEAD"), timeout=5):
@@ -169,20 +174,13 @@ def check_weights_available(cfg: ModelConfig, imagenet_weights: str) -> None:
     except (OSError, ValueError) as exc:
         reason = str(getattr(exc, "reason", None) or exc)[:120]
     raise UserError(
-        f"cannot reach the Hugging Face hub for {cfg.name!r}'s ImageNet weights ({reason}); offline, fetch them on a "
-        "connected machine"
-        + (f" (hf download {hub_id} model.safetensors)" if hub_id else "")
-        + " and set finetune.imagenet_weights to the file"
+        f"cannot reach the Hugging Face hub for {cfg.name!r}'s ImageNet weights ({reason}); {offline_advice(cfg.name)}"
     )
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 def save_checkpoint(path: Path, model: nn.Module, cfg: ModelConfig, classes: list[str], **extra) -> None:
     """Write atomically: a crash never leaves a truncated checkpoint behind."""
-    state = {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     checkpoint = {
         "format": CHECKPOINT_FORMAT,
         "model_state": state,
@@ -208,9 +206,11 @@ def load_checkpoint(path: Path) -> dict:
     return checkpoint
 
 
-def model_from_checkpoint(checkpoint: dict) -> nn.Module:
-    """Rebuild the model a checkpoint was saved from, with its weights."""
-    cfg = ModelConfig(**checkpoint["model_config"])
+def model_from_checkpoint(checkpoint: dict, drop_path_rate: float | None = None) -> nn.Module:
+    """Rebuild the model a checkpoint was saved from, with its weights (and its head, for the checkpoint's
+    classes); `drop_path_rate` replaces the saved one, for a backbone fine-tuned with another."""
+    overrides = {} if drop_path_rate is None else {"drop_path_rate": drop_path_rate}
+    cfg = ModelConfig(**{**checkpoint["model_config"], **overrides})
     model = create_model(cfg, num_classes=len(checkpoint["classes"]))
     model.load_state_dict(checkpoint["model_state"])
     return model
@@ -218,11 +218,8 @@ def model_from_checkpoint(checkpoint: dict) -> nn.Module:
 
 def check_same_architecture(checkpoint: dict, cfg: ModelConfig, source: str) -> None:
     """A pre-trained backbone only fits the model it was trained as (drop-path aside)."""
-    saved = dict(checkpoint["model_config"])
-    wanted = cfg.model_dump()
-    saved.pop("drop_path_rate", None)
-    wanted.pop("drop_path_rate", None)
-    diff = {k: (saved.get(k), v) for k, v in wanted.items() if saved.get(k) != v}
+    saved = checkpoint["model_config"]
+    diff = {k: (saved.get(k), v) for k, v in cfg.model_dump(exclude={"drop_path_rate"}).items() if saved.get(k) != v}
     if diff:
         detail = ", ".join(f"model.{k}: {a!r} there, {b!r} now" for k, (a, b) in diff.items())
         raise UserError(
@@ -253,14 +250,6 @@ def load_backbone(path: Path) -> dict:
         "recipe": made_by.get("recipe", {}),
         "summary": made_by.get("summary", {}),
     }
-
-
-def backbone_with_new_head(checkpoint: dict, cfg: ModelConfig) -> nn.Module:
-    """The pre-trained model (drop-path as `cfg` sets it); its head is for the pre-training's classes."""
-    pretrained_cfg = ModelConfig(**{**checkpoint["model_config"], "drop_path_rate": cfg.drop_path_rate})
-    model = create_model(pretrained_cfg, num_classes=len(checkpoint["classes"]))
-    model.load_state_dict(checkpoint["model_state"])
-    return model
 
 
 def new_head(model: nn.Module, num_classes: int, seed: int) -> None:
@@ -311,9 +300,3 @@ def mimetic_init(model: nn.Module, seed: int) -> None:
             value, proj = _factors(_target(dim, *MIMETIC_VALUE_PROJ, generator), dim)
             weight[2 * dim :] = value.T
             attn.proj.weight.copy_(proj)  # out = a @ proj.weight.T, so W_proj = proj.T and W_v W_proj = value @ proj.T
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The plain module inside DDP and torch.compile wrappers."""
-    model = getattr(model, "module", model)
-    return getattr(model, "_orig_mod", model)

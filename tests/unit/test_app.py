@@ -18,7 +18,7 @@ from helpers.browser import ARTIFACTS
 from helpers.repo import copy_subset
 from helpers.servers import free_port, running_server
 from helpers.training import tiny_finetuned_checkpoint
-from synthvit.commands.app import TOP_K, Classifier
+from synthvit.commands.app import TOP_K, classify
 from synthvit.commands.predict import load_model, predict_files
 from synthvit.config import ModelConfig
 from synthvit.models import create_model, save_checkpoint
@@ -45,9 +45,9 @@ def expected(checkpoint: Path, image: Path) -> dict:
 
 
 def test_classifier_answers_as_predict_does(checkpoint, images, tmp_path):
-    classifier = Classifier(load_model(str(checkpoint)), max_upload_bytes=50_000)
+    loaded = load_model(str(checkpoint))
     image = sorted((images / "test/ship").iterdir())[0]
-    out = classifier.classify(str(image))
+    out = classify(loaded, str(image), max_upload_bytes=50_000)
     want = expected(checkpoint, image)
     assert out["top1"] == f"{want['class']} ({want['confidence']:.2%})"
     assert list(out["scores"]) == [t["class"] for t in want["top_k"]] and len(out["scores"]) == TOP_K
@@ -57,22 +57,22 @@ def test_classifier_answers_as_predict_does(checkpoint, images, tmp_path):
 
     text = tmp_path / "notes.jpg"
     text.write_text("not an image")
-    refused = classifier.classify(str(text))
+    refused = classify(loaded, str(text), 50_000)
     assert refused["message"].startswith("Not an image this app can read (notes.jpg)") and refused["scores"] is None
     big = tmp_path / "big.png"
     big.write_bytes(image.read_bytes() + bytes(60_000))
     assert (
-        classifier.classify(str(big))["message"]
+        classify(loaded, str(big), 50_000)["message"]
         == f"File too large: {big.stat().st_size / 2**20:.3g} MB; the limit is 0.0477 MB."
     )
-    assert classifier.classify(None)["message"] == "Upload an image to classify it."
+    assert classify(loaded, None, 50_000)["message"] == "Upload an image to classify it."
 
 
 def test_classifier_without_attention_for_a_cnn(images, tmp_path):
     cnn = ModelConfig(name="resnet10t", img_size=32, patch_size=None, embed_dim=None, depth=None, num_heads=None)
     path = tmp_path / "cnn.pt"
     save_checkpoint(path, create_model(cnn, 10), cnn, [f"c{i}" for i in range(10)])
-    out = Classifier(load_model(str(path)), 10**6).classify(str(sorted((images / "test/cat").iterdir())[0]))
+    out = classify(load_model(str(path)), str(sorted((images / "test/cat").iterdir())[0]), 10**6)
     assert out["overlay"] is None and "Attention overlay unavailable" in out["message"] and len(out["scores"]) == 5
 
 

@@ -63,10 +63,10 @@ def test_training_with_mixup_cutmix_and_erasing_mixes_what_it_trains_on():
     cfg = TrainConfig(epochs=1, batch_size=16, lr=1e-3, warmup_epochs=0)  # the full recipe's augmentations
     data = bright_vs_dark(64)
     seed_everything(0)
-    loop = engine.set_up(create_model(TINY, 2), data, cfg, CPU, seed=0, desc="mixed", num_workers=0)
+    loop = engine.Loop(create_model(TINY, 2), data, cfg, CPU, seed=0, desc="mixed", num_workers=0)
     assert type(loop.criterion).__name__ == "SoftTargetCrossEntropy"
     batch, labels = data.images[:16], data.labels[:16]
-    x, targets = loop.augmentation(batch, labels, loop.state.generators["augment"])
+    x, targets = loop.augmentation(batch, labels, loop.generators["augment"])
     assert targets.shape == (16, 2) and torch.allclose(targets.sum(1), torch.ones(16))
     # Mixed pairs: no target is one class alone (label smoothing 0.1 and mixing both move it off 0.95).
     assert (targets.max(1).values < 0.95).all()
@@ -290,7 +290,7 @@ def test_fp16_steps_through_a_loss_scaler_and_other_precisions_do_not():
     """fp16 gradients underflow unscaled: fp16 gets torch.amp.GradScaler, bf16/fp32 a pass-through."""
     cfg = plain_recipe(epochs=2, batch_size=16, lr=2e-3)
     seed_everything(0)
-    loop = engine.set_up(
+    loop = engine.Loop(
         create_model(TINY, 2),
         bright_vs_dark(64),
         cfg,
@@ -299,11 +299,11 @@ def test_fp16_steps_through_a_loss_scaler_and_other_precisions_do_not():
         desc="fp16",
         num_workers=0,
     )
-    assert loop.state.scaler.is_enabled() and loop.amp_dtype is torch.float16
+    assert loop.scaler.is_enabled() and loop.amp_dtype is torch.float16
     first, second = engine.train_one_epoch(loop, 1), engine.train_one_epoch(loop, 2)
     assert math.isfinite(first["train_loss"]) and second["train_loss"] < first["train_loss"]
-    fp32 = engine.set_up(create_model(TINY, 2), bright_vs_dark(64), cfg, CPU, seed=0, desc="fp32", num_workers=0)
-    assert not fp32.state.scaler.is_enabled()
+    fp32 = engine.Loop(create_model(TINY, 2), bright_vs_dark(64), cfg, CPU, seed=0, desc="fp32", num_workers=0)
+    assert not fp32.scaler.is_enabled()
 
 
 def test_a_resume_state_is_only_for_the_recipe_data_and_weights_it_was_saved_from():

@@ -18,7 +18,6 @@ from synthvit.config import ModelConfig
 from synthvit.errors import UserError
 from synthvit.evaluation.inference import predict_logits
 from synthvit.models import (
-    backbone_with_new_head,
     create_model,
     load_backbone,
     load_checkpoint,
@@ -98,7 +97,7 @@ def test_an_exported_folder_is_a_backbone_synthvit_fine_tunes_from(checkpoint, t
     saved, released = load_checkpoint(source), load_backbone(tmp_path / "released")
     assert released["model_config"] == saved["model_config"] and released["classes"] == saved["classes"]
     assert released["recipe"] == (saved.get("recipe") or {}) and released["summary"] == (saved.get("summary") or {})
-    model = backbone_with_new_head(released, TINY)
+    model = model_from_checkpoint(released, drop_path_rate=TINY.drop_path_rate)
     assert all(torch.equal(v, saved["model_state"][k]) for k, v in model.state_dict().items())
     (tmp_path / "released" / "model.safetensors").unlink()
     with pytest.raises(UserError, match="is not an exported backbone"):

@@ -5,7 +5,6 @@ from synthvit.config import ModelConfig
 from synthvit.errors import UserError
 from synthvit.models import (
     MIMETIC_VALUE_PROJ,
-    backbone_with_new_head,
     check_same_architecture,
     create_model,
     load_checkpoint,
@@ -92,7 +91,7 @@ def test_backbone_keeps_weights_and_replaces_head(tmp_path):
     pretrained = create_model(TINY, num_classes=100)
     save_checkpoint(tmp_path / "p.pt", pretrained, TINY, [str(i) for i in range(100)])
     checkpoint = load_checkpoint(tmp_path / "p.pt")
-    model = backbone_with_new_head(checkpoint, TINY)
+    model = model_from_checkpoint(checkpoint, drop_path_rate=TINY.drop_path_rate)
     new_head(model, 10, seed=0)
     assert model.head.out_features == 10
     for name, tensor in model.state_dict().items():

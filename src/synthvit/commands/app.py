@@ -30,51 +30,36 @@ def megabytes(size: int) -> str:
     return f"{size / 2**20:.3g} MB"
 
 
-class Classifier:
-    """The model behind the page: one uploaded file in, what the page shows out."""
-
-    def __init__(self, loaded: LoadedModel, max_upload_bytes: int):
-        self.loaded = loaded
-        self.max_upload_bytes = max_upload_bytes
-        self.device = torch.device("cpu")
-        self.has_attention = attention.supports_attention(loaded.model)
-
-    def classify(self, path: str | None) -> dict:
-        """{'message', 'top1', 'scores', 'image', 'overlay'} for an uploaded file path."""
-        empty = {"message": "", "top1": "", "scores": None, "image": None, "overlay": None}
-        if not path:
-            return {**empty, "message": "Upload an image to classify it."}
-        size = Path(path).stat().st_size
-        if size > self.max_upload_bytes:
-            return {
-                **empty,
-                "message": f"File too large: {megabytes(size)}; the limit is {megabytes(self.max_upload_bytes)}.",
-            }
-        decoded = decode(Path(path), self.loaded.img_size)
-        if isinstance(decoded, str):
-            return {
-                **empty,
-                "message": f"Not an image this app can read ({Path(path).name}): upload a JPEG, PNG, "
-                "BMP, GIF, TIFF or WebP file.",
-            }
-        images = as_batch([decoded])
-        ranked = self.loaded.top_k(images, TOP_K, self.device, batch_size=1)[0]
-        display = attention.enlarge(decoded, DISPLAY_SIZE)
-        if self.has_attention:
-            result = attention.compute_attention(self.loaded.model, images, self.loaded.mean, self.loaded.std)
-            overlay = attention.overlay(decoded, result.rollout_map()[0].numpy(), alpha=0.5, size=DISPLAY_SIZE)
-            note = ""
-        else:
-            overlay = None
-            note = f" Attention overlay unavailable: {attention.why_unsupported(self.loaded.model)}."
-        best, confidence = ranked[0]
+def classify(loaded: LoadedModel, path: str | None, max_upload_bytes: int) -> dict:
+    """{'message', 'top1', 'scores', 'image', 'overlay'}: what the page shows for an uploaded file path."""
+    empty = {"message": "", "top1": "", "scores": None, "image": None, "overlay": None}
+    if not path:
+        return {**empty, "message": "Upload an image to classify it."}
+    size = Path(path).stat().st_size
+    if size > max_upload_bytes:
+        return {**empty, "message": f"File too large: {megabytes(size)}; the limit is {megabytes(max_upload_bytes)}."}
+    decoded = decode(Path(path), loaded.img_size)
+    if isinstance(decoded, str):
         return {
-            "message": f"Classified as **{best}** with confidence {confidence:.1%}.{note}",
-            "top1": f"{best} ({confidence:.2%})",
-            "scores": dict(ranked),
-            "image": display,
-            "overlay": overlay,
+            **empty,
+            "message": f"Not an image this app can read ({Path(path).name}): upload a JPEG, PNG, "
+            "BMP, GIF, TIFF or WebP file.",
         }
+    images = as_batch([decoded])
+    ranked = loaded.top_k(images, TOP_K, torch.device("cpu"), batch_size=1)[0]
+    overlay, note = None, f" Attention overlay unavailable: {attention.why_unsupported(loaded.model)}."
+    if attention.supports_attention(loaded.model):
+        result = attention.compute_attention(loaded.model, images, loaded.mean, loaded.std)
+        overlay = attention.overlay(decoded, result.rollout_map()[0].numpy(), alpha=0.5, size=DISPLAY_SIZE)
+        note = ""
+    best, confidence = ranked[0]
+    return {
+        "message": f"Classified as **{best}** with confidence {confidence:.1%}.{note}",
+        "top1": f"{best} ({confidence:.2%})",
+        "scores": dict(ranked),
+        "image": attention.enlarge(decoded, DISPLAY_SIZE),
+        "overlay": overlay,
+    }
 
 
 def import_gradio():
@@ -87,11 +72,9 @@ def import_gradio():
     return gradio
 
 
-def build_app(classifier: Classifier):
+def build_app(loaded: LoadedModel, max_upload_bytes: int):
     """The Gradio Blocks page."""
     gr = import_gradio()
-
-    loaded = classifier.loaded
     with gr.Blocks(title="synthvit demo", analytics_enabled=False) as demo:
         gr.Markdown(
             f"# synthvit demo\nModel: `{loaded.source}` ({loaded.name}, "
@@ -115,7 +98,7 @@ def build_app(classifier: Classifier):
             )
 
         def on_upload(path):
-            out = classifier.classify(path)
+            out = classify(loaded, path, max_upload_bytes)
             return out["message"], out["top1"], out["scores"], out["image"], out["overlay"]
 
         upload.change(on_upload, inputs=upload, outputs=[status, top1, scores, seen, overlay])
@@ -138,15 +121,13 @@ def run(args) -> int:
         raise UserError(f"--port={args.port} is invalid: 1-65535")
     import_gradio()  # before loading a model for nothing
     max_bytes = int(args.max_upload_mb * 2**20)
-    classifier = Classifier(load_model(args.model), max_bytes)
-    demo = build_app(classifier)
+    demo = build_app(load_model(args.model), max_bytes)
     print(f"synthvit app: serving {args.model} on http://{args.host}:{args.port}/", flush=True)
     try:
         demo.queue().launch(
             server_name=args.host,
             server_port=args.port,
             share=False,
-            inbrowser=False,
             max_file_size=max_bytes,
             ssr_mode=False,
             show_error=True,

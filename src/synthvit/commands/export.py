@@ -44,18 +44,6 @@ WHAT = {
 }
 
 
-def data_config(checkpoint: dict) -> dict:
-    """How images are prepared for the model: its size, the resize, the normalisation it was trained with."""
-    size = int(checkpoint["model_config"]["img_size"])
-    return {
-        "input_size": (3, size, size),
-        "interpolation": "bicubic",
-        "crop_pct": 1.0,
-        "mean": tuple(checkpoint["mean"]),
-        "std": tuple(checkpoint["std"]),
-    }
-
-
 def locked_results(checkpoint_md5: str, results: Path = RESULTS) -> list[tuple[str, dict]]:
     """(locked run, its test metrics) for every run in results/ whose dvc.lock produced these exact weights."""
     found = []
@@ -69,6 +57,12 @@ def locked_results(checkpoint_md5: str, results: Path = RESULTS) -> list[tuple[s
             metrics = lock.parent / "metrics" / "evaluate.json"
             found.append((str(lock.parent), json.loads(metrics.read_text()) if metrics.is_file() else {}))
     return found
+
+
+def markdown_table(title: str, header: list[str], rows: list[tuple]) -> list[str]:
+    """A model card section: its title and a table, one row a tuple of cells."""
+    lines = [f"## {title}", "", f"| {' | '.join(header)} |", "|---" * len(header) + "|"]
+    return lines + [f"| {' | '.join(map(str, row))} |" for row in rows] + [""]
 
 
 def model_card(checkpoint: dict, source: Path, name: str) -> str:
@@ -106,24 +100,13 @@ def model_card(checkpoint: dict, source: Path, name: str) -> str:
     ]
     summary = checkpoint.get("summary") or {}
     if summary:
-        lines += ["## Training", "", "| metric | value |", "|---|---|"]
-        lines += [
-            f"| {key} | {value:.4g} |" if isinstance(value, float) else f"| {key} | {value} |"
-            for key, value in summary.items()
-        ]
-        lines.append("")
+        rows = [(key, f"{value:.4g}" if isinstance(value, float) else value) for key, value in summary.items()]
+        lines += markdown_table("Training", ["metric", "value"], rows)
     results = locked_results(hashlib.md5(source.read_bytes()).hexdigest())
     if results:
-        lines += [
-            "## Results (locked in the synthvit repository's results/)",
-            "",
-            "| locked run | test top-1 | ECE |",
-            "|---|---|---|",
-        ]
-        lines += [
-            f"| {run} | {m.get('top1', float('nan')):.4f} | {m.get('ece', float('nan')):.4f} |" for run, m in results
-        ]
-        lines.append("")
+        rows = [(run, f"{m.get('top1', float('nan')):.4f}", f"{m.get('ece', float('nan')):.4f}") for run, m in results]
+        title = "Results (locked in the synthvit repository's results/)"
+        lines += markdown_table(title, ["locked run", "test top-1", "ECE"], rows)
     if recipe:
         lines += [
             "## Recipe (the params that made it)",
@@ -148,15 +131,22 @@ def export(source: Path, folder: Path, force: bool = False) -> Path:
         raise UserError(f"{folder} exists and is not empty: choose another folder, or --force to replace its files")
     model = model_from_checkpoint(checkpoint).eval()
     stage = checkpoint.get("stage", "finetune")
-    with tempfile.TemporaryDirectory(
-        prefix=".synthvit-export-", dir=folder.parent if folder.parent.exists() else None
-    ) as tmp:
+    size = int(checkpoint["model_config"]["img_size"])
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".synthvit-export-", dir=folder.parent) as tmp:
         staging = Path(tmp) / "export"
         save_for_hf(
             model,
             staging,
             model_config={"label_names": list(checkpoint["classes"]), "pretrained_cfg": {"tag": f"synthvit_{stage}"}},
-            data_config=data_config(checkpoint),
+            # How images are prepared for the model: its size, the resize, the normalisation it was trained with.
+            data_config={
+                "input_size": (3, size, size),
+                "interpolation": "bicubic",
+                "crop_pct": 1.0,
+                "mean": tuple(checkpoint["mean"]),
+                "std": tuple(checkpoint["std"]),
+            },
             safe_serialization=True,
         )
         config = json.loads((staging / "config.json").read_text())

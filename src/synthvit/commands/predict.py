@@ -61,7 +61,6 @@ class LoadedModel:
     mean: list[float]
     std: list[float]
 
-    @torch.no_grad()
     def top_k(self, images: torch.Tensor, k: int, device: torch.device, amp_dtype=None, batch_size=256, tta_flip=False):
         """The k most likely (class, probability) of each uint8 N x 3 x S x S image, most likely first."""
         probs = class_probabilities(self.model, images, device, amp_dtype, batch_size, self.mean, self.std, tta_flip)
@@ -114,9 +113,9 @@ def checkpoint_from_mlflow(uri: str) -> dict:
 # ---- the inputs ---------------------------------------------------------------------
 
 
-def expand_inputs(specs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
-    """Files named by each IMAGE, DIR (recursively) or GLOB, in order, without repeats; and (spec, error)
-    for those that name none."""
+def expand_inputs(specs: list[str]) -> tuple[list[Path], list[dict]]:
+    """Files named by each IMAGE, DIR (recursively) or GLOB, in order, without repeats; and a result
+    {path, error} for each that names none."""
     files, problems = [], []
     for spec in specs:
         path = Path(spec)
@@ -131,7 +130,7 @@ def expand_inputs(specs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
         else:
             found, none = [], "no such file or folder"
         files += found
-        problems += [] if found else [(spec, none)]
+        problems += [] if found else [{"path": spec, "error": none}]
     return list(dict.fromkeys(files)), problems
 
 
@@ -153,10 +152,9 @@ def predict_files(
     amp_dtype=None,
     batch_size: int = 256,
     tta_flip: bool = False,
-    workers: int = 2,
 ):
     """Yield one result dict per file, in order: path, class, confidence, top_k; or path, error."""
-    with ThreadPoolExecutor(max(1, workers)) as pool:
+    with ThreadPoolExecutor(2) as pool:  # PIL releases the GIL while decoding
         for start in range(0, len(files), CHUNK):
             chunk = files[start : start + CHUNK]
             decoded = list(pool.map(lambda p: decode(p, loaded.img_size), chunk))
@@ -270,9 +268,8 @@ def run(args) -> int:
     device = resolve_device(runtime)
     amp_dtype = autocast_dtype(runtime, device)
     results = []
-    unnamed = [{"path": spec, "error": reason} for spec, reason in problems]
     for result in itertools.chain(
-        unnamed, predict_files(loaded, files, k, device, amp_dtype, args.batch_size, args.tta_flip)
+        problems, predict_files(loaded, files, k, device, amp_dtype, args.batch_size, args.tta_flip)
     ):
         results.append(result)
         if "error" in result:

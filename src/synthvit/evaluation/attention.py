@@ -58,14 +58,11 @@ class AttentionResult:
 
 def attention_modules(model: nn.Module) -> list[nn.Module]:
     """The self-attention modules of a timm ViT, first block first; [] when it is not one."""
-    blocks = getattr(model, "blocks", None)
-    patch_embed = getattr(model, "patch_embed", None)
-    if blocks is None or patch_embed is None or getattr(patch_embed, "grid_size", None) is None:
+    if getattr(getattr(model, "patch_embed", None), "grid_size", None) is None:
         return []
-    modules = [getattr(block, "attn", None) for block in blocks]
-    if not modules or not all(type(m) is Attention for m in modules):  # subclasses may compute differently
-        return []
-    return modules
+    modules = [getattr(block, "attn", None) for block in getattr(model, "blocks", [])]
+    # Subclasses of Attention may compute differently.
+    return modules if modules and all(type(m) is Attention for m in modules) else []
 
 
 def supports_attention(model: nn.Module) -> bool:
@@ -144,12 +141,6 @@ def compute_attention(
 # ---- overlays and figures ----------------------------------------------------------
 
 
-def normalise(heat: np.ndarray) -> np.ndarray:
-    heat = np.asarray(heat, dtype=np.float32)
-    low, high = float(heat.min()), float(heat.max())
-    return (heat - low) / (high - low) if high > low else np.zeros_like(heat)
-
-
 def enlarge(image: np.ndarray, size: int | None) -> np.ndarray:
     """The image scaled up by a whole factor to about `size` pixels (nearest neighbour: pixels stay honest)."""
     if not size or size <= image.shape[0]:
@@ -165,7 +156,9 @@ def overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.5, size: int |
     """
     image = enlarge(np.asarray(image, dtype=np.uint8), size)
     height, width = image.shape[:2]
-    heat = torch.from_numpy(normalise(heat))[None, None]
+    heat = np.asarray(heat, dtype=np.float32)
+    low, high = heat.min(), heat.max()
+    heat = torch.from_numpy((heat - low) / (high - low) if high > low else np.zeros_like(heat))[None, None]
     heat = F.interpolate(heat, size=(height, width), mode="bilinear", align_corners=False)[0, 0].numpy()
     colours = colormaps["jet"](heat)[..., :3]
     blended = (1 - alpha) * image.astype(np.float32) / 255.0 + alpha * colours

@@ -15,11 +15,10 @@ def classification_report(logits: torch.Tensor, labels: torch.Tensor, classes: l
     all_labels = np.arange(len(classes))
     k = min(5, len(classes) - 1) if len(classes) > 2 else 1
     precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=all_labels, zero_division=0)
+    top1 = float((y_pred == y_true).mean())
     return {
-        "top1": float((y_pred == y_true).mean()),
-        "top5": float(top_k_accuracy_score(y_true, scores, k=k, labels=all_labels))
-        if k > 1
-        else float((y_pred == y_true).mean()),
+        "top1": top1,
+        "top5": float(top_k_accuracy_score(y_true, scores, k=k, labels=all_labels)) if k > 1 else top1,
         "top5_k": k,
         "macro_precision": float(precision.mean()),
         "macro_recall": float(recall.mean()),

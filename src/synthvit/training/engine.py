@@ -1,7 +1,7 @@
 """The training loop: plain functions over uint8 image batches.
 
-`train` = `set_up` (device, processes, optimizer, schedule, EMA, loss scaler, augmentation,
-generators: one `Loop` holding one `TrainingState`), then `train_one_epoch` per epoch,
+`train` = a `Loop` (device, processes, optimizer, schedule, EMA, loss scaler, augmentation,
+generators), then `train_one_epoch` per epoch,
 then `keep_final_weights` (the one place that decides which weights the model ends with).
 
 One step: take a batch (`ImageSet.batches`: gathered from memory, decoded by workers or
@@ -15,7 +15,6 @@ through `on_epoch`.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -44,7 +43,7 @@ from synthvit.runtime import (
     set_deterministic,
 )
 from synthvit.training import distributed
-from synthvit.training.resume import TrainingState, cpu_copy, read_state, restore_state, save_state
+from synthvit.training.resume import cpu_copy, read_state, restore_state, save_state
 
 LOG_EVERY = 50  # steps between reads of the running loss: its finiteness check and the progress figure
 
@@ -70,97 +69,75 @@ def build_schedule(optimizer, cfg: TrainConfig, total_steps: int, steps_each_epo
     )
 
 
-@dataclasses.dataclass
 class Loop:
-    """What `set_up` builds once and every epoch uses."""
+    """What is built once for a run and every epoch uses: device, processes, optimizer, schedule, EMA,
+    loss scaler, augmentation and generators. What changes as training runs (model, optimizer, scheduler,
+    scaler, ema, generators) is what a resume file holds (resume.save_state)."""
 
-    cfg: TrainConfig
-    desc: str
-    device: torch.device
-    amp_dtype: torch.dtype | None
-    state: TrainingState  # what changes as training runs: weights, optimizer, schedule, EMA, scaler, generators
-    forward: nn.Module  # the model as called in the step: wrapped by DDP and/or torch.compile
-    criterion: nn.Module
-    augmentation: Augmentation
-    train_set: ImageSet  # ready on the device
-    labels: torch.Tensor  # on the device
-    steps: int  # optimizer steps per epoch
-    batch_size: int  # global batch, over all processes
-    num_workers: int
-
-
-def set_up(
-    model: nn.Module,
-    train_set: ImageSet,
-    cfg: TrainConfig,
-    runtime: RuntimeConfig,
-    seed: int,
-    desc: str,
-    num_workers: int,
-) -> Loop:
-    """Device, processes, optimizer, schedule, EMA, loss scaler, augmentation and generators for one run."""
-    seed_everything(seed)
-    device = resolve_device(runtime)
-    distributed.setup(device.type)
-    world, rank = distributed.world_size(), distributed.rank()
-    set_deterministic(runtime.deterministic)
-    amp_dtype = autocast_dtype(runtime, device)
-    model.to(device)
-    train_set = train_set.on(device)  # an in-memory set moves to the device once
-    steps, batch_size = steps_per_epoch(len(train_set), cfg.batch_size)
-    if batch_size % world:
-        raise UserError(
-            f"params.yaml: {desc}.batch_size={batch_size} is invalid: must divide evenly over {world} processes"
+    def __init__(
+        self,
+        model: nn.Module,
+        train_set: ImageSet,
+        cfg: TrainConfig,
+        runtime: RuntimeConfig,
+        seed: int,
+        desc: str,
+        num_workers: int,
+    ):
+        seed_everything(seed)
+        self.cfg, self.desc, self.num_workers = cfg, desc, num_workers
+        self.device = device = resolve_device(runtime)
+        distributed.setup(device.type)
+        world, rank = distributed.world_size(), distributed.rank()
+        set_deterministic(runtime.deterministic)
+        self.amp_dtype = autocast_dtype(runtime, device)
+        model.to(device)
+        self.train_set = train_set.on(device)  # an in-memory set moves to the device once
+        self.labels = train_set.labels.to(device)
+        self.steps, self.batch_size = steps_per_epoch(len(train_set), cfg.batch_size)  # the global batch
+        if self.batch_size % world:
+            raise UserError(
+                f"params.yaml: {desc}.batch_size={self.batch_size} is invalid: "
+                f"must divide evenly over {world} processes"
+            )
+        # The model as called in the step: wrapped by DDP and/or torch.compile.
+        forward = (
+            DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+            if world > 1
+            else model
         )
-    forward = (
-        DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-        if world > 1
-        else model
-    )
-    forward = torch.compile(forward) if runtime.compile else forward
-    # Fused: the step count lives on the device (a plain torch AdamW reads it back per step), and
-    # the fp16 scaler's overflow check stays there too (skipping a step costs no host sync).
-    optimizer = create_optimizer_v2(
-        model,
-        opt=cfg.optimizer,
-        lr=cfg.lr,
-        weight_decay=cfg.weight_decay,
-        layer_decay=cfg.layer_decay or None,
-        fused=True,
-    )
-    augmentation = Augmentation.of(cfg, train_set.num_classes, device)
-    state = TrainingState(
-        model=model,
-        optimizer=optimizer,
-        scheduler=build_schedule(optimizer, cfg, cfg.epochs * steps, steps),
-        scaler=torch.amp.GradScaler(device.type, enabled=amp_dtype is torch.float16),  # fp16 underflows unscaled
-        ema=ModelEmaV3(model, decay=cfg.ema_decay) if cfg.ema_decay > 0 else None,
+        self.forward = torch.compile(forward) if runtime.compile else forward
+        # Fused: the step count lives on the device (a plain torch AdamW reads it back per step), and
+        # the fp16 scaler's overflow check stays there too (skipping a step costs no host sync).
+        optimizer = create_optimizer_v2(
+            model,
+            opt=cfg.optimizer,
+            lr=cfg.lr,
+            weight_decay=cfg.weight_decay,
+            layer_decay=cfg.layer_decay or None,
+            fused=True,
+        )
+        self.augmentation = Augmentation.of(cfg, train_set.num_classes, device)
+        self.model, self.optimizer = model, optimizer  # the raw weights, trained in place
+        self.scheduler = build_schedule(optimizer, cfg, cfg.epochs * self.steps, self.steps)
+        # fp16 gradients underflow unscaled; a pass-through for other precisions.
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype is torch.float16)
+        self.ema = ModelEmaV3(model, decay=cfg.ema_decay) if cfg.ema_decay > 0 else None
         # One order for all processes; each process its own augmentation draws.
-        generators={
+        self.generators = {
             "order": torch.Generator(device=device).manual_seed(seed),
             "augment": torch.Generator(device=device).manual_seed(seed + 1 + rank),
-        },
-    )
-    criterion = (
-        SoftTargetCrossEntropy()
-        if augmentation.soft_targets
-        else nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    )
-    return Loop(
-        cfg=cfg,
-        desc=desc,
-        device=device,
-        amp_dtype=amp_dtype,
-        state=state,
-        forward=forward,
-        criterion=criterion,
-        augmentation=augmentation,
-        train_set=train_set,
-        labels=train_set.labels.to(device),
-        steps=steps,
-        batch_size=batch_size,
-        num_workers=num_workers,
-    )
+        }
+        self.criterion = (
+            SoftTargetCrossEntropy()
+            if self.augmentation.soft_targets
+            else nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        )
+
+    @property
+    def scored(self) -> nn.Module:
+        """The weights that are evaluated, kept and saved: the EMA's when it is on, else the raw ones."""
+        return self.ema.module if self.ema is not None else self.model
 
 
 def check_finite(loss_sum: torch.Tensor, count: int, where: str) -> float:
@@ -176,10 +153,9 @@ def train_one_epoch(loop: Loop, epoch: int) -> dict:
     cfg, device = loop.cfg, loop.device
     world, rank = distributed.world_size(), distributed.rank()
     per_rank = loop.batch_size // world  # each process takes its slice of every global batch
-    state = loop.state
-    state.model.train()
+    loop.model.train()
     started = time.perf_counter()
-    order = torch.randperm(len(loop.train_set), generator=state.generators["order"], device=device)
+    order = torch.randperm(len(loop.train_set), generator=loop.generators["order"], device=device)
     starts = [i * loop.batch_size + rank * per_rank for i in range(loop.steps)]
     loss_sum = torch.zeros((), device=device)  # summed on the device, read every LOG_EVERY steps
     correct = torch.zeros((), device=device, dtype=torch.long)
@@ -188,20 +164,20 @@ def train_one_epoch(loop: Loop, epoch: int) -> dict:
     for i, (batch, idx) in enumerate(bar):
         step = (epoch - 1) * loop.steps + i + 1  # the global step: optimizer steps taken once this one is done
         y = loop.labels[idx]
-        x, target = loop.augmentation(batch, y, state.generators["augment"])
+        x, target = loop.augmentation(batch, y, loop.generators["augment"])
         with autocast(device, loop.amp_dtype):
             logits = loop.forward(x)
             loss = loop.criterion(logits, target)
-        state.optimizer.zero_grad(set_to_none=True)
-        state.scaler.scale(loss).backward()
+        loop.optimizer.zero_grad(set_to_none=True)
+        loop.scaler.scale(loss).backward()
         if cfg.grad_clip > 0:
-            state.scaler.unscale_(state.optimizer)  # clip the true gradients, not the scaled ones
-            nn.utils.clip_grad_norm_(state.model.parameters(), cfg.grad_clip)
-        state.scaler.step(state.optimizer)
-        state.scaler.update()
-        if state.ema is not None:
-            state.ema.update(state.model, step=step)
-        state.scheduler.step_update(step)
+            loop.scaler.unscale_(loop.optimizer)  # clip the true gradients, not the scaled ones
+            nn.utils.clip_grad_norm_(loop.model.parameters(), cfg.grad_clip)
+        loop.scaler.step(loop.optimizer)
+        loop.scaler.update()
+        if loop.ema is not None:
+            loop.ema.update(loop.model, step=step)
+        loop.scheduler.step_update(step)
         loss_sum += loss.detach()
         correct += (logits.argmax(1) == y).sum()
         if (i + 1) % LOG_EVERY == 0:
@@ -214,7 +190,7 @@ def train_one_epoch(loop: Loop, epoch: int) -> dict:
         "epoch": epoch,
         "train_loss": check_finite(loss_sum, loop.steps * world, f"in epoch {epoch}"),
         "train_acc": correct.item() / seen,
-        "lr": state.optimizer.param_groups[0]["lr"],
+        "lr": loop.optimizer.param_groups[0]["lr"],
         "epoch_seconds": seconds,
         "train_images_per_s": seen / seconds,
     }
@@ -223,12 +199,11 @@ def train_one_epoch(loop: Loop, epoch: int) -> dict:
 def keep_final_weights(loop: Loop, history: list[dict], best: dict) -> None:
     """The one place that decides the weights training ends with, and marks their epoch `selected`:
     the best validation epoch's when `best` holds one (keep_best), else the last epoch's;
-    either way the EMA's weights when EMA is on (`TrainingState.scored`)."""
-    state = loop.state
+    either way the EMA's weights when EMA is on (`Loop.scored`)."""
     if best["state"]:
-        state.model.load_state_dict(best["state"])
-    elif state.ema is not None:
-        state.model.load_state_dict(state.ema.module.state_dict())
+        loop.model.load_state_dict(best["state"])
+    elif loop.ema is not None:
+        loop.model.load_state_dict(loop.ema.module.state_dict())
     selected = best["epoch"] if best["state"] else history[-1]["epoch"]
     for metrics in history:
         metrics["selected"] = int(metrics["epoch"] == selected)
@@ -250,7 +225,7 @@ def train(
 ) -> list[dict]:
     """Train in place; returns one dict of metrics per epoch, the kept epoch marked `selected`.
 
-    Set-up, then `train_one_epoch` per epoch, then `keep_final_weights`.
+    A `Loop`, then `train_one_epoch` per epoch, then `keep_final_weights`.
     With `resume_file`, the full training state is saved there every
     `cfg.checkpoint_every` epochs and after the last one, and a run that finds the file
     continues from it. The file stays: the caller removes it once the trained model is
@@ -259,26 +234,25 @@ def train(
     `eval_set` (a validation split: the test set is for reporting only).
     `num_workers` DataLoader workers decode (or draw) a streamed set's batches.
     """
-    loop = set_up(model, train_set, cfg, runtime, seed, desc, num_workers)
+    loop = Loop(model, train_set, cfg, runtime, seed, desc, num_workers)
     main = distributed.is_main()
-    history, first_epoch, best = [], 1, {"acc": -1.0, "epoch": 0, "state": {}}
+    history, best = [], {"acc": -1.0, "epoch": 0, "state": {}}
     saved_epoch = 0  # the last epoch whose state is on disk
     saved = read_state(resume_file)
     if saved is not None:
-        done, history, best = restore_state(saved, loop.state, loop.device)
-        first_epoch, saved_epoch = done + 1, done
+        saved_epoch, history, best = restore_state(saved, loop)
         if main:
-            log(f"{desc}: resuming after epoch {done} from {resume_file}")
-    for epoch in range(first_epoch, cfg.epochs + 1):
+            log(f"{desc}: resuming after epoch {saved_epoch} from {resume_file}")
+    for epoch in range(saved_epoch + 1, cfg.epochs + 1):
         metrics = train_one_epoch(loop, epoch)
         if eval_set is not None:
             metrics.update(
                 evaluate_loss_acc(
-                    loop.state.scored, eval_set, loop.device, loop.amp_dtype, batch_size=max(loop.batch_size, 256)
+                    loop.scored, eval_set, loop.device, loop.amp_dtype, batch_size=max(loop.batch_size, 256)
                 )
             )
             if keep_best and metrics["eval_acc"] > best["acc"]:
-                best = {"acc": metrics["eval_acc"], "epoch": epoch, "state": cpu_copy(loop.state.scored.state_dict())}
+                best = {"acc": metrics["eval_acc"], "epoch": epoch, "state": cpu_copy(loop.scored.state_dict())}
         history.append(metrics)
         if main:
             log(
@@ -293,7 +267,7 @@ def train(
             and (epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs)
         ):
             try:
-                save_state(resume_file, epoch, loop.state, loop.device, history, best)
+                save_state(resume_file, epoch, loop, history, best)
             except OSError as exc:  # a full disk or a read-only folder; the state saved before is intact
                 if exc.errno not in DISK_ERRORS:
                     raise
@@ -312,14 +286,9 @@ def evaluate_loss_acc(model, eval_set: TensorImages, device, amp_dtype, batch_si
     world, rank = distributed.world_size(), distributed.rank()
     logits = predict_logits(model, eval_set.images[rank::world], device, amp_dtype, batch_size, desc="eval")
     labels = eval_set.labels[rank::world]
-    sums = torch.tensor(
-        [
-            nn.functional.cross_entropy(logits, labels, reduction="sum").item(),
-            (logits.argmax(1) == labels).sum().item(),
-        ],
-        dtype=torch.float64,
-        device=device,
-    )
+    loss_sum = nn.functional.cross_entropy(logits, labels, reduction="sum").item()
+    correct = (logits.argmax(1) == labels).sum().item()
+    sums = torch.tensor([loss_sum, correct], dtype=torch.float64, device=device)
     loss_sum, correct = distributed.all_reduce_sum(sums).tolist()
     loss = loss_sum / len(eval_set)
     return {"eval_loss": loss if math.isfinite(loss) else float("nan"), "eval_acc": correct / len(eval_set)}

@@ -11,57 +11,38 @@ it) and it holds each process's own generators.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import random
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from timm.scheduler import CosineLRScheduler
-from timm.utils import ModelEmaV3
 from torch import nn
 
 from synthvit.config import Params, TrainConfig
 from synthvit.data.images import ImageSet, tensor_digest
 from synthvit.errors import torch_load_reason
 from synthvit.files import atomic_write
-from synthvit.models import unwrap
 from synthvit.runtime import log
 from synthvit.training import distributed
 
+if TYPE_CHECKING:
+    from synthvit.training.engine import Loop  # engine imports this module: a type only
+
 RESUME_DIR = Path(".synthvit/resume")
 STATE_FORMAT = 2  # part of the file name: a state saved by an older layout is never resumed
-
-
-@dataclasses.dataclass
-class TrainingState:
-    """Everything that changes as training runs, and so everything a resume file holds."""
-
-    model: nn.Module  # the raw weights, trained in place
-    optimizer: torch.optim.Optimizer
-    scheduler: CosineLRScheduler
-    scaler: torch.amp.GradScaler  # fp16 only; a pass-through otherwise
-    ema: ModelEmaV3 | None
-    generators: dict[str, torch.Generator]  # "order" (same on every process), "augment" (per process)
-
-    @property
-    def scored(self) -> nn.Module:
-        """The weights that are evaluated, kept and saved: the EMA's when it is on, else the raw ones."""
-        return self.ema.module if self.ema is not None else self.model
 
 
 def training_fingerprint(
     model: nn.Module, train_set: ImageSet, train_cfg: TrainConfig, params: Params, seed: int
 ) -> dict:
     """What must match for a saved training state to be resumed: recipe, seed, data and starting weights."""
-    runtime = params.runtime.model_dump()
-    runtime.pop("num_threads")
     return {
         "train": train_cfg.model_dump(),
         "model": params.model.model_dump(),
-        "runtime": runtime,
+        "runtime": params.runtime.model_dump(exclude={"num_threads"}),
         "seed": seed,
         "data": train_set.digest,
         "initial_weights": tensor_digest(*model.state_dict().values()),
@@ -79,12 +60,13 @@ def cpu_copy(state_dict: dict) -> dict:
     return {k: v.detach().to("cpu", copy=True) for k, v in state_dict.items()}
 
 
-def save_state(path: Path, epoch: int, state: TrainingState, device: torch.device, history: list, best: dict) -> None:
-    """Everything training needs to continue after `epoch` as if never stopped.
-    Every process calls this (it gathers their generators); the main process writes."""
+def save_state(path: Path, epoch: int, loop: Loop, history: list, best: dict) -> None:
+    """Everything training needs to continue after `epoch` as if never stopped: what changes as the loop
+    runs (weights, optimizer, schedule, EMA, scaler, generators). Every process calls this (it gathers
+    their generators); the main process writes."""
     own = {
-        "augment": state.generators["augment"].get_state().cpu(),
-        "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.empty(0),
+        "augment": loop.generators["augment"].get_state().cpu(),
+        "cuda_rng": torch.cuda.get_rng_state(loop.device) if loop.device.type == "cuda" else torch.empty(0),
     }
     per_process = distributed.gather(own)
     if not distributed.is_main():
@@ -92,12 +74,12 @@ def save_state(path: Path, epoch: int, state: TrainingState, device: torch.devic
     numpy_state = np.random.get_state()
     saved = {
         "epoch": epoch,
-        "model": cpu_copy(unwrap(state.model).state_dict()),
-        "optimizer": state.optimizer.state_dict(),
-        "scheduler": state.scheduler.state_dict(),
-        "scaler": state.scaler.state_dict(),
-        "ema": cpu_copy(state.ema.module.state_dict()) if state.ema is not None else {},
-        "order": state.generators["order"].get_state().cpu(),  # the same on every process
+        "model": cpu_copy(loop.model.state_dict()),
+        "optimizer": loop.optimizer.state_dict(),
+        "scheduler": loop.scheduler.state_dict(),
+        "scaler": loop.scaler.state_dict(),
+        "ema": cpu_copy(loop.ema.module.state_dict()) if loop.ema is not None else {},
+        "order": loop.generators["order"].get_state().cpu(),  # the same on every process
         "per_process": per_process,  # by rank: augmentation draws, CUDA generator (dropout, drop-path)
         "torch_rng": torch.get_rng_state(),
         # numpy and python generators drive timm's Mixup and RandomErasing.
@@ -131,19 +113,19 @@ def load_intact_state(path: Path | None) -> dict | None:
     return state
 
 
-def restore_state(saved: dict, state: TrainingState, device: torch.device) -> tuple[int, list, dict]:
-    """Restore `state` in place; returns (last finished epoch, history so far, best epoch's record)."""
-    state.model.load_state_dict(saved["model"])
-    state.optimizer.load_state_dict(saved["optimizer"])
-    state.scheduler.load_state_dict(saved["scheduler"])
-    state.scaler.load_state_dict(saved["scaler"])
-    if state.ema is not None:
-        state.ema.module.load_state_dict(saved["ema"])
+def restore_state(saved: dict, loop: Loop) -> tuple[int, list, dict]:
+    """Restore `loop`'s training state in place; returns (last finished epoch, history so far, best epoch's record)."""
+    loop.model.load_state_dict(saved["model"])
+    loop.optimizer.load_state_dict(saved["optimizer"])
+    loop.scheduler.load_state_dict(saved["scheduler"])
+    loop.scaler.load_state_dict(saved["scaler"])
+    if loop.ema is not None:
+        loop.ema.module.load_state_dict(saved["ema"])
     own = saved["per_process"][distributed.rank()]
-    state.generators["order"].set_state(saved["order"])
-    state.generators["augment"].set_state(own["augment"])
-    if device.type == "cuda":
-        torch.cuda.set_rng_state(own["cuda_rng"], device)
+    loop.generators["order"].set_state(saved["order"])
+    loop.generators["augment"].set_state(own["augment"])
+    if loop.device.type == "cuda":
+        torch.cuda.set_rng_state(own["cuda_rng"], loop.device)
     torch.set_rng_state(saved["torch_rng"])
     name, keys, *rest = saved["numpy_rng"]
     np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))

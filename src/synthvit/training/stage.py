@@ -17,7 +17,7 @@ from synthvit.config import Params
 from synthvit.data.images import ImageSet, TensorImages
 from synthvit.errors import DISK_ERRORS, UserError, fix_for
 from synthvit.files import checkpoint_path, history_path, metrics_path, write_csv, write_json
-from synthvit.models import count_parameters, save_checkpoint
+from synthvit.models import save_checkpoint
 from synthvit.training import distributed
 
 # Per-epoch figures that depend on the machine's load, not on what was learned: logged to
@@ -59,7 +59,7 @@ def record_training(
     params changed under the stage, stop it with one line, and the next run resumes from the state.
     """
     params, run = stage.params, stage.run
-    num_parameters = count_parameters(model)
+    num_parameters = sum(p.numel() for p in model.parameters())
     run.log_params(
         {
             "model.num_parameters": num_parameters,
@@ -84,10 +84,9 @@ def record_training(
     # Epochs restored from a resume state carry no timing of this run.
     timed = [h for h in history if "epoch_seconds" in h]
     seconds = sum(h["epoch_seconds"] for h in timed)
+    images = sum(h["train_images_per_s"] * h["epoch_seconds"] for h in timed)
     timing = {
-        "train_images_per_s": round(sum(h["train_images_per_s"] * h["epoch_seconds"] for h in timed) / seconds, 2)
-        if seconds
-        else None,
+        "train_images_per_s": round(images / seconds, 2) if seconds else None,
         "epoch_seconds": [round(h["epoch_seconds"], 2) for h in timed],
     }
     stage.timing.update(timing)
