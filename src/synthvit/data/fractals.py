@@ -98,11 +98,6 @@ class RenderedImages:
             [how for _, _, _, how in systems],
         )
 
-    def render_on(self, draws: torch_render.Draws, device: torch.device) -> torch.Tensor:
-        """uint8 N x 3 x S x S on `device`: the pixels `render` gives, rendered and resized there."""
-        images, _ = torch_render.render(draws, self.images.settings, device)
-        return resize(images, self.img_size)[:, None].expand(-1, 3, -1, -1).contiguous()
-
     def device_batches(
         self, batches: list[list[int]], device: torch.device, num_workers: int
     ) -> Iterator[torch.Tensor]:
@@ -132,8 +127,11 @@ class RenderedImages:
         yield from self._render_together(pending, device)
 
     def _render_together(self, parts: list[torch_render.Draws], device: torch.device) -> Iterator[torch.Tensor]:
+        """uint8 N x 3 x S x S on `device` of each part: rendered together, resized there."""
         if parts:
-            yield from self.render_on(torch_render.concat(parts), device).split([len(part) for part in parts])
+            images, _ = torch_render.render(torch_render.concat(parts), self.images.settings, device)
+            images = resize(images, self.img_size)[:, None].expand(-1, 3, -1, -1).contiguous()
+            yield from images.split([len(part) for part in parts])
 
     def tensor(self, batch: int = 1024) -> torch.Tensor:
         """All its images, rendered into one uint8 tensor (epoch `self.epoch`)."""
