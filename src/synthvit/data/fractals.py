@@ -135,9 +135,8 @@ class RenderedImages:
 
     def tensor(self, batch: int = 1024) -> torch.Tensor:
         """All its images, rendered into one uint8 tensor (epoch `self.epoch`)."""
-        return torch.cat(
-            [self.render(list(range(start, min(start + batch, len(self))))) for start in range(0, len(self), batch)]
-        )
+        starts = range(0, len(self), batch)
+        return torch.cat([self.render(list(range(start, min(start + batch, len(self))))) for start in starts])
 
 
 @dataclasses.dataclass
@@ -210,11 +209,10 @@ def load_synthetic(root: Path, img_size: int, num_workers: int = 2, preload_byte
     manifest = read_manifest(root)
     names = [c["name"] for c in manifest["classes"]]
     store = manifest.get("store", "images")  # manifests before format 2 always had the PNG folder
-    if store == "manifest" or manifest["params"].get("fresh_instances"):
-        source = RenderedImages(
-            ManifestImages(manifest), img_size, fresh=manifest["params"].get("fresh_instances", False)
-        )
-        if not source.fresh and len(source) * 3 * img_size**2 <= preload_bytes:
+    fresh = manifest["params"].get("fresh_instances", False)
+    if store == "manifest" or fresh:
+        source = RenderedImages(ManifestImages(manifest), img_size, fresh=fresh)
+        if not fresh and len(source) * 3 * img_size**2 <= preload_bytes:
             return TensorImages(render_all(source, num_workers), source.labels, names)
         return RenderedFractals(source, names, source.labels)
     if store == "shards":

@@ -357,14 +357,9 @@ def read_archive(name: str, root: Path, split: str):
             f"the {name} copy in {root / ARCHIVE_FOLDERS[name]} is incomplete or damaged ({exc}); "
             "delete it to download again"
         ) from None
-    images = torch.as_tensor(dataset.data)
+    images, labels = torch.as_tensor(dataset.data), torch.as_tensor(dataset.targets, dtype=torch.int64)
     if name == "mnist":
-        return (
-            images.unsqueeze(1).repeat(1, 3, 1, 1).contiguous(),
-            dataset.targets.to(torch.int64),
-            [str(d) for d in range(10)],
-        )
-    labels = torch.as_tensor(dataset.targets, dtype=torch.int64)
+        return images.unsqueeze(1).repeat(1, 3, 1, 1).contiguous(), labels, [str(d) for d in range(10)]
     return images.permute(0, 3, 1, 2).contiguous(), labels, list(dataset.classes)
 
 

@@ -125,10 +125,8 @@ def device_batch_size(num_points: int, device: torch.device) -> int:
 def render(draws: Draws, settings: RenderSettings, device: torch.device) -> tuple[torch.Tensor, np.ndarray]:
     """(images (F, S, S) uint8 on `device`, mirrored as `draws.flips` says; converged (F,) on the host)."""
     size = settings.image_size
-    images, converged = (
-        torch.empty((len(draws), size, size), dtype=torch.uint8, device=device),
-        np.empty(len(draws), bool),
-    )
+    images = torch.empty((len(draws), size, size), dtype=torch.uint8, device=device)
+    converged = np.empty(len(draws), bool)
     batch = device_batch_size(settings.num_points, device)
     for start in range(0, len(draws), batch):
         chunk = draws.chunk(start, start + batch).to(device)

@@ -238,13 +238,8 @@ def _chaos_game(systems, num_points: int, rngs) -> tuple[np.ndarray, np.ndarray,
     slots = TABLE_SIZE + walkers
     coef = _scratch("coef", (count, 6, slots), np.float32)
     for i, ((maps, probabilities), rng) in enumerate(zip(systems, rngs)):
-        np.take(
-            map_columns(maps),
-            _map_table(np.asarray(probabilities, np.float64), rng, slots),
-            axis=1,
-            out=coef[i],
-            mode="clip",
-        )
+        table = _map_table(np.asarray(probabilities, np.float64), rng, slots)
+        np.take(map_columns(maps), table, axis=1, out=coef[i], mode="clip")
     coef = coef.reshape(count, 3, 2, slots)
 
     with np.errstate(over="ignore", invalid="ignore", under="ignore"):  # divergent systems overflow to inf/nan
