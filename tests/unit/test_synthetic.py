@@ -379,7 +379,7 @@ def test_progress_is_plain_lines_off_a_terminal_and_silent_when_off(tmp_path, ca
     cfg = SyntheticConfig(kind="ofdb", **SMALL)
     generate_dataset(cfg, 0, tmp_path / "a", progress=True)
     lines = capsys.readouterr().err.strip().splitlines()
-    assert lines and lines[-1].startswith("synthetic ofdb: 4/4 images")
+    assert lines and lines[-1].startswith("synthetic ofdb: 8/8 images")  # 4 categories searched, 4 PNGs written
     generate_dataset(cfg, 0, tmp_path / "b", progress=False)
     assert capsys.readouterr().err == ""
 

@@ -72,10 +72,11 @@ def test_rendered_batches_equal_the_stored_images(stores):
     batches = list(rendered.batches(order, [0, 5], 5, torch.device("cpu"), num_workers=2))
     for images, idx in batches:
         assert torch.equal(images, files.images[idx])
-    # As CUDA training reads them: batches rendered by DataLoader worker processes.
-    loader = DataLoader(rendered.source.for_epoch(1), batch_sampler=[[7, 1, 3], [0, 11]], num_workers=2)
-    for (images, labels), idx in zip(loader, [[7, 1, 3], [0, 11]]):
-        assert torch.equal(images, files.images[idx]) and torch.equal(labels, files.labels[idx])
+    # Batches rendered by DataLoader worker processes.
+    source = rendered.source.for_epoch(1)
+    loader = DataLoader([[7, 1, 3], [0, 11]], batch_size=None, collate_fn=source.render, num_workers=2)
+    for images, idx in zip(loader, [[7, 1, 3], [0, 11]]):
+        assert torch.equal(images, files.images[idx]) and torch.equal(source.labels[idx], files.labels[idx])
 
 
 def test_two_runs_are_bit_identical(stores, tmp_path):

@@ -16,7 +16,6 @@ img_size exactly as the PNG files are decoded (data.fit_image).
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import json
 from collections.abc import Iterator
@@ -53,9 +52,9 @@ def fit_gray(images: np.ndarray, img_size: int) -> torch.Tensor:
 
 
 @dataclasses.dataclass
-class RenderedImages(torch.utils.data.Dataset):
+class RenderedImages:
     """Images `indices` (flat: category * images_per_class + instance) of a manifest, rendered
-    when a DataLoader asks: one numpy render per batch through __getitems__."""
+    when asked: one numpy render per batch (`render`), or the random numbers for a device render (`draws`)."""
 
     images: ManifestImages
     img_size: int
@@ -84,14 +83,10 @@ class RenderedImages(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitems__(self, positions: list[int]) -> list:
-        flat = self.indices[positions]
-        rendered, _ = self.images.render(flat.tolist(), self.epoch, self.fresh)
-        labels = (flat // self.images.per_class).tolist()
-        return list(zip(fit_gray(rendered, self.img_size), labels))
-
-    def __getitem__(self, position: int):
-        return self.__getitems__([position])[0]
+    def render(self, positions: list[int]) -> torch.Tensor:
+        """uint8 N x 3 x S x S of these positions, rendered by numpy in this process."""
+        rendered, _ = self.images.render(self.indices[positions].tolist(), self.epoch, self.fresh)
+        return fit_gray(rendered, self.img_size).contiguous()
 
     def draws(self, positions: list[int]) -> torch_render.Draws:
         """The host half of rendering these positions on a device: each image's random numbers."""
@@ -103,11 +98,6 @@ class RenderedImages(torch.utils.data.Dataset):
             [how for _, _, _, how in systems],
         )
 
-    def render_on(self, draws: torch_render.Draws, device: torch.device) -> torch.Tensor:
-        """uint8 N x 3 x S x S on `device`: the pixels __getitems__ gives, rendered and resized there."""
-        images, _ = torch_render.render(draws, self.images.settings, device)
-        return resize(images, self.img_size)[:, None].expand(-1, 3, -1, -1).contiguous()
-
     def device_batches(
         self, batches: list[list[int]], device: torch.device, num_workers: int
     ) -> Iterator[torch.Tensor]:
@@ -115,16 +105,16 @@ class RenderedImages(torch.utils.data.Dataset):
 
         `num_workers` DataLoader workers draw each image's random numbers on the host (numpy,
         render.py's functions); this process renders and resizes on the device (torch_render.py,
-        resize.py): the same pixels as __getitems__. Consecutive batches are rendered together
+        resize.py): the same pixels as `render`. Consecutive batches are rendered together
         up to torch_render.device_batch_size images (an image does not depend on its batch):
         a render call costs a few thousand small kernels whatever its size.
         """
         # Its own generator: a DataLoader seeds its workers from the global one otherwise (augmentation draws).
         loader = DataLoader(
-            _DrawnImages(self),
-            batch_sampler=batches,
+            batches,  # each item is a batch of positions: no collation, `draws` makes the batch
+            batch_size=None,
             num_workers=num_workers,
-            collate_fn=_as_drawn,
+            collate_fn=self.draws,
             pin_memory=device.type == "cuda",
             generator=torch.Generator().manual_seed(0),
         )
@@ -137,19 +127,16 @@ class RenderedImages(torch.utils.data.Dataset):
         yield from self._render_together(pending, device)
 
     def _render_together(self, parts: list[torch_render.Draws], device: torch.device) -> Iterator[torch.Tensor]:
+        """uint8 N x 3 x S x S on `device` of each part: rendered together, resized there."""
         if parts:
-            yield from self.render_on(torch_render.concat(parts), device).split([len(part) for part in parts])
+            images, _ = torch_render.render(torch_render.concat(parts), self.images.settings, device)
+            images = resize(images, self.img_size)[:, None].expand(-1, 3, -1, -1).contiguous()
+            yield from images.split([len(part) for part in parts])
 
     def tensor(self, batch: int = 1024) -> torch.Tensor:
         """All its images, rendered into one uint8 tensor (epoch `self.epoch`)."""
-        return torch.cat(
-            [
-                torch.stack(
-                    [image for image, _ in self.__getitems__(list(range(start, min(start + batch, len(self)))))]
-                )
-                for start in range(0, len(self), batch)
-            ]
-        )
+        starts = range(0, len(self), batch)
+        return torch.cat([self.render(list(range(start, min(start + batch, len(self))))) for start in starts])
 
 
 @dataclasses.dataclass
@@ -170,31 +157,12 @@ class RenderedFractals(ImageSet):
             return
         # On a CPU the training process renders: workers compete with torch's threads for the cores
         # (rendering in-process cost 2% of pre-training img/s on 2 cores, 1-4 workers 24-34%).
-        # Its own generator: a DataLoader draws its base seed from the global one otherwise (augmentation draws).
-        loader = DataLoader(source, batch_sampler=batches, num_workers=0, generator=torch.Generator().manual_seed(0))
-        for (images, _), start in zip(loader, starts):
-            yield images, order[start : start + size]
+        for positions, start in zip(batches, starts):
+            yield source.render(positions), order[start : start + size]
 
     @property
     def digest(self) -> str:
         return self.source.digest
-
-
-@dataclasses.dataclass
-class _DrawnImages(torch.utils.data.Dataset):
-    """`source`'s images as the device renderer's host inputs: one Draws per batch."""
-
-    source: RenderedImages
-
-    def __len__(self) -> int:
-        return len(self.source)
-
-    def __getitems__(self, positions: list[int]) -> torch_render.Draws:
-        return self.source.draws(positions)
-
-
-def _as_drawn(draws: torch_render.Draws) -> torch_render.Draws:
-    return draws  # one Draws is the whole batch already (a module function: workers pickle it)
 
 
 def read_manifest(root: Path) -> dict:
@@ -228,15 +196,11 @@ def load_shards(root: Path, manifest: dict, img_size: int, num_workers: int = 2)
     return out
 
 
-def _render_positions(positions: list[int], *, source: RenderedImages) -> torch.Tensor:
-    return torch.stack([image for image, _ in source.__getitems__(positions)])
-
-
 def render_all(source: RenderedImages, num_workers: int = 2) -> torch.Tensor:
     """Every image of `source` (its epoch) in one uint8 tensor, rendered by `num_workers` processes."""
     chunks = worker_tasks(list(range(len(source))), source.images)
     with worker_pool(min(num_workers, default_workers())) as pool:
-        rendered = pool.map(functools.partial(_render_positions, source=source), chunks)
+        rendered = pool.map(source.render, chunks)
         return torch.cat(list(progress_bar(rendered, total=len(chunks), desc="render synthetic set", unit="chunk")))
 
 
@@ -245,11 +209,10 @@ def load_synthetic(root: Path, img_size: int, num_workers: int = 2, preload_byte
     manifest = read_manifest(root)
     names = [c["name"] for c in manifest["classes"]]
     store = manifest.get("store", "images")  # manifests before format 2 always had the PNG folder
-    if store == "manifest" or manifest["params"].get("fresh_instances"):
-        source = RenderedImages(
-            ManifestImages(manifest), img_size, fresh=manifest["params"].get("fresh_instances", False)
-        )
-        if not source.fresh and len(source) * 3 * img_size**2 <= preload_bytes:
+    fresh = manifest["params"].get("fresh_instances", False)
+    if store == "manifest" or fresh:
+        source = RenderedImages(ManifestImages(manifest), img_size, fresh=fresh)
+        if not fresh and len(source) * 3 * img_size**2 <= preload_bytes:
             return TensorImages(render_all(source, num_workers), source.labels, names)
         return RenderedFractals(source, names, source.labels)
     if store == "shards":

@@ -118,14 +118,20 @@ class FileImages(ImageSet):
         # Its own generator: a DataLoader seeds its workers from the global one otherwise, which
         # would shift the augmentation draws (decoding itself draws nothing).
         loader = DataLoader(
-            _DecodedFiles(self),
-            batch_sampler=[on_host[start : start + size] for start in starts],
+            [on_host[start : start + size] for start in starts],  # an item is a batch: `decode` makes it
+            batch_size=None,
             num_workers=num_workers,
+            collate_fn=self.decode,
             pin_memory=device.type == "cuda",
             generator=torch.Generator().manual_seed(0),
         )
-        for (images, _), start in zip(loader, starts):
+        for images, start in zip(loader, starts):
             yield images.to(device, non_blocking=True), order[start : start + size]
+
+    def decode(self, positions: list[int]) -> torch.Tensor:
+        """uint8 N x 3 x S x S of these files (in a DataLoader worker)."""
+        images = [decode_image(Path(self.paths[i]), self.img_size) for i in positions]
+        return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
 
     @property
     def digest(self) -> str:
@@ -143,20 +149,6 @@ class FileImages(ImageSet):
     def in_memory(self, num_workers: int = 2) -> TensorImages:
         images = decode_files(self.paths, self.img_size, num_workers, desc="decode validation")
         return TensorImages(images, self.labels, self.classes, self.paths)
-
-
-@dataclasses.dataclass
-class _DecodedFiles(torch.utils.data.Dataset):
-    """A FileImages for a DataLoader: item i is (uint8 3 x S x S, label), decoded on demand."""
-
-    files: FileImages
-
-    def __len__(self) -> int:
-        return len(self.files.paths)
-
-    def __getitem__(self, i: int):
-        image = decode_image(Path(self.files.paths[i]), self.files.img_size)
-        return torch.from_numpy(image).permute(2, 0, 1), self.files.labels[i]
 
 
 def tensor_digest(*tensors: torch.Tensor) -> str:
@@ -365,14 +357,9 @@ def read_archive(name: str, root: Path, split: str):
             f"the {name} copy in {root / ARCHIVE_FOLDERS[name]} is incomplete or damaged ({exc}); "
             "delete it to download again"
         ) from None
-    images = torch.as_tensor(dataset.data)
+    images, labels = torch.as_tensor(dataset.data), torch.as_tensor(dataset.targets, dtype=torch.int64)
     if name == "mnist":
-        return (
-            images.unsqueeze(1).repeat(1, 3, 1, 1).contiguous(),
-            dataset.targets.to(torch.int64),
-            [str(d) for d in range(10)],
-        )
-    labels = torch.as_tensor(dataset.targets, dtype=torch.int64)
+        return images.unsqueeze(1).repeat(1, 3, 1, 1).contiguous(), labels, [str(d) for d in range(10)]
     return images.permute(0, 3, 1, 2).contiguous(), labels, list(dataset.classes)
 
 

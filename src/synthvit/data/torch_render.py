@@ -91,7 +91,7 @@ def draw(systems, seeds, settings: RenderSettings, flips: list[str] | None = Non
 
     flips: draws.flip's `how` for each image ("none", "vertical", "horizontal", "both").
     """
-    np_render._check_systems(systems, seeds, settings.image_size, settings.pad)
+    np_render._check_systems(systems, seeds, settings.image_size, settings.pad, settings.patch)
     walkers, _ = walker_layout(settings.num_points)
     slots = TABLE_SIZE + walkers
     most_maps = max((len(maps) for maps, _ in systems), default=1)
@@ -125,12 +125,8 @@ def device_batch_size(num_points: int, device: torch.device) -> int:
 def render(draws: Draws, settings: RenderSettings, device: torch.device) -> tuple[torch.Tensor, np.ndarray]:
     """(images (F, S, S) uint8 on `device`, mirrored as `draws.flips` says; converged (F,) on the host)."""
     size = settings.image_size
-    if settings.patch not in np_render.PATCHES:
-        raise ValueError(f"patch={settings.patch!r} must be one of {np_render.PATCHES}")
-    images, converged = (
-        torch.empty((len(draws), size, size), dtype=torch.uint8, device=device),
-        np.empty(len(draws), bool),
-    )
+    images = torch.empty((len(draws), size, size), dtype=torch.uint8, device=device)
+    converged = np.empty(len(draws), bool)
     batch = device_batch_size(settings.num_points, device)
     for start in range(0, len(draws), batch):
         chunk = draws.chunk(start, start + batch).to(device)
@@ -140,15 +136,6 @@ def render(draws: Draws, settings: RenderSettings, device: torch.device) -> tupl
         drawn = torch.where(rows, drawn.flip(-2), drawn)
         images[start : start + len(chunk)] = torch.where(columns, drawn.flip(-1), drawn)
     return images, converged
-
-
-def _step(coef, offset: int, walkers: int, position, out, scratch) -> None:
-    """render._step: (a, c) * x + (b, d) * y + (e, f), one rounding per operation."""
-    window = slice(offset, offset + walkers)
-    torch.mul(coef[:, 0, :, window], position[:, 0:1], out=out)
-    torch.mul(coef[:, 1, :, window], position[:, 1:2], out=scratch)
-    out.add_(scratch)
-    out.add_(coef[:, 2, :, window])
 
 
 def _burn_in(linear, tangent_walkers: int) -> np.ndarray:
@@ -197,7 +184,9 @@ def _prerun(coef, walkers: int) -> tuple[torch.Tensor, np.ndarray]:
     running_at = np.count_nonzero(ends >= np.arange(1, ends[0] + 1)[:, None], axis=1).tolist()
     for t, running in enumerate(running_at):
         steps = t + 1
-        _step(coef[:running], offsets[t], pre, position[:running], out[:running], scratch[:running])
+        np_render._step(
+            coef[:running], offsets[t], pre, position[:running], out[:running], scratch[:running], torch.mul
+        )
         position, out = out, position
         if steps % START_STRIDE == 0:
             since = steps - sorted_burn_in[:running]
@@ -220,7 +209,7 @@ def _chaos_game(draws: Draws, num_points: int) -> tuple[torch.Tensor, torch.Tens
     history = torch.empty((count, 2, steps, walkers), dtype=torch.float32, device=coef.device)
     scratch = torch.empty((count, 2, walkers), dtype=torch.float32, device=coef.device)
     for t, offset in enumerate(np_render._offsets(1, steps).tolist()):
-        _step(coef, offset, walkers, position, history[:, :, t], scratch)
+        np_render._step(coef, offset, walkers, position, history[:, :, t], scratch, torch.mul)
         position = history[:, :, t]
     points = history.reshape(count, 2, -1)[:, :, :num_points]
     return points[:, 0], points[:, 1], converged
@@ -263,14 +252,9 @@ def _mark_points(xs, ys, size: int, low: int, high: int) -> torch.Tensor:
 
 
 def _dilate3(grid: torch.Tensor) -> torch.Tensor:
-    """render._dilate3: each mark covers its 3x3 patch."""
-    rows = grid.clone()
-    rows[..., 1:] |= grid[..., :-1]
-    rows[..., 2:] |= grid[..., :-2]
-    covered = rows.clone()
-    covered[..., 1:, :] |= rows[..., :-1, :]
-    covered[..., 2:, :] |= rows[..., :-2, :]
-    return covered
+    """render._dilate3: each mark covers its 3x3 patch (the mark and the two cells below and right of it)."""
+    padded = torch.nn.functional.pad(grid[:, None].float(), (2, 0, 2, 0))  # 2 columns left, 2 rows above
+    return torch.nn.functional.max_pool2d(padded, 3, stride=1)[:, 0] > 0
 
 
 def _unpack_bits(packed: torch.Tensor, size: int) -> torch.Tensor:

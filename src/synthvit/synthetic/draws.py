@@ -139,8 +139,4 @@ def mirrors(how: str) -> tuple[bool, bool]:
 
 def flip(image: np.ndarray, how: str) -> np.ndarray:
     rows, columns = mirrors(how)
-    if rows:
-        image = image[::-1]
-    if columns:
-        image = image[:, ::-1]
-    return np.ascontiguousarray(image)
+    return np.ascontiguousarray(image[:: -1 if rows else 1, :: -1 if columns else 1])

@@ -47,8 +47,8 @@ from synthvit.errors import ConfigError
 from synthvit.files import remove_stale_temps, temp_path
 from synthvit.synthetic import draws, ifs
 from synthvit.synthetic.parallel import default_workers, worker_pool
-from synthvit.synthetic.png import write_png
-from synthvit.synthetic.render import MAX_BURN_IN, TABLE_SIZE, TOLERANCE, RenderSettings
+from synthvit.synthetic.png import encode_png
+from synthvit.synthetic.render import MAX_BURN_IN, TABLE_SIZE, TOLERANCE
 from synthvit.synthetic.search import SCORE_PAD, SCORE_POINTS, SCORE_SIZE, Accepted, Rule, SearchFailed, search
 from synthvit.synthetic.source import ManifestImages, worker_tasks
 
@@ -64,20 +64,14 @@ class _Progress:
         self.total, self.done, self.label, self.started = total, 0, label, time.perf_counter()
         self.bar = tqdm(total=total, desc=label, unit="img", leave=False) if enabled and sys.stderr.isatty() else None
         self.lines = enabled and self.bar is None
-        self.next_line = 0.1
 
     def update(self, count: int = 1) -> None:
         self.done += count
         if self.bar is not None:
             self.bar.update(count)
-        if self.lines and self.done >= self.next_line * self.total:
-            print(
-                f"{self.label}: {self.done}/{self.total} images, {time.perf_counter() - self.started:.1f} s",
-                file=sys.stderr,
-                flush=True,
-            )
-            while self.next_line * self.total <= self.done:
-                self.next_line += 0.1
+        elif self.lines and 10 * self.done // self.total > 10 * (self.done - count) // self.total:  # a tenth more
+            seconds = time.perf_counter() - self.started
+            print(f"{self.label}: {self.done}/{self.total} images, {seconds:.1f} s", file=sys.stderr, flush=True)
 
     def close(self) -> None:
         if self.bar is not None:
@@ -102,15 +96,15 @@ class _Layout:
         return self.root / "images" / self.class_name(category) / self.file_name(instance)
 
 
-def _search(
-    cfg: SyntheticConfig, draw, rule: Rule, key: str, num_categories: int, pool, workers: int, on_accept, failure: str
-) -> list[Accepted]:
+def _search(cfg: SyntheticConfig, draw, rule: Rule, num_categories: int, pool, workers, on_accept, failure: str):
+    """search(), its failure a ConfigError naming the threshold to lower."""
     try:
-        return search(num_categories, draw, rule, RenderSettings.of(cfg), cfg.max_attempts, pool, workers, on_accept)
+        return search(num_categories, draw, rule, cfg.max_attempts, pool, workers, on_accept)
     except SearchFailed as failed:
+        key = "synthetic.onepfrac_fill_rate" if rule.patched else "synthetic.fill_rate"
         raise ConfigError(
             key,
-            getattr(cfg, key.split(".")[1]),
+            rule.threshold,
             failure.format(category=failed.category, best=failed.best_fill_rate)
             + f" within synthetic.max_attempts={cfg.max_attempts} draws; lower {key}"
             " or raise synthetic.max_attempts",
@@ -137,38 +131,29 @@ def _write_pngs(indices, *, source: ManifestImages, layout: _Layout) -> list[boo
     """Render and write images (flat indices) as PNG files (in a worker); their converged flags."""
     images, converged = source.render(indices)
     for index, image in zip(indices, images):
-        write_png(layout.path(*divmod(index, layout.images_per_class)), image, source.settings.rgb)
+        layout.path(*divmod(index, layout.images_per_class)).write_bytes(encode_png(image, source.settings.rgb))
     return converged.tolist()
 
 
-def _render(indices, *, source: ManifestImages) -> np.ndarray:
-    return source.render(indices)[0]
-
-
-def _fractaldb_instances(classes: list[dict], source: ManifestImages, pool, layout: _Layout, progress) -> None:
-    """Write instances 1.. of every category as PNG files and list them in the manifest;
-    instance 0 is the searched image itself (already written)."""
-    for entry in classes:
-        entry["instances"] = [
-            {
-                "file": layout.file_name(0),
-                "coefficient": None,
-                "weight": 1.0,
-                "flip": "none",
-                "pattern": 0,
-                "render_seed": entry["render_seed"],
-                "converged": True,
-            }
-        ]
+def _write_images(classes: list[dict], source: ManifestImages, pool, layout: _Layout, progress) -> None:
+    """Write every image as a PNG file; FractalDB lists its instances in the manifest, instance 0
+    being the searched image itself."""
     per_class = layout.images_per_class
-    indices = [c * per_class + i for c in range(len(classes)) for i in range(1, per_class)]
-    tasks = worker_tasks(indices, source)
+    tasks = worker_tasks(list(range(len(classes) * per_class)), source)
     write = functools.partial(_write_pngs, source=source, layout=layout)
     for task, converged in zip(tasks, pool.map(write, tasks)):
         for index, ok in zip(task, converged):
             category, instance = divmod(index, per_class)
-            variation = draws.instance_variation(source.seed, category, instance, source.cfg.instance_weights)
-            classes[category]["instances"].append({"file": layout.file_name(instance), **variation, "converged": ok})
+            if source.kind != "fractaldb":
+                continue
+            if instance == 0:  # the searched image: it passed the search, so it is listed as converged
+                seed = classes[category]["render_seed"]
+                variation = {"coefficient": None, "weight": 1.0, "flip": "none", "pattern": 0, "render_seed": seed}
+                ok = True
+            else:
+                variation = draws.instance_variation(source.seed, category, instance, source.cfg.instance_weights)
+            listed = {"file": layout.file_name(instance), **variation, "converged": ok}
+            classes[category].setdefault("instances", []).append(listed)
         progress.update(len(task))
 
 
@@ -179,7 +164,6 @@ def _write_shards(root: Path, source: ManifestImages, pool, layout: _Layout, pro
     categories = max(1, SHARD_IMAGES // per_class)
     (root / "shards").mkdir()
     shards = []
-    render = functools.partial(_render, source=source)
     for first in range(0, layout.num_classes, categories):
         last = min(first + categories, layout.num_classes) - 1
         name = f"shards/{layout.class_name(first)}-{layout.class_name(last)}.npy"
@@ -187,7 +171,7 @@ def _write_shards(root: Path, source: ManifestImages, pool, layout: _Layout, pro
         indices = list(range(first * per_class, (last + 1) * per_class))
         shard = np.lib.format.open_memmap(root / name, "w+", np.uint8, (len(indices), size, size))
         done = 0
-        for images in pool.map(render, worker_tasks(indices, source)):
+        for images, _ in pool.map(source.render, worker_tasks(indices, source)):
             shard[done : done + len(images)] = images
             done += len(images)
             progress.update(len(images))
@@ -197,7 +181,7 @@ def _write_shards(root: Path, source: ManifestImages, pool, layout: _Layout, pro
     return shards
 
 
-def _onepfrac_base(cfg: SyntheticConfig, seed: int, pool, workers: int) -> Accepted:
+def _onepfrac_base(cfg: SyntheticConfig, seed: int, rule: Rule, pool, workers: int) -> Accepted:
     """1p-frac's single IFS: the first sigma-factor draw that passes the categories' own rule.
 
     The official code checks no base; a base whose image stays below the threshold makes
@@ -209,14 +193,8 @@ def _onepfrac_base(cfg: SyntheticConfig, seed: int, pool, workers: int) -> Accep
         " (best fill rate {best:.3f})"
     )
     draw = draws.SigmaFactorDraw(seed, cfg.onepfrac_maps, cfg.sigma)
-    [base] = _search(
-        cfg, draw, _onepfrac_rule(cfg), "synthetic.onepfrac_fill_rate", 1, pool, workers, lambda *_: None, failure
-    )
+    [base] = _search(cfg, draw, rule, 1, pool, workers, lambda *_: None, failure)
     return base
-
-
-def _onepfrac_rule(cfg: SyntheticConfig) -> Rule:
-    return Rule(cfg.onepfrac_fill_rate, patched=True, strict=True)
 
 
 def _base_entry(base: Accepted) -> dict:
@@ -295,24 +273,16 @@ def _build(cfg: SyntheticConfig, seed: int, root: Path, progress: bool, workers:
             "probability_slots": TABLE_SIZE,
         },
     }
-    files = {"manifest": 0, "images": cfg.num_classes * (per_class - 1), "shards": cfg.num_classes * per_class}[
-        cfg.store
-    ]
+    files = 0 if cfg.store == "manifest" else cfg.num_classes * per_class
     bar = _Progress(cfg.num_classes + files, progress, f"synthetic {cfg.kind}")
-
-    def found_one(category: int, found: Accepted) -> None:
-        if cfg.store == "images":
-            layout.path(category, 0).write_bytes(found.png)
-        found.png = None  # written, or not wanted; 1,000 kept images would be memory for nothing
-        bar.update()
 
     try:
         with worker_pool(workers) as pool:
             if cfg.kind == "onepfrac":
-                base = _onepfrac_base(cfg, seed, pool, workers)
+                rule = Rule(cfg.onepfrac_fill_rate, patched=True, strict=True)
+                base = _onepfrac_base(cfg, seed, rule, pool, workers)
                 manifest["base"] = _base_entry(base)
                 draw = draws.PerturbationDraw(seed, tuple(map(tuple, base.candidate.maps.tolist())), cfg.delta)
-                rule, key = _onepfrac_rule(cfg), "synthetic.onepfrac_fill_rate"
                 failure = (
                     f"category {{category}}: no perturbation (synthetic.delta={cfg.delta}) of the base IFS"
                     " exceeded it (best fill rate {best:.3f})"
@@ -320,13 +290,13 @@ def _build(cfg: SyntheticConfig, seed: int, root: Path, progress: bool, workers:
             else:
                 weights = draws.OFDB_FIRST_ROW if cfg.kind == "ofdb" else None
                 draw = draws.SearchDraw(seed, cfg.min_maps, cfg.max_maps, weights)
-                rule, key = Rule(cfg.fill_rate), "synthetic.fill_rate"
+                rule = Rule(cfg.fill_rate)
                 failure = "category {category} found no IFS reaching it (best fill rate {best:.3f})"
-            found = _search(cfg, draw, rule, key, cfg.num_classes, pool, workers, found_one, failure)
+            found = _search(cfg, draw, rule, cfg.num_classes, pool, workers, lambda *_: bar.update(), failure)
             manifest["classes"] = [_class_entry(layout.class_name(c), f) for c, f in enumerate(found)]
             source = ManifestImages(manifest)
-            if cfg.store == "images" and cfg.kind == "fractaldb":
-                _fractaldb_instances(manifest["classes"], source, pool, layout, bar)
+            if cfg.store == "images":
+                _write_images(manifest["classes"], source, pool, layout, bar)
             elif cfg.store == "shards":
                 manifest["shards"] = _write_shards(root, source, pool, layout, bar)
     finally:
@@ -338,16 +308,14 @@ def _build(cfg: SyntheticConfig, seed: int, root: Path, progress: bool, workers:
 
 def _swap_in(staging: Path, out_dir: Path) -> None:
     """Replace out_dir by the finished staging folder (a rename: never half-written)."""
+    retired = temp_path(out_dir, "old")
     if out_dir.exists() or out_dir.is_symlink():
-        retired = temp_path(out_dir, "old")
         os.replace(out_dir, retired)
-        os.replace(staging, out_dir)
-        if retired.is_dir() and not retired.is_symlink():
-            shutil.rmtree(retired)
-        else:
-            retired.unlink()
+    os.replace(staging, out_dir)
+    if retired.is_dir() and not retired.is_symlink():
+        shutil.rmtree(retired)
     else:
-        os.replace(staging, out_dir)
+        retired.unlink(missing_ok=True)
 
 
 def generate_dataset(

@@ -129,50 +129,14 @@ def chaos_steps(coef, offsets, position, history):
 
 
 @_compiled
-def mark_points(xs, ys, bounds, grid, low, high, index):
-    """render._mark_points: set grid[row, col] (grid (size, size)) at each point.
+def mark_points(xs, ys, cells, size, low, x_min, y_max, scale_x, scale_y, index):
+    """render._mark_points' arithmetic: set cells (a flat (size, size) grid) at each (finite) point.
 
-    bounds: x min, x max, y min, y max of the points as numpy reduces them (they
-    vectorise there, not here without fastmath); non-finite bounds mean non-finite
-    points, which are then left out of the box and the marks. The box maps to [low, high]
-    (x and y apart, y up); the index arithmetic runs in float32, or float64 when a span
-    reaches 1e30, as numpy's does. Its values are whole numbers below 2**24, so the
-    integer form in _mark is the same. index: an int32 scratch buffer as long as xs.
+    x_min, y_max and the scales are float32, or float64 when a span reaches 1e30, as numpy's;
+    the index arithmetic runs in their type (numba compiles a loop for each). Its values are
+    whole numbers below 2**24, so the integer form here is the same. index: an int32 scratch
+    buffer as long as xs.
     """
-    size, cells = grid.shape[0], grid.reshape(-1)
-    x_min, x_max, y_min, y_max = bounds
-    all_finite = np.isfinite(x_min) and np.isfinite(x_max) and np.isfinite(y_min) and np.isfinite(y_max)
-    if not all_finite:
-        x_min, x_max = np.float32(np.inf), np.float32(-np.inf)
-        y_min, y_max = np.float32(np.inf), np.float32(-np.inf)
-        for k in range(xs.shape[0]):
-            if np.isfinite(xs[k]) and np.isfinite(ys[k]):
-                x_min, x_max = min(x_min, xs[k]), max(x_max, xs[k])
-                y_min, y_max = min(y_min, ys[k]), max(y_max, ys[k])
-        if x_min > x_max:
-            return  # no finite point
-    span_x, span_y = np.float64(x_max) - np.float64(x_min), np.float64(y_max) - np.float64(y_min)
-    scale_x = (high - low) / span_x if span_x > 0 else 0.0
-    scale_y = (high - low) / span_y if span_y > 0 else 0.0
-    wide = max(span_x, span_y) >= 1e30
-    if all_finite and not wide:  # the common case, in float32 as numpy's
-        _mark_float32(xs, ys, cells, size, low, x_min, y_max, np.float32(scale_x), np.float32(scale_y), index)
-        return
-    for k in range(xs.shape[0]):
-        x, y = xs[k], ys[k]
-        if not (np.isfinite(x) and np.isfinite(y)):
-            continue
-        if wide:
-            col = (np.float64(x) - np.float64(x_min)) * scale_x
-            row = (np.float64(y_max) - np.float64(y)) * scale_y
-        else:
-            col = np.float64((x - x_min) * np.float32(scale_x))
-            row = np.float64((y_max - y) * np.float32(scale_y))
-        _mark(cells, row, col, size, low)
-
-
-@_compiled
-def _mark_float32(xs, ys, cells, size, low, x_min, y_max, scale_x, scale_y, index):
     # Two passes, indices first: the conversions then vectorise (measured 1.8x faster than one pass).
     size32, base = np.int32(size), np.int32(low * (size + 1))
     for k in range(xs.shape[0]):
@@ -182,11 +146,3 @@ def _mark_float32(xs, ys, cells, size, low, x_min, y_max, scale_x, scale_y, inde
     for k in range(xs.shape[0]):
         if np.uint32(index[k]) < count:  # a degenerate box (NaN scale) would index anywhere
             cells[np.uint32(index[k])] = True
-
-
-@_compiled
-def _mark(cells, row, col, size, low):
-    # row, col >= 0 (x >= x_min), so truncation is floor.
-    index = int(row) * size + int(col) + low * (size + 1)
-    if 0 <= index < cells.size:  # a degenerate box (NaN scale) would index anywhere
-        cells[index] = True

@@ -35,8 +35,3 @@ def encode_png(image: np.ndarray, rgb: bool = False) -> bytes:
     pixels = compressor.compress(rows.tobytes()) + compressor.flush()
     header = struct.pack(">IIBBBBB", width, height, 8, 2 if rgb else 0, 0, 0, 0)  # 8-bit, RGB or grayscale
     return _SIGNATURE + _chunk(b"IHDR", header) + _chunk(b"IDAT", pixels) + _chunk(b"IEND", b"")
-
-
-def write_png(path, image: np.ndarray, rgb: bool = False) -> None:
-    with open(path, "wb") as file:
-        file.write(encode_png(image, rgb))

@@ -47,7 +47,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from synthvit.synthetic import kernels
-from synthvit.synthetic.png import encode_png
 
 TABLE_SIZE = 4096  # map-choice slots: probabilities are quantised to 1/4096
 MAX_WALKERS = 4096
@@ -122,18 +121,18 @@ def map_columns(maps) -> np.ndarray:
     return np.asarray(maps, np.float32).T[[0, 2, 1, 3, 4, 5]]
 
 
-def _step(coef, offset: int, walkers: int, position, out, scratch) -> None:
+def _step(coef, offset: int, walkers: int, position, out, scratch, multiply=np.multiply) -> None:
     """One chaos-game step for every walker of every image; positions are (F, 2, walkers).
 
     coef is (F, 3, 2, slots): rows (a, c), (b, d), (e, f), so x' and y' come out of the
-    same four numpy calls (call overhead, not arithmetic, bounds small steps).
+    same four numpy calls (call overhead, not arithmetic, bounds small steps). The torch
+    port steps its tensors here too (multiply=torch.mul): one rounding per operation.
     """
     window = slice(offset, offset + walkers)
-    np.multiply(coef[:, 0, :, window], position[:, 0:1], out=out)  # (a, c) * x
-    np.multiply(coef[:, 1, :, window], position[:, 1:2], out=scratch)  # (b, d) * y
+    multiply(coef[:, 0, :, window], position[:, 0:1], out=out)  # (a, c) * x
+    multiply(coef[:, 1, :, window], position[:, 1:2], out=scratch)  # (b, d) * y
     out += scratch
-    if coef.shape[1] == 3:
-        out += coef[:, 2, :, window]  # + (e, f)
+    out += coef[:, 2, :, window]  # + (e, f)
 
 
 def _burn_in(linear, tangent_walkers: int) -> np.ndarray:
@@ -239,13 +238,8 @@ def _chaos_game(systems, num_points: int, rngs) -> tuple[np.ndarray, np.ndarray,
     slots = TABLE_SIZE + walkers
     coef = _scratch("coef", (count, 6, slots), np.float32)
     for i, ((maps, probabilities), rng) in enumerate(zip(systems, rngs)):
-        np.take(
-            map_columns(maps),
-            _map_table(np.asarray(probabilities, np.float64), rng, slots),
-            axis=1,
-            out=coef[i],
-            mode="clip",
-        )
+        table = _map_table(np.asarray(probabilities, np.float64), rng, slots)
+        np.take(map_columns(maps), table, axis=1, out=coef[i], mode="clip")
     coef = coef.reshape(count, 3, 2, slots)
 
     with np.errstate(over="ignore", invalid="ignore", under="ignore"):  # divergent systems overflow to inf/nan
@@ -264,11 +258,6 @@ def _chaos_game(systems, num_points: int, rngs) -> tuple[np.ndarray, np.ndarray,
 
 def _mark_points(xs: np.ndarray, ys: np.ndarray, grid: np.ndarray, low: int, high: int) -> None:
     """Set grid[row, col] at each point; x and y scale separately to [low, high] (y up)."""
-    if kernels.ENABLED:
-        kernels.mark_points(
-            xs, ys, (xs.min(), xs.max(), ys.min(), ys.max()), grid, low, high, _scratch("index32", xs.shape, np.int32)
-        )
-        return
     size = grid.shape[0]
     bounds = xs.min(), xs.max(), ys.min(), ys.max()
     if not np.isfinite(bounds).all():  # a divergent walk: keep its finite points only
@@ -282,6 +271,10 @@ def _mark_points(xs: np.ndarray, ys: np.ndarray, grid: np.ndarray, low: int, hig
     dtype = np.float32 if max(span_x, span_y) < 1e30 else np.float64  # keep x - x_min finite
     scale_x = dtype((high - low) / span_x if span_x > 0 else 0.0)
     scale_y = dtype((high - low) / span_y if span_y > 0 else 0.0)
+    if kernels.ENABLED:  # the same arithmetic, compiled
+        index = _scratch("index32", xs.shape, np.int32)
+        kernels.mark_points(xs, ys, grid.reshape(-1), size, low, dtype(x_min), dtype(y_max), scale_x, scale_y, index)
+        return
     # Flat index floor(row) * size + floor(col), in floats: exact below 2**24 (size <= 4096).
     col = _scratch("col", xs.shape, dtype)
     np.subtract(xs, dtype(x_min), out=col)
@@ -325,8 +318,6 @@ def rasterize(
     xs: np.ndarray, ys: np.ndarray, image_size: int, rngs, patch: str = "random", pad: int = 0, value: int = LIT
 ) -> np.ndarray:
     """(F, size, size) uint8 images, `value` where a patch cell is set, from (F, N) points."""
-    if patch not in PATCHES:
-        raise ValueError(f"patch={patch!r} must be one of {PATCHES}")
     shape = (len(xs), image_size, image_size)
     grid = _scratch("grid", shape, np.bool_)
     grid[...] = False
@@ -340,7 +331,9 @@ def rasterize(
     return np.multiply(covered.view(np.uint8), np.uint8(value))  # a fresh array: the caller keeps it
 
 
-def _check_systems(systems, seeds, image_size: int, pad: int) -> None:
+def _check_systems(systems, seeds, image_size: int, pad: int, patch: str) -> None:
+    if patch not in PATCHES:
+        raise ValueError(f"patch={patch!r} must be one of {PATCHES}")
     if len(systems) != len(seeds):
         raise ValueError(f"{len(systems)} systems but {len(seeds)} seeds")
     for maps, probabilities in systems:
@@ -370,7 +363,7 @@ def render_batch(
     start (divergent or too slowly contracting: its image is not its attractor). Image i
     depends only on systems[i], seeds[i] and the settings, never on the rest of the batch.
     """
-    _check_systems(systems, seeds, image_size, pad)
+    _check_systems(systems, seeds, image_size, pad, patch)
     if not systems:
         images, converged = np.zeros((0, image_size, image_size), np.uint8), np.zeros(0, bool)
     else:
@@ -409,7 +402,7 @@ def point_fill_rates(systems, seeds, image_size: int, num_points: int, pad: int)
     attractor alone would turn away 12% of the official FractalDB-1k categories (measured;
     their fill was measured with the path in).
     """
-    _check_systems(systems, seeds, image_size, pad)
+    _check_systems(systems, seeds, image_size, pad, "random")
     rngs = [np.random.default_rng(seed) for seed in seeds]
     xs, ys, burn_in, converged, path = _chaos_game(systems, num_points, rngs)
     grid = _scratch("grid", (len(systems), image_size, image_size), np.bool_)
@@ -443,15 +436,6 @@ class RenderSettings:
         return render_batch(
             systems, self.image_size, self.num_points, seeds, self.patch, self.pad, self.value, with_convergence=True
         )
-
-    def render_pngs(self, systems, seeds) -> list[bytes]:
-        """PNG bytes of each system's image."""
-        pngs = []
-        batch = batch_size_for(self.num_points)
-        for start in range(0, len(systems), batch):
-            images, _ = self.render(systems[start : start + batch], seeds[start : start + batch])
-            pngs += [encode_png(image, self.rgb) for image in images]
-        return pngs
 
 
 def fill_rates(images: np.ndarray) -> np.ndarray:

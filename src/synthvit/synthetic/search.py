@@ -5,8 +5,7 @@ dataset is drawn at: FractalDB/OFDB (ifs_search.py) light one pixel per chaos-ga
 at 512 x 512 with 100k points and a 6-px pad and keep fill >= 0.2; 1p-frac
 (render_from_oneparam_mp.py) pastes 3x3 random-mask patches at the same size and keeps
 fill > 0.05. Here the points are the attractor's (render.py's burn-in), and a system whose
-walk does not converge (divergent or too slowly contracting) is never kept. A kept draw
-is then rendered with the dataset's RenderSettings.
+walk does not converge (divergent or too slowly contracting) is never kept.
 
 `draw(category, attempt)` must be a pure function of its arguments (it seeds its own
 generator from them) and picklable (it runs in worker processes), so a category's
@@ -25,7 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from synthvit.synthetic.render import RenderSettings, fill_rates, point_fill_rates, render_batch
+from synthvit.synthetic.render import fill_rates, point_fill_rates, render_batch
 
 SCORE_SIZE, SCORE_POINTS, SCORE_PAD = 512, 100_000, 6  # the official search render
 # Draws scored per numpy batch: the burn-in pre-run is call-bound, so larger batches share it
@@ -71,7 +70,6 @@ class Candidate:
 class Accepted:
     candidate: Candidate
     attempts: int  # draws used, the accepted one included
-    png: bytes  # the rendered image, PNG-encoded by the worker
     fill_rate: float
 
 
@@ -83,29 +81,21 @@ class SearchFailed(Exception):
         )
 
 
-def _evaluate(jobs, *, draw, rule: Rule, settings: RenderSettings):
-    """[(candidate, fill rate, PNG bytes or None)] per (category, attempt); PNG when kept."""
+def _evaluate(jobs, *, draw, rule: Rule):
+    """[(candidate, fill rate, kept by the rule)] per (category, attempt)."""
     candidates = [draw(category, attempt) for category, attempt in jobs]
-    pngs = [None] * len(jobs)
-    rates = np.zeros(len(jobs))
-    batch = SCORE_BATCH
-    for start in range(0, len(jobs), batch):
-        chunk = candidates[start : start + batch]
-        scored, converged = rule.score([(c.maps, c.probabilities) for c in chunk], [c.render_seed for c in chunk])
-        rates[start : start + len(chunk)] = scored
-        kept = [start + i for i in range(len(chunk)) if rule.keeps(scored[i], converged[i])]
-        drawn = [candidates[i] for i in kept]
-        systems = [(c.maps if c.render_maps is None else c.render_maps, c.probabilities) for c in drawn]
-        for i, png in zip(kept, settings.render_pngs(systems, [c.render_seed for c in drawn])):
-            pngs[i] = png
-    return [(candidates[i], float(rates[i]), pngs[i]) for i in range(len(jobs))]
+    outcomes = []
+    for start in range(0, len(jobs), SCORE_BATCH):
+        chunk = candidates[start : start + SCORE_BATCH]
+        rates, converged = rule.score([(c.maps, c.probabilities) for c in chunk], [c.render_seed for c in chunk])
+        outcomes += [(c, float(rate), rule.keeps(rate, ok)) for c, rate, ok in zip(chunk, rates, converged)]
+    return outcomes
 
 
 def search(
     num_categories: int,
     draw: Callable[[int, int], Candidate],
     rule: Rule,
-    settings: RenderSettings,
     max_attempts: int,
     pool,
     workers: int,
@@ -117,10 +107,9 @@ def search(
     every earlier one failed. pool is an executor with `workers` workers (its map is
     used); on_accept(category, accepted) runs here as soon as a category is decided.
     """
-    batch = SCORE_BATCH
-    evaluate = functools.partial(_evaluate, draw=draw, rule=rule, settings=settings)
+    evaluate = functools.partial(_evaluate, draw=draw, rule=rule)
     num_tasks = TASKS_PER_WORKER * max(2, workers)
-    round_size = batch * max(BATCHES_PER_ROUND, num_tasks)
+    round_size = SCORE_BATCH * max(BATCHES_PER_ROUND, num_tasks)
     tried = [0] * num_categories
     best = [0.0] * num_categories
     accepted: list[Accepted | None] = [None] * num_categories
@@ -142,10 +131,10 @@ def search(
         size = -(-len(jobs) // num_tasks)
         tasks = [jobs[i : i + size] for i in range(0, len(jobs), size)]
         outcomes = [outcome for task in pool.map(evaluate, tasks) for outcome in task]
-        for (category, attempt), (candidate, rate, png) in zip(jobs, outcomes):
+        for (category, attempt), (candidate, rate, kept) in zip(jobs, outcomes):
             best[category] = max(best[category], rate)
-            if png is not None and accepted[category] is None:  # jobs are in attempt order
-                accepted[category] = Accepted(candidate, attempt + 1, png, rate)
+            if kept and accepted[category] is None:  # jobs are in attempt order
+                accepted[category] = Accepted(candidate, attempt + 1, rate)
                 on_accept(category, accepted[category])
         for category, depth in depths.items():
             if accepted[category] is None:

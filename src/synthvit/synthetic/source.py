@@ -71,26 +71,17 @@ class ManifestImages:
         probabilities = np.asarray(entry.probabilities)
         if instance == 0:
             return np.asarray(entry.image_maps), probabilities, entry.render_seed, "none"
-        if instance >= HELDOUT_FIRST and self.kind == "fractaldb":
-            held = draws.heldout_variation(self.seed, category, instance, self.cfg.instance_weights)
-            return draws.instance_maps(entry.maps, held), probabilities, held["render_seed"], held["flip"]
-        if self.kind != "fractaldb":  # fresh draws of a one-image category: new masks and walk
-            return (
-                np.asarray(entry.image_maps),
-                probabilities,
-                draws.instance_render_seed(self.seed, category, instance),
-                "none",
-            )
-        variation = draws.instance_variation(self.seed, category, instance, self.cfg.instance_weights)
+        if self.kind != "fractaldb":  # fresh draws (or held out) of a one-image category: new masks and walk
+            seed = draws.instance_render_seed(self.seed, category, instance)
+            return np.asarray(entry.image_maps), probabilities, seed, "none"
+        vary = draws.heldout_variation if instance >= HELDOUT_FIRST else draws.instance_variation
+        variation = vary(self.seed, category, instance, self.cfg.instance_weights)
         return draws.instance_maps(entry.maps, variation), probabilities, variation["render_seed"], variation["flip"]
 
-    def instance_number(self, index: int, epoch: int, fresh: bool) -> int:
-        instance = index % self.per_class
-        return instance + (epoch - 1) * self.per_class if fresh else instance
-
     def systems(self, indices, epoch: int = 1, fresh: bool = False) -> list[tuple[np.ndarray, np.ndarray, int, str]]:
-        """ManifestImages.system of each flat index, in epoch `epoch`."""
-        return [self.system(i // self.per_class, self.instance_number(i, epoch, fresh)) for i in indices]
+        """ManifestImages.system of each flat index, in epoch `epoch` (fresh: its own instance numbers)."""
+        shift = (epoch - 1) * self.per_class if fresh else 0
+        return [self.system(i // self.per_class, i % self.per_class + shift) for i in indices]
 
     def heldout_systems(self, per_class: int) -> list[tuple[np.ndarray, np.ndarray, int, str]]:
         """The held-out split: `per_class` instances of each category, category-major (labels: index // per_class)."""
