@@ -379,7 +379,8 @@ def test_progress_is_plain_lines_off_a_terminal_and_silent_when_off(tmp_path, ca
     cfg = SyntheticConfig(kind="ofdb", **SMALL)
     generate_dataset(cfg, 0, tmp_path / "a", progress=True)
     lines = capsys.readouterr().err.strip().splitlines()
-    assert lines and lines[-1].startswith("synthetic ofdb: 8/8 images")  # 4 categories searched, 4 PNGs written
+    # 4 categories found, then their 4 PNGs written
+    assert lines and lines[-1].startswith("synthetic ofdb: 8/8 categories found, then images written")
     generate_dataset(cfg, 0, tmp_path / "b", progress=False)
     assert capsys.readouterr().err == ""
 
@@ -388,7 +389,7 @@ def test_progress_bar_on_a_terminal(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr("sys.stderr.isatty", lambda: True, raising=False)
     generate_dataset(SyntheticConfig(kind="ofdb", **SMALL), 0, tmp_path / "out", progress=True)
     err = capsys.readouterr().err
-    assert "synthetic ofdb:   0%|" in err and "img/s" in err  # a tqdm bar, not log lines
+    assert "synthetic ofdb:   0%|" in err and "it/s, categories found, then images written]" in err  # a tqdm bar
 
 
 def test_bench_prints_both_rates_and_the_ratio(capsys):

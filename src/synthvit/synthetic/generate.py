@@ -60,9 +60,9 @@ SHARD_IMAGES = 65_536  # images a shard holds, about (256 MB at 64 px): whole ca
 class _Progress:
     """tqdm on a terminal; elsewhere (CI, DVC logs) a plain line every 10%."""
 
-    def __init__(self, total: int, enabled: bool, label: str):
-        self.total, self.done, self.label, self.started = total, 0, label, time.perf_counter()
-        self.bar = tqdm(total=total, desc=label, unit="img", leave=False) if enabled and sys.stderr.isatty() else None
+    def __init__(self, total: int, enabled: bool, label: str, unit: str):
+        self.total, self.done, self.label, self.unit, self.started = total, 0, label, unit, time.perf_counter()
+        self.bar = tqdm(total=total, desc=label, postfix=unit, leave=False) if enabled and sys.stderr.isatty() else None
         self.lines = enabled and self.bar is None
 
     def update(self, count: int = 1) -> None:
@@ -71,7 +71,7 @@ class _Progress:
             self.bar.update(count)
         elif self.lines and 10 * self.done // self.total > 10 * (self.done - count) // self.total:  # a tenth more
             seconds = time.perf_counter() - self.started
-            print(f"{self.label}: {self.done}/{self.total} images, {seconds:.1f} s", file=sys.stderr, flush=True)
+            print(f"{self.label}: {self.done}/{self.total} {self.unit}, {seconds:.1f} s", file=sys.stderr, flush=True)
 
     def close(self) -> None:
         if self.bar is not None:
@@ -274,7 +274,8 @@ def _build(cfg: SyntheticConfig, seed: int, root: Path, progress: bool, workers:
         },
     }
     files = 0 if cfg.store == "manifest" else cfg.num_classes * per_class
-    bar = _Progress(cfg.num_classes + files, progress, f"synthetic {cfg.kind}")
+    unit = "categories found" + (", then images written" if files else "")
+    bar = _Progress(cfg.num_classes + files, progress, f"synthetic {cfg.kind}", unit)
 
     try:
         with worker_pool(workers) as pool:
