@@ -15,7 +15,6 @@ import hashlib
 import json
 import random
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -27,9 +26,6 @@ from synthvit.errors import torch_load_reason
 from synthvit.files import atomic_write
 from synthvit.runtime import log
 from synthvit.training import distributed
-
-if TYPE_CHECKING:
-    from synthvit.training.engine import Loop  # engine imports this module: a type only
 
 RESUME_DIR = Path(".synthvit/resume")
 STATE_FORMAT = 2  # part of the file name: a state saved by an older layout is never resumed
@@ -60,10 +56,10 @@ def cpu_copy(state_dict: dict) -> dict:
     return {k: v.detach().to("cpu", copy=True) for k, v in state_dict.items()}
 
 
-def save_state(path: Path, epoch: int, loop: Loop, history: list, best: dict) -> None:
+def save_state(path: Path, epoch: int, loop, history: list, best: dict) -> None:
     """Everything training needs to continue after `epoch` as if never stopped: what changes as the loop
-    runs (weights, optimizer, schedule, EMA, scaler, generators). Every process calls this (it gathers
-    their generators); the main process writes."""
+    (an engine.Loop; not imported, as engine imports this module) runs (weights, optimizer, schedule, EMA,
+    scaler, generators). Every process calls this (it gathers their generators); the main process writes."""
     own = {
         "augment": loop.generators["augment"].get_state().cpu(),
         "cuda_rng": torch.cuda.get_rng_state(loop.device) if loop.device.type == "cuda" else torch.empty(0),
@@ -113,8 +109,9 @@ def load_intact_state(path: Path | None) -> dict | None:
     return state
 
 
-def restore_state(saved: dict, loop: Loop) -> tuple[int, list, dict]:
-    """Restore `loop`'s training state in place; returns (last finished epoch, history so far, best epoch's record)."""
+def restore_state(saved: dict, loop) -> tuple[int, list, dict]:
+    """Restore the training state of `loop` (an engine.Loop) in place; returns (last finished epoch, history so
+    far, best epoch's record)."""
     loop.model.load_state_dict(saved["model"])
     loop.optimizer.load_state_dict(saved["optimizer"])
     loop.scheduler.load_state_dict(saved["scheduler"])
