@@ -70,6 +70,23 @@ def test_failed_stage_marks_runs_failed(store, monkeypatch):
     assert sorted(r.info.status for r in found) == ["FAILED", "FAILED"]
 
 
+def test_a_signal_inside_a_c_extension_import_ends_the_runs_killed(store, monkeypatch):
+    """SIGTERM that lands while a C extension initialises comes out as an ImportError caused by it
+    (errors.interruption): the runs end KILLED, as for any stop the user asked for, with no error recorded."""
+    from synthvit.errors import Terminated
+
+    monkeypatch.setattr(runs, "pipeline_key", lambda: "dvc-44-1")
+    with pytest.raises(ImportError), runs.stage_run("evaluate", {}, "unit"):
+        try:
+            raise Terminated()
+        except Terminated as signal:
+            raise ImportError("initialization failed") from signal
+    client = mlflow_store.open_client(mlflow_store.tracking_uri())
+    found = client.search_runs([client.get_experiment_by_name("unit").experiment_id])
+    assert sorted(r.info.status for r in found) == ["KILLED", "KILLED"]
+    assert not any(mlflow_store.ERROR_TAG in r.data.tags for r in found)
+
+
 def test_fresh_store_created_by_parallel_processes(tmp_path):
     """Three processes opening one fresh SQLite store at the same instant all succeed (the lock serialises them).
 

@@ -23,6 +23,7 @@ import mlflow
 import psutil
 from mlflow.utils.git_utils import get_git_commit
 
+from synthvit.errors import interruption
 from synthvit.tracking import health, store, summary
 from synthvit.tracking.outbox import OutboxRun
 
@@ -139,8 +140,11 @@ def stage_run(stage: str, params: dict, experiment_name: str):
             status = "KILLED"
             raise
         except Exception as exc:
-            with contextlib.suppress(Exception):  # the stage's own error is what the user must see
-                client.set_tag(run.run_id, store.ERROR_TAG, str(exc)[:4000] or type(exc).__name__)
+            if interruption(exc):  # a signal that landed while a C extension was imported: still a stop
+                status = "KILLED"
+            else:
+                with contextlib.suppress(Exception):  # the stage's own error is what the user must see
+                    client.set_tag(run.run_id, store.ERROR_TAG, str(exc)[:4000] or type(exc).__name__)
             raise
         finally:
             # Ending the run may fail as the stage did (a full disk); then the stage's own error is what counts.
