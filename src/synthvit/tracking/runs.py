@@ -178,7 +178,7 @@ def record_early_failure(stage: str, error: BaseException) -> None:
     db = store.sqlite_path(uri)
     if (db is not None and not db.is_file()) or health.store_problem(uri):
         return  # no store yet, or a server that is down: nothing of this execution to fail
-    status = "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
+    status = "KILLED" if interruption(error) else "FAILED"
     try:
         client = store.open_client(uri)
         found = find_parent(client, [e.experiment_id for e in client.search_experiments()], pipeline_key())
