@@ -30,7 +30,16 @@ import pytest
 import yaml
 
 from helpers.mounts import read_only_view, resize, small_disk
-from helpers.repo import COMPUTED_OUTPUTS, copy_subset, dvc, pipeline_env, snapshot_repo, stages_run, update_params
+from helpers.repo import (
+    COMPUTED_OUTPUTS,
+    copy_repo,
+    copy_subset,
+    dvc,
+    pipeline_env,
+    snapshot_repo,
+    stages_run,
+    update_params,
+)
 from synthvit.errors import UserError
 from synthvit.tracking import store
 
@@ -76,14 +85,9 @@ def reference(images, tmp_path_factory) -> dict:
     repo = new_repo(base / "repo", images)
     dvc(repo, "repro", "pretrain")
     pretrained = base / "pretrained"
-    shutil.copytree(repo, pretrained, symlinks=True)
+    copy_repo(repo, pretrained)
     dvc(repo, "repro")
     return {"repo": repo, "pretrained": pretrained, "outputs": {name: (repo / name).read_bytes() for name in OUTPUTS}}
-
-
-def copy_of(repo: Path, dest: Path) -> Path:
-    shutil.copytree(repo, dest, symlinks=True)
-    return dest
 
 
 def run(repo: Path, *command: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -188,7 +192,7 @@ def test_kill_9_in_every_stage_then_repro_ends_as_the_reference(reference, image
 
 
 def test_full_disk_at_the_final_checkpoint_then_repro_writes_it_without_training(reference, tmp_path):
-    repo = copy_of(reference["pretrained"], tmp_path / "repo")
+    repo = copy_repo(reference["pretrained"], tmp_path / "repo")
     pretrained = (repo / "models/pretrain.pt").stat().st_size
     # models/ on a disk with room for pretrain.pt and not for finetune.pt beside it (same size give or take).
     with small_disk(repo / "models", pretrained + 8192) as models:
@@ -212,7 +216,7 @@ def test_full_disk_at_the_final_checkpoint_then_repro_writes_it_without_training
 
 
 def test_read_only_checkout_says_where_to_write(reference, tmp_path, capsys, monkeypatch):
-    repo = copy_of(reference["repo"], tmp_path / "repo")
+    repo = copy_repo(reference["repo"], tmp_path / "repo")
     with read_only_view(repo, tmp_path / "read-only") as view:
         result = run(view, sys.executable, "stages/evaluate.py")
         assert one_line_error(result) == (
@@ -236,7 +240,7 @@ def test_read_only_checkout_says_where_to_write(reference, tmp_path, capsys, mon
 
 
 def test_damaged_mlflow_db_names_the_way_out_everywhere(reference, images, tmp_path, capsys, monkeypatch):
-    repo = copy_of(reference["repo"], tmp_path / "repo")
+    repo = copy_repo(reference["repo"], tmp_path / "repo")
     db = repo / "mlflow.db"
     db.write_bytes(db.read_bytes()[: db.stat().st_size // 2])  # cut short (a full disk, a copy interrupted)
     message = (
@@ -271,7 +275,7 @@ def test_damaged_mlflow_db_names_the_way_out_everywhere(reference, images, tmp_p
 
 
 def test_sigterm_during_evaluate_leaves_nothing_half_written(reference, tmp_path):
-    repo = copy_of(reference["repo"], tmp_path / "repo")
+    repo = copy_repo(reference["repo"], tmp_path / "repo")
     shutil.rmtree(repo / "plots/evaluate")
     (repo / "metrics/evaluate.json").unlink()
     log = tmp_path / "evaluate.log"

@@ -3,17 +3,15 @@ uninterrupted run."""
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import time
-from pathlib import Path
 
 import psutil
 import pytest
 import yaml
 
-from helpers.repo import copy_subset, pipeline_env, snapshot_repo, update_params
+from helpers.repo import copy_repo, copy_subset, pipeline_env, snapshot_repo, update_params
 
 pytestmark = pytest.mark.e2e
 
@@ -53,7 +51,7 @@ def pretrained_once(cifar10_root, tmp_path_factory):
 @pytest.fixture
 def pretrained_repo(pretrained_once, tmp_path):
     """A copy of the pre-trained repository (its DVC cache and MLflow store too): ready for finetune."""
-    return Path(shutil.copytree(pretrained_once, tmp_path / "repo", symlinks=True))
+    return copy_repo(pretrained_once, tmp_path / "repo")
 
 
 def signal_finetune(repo, sig, args=()):
