@@ -7,10 +7,11 @@ else renders with numpy (render.py stays the reference). The work splits in two:
   per-image seeds: each image's map table (render._map_table) and its mask coin flips
   (render.coin_flip_bytes), in the order render_batch draws them. Small: a byte per
   table slot, a bit per pixel.
-- `render` (any torch device): the arithmetic. The per-system burn-in, the pre-run
-  handing out starting points, the chaos-game steps over the same fixed step offsets
-  (render._offsets), the raster (bounding box, y up, pad, float32 flat index), the 3x3
-  dilation, the masks and the gray value, each a port of its render.py namesake.
+- `render` (any torch device): the arithmetic. The walk (the per-system burn-in, the
+  pre-run handing out starting points, the chaos-game steps over the same fixed step
+  offsets) is render.py's own array code run on torch tensors (render.walk, xp=torch);
+  the raster (bounding box, y up, pad, float32 flat index), the 3x3 dilation, the masks
+  and the gray value are ports of their render.py namesakes, all images at once.
 
 Every float operation is the single IEEE operation numpy performs, in the same order:
 separate multiply and add kernels (no fused multiply-add; do not torch.compile the step),
@@ -28,21 +29,7 @@ import torch
 
 from synthvit.synthetic import render as np_render
 from synthvit.synthetic.draws import mirrors
-from synthvit.synthetic.render import (
-    CHECK_EVERY,
-    DIVERGED,
-    MAX_BURN_IN,
-    MAX_WALKERS,
-    MIN_BURN_IN,
-    PRERUN_WALKERS,
-    START_STRIDE,
-    TABLE_SIZE,
-    TANGENT_WALKERS,
-    TOLERANCE,
-    RenderSettings,
-    batch_size_for,
-    walker_layout,
-)
+from synthvit.synthetic.render import TABLE_SIZE, RenderSettings, batch_size_for, walker_layout
 
 DEVICE_POINTS_PER_BATCH = 1 << 26  # points per render call on a GPU: ~3 GB of float32 temporaries
 
@@ -138,66 +125,6 @@ def render(draws: Draws, settings: RenderSettings, device: torch.device) -> tupl
     return images, converged
 
 
-def _burn_in(linear, tangent_walkers: int) -> np.ndarray:
-    """render._burn_in on the device; burn-in steps (F,) on the host (the pre-run's loop needs them)."""
-    count, device = linear.shape[0], linear.device
-    tangents = torch.zeros((count, 2, 2, tangent_walkers), dtype=torch.float32, device=device)
-    tangents[:, 0, 0], tangents[:, 1, 1] = 1, 1
-    scratch, product = torch.empty_like(tangents), torch.empty_like(tangents)
-    burn_in = torch.full((count,), -1, dtype=torch.int64, device=device)
-    offsets = np_render._offsets(0, MAX_BURN_IN + MAX_WALKERS).tolist()
-    for t in range(MAX_BURN_IN):
-        steps = t + 1
-        window = slice(offsets[t], offsets[t] + tangent_walkers)
-        torch.mul(linear[:, 0, None, :, window], tangents[:, :, 0:1], out=scratch)
-        scratch.add_(torch.mul(linear[:, 1, None, :, window], tangents[:, :, 1:2], out=product))
-        tangents, scratch = scratch, tangents
-        if steps % CHECK_EVERY:
-            continue
-        deciding = burn_in < 0
-        # x^2 + y^2 of each tangent (numpy's sum over an axis of two), in float32 as numpy compares.
-        norms = (tangents[:, :, 0].square() + tangents[:, :, 1].square()).amax(dim=(1, 2))
-        worst = torch.where(norms.isnan(), torch.inf, norms)
-        done = deciding & (steps >= MIN_BURN_IN) & (worst < TOLERANCE**2)
-        burn_in = torch.where(done, steps, burn_in)
-        given_up = deciding & (worst > DIVERGED**2) if steps < MAX_BURN_IN else deciding & ~done
-        burn_in = torch.where(given_up, MAX_BURN_IN, burn_in)
-        if bool((burn_in >= 0).all()):  # a host sync every CHECK_EVERY steps
-            break
-    return burn_in.cpu().numpy()
-
-
-def _prerun(coef, walkers: int) -> tuple[torch.Tensor, np.ndarray]:
-    """render._prerun without the path in: (starting points (F, 2, walkers), converged (F,))."""
-    count, device = coef.shape[0], coef.device
-    pre = min(PRERUN_WALKERS, walkers)
-    collect = -(-walkers // pre)
-    burn_in = _burn_in(coef[:, :2], min(TANGENT_WALKERS, pre))
-    ends = burn_in + START_STRIDE * collect
-    order = np.argsort(-ends, kind="stable")  # longest first: the systems still stepping are a prefix
-    coef = coef[torch.from_numpy(order).to(device)]
-    ends, sorted_burn_in = ends[order], burn_in[order]
-    position = torch.zeros((count, 2, pre), dtype=torch.float32, device=device)
-    out, scratch = torch.empty_like(position), torch.empty_like(position)
-    starts = torch.empty((count, 2, collect, pre), dtype=torch.float32, device=device)
-    offsets = np_render._offsets(0, MAX_BURN_IN + MAX_WALKERS).tolist()
-    running_at = np.count_nonzero(ends >= np.arange(1, ends[0] + 1)[:, None], axis=1).tolist()
-    for t, running in enumerate(running_at):
-        steps = t + 1
-        np_render._step(
-            coef[:running], offsets[t], pre, position[:running], out[:running], scratch[:running], torch.mul
-        )
-        position, out = out, position
-        if steps % START_STRIDE == 0:
-            since = steps - sorted_burn_in[:running]
-            taking = np.flatnonzero(since > 0)
-            if len(taking):
-                rows = torch.from_numpy(taking).to(device)
-                starts[rows, :, torch.from_numpy(since[taking] // START_STRIDE - 1).to(device)] = position[rows]
-    unsort = torch.from_numpy(np.argsort(order)).to(device)
-    return starts[unsort].reshape(count, 2, -1)[:, :, :walkers], burn_in < MAX_BURN_IN
-
-
 def _chaos_game(draws: Draws, num_points: int) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
     """render._chaos_game: (xs, ys (F, num_points) float32 on the device, converged (F,))."""
     count = len(draws)
@@ -205,14 +132,9 @@ def _chaos_game(draws: Draws, num_points: int) -> tuple[torch.Tensor, torch.Tens
     slots = draws.tables.shape[1]
     index = draws.tables.long()[:, None, :].expand(count, 6, slots)
     coef = torch.gather(draws.columns, 2, index).reshape(count, 3, 2, slots)  # render's coefficient table
-    position, converged = _prerun(coef, walkers)
     history = torch.empty((count, 2, steps, walkers), dtype=torch.float32, device=coef.device)
-    scratch = torch.empty((count, 2, walkers), dtype=torch.float32, device=coef.device)
-    for t, offset in enumerate(np_render._offsets(1, steps).tolist()):
-        np_render._step(coef, offset, walkers, position, history[:, :, t], scratch, torch.mul)
-        position = history[:, :, t]
-    points = history.reshape(count, 2, -1)[:, :, :num_points]
-    return points[:, 0], points[:, 1], converged
+    xs, ys, _, converged, _ = np_render.walk(coef, num_points, history, torch)
+    return xs, ys, converged
 
 
 def _flat_index(xs, ys, x_min, y_max, scale_x, scale_y, size: int, low: int) -> torch.Tensor:

@@ -34,7 +34,9 @@ whichever batch, process or machine renders it.
 
 With numba installed, the burn-in, the pre-run, the steps and the marks run as compiled
 loops (kernels.py: the same float32 operations in the same order, so the same bytes);
-the numpy code below stays as what runs without it, and as their specification.
+the numpy code below stays as what runs without it, and as their specification. The
+walk's array code (xp: numpy's functions, or torch's of the same names) also runs the torch
+port's walk on a GPU (data/torch_render.py).
 """
 
 from __future__ import annotations
@@ -121,22 +123,21 @@ def map_columns(maps) -> np.ndarray:
     return np.asarray(maps, np.float32).T[[0, 2, 1, 3, 4, 5]]
 
 
-def _step(coef, offset: int, walkers: int, position, out, scratch, multiply=np.multiply) -> None:
+def _step(coef, offset: int, walkers: int, position, out, scratch, xp=np) -> None:
     """One chaos-game step for every walker of every image; positions are (F, 2, walkers).
 
     coef is (F, 3, 2, slots): rows (a, c), (b, d), (e, f), so x' and y' come out of the
-    same four numpy calls (call overhead, not arithmetic, bounds small steps). The torch
-    port steps its tensors here too (multiply=torch.mul): one rounding per operation.
+    same four numpy calls (call overhead, not arithmetic, bounds small steps).
     """
     window = slice(offset, offset + walkers)
-    multiply(coef[:, 0, :, window], position[:, 0:1], out=out)  # (a, c) * x
-    multiply(coef[:, 1, :, window], position[:, 1:2], out=scratch)  # (b, d) * y
+    xp.multiply(coef[:, 0, :, window], position[:, 0:1], out=out)  # (a, c) * x
+    xp.multiply(coef[:, 1, :, window], position[:, 1:2], out=scratch)  # (b, d) * y
     out += scratch
     out += coef[:, 2, :, window]  # + (e, f)
 
 
-def _burn_in(linear, tangent_walkers: int) -> np.ndarray:
-    """Burn-in steps (F,) of each system; MAX_BURN_IN: it never forgot its start.
+def _burn_in(linear, tangent_walkers: int, xp=np) -> np.ndarray:
+    """Burn-in steps (F,) of each system, on the host; MAX_BURN_IN: it never forgot its start.
 
     Beside the first `tangent_walkers` pre-run walkers runs the product of the linear
     parts they apply (two tangent vectors, same maps). System i's burn-in ends at the
@@ -145,38 +146,37 @@ def _burn_in(linear, tangent_walkers: int) -> np.ndarray:
     walkers: cheap) and the pre-run then steps each system only as long as it needs.
     """
     offsets = _offsets(0, MAX_BURN_IN + MAX_WALKERS)
-    if kernels.ENABLED:
+    if kernels.ENABLED and xp is np:
         return kernels.burn_in_steps(
             linear, tangent_walkers, offsets, MIN_BURN_IN, MAX_BURN_IN, CHECK_EVERY, TOLERANCE**2, DIVERGED**2
         )
-    count = linear.shape[0]
-    tangents = np.zeros((count, 2, 2, tangent_walkers), np.float32)  # (system, vector, x/y, walker)
+    tangents = xp.zeros_like(linear[..., :tangent_walkers])  # (system, vector, x/y, walker)
     tangents[:, 0, 0], tangents[:, 1, 1] = 1, 1  # the identity: d(position) / d(start)
-    scratch, product = np.empty_like(tangents), np.empty_like(tangents)
-    burn_in = np.full(count, -1)
+    scratch, product = xp.empty_like(tangents), xp.empty_like(tangents)
+    burn_in = xp.full_like(linear[:, 0, 0, 0], -1, dtype=xp.int64)
     for t in range(MAX_BURN_IN):
         steps = t + 1
         # (a, c) * x + (b, d) * y, both vectors of every walker at once.
         window = slice(int(offsets[t]), int(offsets[t]) + tangent_walkers)
-        np.multiply(linear[:, 0, None, :, window], tangents[:, :, 0:1], out=scratch)
-        scratch += np.multiply(linear[:, 1, None, :, window], tangents[:, :, 1:2], out=product)
+        xp.multiply(linear[:, 0, None, :, window], tangents[:, :, 0:1], out=scratch)
+        scratch += xp.multiply(linear[:, 1, None, :, window], tangents[:, :, 1:2], out=product)
         tangents, scratch = scratch, tangents
         if steps % CHECK_EVERY:
             continue
         deciding = burn_in < 0
-        norms = np.square(tangents).sum(axis=2).max(axis=(1, 2))
-        worst = np.where(np.isnan(norms), np.inf, norms)
+        norms = xp.amax(xp.square(tangents[:, :, 0]) + xp.square(tangents[:, :, 1]), (1, 2))  # in float32
+        worst = xp.where(xp.isnan(norms), xp.inf, norms)
         done = deciding & (steps >= MIN_BURN_IN) & (worst < TOLERANCE**2)
-        burn_in[done] = steps
+        burn_in = xp.where(done, steps, burn_in)
         # Grown past DIVERGED (or overflowed): it will not shrink to TOLERANCE in time.
         given_up = deciding & (worst > DIVERGED**2) if steps < MAX_BURN_IN else deciding & ~done
-        burn_in[given_up] = MAX_BURN_IN
-        if (burn_in >= 0).all():
+        burn_in = xp.where(given_up, MAX_BURN_IN, burn_in)
+        if (burn_in >= 0).all():  # (torch: a host sync every CHECK_EVERY steps)
             break
-    return burn_in
+    return burn_in if xp is np else burn_in.cpu().numpy()
 
 
-def _prerun(coef, walkers: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _prerun(coef, walkers: int, xp=np):
     """(starting points (F, 2, walkers), burn-in steps (F,), converged (F,), path in) for each system.
 
     PRERUN_WALKERS walkers start at the origin and step through the system's burn-in
@@ -186,46 +186,61 @@ def _prerun(coef, walkers: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.
 
     The path in (F, 2, MAX_BURN_IN + 1) is pre-run walker 0 from the origin, step by step
     (valid up to each system's burn-in): with the drawn points it makes one long walk from
-    the origin, as FractalDB's search scores.
+    the origin, as FractalDB's search scores. The torch port (xp=torch) only draws: no path.
     """
     count = coef.shape[0]
     pre = min(PRERUN_WALKERS, walkers)
     collect = -(-walkers // pre)
-    burn_in = _burn_in(coef[:, :2], min(TANGENT_WALKERS, pre))
+    burn_in = _burn_in(coef[:, :2], min(TANGENT_WALKERS, pre), xp)
     converged = burn_in < MAX_BURN_IN  # (one converging at exactly MAX_BURN_IN steps counts as not)
-    if kernels.ENABLED:
-        starts = np.empty((count, 2, collect, pre), np.float32)
-        path = np.zeros((count, 2, MAX_BURN_IN + 1), np.float32)
-        kernels.prerun(coef, burn_in, pre, START_STRIDE, _offsets(0, MAX_BURN_IN + MAX_WALKERS), starts, path)
+    starts = xp.empty((count, 2, collect, pre), dtype=xp.float32, device=coef.device)
+    path = np.zeros((count, 2, MAX_BURN_IN + 1), np.float32) if xp is np else None
+    offsets = _offsets(0, MAX_BURN_IN + MAX_WALKERS)
+    if kernels.ENABLED and xp is np:
+        kernels.prerun(coef, burn_in, pre, START_STRIDE, offsets, starts, path)
         return starts.reshape(count, 2, -1)[:, :, :walkers], burn_in, converged, path
     # Longest pre-run first, so the systems still stepping are always a prefix (a view,
     # no gather): a batch no longer runs every system as long as its slowest one.
     ends = burn_in + START_STRIDE * collect
     order = np.argsort(-ends, kind="stable")
-    # mode="clip" (the indices are in range): the default "raise" buffers `out`, ~1.5x slower.
-    coef = np.take(coef, order, axis=0, out=_scratch("coef_sorted", coef.shape, coef.dtype), mode="clip")
-    ends, sorted_burn_in = ends[order], burn_in[order]
-    position = np.zeros((count, 2, pre), np.float32)
-    out, scratch = np.empty_like(position), np.empty_like(position)
-    starts = np.empty((count, 2, collect, pre), np.float32)
-    path = np.zeros((count, 2, MAX_BURN_IN + 1), np.float32)
-    offsets = _offsets(0, MAX_BURN_IN + MAX_WALKERS).tolist()
+    coef, ends, sorted_burn_in = coef[order], ends[order], burn_in[order]
+    position = xp.zeros((count, 2, pre), dtype=xp.float32, device=coef.device)
+    out, scratch = xp.empty_like(position), xp.empty_like(position)
+    offsets = offsets.tolist()
     # Systems still stepping at each step (a step costs its numpy call overhead: few calls).
     running_at = np.count_nonzero(ends >= np.arange(1, ends[0] + 1)[:, None], axis=1).tolist()
     for t, running in enumerate(running_at):
         steps = t + 1
-        _step(coef[:running], offsets[t], pre, position[:running], out[:running], scratch[:running])
+        _step(coef[:running], offsets[t], pre, position[:running], out[:running], scratch[:running], xp)
         position, out = out, position
-        if steps <= sorted_burn_in[0]:
-            path[:running, :, steps] = position[:running, :, 0]
+        if path is not None and steps <= sorted_burn_in[0]:
+            path[order[:running], :, steps] = position[:running, :, 0]
         # Burn-ins are multiples of START_STRIDE, so every starting point falls on a step
         # that is a multiple of it.
         if steps % START_STRIDE == 0:
             since = steps - sorted_burn_in[:running]
             taking = np.flatnonzero(since > 0)
-            starts[taking, :, since[taking] // START_STRIDE - 1] = position[taking]
-    unsort = np.argsort(order)
-    return starts[unsort].reshape(count, 2, -1)[:, :, :walkers], burn_in, converged, path[unsort]
+            starts[order[taking], :, since[taking] // START_STRIDE - 1] = position[taking]
+    return starts.reshape(count, 2, -1)[:, :, :walkers], burn_in, converged, path
+
+
+def walk(coef, num_points: int, history, xp=np):
+    """(xs, ys, burn-in steps, converged, path in) of the systems whose coefficient tables coef (F, 3, 2, slots)
+    holds: the pre-run, then the chaos game's steps into history (F, 2, steps, walkers); xs and ys are
+    (F, num_points) views of it. xp=torch: the torch port's walk, on coef's device (no path)."""
+    count = coef.shape[0]
+    walkers, steps = walker_layout(num_points)
+    with np.errstate(over="ignore", invalid="ignore", under="ignore"):  # divergent systems overflow to inf/nan
+        position, burn_in, converged, path = _prerun(coef, walkers, xp)
+        if kernels.ENABLED and xp is np:
+            kernels.chaos_steps(coef, _offsets(1, steps), position, history)
+        else:
+            scratch = xp.empty_like(position)
+            for t, offset in enumerate(_offsets(1, steps).tolist()):
+                _step(coef, offset, walkers, position, history[:, :, t], scratch, xp)
+                position = history[:, :, t]
+    points = history.reshape(count, 2, -1)[:, :, :num_points]
+    return points[:, 0], points[:, 1], burn_in, converged, path
 
 
 def _chaos_game(systems, num_points: int, rngs) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -240,20 +255,9 @@ def _chaos_game(systems, num_points: int, rngs) -> tuple[np.ndarray, np.ndarray,
     for i, ((maps, probabilities), rng) in enumerate(zip(systems, rngs)):
         table = _map_table(np.asarray(probabilities, np.float64), rng, slots)
         np.take(map_columns(maps), table, axis=1, out=coef[i], mode="clip")
-    coef = coef.reshape(count, 3, 2, slots)
-
-    with np.errstate(over="ignore", invalid="ignore", under="ignore"):  # divergent systems overflow to inf/nan
-        position, burn_in, converged, path = _prerun(coef, walkers)
-        history = _scratch("history", (count, 2, steps, walkers), np.float32)
-        if kernels.ENABLED:
-            kernels.chaos_steps(coef, _offsets(1, steps), position, history)
-        else:
-            scratch = _scratch("step", (count, 2, walkers), np.float32)
-            for t, offset in enumerate(_offsets(1, steps)):
-                _step(coef, offset, walkers, position, history[:, :, t], scratch)
-                position = history[:, :, t]
-    points = history.reshape(count, 2, -1)[:, :, :num_points]
-    return points[:, 0], points[:, 1], burn_in, converged, path
+    return walk(
+        coef.reshape(count, 3, 2, slots), num_points, _scratch("history", (count, 2, steps, walkers), np.float32)
+    )
 
 
 def _mark_points(xs: np.ndarray, ys: np.ndarray, grid: np.ndarray, low: int, high: int) -> None:
