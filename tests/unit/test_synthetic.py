@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import random
 import re
@@ -127,9 +128,9 @@ def test_every_accepted_category_passes_the_official_rule_and_every_earlier_draw
     manifest = generate_dataset(cfg, 0, tmp_path / "out", progress=False)
     rule = Rule(0.2) if kind == "fractaldb" else Rule(0.05, patched=True, strict=True)
     draw = (
-        draws.SearchDraw(0, 2, 7)
+        functools.partial(draws.search_draw, 0, 2, 7, None)
         if kind == "fractaldb"
-        else draws.PerturbationDraw(0, tuple(map(tuple, manifest["base"]["maps"])), cfg.delta)
+        else functools.partial(draws.perturbation_draw, 0, manifest["base"]["maps"], cfg.delta)
     )
     for category, entry in enumerate(manifest["classes"]):
         tried = [draw(category, attempt) for attempt in range(entry["attempts"])]

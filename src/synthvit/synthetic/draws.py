@@ -2,12 +2,11 @@
 
 Each draw builds its own generator from (seed, stream, category, attempt), so it is a
 pure function of its key: workers can run them in any order and the dataset comes out
-the same. The draw objects are small frozen dataclasses so they pickle to workers.
+the same. The search gets a draw as functools.partial(search_draw, seed, ...): it pickles
+to workers.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -41,52 +40,30 @@ def _candidate(maps: np.ndarray, rng: np.random.Generator, **extra) -> Candidate
     return Candidate(maps, ifs.map_probabilities(maps), _render_seed(rng), extra)
 
 
-@dataclass(frozen=True)
-class SearchDraw:
+def search_draw(seed: int, min_maps: int, max_maps: int, render_weights, category: int, attempt: int) -> Candidate:
     """FractalDB/OFDB category search: min..max maps, coefficients U(-1, 1).
 
-    render_weights multiply every map's (a..f) in the dataset image only (OFDB's first
-    weight row); the search scores the drawn maps, as the official code does."""
-
-    seed: int
-    min_maps: int
-    max_maps: int
-    render_weights: tuple | None = None
-
-    def __call__(self, category: int, attempt: int) -> Candidate:
-        rng = keyed_rng(self.seed, SEARCH_STREAM, category, attempt)
-        candidate = _candidate(ifs.random_ifs(rng, self.min_maps, self.max_maps), rng)
-        if self.render_weights is not None:
-            candidate.render_maps = candidate.maps * np.asarray(self.render_weights)
-        return candidate
+    render_weights (or None) multiply every map's (a..f) in the dataset image only (OFDB's
+    first weight row); the search scores the drawn maps, as the official code does."""
+    rng = keyed_rng(seed, SEARCH_STREAM, category, attempt)
+    candidate = _candidate(ifs.random_ifs(rng, min_maps, max_maps), rng)
+    if render_weights is not None:
+        candidate.render_maps = candidate.maps * np.asarray(render_weights)
+    return candidate
 
 
-@dataclass(frozen=True)
-class SigmaFactorDraw:
+def sigma_factor_draw(seed: int, num_maps: int, sigma: float, category: int, attempt: int) -> Candidate:
     """1p-frac's single IFS: num_maps maps, sigma-factor U(sigma - 0.1, sigma + 0.1) (category is ignored)."""
-
-    seed: int
-    num_maps: int
-    sigma: float
-
-    def __call__(self, category: int, attempt: int) -> Candidate:
-        rng = keyed_rng(self.seed, SIGMA_FACTOR_STREAM, attempt)
-        low, high = max(1e-6, self.sigma - SIGMA_JITTER), min(3.0 * self.num_maps, self.sigma + SIGMA_JITTER)
-        return _candidate(ifs.sigma_factor_ifs(rng, self.num_maps, rng.uniform(low, high)), rng)
+    rng = keyed_rng(seed, SIGMA_FACTOR_STREAM, attempt)
+    low, high = max(1e-6, sigma - SIGMA_JITTER), min(3.0 * num_maps, sigma + SIGMA_JITTER)
+    return _candidate(ifs.sigma_factor_ifs(rng, num_maps, rng.uniform(low, high)), rng)
 
 
-@dataclass(frozen=True)
-class PerturbationDraw:
-    """1p-frac categories: the base IFS with every coefficient times U(1-delta, 1+delta)."""
-
-    seed: int
-    base_maps: tuple  # rows of 6 floats (a tuple so the draw stays hashable and frozen)
-    delta: float
-
-    def __call__(self, category: int, attempt: int) -> Candidate:
-        rng = keyed_rng(self.seed, PERTURBATION_STREAM, category, attempt)
-        maps, multipliers = ifs.perturb(np.array(self.base_maps), rng, self.delta)
-        return _candidate(maps, rng, multipliers=multipliers.tolist())
+def perturbation_draw(seed: int, base_maps, delta: float, category: int, attempt: int) -> Candidate:
+    """1p-frac categories: the base IFS (rows of 6 floats) with every coefficient times U(1-delta, 1+delta)."""
+    rng = keyed_rng(seed, PERTURBATION_STREAM, category, attempt)
+    maps, multipliers = ifs.perturb(np.array(base_maps), rng, delta)
+    return _candidate(maps, rng, multipliers=multipliers.tolist())
 
 
 def instance_variation(seed: int, category: int, instance: int, weight_step: float) -> dict:

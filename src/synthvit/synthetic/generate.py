@@ -43,13 +43,12 @@ from PIL import Image
 from tqdm import tqdm
 
 from synthvit.config import SyntheticConfig
-from synthvit.errors import ConfigError
 from synthvit.files import remove_stale_temps, temp_path
 from synthvit.synthetic import draws, ifs
 from synthvit.synthetic.parallel import default_workers, worker_pool
 from synthvit.synthetic.png import encode_png
 from synthvit.synthetic.render import MAX_BURN_IN, TABLE_SIZE, TOLERANCE
-from synthvit.synthetic.search import SCORE_PAD, SCORE_POINTS, SCORE_SIZE, Accepted, Rule, SearchFailed, search
+from synthvit.synthetic.search import SCORE_PAD, SCORE_POINTS, SCORE_SIZE, Accepted, Rule, search
 from synthvit.synthetic.source import ManifestImages, worker_tasks
 
 MANIFEST_FORMAT = 2  # 2: store, image_index; FractalDB instances listed only with store=images
@@ -94,21 +93,6 @@ class _Layout:
 
     def path(self, category: int, instance: int) -> Path:
         return self.root / "images" / self.class_name(category) / self.file_name(instance)
-
-
-def _search(cfg: SyntheticConfig, draw, rule: Rule, num_categories: int, pool, workers, on_accept, failure: str):
-    """search(), its failure a ConfigError naming the threshold to lower."""
-    try:
-        return search(num_categories, draw, rule, cfg.max_attempts, pool, workers, on_accept)
-    except SearchFailed as failed:
-        key = "synthetic.onepfrac_fill_rate" if rule.patched else "synthetic.fill_rate"
-        raise ConfigError(
-            key,
-            rule.threshold,
-            failure.format(category=failed.category, best=failed.best_fill_rate)
-            + f" within synthetic.max_attempts={cfg.max_attempts} draws; lower {key}"
-            " or raise synthetic.max_attempts",
-        ) from None
 
 
 def _class_entry(name: str, found: Accepted) -> dict:
@@ -179,22 +163,6 @@ def _write_shards(root: Path, source: ManifestImages, pool, layout: _Layout, pro
         del shard
         shards.append({"file": name, "classes": [first, last]})
     return shards
-
-
-def _onepfrac_base(cfg: SyntheticConfig, seed: int, rule: Rule, pool, workers: int) -> Accepted:
-    """1p-frac's single IFS: the first sigma-factor draw that passes the categories' own rule.
-
-    The official code checks no base; a base whose image stays below the threshold makes
-    its category loop run forever (seen: seed 7, patched fill 0.033), so here the base
-    must pass the rule its perturbations are held to.
-    """
-    failure = (
-        f"no sigma-factor IFS ({cfg.onepfrac_maps} maps, synthetic.sigma={cfg.sigma}) exceeded it"
-        " (best fill rate {best:.3f})"
-    )
-    draw = draws.SigmaFactorDraw(seed, cfg.onepfrac_maps, cfg.sigma)
-    [base] = _search(cfg, draw, rule, 1, pool, workers, lambda *_: None, failure)
-    return base
 
 
 def _base_entry(base: Accepted) -> dict:
@@ -281,19 +249,29 @@ def _build(cfg: SyntheticConfig, seed: int, root: Path, progress: bool, workers:
         with worker_pool(workers) as pool:
             if cfg.kind == "onepfrac":
                 rule = Rule(cfg.onepfrac_fill_rate, patched=True, strict=True)
-                base = _onepfrac_base(cfg, seed, rule, pool, workers)
+                # 1p-frac's single IFS: the first sigma-factor draw that passes the categories' own rule. The
+                # official code checks no base; a base whose image stays below the threshold makes its category
+                # loop run forever (seen: seed 7, patched fill 0.033), so here the base must pass it too.
+                failure = (
+                    f"no sigma-factor IFS ({cfg.onepfrac_maps} maps, synthetic.sigma={cfg.sigma}) exceeded it"
+                    " (best fill rate {best:.3f})"
+                )
+                draw = functools.partial(draws.sigma_factor_draw, seed, cfg.onepfrac_maps, cfg.sigma)
+                [base] = search(1, draw, rule, cfg.max_attempts, pool, workers, failure)
                 manifest["base"] = _base_entry(base)
-                draw = draws.PerturbationDraw(seed, tuple(map(tuple, base.candidate.maps.tolist())), cfg.delta)
+                draw = functools.partial(draws.perturbation_draw, seed, base.candidate.maps.tolist(), cfg.delta)
                 failure = (
                     f"category {{category}}: no perturbation (synthetic.delta={cfg.delta}) of the base IFS"
                     " exceeded it (best fill rate {best:.3f})"
                 )
             else:
                 weights = draws.OFDB_FIRST_ROW if cfg.kind == "ofdb" else None
-                draw = draws.SearchDraw(seed, cfg.min_maps, cfg.max_maps, weights)
+                draw = functools.partial(draws.search_draw, seed, cfg.min_maps, cfg.max_maps, weights)
                 rule = Rule(cfg.fill_rate)
                 failure = "category {category} found no IFS reaching it (best fill rate {best:.3f})"
-            found = _search(cfg, draw, rule, cfg.num_classes, pool, workers, lambda *_: bar.update(), failure)
+            found = search(
+                cfg.num_classes, draw, rule, cfg.max_attempts, pool, workers, failure, lambda *_: bar.update()
+            )
             manifest["classes"] = [_class_entry(layout.class_name(c), f) for c, f in enumerate(found)]
             source = ManifestImages(manifest)
             if cfg.store == "images":

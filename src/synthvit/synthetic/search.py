@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from synthvit.errors import ConfigError
 from synthvit.synthetic.render import fill_rates, point_fill_rates, render_batch
 
 SCORE_SIZE, SCORE_POINTS, SCORE_PAD = 512, 100_000, 6  # the official search render
@@ -73,14 +74,6 @@ class Accepted:
     fill_rate: float
 
 
-class SearchFailed(Exception):
-    def __init__(self, category: int, attempts: int, best_fill_rate: float):
-        self.category, self.attempts, self.best_fill_rate = category, attempts, best_fill_rate
-        super().__init__(
-            f"category {category}: no draw passed in {attempts} attempts (best fill rate {best_fill_rate:.3f})"
-        )
-
-
 def _evaluate(jobs, *, draw, rule: Rule):
     """[(candidate, fill rate, kept by the rule)] per (category, attempt)."""
     candidates = [draw(category, attempt) for category, attempt in jobs]
@@ -99,13 +92,16 @@ def search(
     max_attempts: int,
     pool,
     workers: int,
-    on_accept: Callable[[int, Accepted], None],
+    failure: str,
+    on_accept: Callable[[int, Accepted], None] = lambda *_: None,
 ) -> list[Accepted]:
-    """One Accepted per category, in category order; raises SearchFailed when one runs out.
+    """One Accepted per category, in category order.
 
     A category's result is its first passing attempt: attempts are tried in order and
     every earlier one failed. pool is an executor with `workers` workers (its map is
     used); on_accept(category, accepted) runs here as soon as a category is decided.
+    A category that runs out of attempts raises a ConfigError naming the threshold to
+    lower: `failure`, formatted with the category and its best fill rate, says what failed.
     """
     evaluate = functools.partial(_evaluate, draw=draw, rule=rule)
     num_tasks = TASKS_PER_WORKER * max(2, workers)
@@ -140,6 +136,13 @@ def search(
             if accepted[category] is None:
                 tried[category] += depth
                 if tried[category] >= max_attempts:
-                    raise SearchFailed(category, tried[category], best[category])
+                    key = "synthetic.onepfrac_fill_rate" if rule.patched else "synthetic.fill_rate"
+                    raise ConfigError(
+                        key,
+                        rule.threshold,
+                        failure.format(category=category, best=best[category])
+                        + f" within synthetic.max_attempts={max_attempts} draws; lower {key}"
+                        " or raise synthetic.max_attempts",
+                    )
         pending = [c for c in pending if accepted[c] is None]
     return accepted
