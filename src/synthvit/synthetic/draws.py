@@ -62,8 +62,8 @@ def sigma_factor_draw(seed: int, num_maps: int, sigma: float, category: int, att
 def perturbation_draw(seed: int, base_maps, delta: float, category: int, attempt: int) -> Candidate:
     """1p-frac categories: the base IFS (rows of 6 floats) with every coefficient times U(1-delta, 1+delta)."""
     rng = keyed_rng(seed, PERTURBATION_STREAM, category, attempt)
-    maps, multipliers = ifs.perturb(np.array(base_maps), rng, delta)
-    return _candidate(maps, rng, multipliers=multipliers.tolist())
+    multipliers = rng.uniform(1.0 - delta, 1.0 + delta, size=np.shape(base_maps))
+    return _candidate(np.asarray(base_maps) * multipliers, rng, multipliers=multipliers.tolist())
 
 
 def instance_variation(seed: int, category: int, instance: int, weight_step: float) -> dict:
@@ -103,10 +103,10 @@ def instance_render_seed(seed: int, category: int, instance: int) -> int:
 def instance_maps(category_maps, variation: dict) -> np.ndarray:
     """The category's maps with the variation's coefficient scaled (probabilities stay the
     category's, as in FractalDB's renderer)."""
-    maps = np.asarray(category_maps, dtype=np.float64)
-    if variation["coefficient"] is None:
-        return maps
-    return ifs.scale_coefficient(maps, ifs.COEFFICIENT_NAMES.index(variation["coefficient"]), variation["weight"])
+    maps = np.array(category_maps, dtype=np.float64)
+    if variation["coefficient"] is not None:
+        maps[:, ifs.COEFFICIENT_NAMES.index(variation["coefficient"])] *= variation["weight"]
+    return maps
 
 
 def mirrors(how: str) -> tuple[bool, bool]:

@@ -95,12 +95,13 @@ class _Layout:
         return self.root / "images" / self.class_name(category) / self.file_name(instance)
 
 
-def _class_entry(name: str, found: Accepted) -> dict:
+def _entry(found: Accepted, **fields) -> dict:
+    """An accepted draw as the manifest lists it; `fields` (1p-frac's base: sigma_factor) go after the probabilities."""
     candidate = found.candidate
     entry = {
-        "name": name,
         "maps": candidate.maps.tolist(),
         "probabilities": candidate.probabilities.tolist(),
+        **fields,
         "fill_rate": found.fill_rate,
         "attempts": found.attempts,
         "render_seed": candidate.render_seed,
@@ -163,17 +164,6 @@ def _write_shards(root: Path, source: ManifestImages, pool, layout: _Layout, pro
         del shard
         shards.append({"file": name, "classes": [first, last]})
     return shards
-
-
-def _base_entry(base: Accepted) -> dict:
-    return {
-        "maps": base.candidate.maps.tolist(),
-        "probabilities": base.candidate.probabilities.tolist(),
-        "sigma_factor": ifs.sigma_factor(base.candidate.maps),
-        "fill_rate": base.fill_rate,
-        "attempts": base.attempts,
-        "render_seed": base.candidate.render_seed,
-    }
 
 
 def _preview(source: ManifestImages, num_classes: int, per_class: int) -> np.ndarray:
@@ -258,7 +248,7 @@ def _build(cfg: SyntheticConfig, seed: int, root: Path, progress: bool, workers:
                 )
                 draw = functools.partial(draws.sigma_factor_draw, seed, cfg.onepfrac_maps, cfg.sigma)
                 [base] = search(1, draw, rule, cfg.max_attempts, pool, workers, failure)
-                manifest["base"] = _base_entry(base)
+                manifest["base"] = _entry(base, sigma_factor=ifs.sigma_factor(base.candidate.maps))
                 draw = functools.partial(draws.perturbation_draw, seed, base.candidate.maps.tolist(), cfg.delta)
                 failure = (
                     f"category {{category}}: no perturbation (synthetic.delta={cfg.delta}) of the base IFS"
@@ -272,7 +262,7 @@ def _build(cfg: SyntheticConfig, seed: int, root: Path, progress: bool, workers:
             found = search(
                 cfg.num_classes, draw, rule, cfg.max_attempts, pool, workers, failure, lambda *_: bar.update()
             )
-            manifest["classes"] = [_class_entry(layout.class_name(c), f) for c, f in enumerate(found)]
+            manifest["classes"] = [{"name": layout.class_name(c), **_entry(f)} for c, f in enumerate(found)]
             source = ManifestImages(manifest)
             if cfg.store == "images":
                 _write_images(manifest["classes"], source, pool, layout, bar)

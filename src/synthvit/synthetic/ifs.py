@@ -75,16 +75,3 @@ def sigma_factor(maps: np.ndarray) -> float:
     linear = np.asarray(maps, dtype=np.float64)[:, :4].reshape(-1, 2, 2)
     singular = np.linalg.svd(linear, compute_uv=False)
     return float((singular[:, 0] + 2 * singular[:, 1]).sum())
-
-
-def perturb(maps: np.ndarray, rng: np.random.Generator, delta: float) -> tuple[np.ndarray, np.ndarray]:
-    """1p-frac: every coefficient times U(1-delta, 1+delta). Returns (maps, multipliers)."""
-    multipliers = rng.uniform(1.0 - delta, 1.0 + delta, size=np.shape(maps))
-    return np.asarray(maps) * multipliers, multipliers
-
-
-def scale_coefficient(maps: np.ndarray, slot: int, weight: float) -> np.ndarray:
-    """FractalDB instance fluctuation: one coefficient (a..f) of every map times `weight`."""
-    scaled = np.array(maps, dtype=np.float64)
-    scaled[:, slot] *= weight
-    return scaled

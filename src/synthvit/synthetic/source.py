@@ -22,22 +22,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
 
 import numpy as np
 
 from synthvit.config import SyntheticConfig
 from synthvit.synthetic import draws
 from synthvit.synthetic.render import RenderSettings, batch_size_for
-
-
-@dataclass(frozen=True)
-class Category:
-    maps: tuple  # rows of 6 floats: what instances vary (FractalDB)
-    image_maps: tuple  # what the category image draws (OFDB's first weight row, else maps)
-    probabilities: tuple
-    render_seed: int
-
 
 HELDOUT_FIRST = 2**40  # far above any epoch's instance numbers ((epoch - 1) * images_per_class + i)
 
@@ -50,11 +40,13 @@ class ManifestImages:
         self.kind, self.seed = manifest["kind"], manifest["seed"]
         self.per_class = manifest["images_per_class"]
         self.settings = RenderSettings.of(self.cfg)
+        # Per category: maps (what FractalDB's instances vary), the maps its image draws (OFDB's first
+        # weight row, else the same), probabilities, render seed.
         self.categories = [
-            Category(
-                tuple(map(tuple, c["maps"])),
-                tuple(map(tuple, c.get("rendered_maps", c["maps"]))),
-                tuple(c["probabilities"]),
+            (
+                np.asarray(c["maps"]),
+                np.asarray(c.get("rendered_maps", c["maps"])),
+                np.asarray(c["probabilities"]),
                 c["render_seed"],
             )
             for c in manifest["classes"]
@@ -67,16 +59,14 @@ class ManifestImages:
 
     def system(self, category: int, instance: int) -> tuple[np.ndarray, np.ndarray, int, str]:
         """(maps, probabilities, render seed, flip) of image `instance` of `category` (any instance number)."""
-        entry = self.categories[category]
-        probabilities = np.asarray(entry.probabilities)
+        maps, image_maps, probabilities, render_seed = self.categories[category]
         if instance == 0:
-            return np.asarray(entry.image_maps), probabilities, entry.render_seed, "none"
+            return image_maps, probabilities, render_seed, "none"
         if self.kind != "fractaldb":  # fresh draws (or held out) of a one-image category: new masks and walk
-            seed = draws.instance_render_seed(self.seed, category, instance)
-            return np.asarray(entry.image_maps), probabilities, seed, "none"
+            return image_maps, probabilities, draws.instance_render_seed(self.seed, category, instance), "none"
         vary = draws.heldout_variation if instance >= HELDOUT_FIRST else draws.instance_variation
         variation = vary(self.seed, category, instance, self.cfg.instance_weights)
-        return draws.instance_maps(entry.maps, variation), probabilities, variation["render_seed"], variation["flip"]
+        return draws.instance_maps(maps, variation), probabilities, variation["render_seed"], variation["flip"]
 
     def systems(self, indices, epoch: int = 1, fresh: bool = False) -> list[tuple[np.ndarray, np.ndarray, int, str]]:
         """ManifestImages.system of each flat index, in epoch `epoch` (fresh: its own instance numbers)."""
