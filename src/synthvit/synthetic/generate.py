@@ -61,20 +61,19 @@ class _Progress:
 
     def __init__(self, total: int, enabled: bool, label: str, unit: str):
         self.total, self.done, self.label, self.unit, self.started = total, 0, label, unit, time.perf_counter()
-        self.bar = tqdm(total=total, desc=label, postfix=unit, leave=False) if enabled and sys.stderr.isatty() else None
-        self.lines = enabled and self.bar is None
+        drawn = enabled and sys.stderr.isatty()
+        self.bar = tqdm(total=total, desc=label, postfix=unit, leave=False, disable=not drawn)
+        self.lines = enabled and not drawn
 
     def update(self, count: int = 1) -> None:
         self.done += count
-        if self.bar is not None:
-            self.bar.update(count)
-        elif self.lines and 10 * self.done // self.total > 10 * (self.done - count) // self.total:  # a tenth more
+        self.bar.update(count)  # (a no-op when the bar is off)
+        if self.lines and 10 * self.done // self.total > 10 * (self.done - count) // self.total:  # a tenth more
             seconds = time.perf_counter() - self.started
             print(f"{self.label}: {self.done}/{self.total} {self.unit}, {seconds:.1f} s", file=sys.stderr, flush=True)
 
     def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+        self.bar.close()
 
 
 @dataclasses.dataclass(frozen=True)
