@@ -25,10 +25,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader
 
 from synthvit.data import torch_render
-from synthvit.data.images import ImageSet, TensorImages, fit_image, load_image_folder
+from synthvit.data.images import ImageSet, TensorImages, fit_image, load_image_folder, worker_batches
 from synthvit.data.resize import resize
 from synthvit.errors import UserError, damaged_message
 from synthvit.runtime import progress_bar
@@ -109,17 +108,8 @@ class RenderedImages:
         up to torch_render.device_batch_size images (an image does not depend on its batch):
         a render call costs a few thousand small kernels whatever its size.
         """
-        # Its own generator: a DataLoader seeds its workers from the global one otherwise (augmentation draws).
-        loader = DataLoader(
-            batches,  # each item is a batch of positions: no collation, `draws` makes the batch
-            batch_size=None,
-            num_workers=num_workers,
-            collate_fn=self.draws,
-            pin_memory=device.type == "cuda",
-            generator=torch.Generator().manual_seed(0),
-        )
         per_call, pending = torch_render.device_batch_size(self.images.settings.num_points, device), []
-        for draws in loader:
+        for draws in worker_batches(batches, self.draws, device, num_workers):
             pending.append(draws)
             if sum(map(len, pending)) >= per_call:
                 yield from self._render_together(pending, device)

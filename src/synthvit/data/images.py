@@ -20,8 +20,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -37,6 +35,7 @@ from torchvision import datasets
 from synthvit.config import DATASETS, DataConfig
 from synthvit.errors import UserError, rebuild_hint
 from synthvit.files import user_path
+from synthvit.models import unreachable
 from synthvit.runtime import progress_bar
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
@@ -115,16 +114,7 @@ class FileImages(ImageSet):
 
     def batches(self, order, starts, size, device, num_workers, epoch=1):
         on_host = order.tolist()  # the sampler needs host indices: one copy per epoch
-        # Its own generator: a DataLoader seeds its workers from the global one otherwise, which
-        # would shift the augmentation draws (decoding itself draws nothing).
-        loader = DataLoader(
-            [on_host[start : start + size] for start in starts],  # an item is a batch: `decode` makes it
-            batch_size=None,
-            num_workers=num_workers,
-            collate_fn=self.decode,
-            pin_memory=device.type == "cuda",
-            generator=torch.Generator().manual_seed(0),
-        )
+        loader = worker_batches([on_host[start : start + size] for start in starts], self.decode, device, num_workers)
         for images, start in zip(loader, starts):
             yield images.to(device, non_blocking=True), order[start : start + size]
 
@@ -146,9 +136,23 @@ class FileImages(ImageSet):
         paths = [p for p, keep in zip(self.paths, mask.tolist()) if keep]
         return FileImages(paths, self.labels[mask], self.classes, self.img_size)
 
-    def in_memory(self, num_workers: int = 2) -> TensorImages:
-        images = decode_files(self.paths, self.img_size, num_workers, desc="decode validation")
+    def in_memory(self, num_workers: int = 2, desc: str = "decode validation") -> TensorImages:
+        images = decode_files(self.paths, self.img_size, num_workers, desc=desc)
         return TensorImages(images, self.labels, self.classes, self.paths)
+
+
+def worker_batches(batches: list[list[int]], make, device: torch.device, num_workers: int) -> DataLoader:
+    """A DataLoader whose `num_workers` workers each call `make(positions)` for a batch of positions, in order."""
+    # Its own generator: a DataLoader seeds its workers from the global one otherwise, which
+    # would shift the augmentation draws (decoding and drawing fractals take none from it).
+    return DataLoader(
+        batches,  # an item is a batch: `make` builds it, no collation
+        batch_size=None,
+        num_workers=num_workers,
+        collate_fn=make,
+        pin_memory=device.type == "cuda",
+        generator=torch.Generator().manual_seed(0),
+    )
 
 
 def tensor_digest(*tensors: torch.Tensor) -> str:
@@ -166,12 +170,11 @@ def load_split(cfg: DataConfig, split: str, img_size: int) -> TensorImages | Fil
     if cfg.name == "imagefolder":
         root = user_path(cfg.root)
         folders = matched_class_folders(root, cfg.ignore_class_case)
-        paths, labels = list_images(root / split, folders[split], per_class)
-        classes = folders["train"]  # test/ may spell a class differently (ignore_class_case)
+        # test/ may spell a class differently (ignore_class_case): the train spelling names it
+        files = image_files(root / split, folders[split], img_size, per_class, classes=folders["train"])
         if split == "train" and cfg.loader == "stream":
-            return FileImages([str(p) for p in paths], torch.tensor(labels, dtype=torch.int64), classes, img_size)
-        images = decode_files(paths, img_size, cfg.num_workers, desc=f"decode {split}")
-        return TensorImages(images, torch.tensor(labels, dtype=torch.int64), classes, [str(p) for p in paths])
+            return files
+        return files.in_memory(cfg.num_workers, desc=f"decode {split}")
     raise UserError(f"params.yaml: data.name={cfg.name!r} is invalid: one of {', '.join(DATASETS)}")
 
 
@@ -248,9 +251,13 @@ def matched_class_folders(root: Path, ignore_case: bool = False) -> dict[str, li
     return {"train": train, "test": [test_by_key[key(name)] for name in train]}
 
 
-def list_images(folder: Path, classes: list[str], per_class: int) -> tuple[list[Path], list[int]]:
+def image_files(
+    folder: Path, folders: list[str], img_size: int, per_class: int = 0, classes: list[str] | None = None
+) -> FileImages:
+    """The images in `folder`/<each of `folders`>/ (the first `per_class` of each, 0: all), labelled in
+    the order of `folders` and named by `classes` (default: the folders)."""
     paths, labels = [], []
-    for label, name in enumerate(classes):
+    for label, name in enumerate(folders):
         files = sorted(p for p in (folder / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
             raise UserError(
@@ -258,9 +265,9 @@ def list_images(folder: Path, classes: list[str], per_class: int) -> tuple[list[
             )
         if per_class:
             files = files[:per_class]
-        paths += files
+        paths += map(str, files)
         labels += [label] * len(files)
-    return paths, labels
+    return FileImages(paths, torch.tensor(labels, dtype=torch.int64), list(classes or folders), img_size)
 
 
 def decode_image(path: Path, img_size: int) -> np.ndarray:
@@ -314,10 +321,8 @@ def decode_files(paths: list, img_size: int, num_workers: int = 2, desc: str = "
 def load_image_folder(
     folder: Path, img_size: int, per_class: int = 0, num_workers: int = 2, classes: list[str] | None = None
 ) -> TensorImages:
-    classes = classes if classes is not None else class_folders(folder)
-    paths, labels = list_images(folder, classes, per_class)
-    images = decode_files(paths, img_size, num_workers, desc=f"decode {folder.name}")
-    return TensorImages(images, torch.tensor(labels, dtype=torch.int64), list(classes), [str(p) for p in paths])
+    files = image_files(folder, classes if classes is not None else class_folders(folder), img_size, per_class)
+    return files.in_memory(num_workers, desc=f"decode {folder.name}")
 
 
 # ---- CIFAR-10, CIFAR-100, MNIST (torchvision's archives) ------------------------------
@@ -338,19 +343,7 @@ def load_archive(name: str, root: Path, split: str, img_size: int, download: boo
         with FileLock(str(root / ".download.lock"), timeout=3600):  # queued experiments share the root
             if not archive_present(name, root):
                 download_archive(name, root, download)
-    images, labels, classes = read_archive(name, root, split)
-    if per_class:
-        keep = torch.cat([torch.nonzero(labels == c).flatten()[:per_class] for c in range(len(classes))]).sort().values
-        images, labels = images[keep], labels[keep]
-    if img_size != images.shape[-1]:
-        images = resize_uint8(images, img_size)
-    return TensorImages(images, labels, classes)
-
-
-def read_archive(name: str, root: Path, split: str):
-    """uint8 N x 3 x H x W images, int64 labels and class names from torchvision's dataset class,
-    which also checks the files (MD5 for CIFAR). MNIST's grey digits repeat into three channels."""
-    try:
+    try:  # torchvision's dataset class checks the files (MD5 for CIFAR)
         dataset = ARCHIVES[name](str(root), train=split == "train", download=False)
     except RuntimeError as exc:
         raise UserError(
@@ -358,34 +351,23 @@ def read_archive(name: str, root: Path, split: str):
             "delete it to download again"
         ) from None
     images, labels = torch.as_tensor(dataset.data), torch.as_tensor(dataset.targets, dtype=torch.int64)
-    if name == "mnist":
-        return images.unsqueeze(1).repeat(1, 3, 1, 1).contiguous(), labels, [str(d) for d in range(10)]
-    return images.permute(0, 3, 1, 2).contiguous(), labels, list(dataset.classes)
+    if name == "mnist":  # grey digits repeat into three channels
+        images, classes = images.unsqueeze(1).repeat(1, 3, 1, 1), [str(d) for d in range(10)]
+    else:
+        images, classes = images.permute(0, 3, 1, 2), list(dataset.classes)
+    if per_class:
+        keep = torch.cat([torch.nonzero(labels == c).flatten()[:per_class] for c in range(len(classes))]).sort().values
+        images, labels = images[keep], labels[keep]
+    if img_size != images.shape[-1]:
+        images = resize_uint8(images, img_size)
+    return TensorImages(images.contiguous(), labels, classes)
 
 
-def offline_hint(name: str, root: Path) -> str:
-    folder = ARCHIVE_FOLDERS[name]
+def offline_hint(name: str) -> str:
     return (
         "Offline? Use a local copy: `-S data.name=imagefolder -S data.root=PATH` with PATH/train/<class>/ and "
-        f"PATH/test/<class>/ (e.g. ../shared/datasets/cifar10), or put {folder}/ in data.root"
+        f"PATH/test/<class>/ (e.g. ../shared/datasets/cifar10), or put {ARCHIVE_FOLDERS[name]}/ in data.root"
     )
-
-
-def archive_urls(name: str) -> list[str]:
-    """Where torchvision downloads an archive from."""
-    dataset = ARCHIVES[name]
-    return list(dataset.mirrors) if hasattr(dataset, "mirrors") else [dataset.url]
-
-
-def reachable(url: str, timeout: float = 5.0) -> str | None:
-    """None when `url`'s server answers within `timeout` seconds, else why not (a few words)."""
-    try:
-        with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout):
-            return None
-    except urllib.error.HTTPError:
-        return None  # the server answered
-    except (OSError, ValueError) as exc:
-        return str(getattr(exc, "reason", None) or exc)[:120]
 
 
 def check_available(cfg: DataConfig) -> None:
@@ -399,11 +381,12 @@ def check_available(cfg: DataConfig) -> None:
         return
     if not cfg.download:
         download_archive(cfg.name, root, download=False)  # the one-line error for a missing copy
-    problems = [problem for problem in map(reachable, archive_urls(cfg.name)) if problem]
-    if len(problems) == len(archive_urls(cfg.name)):
+    dataset = ARCHIVES[cfg.name]
+    problems = [unreachable(url) for url in getattr(dataset, "mirrors", None) or [dataset.url]]
+    if all(problems):
         raise UserError(
             f"{cfg.name} is not in {root} and its download server cannot be reached ({problems[0]}). "
-            + offline_hint(cfg.name, root)
+            + offline_hint(cfg.name)
         )
 
 
@@ -419,7 +402,7 @@ def download_archive(name: str, root: Path, download: bool) -> None:
             ARCHIVES[name](str(root), train=train, download=True)
     except Exception as exc:  # noqa: BLE001 - whatever is wrong with it, it cannot be resumed
         raise UserError(
-            f"could not download {name} into {root} ({type(exc).__name__}: {exc}). " + offline_hint(name, root)
+            f"could not download {name} into {root} ({type(exc).__name__}: {exc}). " + offline_hint(name)
         ) from None
 
 
