@@ -117,7 +117,7 @@ class Loop:
             layer_decay=cfg.layer_decay or None,
             fused=True,
         )
-        self.augmentation = Augmentation.of(cfg, train_set.num_classes, device)
+        self.augmentation = Augmentation(cfg, train_set.num_classes, device)
         self.model, self.optimizer = model, optimizer  # the raw weights, trained in place
         self.scheduler = build_schedule(optimizer, cfg, cfg.epochs * self.steps, self.steps)
         # fp16 gradients underflow unscaled; a pass-through for other precisions.
@@ -130,7 +130,7 @@ class Loop:
         }
         self.criterion = (
             SoftTargetCrossEntropy()
-            if self.augmentation.soft_targets
+            if self.augmentation.mixup is not None
             else nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
         )
 
