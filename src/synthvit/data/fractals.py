@@ -90,12 +90,8 @@ class RenderedImages:
     def draws(self, positions: list[int]) -> torch_render.Draws:
         """The host half of rendering these positions on a device: each image's random numbers."""
         systems = self.images.systems(self.indices[positions].tolist(), self.epoch, self.fresh)
-        return torch_render.draw(
-            [(maps, p) for maps, p, _, _ in systems],
-            [seed for _, _, seed, _ in systems],
-            self.images.settings,
-            [how for _, _, _, how in systems],
-        )
+        maps, probabilities, seeds, flips = zip(*systems)
+        return torch_render.draw(list(zip(maps, probabilities)), list(seeds), self.images.settings, list(flips))
 
     def device_batches(
         self, batches: list[list[int]], device: torch.device, num_workers: int
@@ -141,14 +137,13 @@ class RenderedFractals(ImageSet):
         on_host = order.tolist()
         batches = [on_host[start : start + size] for start in starts]
         source = self.source.for_epoch(epoch)
-        if device.type == "cuda":  # CPU workers at ~1 ms an image would starve the GPU: it renders
-            for images, start in zip(source.device_batches(batches, device, num_workers), starts):
-                yield images, order[start : start + size]
-            return
-        # On a CPU the training process renders: workers compete with torch's threads for the cores
-        # (rendering in-process cost 2% of pre-training img/s on 2 cores, 1-4 workers 24-34%).
-        for positions, start in zip(batches, starts):
-            yield source.render(positions), order[start : start + size]
+        # On CUDA the GPU renders: CPU workers at ~1 ms an image would starve it. On a CPU the training
+        # process renders: workers compete with torch's threads for the cores (rendering in-process cost
+        # 2% of pre-training img/s on 2 cores, 1-4 workers 24-34%).
+        on_gpu = device.type == "cuda"
+        rendered = source.device_batches(batches, device, num_workers) if on_gpu else map(source.render, batches)
+        for images, start in zip(rendered, starts):
+            yield images, order[start : start + size]
 
     @property
     def digest(self) -> str:
