@@ -211,16 +211,12 @@ def matched_class_folders(root: Path, ignore_case: bool = False) -> dict[str, li
     Fails early, with the fix, on a root that is not `root/{train,test}/<class>/`. With
     ignore_case, `Forest/` in train matches `forest/` in test; the train spelling names the class.
     """
-    if not root.is_dir():
-        raise UserError(
-            f"params.yaml: data.root={str(root)!r} is invalid: no such folder; "
-            "point it at a folder holding train/<class>/ and test/<class>/"
-        )
-    for split in ("train", "test"):
+    for split in ("", "train", "test"):
         if not (root / split).is_dir():
             raise UserError(
-                f"params.yaml: data.root={str(root)!r} is invalid: it has no {split}/ folder; "
-                "expected root/train/<class>/ and root/test/<class>/"
+                f"params.yaml: data.root={str(root)!r} is invalid: "
+                + (f"it has no {split}/ folder" if split else "no such folder")
+                + "; point it at a folder holding train/<class>/ and test/<class>/"
             )
     train, test = class_folders(root / "train"), class_folders(root / "test")
     if len(train) < 2:
@@ -228,15 +224,14 @@ def matched_class_folders(root: Path, ignore_case: bool = False) -> dict[str, li
             f"params.yaml: data.root={str(root)!r} is invalid: train/ holds {len(train)} class folder(s) "
             f"({', '.join(train) or 'none'}); a classifier needs at least 2"
         )
-    key = str.casefold if ignore_case else str
-    if ignore_case:
-        for split, names in (("train", train), ("test", test)):
-            clashes = sorted(n for n in names if [key(m) for m in names].count(key(n)) > 1)
-            if clashes:
-                raise UserError(
-                    f"params.yaml: data.ignore_class_case=true is invalid for {root / split}: "
-                    f"folders {clashes} differ only in case; merge or rename them"
-                )
+    key = str.casefold if ignore_case else str  # folder names differ: clashes only when case is ignored
+    for split, names in (("train", train), ("test", test)):
+        clashes = sorted(n for n in names if [key(m) for m in names].count(key(n)) > 1)
+        if clashes:
+            raise UserError(
+                f"params.yaml: data.ignore_class_case=true is invalid for {root / split}: "
+                f"folders {clashes} differ only in case; merge or rename them"
+            )
     test_by_key = {key(name): name for name in test}
     if sorted(map(key, train)) != sorted(test_by_key):
         only_train = sorted(n for n in train if key(n) not in test_by_key)
