@@ -260,12 +260,10 @@ MIMETIC_QUERY_KEY = (0.7, 0.7)
 MIMETIC_VALUE_PROJ = (0.4, -0.4)
 
 
-def _target(dim: int, alpha: float, beta: float, generator: torch.Generator) -> torch.Tensor:
-    return alpha * torch.randn(dim, dim, generator=generator) / math.sqrt(dim) + beta * torch.eye(dim)
-
-
-def _factors(target: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(A, B), both dim x rank, with A @ B.T the best rank-`rank` approximation of `target` (its SVD)."""
+def _factors(dim: int, rank: int, alpha: float, beta: float, generator: torch.Generator):
+    """(A, B), both dim x rank, with A @ B.T the best rank-`rank` approximation (its SVD) of the target
+    alpha * Z + beta * I, Z ~ N(0, I/dim) drawn from `generator`."""
+    target = alpha * torch.randn(dim, dim, generator=generator) / math.sqrt(dim) + beta * torch.eye(dim)
     u, s, vh = torch.linalg.svd(target)
     root = s[:rank].sqrt()
     return u[:, :rank] * root, vh[:rank].T * root
@@ -286,9 +284,9 @@ def mimetic_init(model: nn.Module, seed: int) -> None:
             weight = attn.qkv.weight  # rows: queries, keys, values; q = x @ weight[:dim].T
             for head in range(attn.num_heads):
                 rows = slice(head * head_dim, (head + 1) * head_dim)
-                query, key = _factors(_target(dim, *MIMETIC_QUERY_KEY, generator), head_dim)
+                query, key = _factors(dim, head_dim, *MIMETIC_QUERY_KEY, generator)
                 weight[rows] = query.T
                 weight[dim:][rows] = key.T
-            value, proj = _factors(_target(dim, *MIMETIC_VALUE_PROJ, generator), dim)
+            value, proj = _factors(dim, dim, *MIMETIC_VALUE_PROJ, generator)
             weight[2 * dim :] = value.T
             attn.proj.weight.copy_(proj)  # out = a @ proj.weight.T, so W_proj = proj.T and W_v W_proj = value @ proj.T
