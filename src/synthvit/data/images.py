@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -46,10 +45,13 @@ Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # Pillow raises DecompressionBombError abov
 
 
 class ImageSet:
-    """Labelled images: `labels` (int64, N), `classes` (names by label), and their batches."""
+    """Labelled images: `labels` (int64, N), `classes` (names by label), `digest` (what the pixels and
+    labels depend on, for the resume fingerprint) and `batches(order, starts, size, device, num_workers,
+    epoch)`: (uint8 images on `device`, their indices) for each batch `order[start:start + size]`, in order."""
 
     labels: torch.Tensor
     classes: list[str]
+    digest: str
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -61,17 +63,6 @@ class ImageSet:
     def on(self, device: torch.device) -> ImageSet:
         """The set ready to give batches on `device` (an in-memory set moves its tensor there once)."""
         return self
-
-    def batches(
-        self, order: torch.Tensor, starts: list[int], size: int, device: torch.device, num_workers: int, epoch: int = 1
-    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """(uint8 images on `device`, their indices) for each batch `order[start:start + size]`, in order."""
-        raise NotImplementedError
-
-    @property
-    def digest(self) -> str:
-        """What the pixels and labels depend on, for the resume fingerprint."""
-        raise NotImplementedError
 
 
 @dataclasses.dataclass
@@ -393,8 +384,7 @@ def download_archive(name: str, root: Path, download: bool) -> None:
             "set data.download=true, or use data.name=imagefolder with data.root at a local copy"
         )
     try:
-        for train in (True, False):
-            ARCHIVES[name](str(root), train=train, download=True)
+        ARCHIVES[name](str(root), download=True)  # the whole archive, both splits
     except Exception as exc:  # noqa: BLE001 - whatever is wrong with it, it cannot be resumed
         raise UserError(
             f"could not download {name} into {root} ({type(exc).__name__}: {exc}). " + offline_hint(name)
