@@ -128,8 +128,18 @@ class FileImages(ImageSet):
         return FileImages(paths, self.labels[mask], self.classes, self.img_size)
 
     def in_memory(self, num_workers: int = 2, desc: str = "decode validation") -> TensorImages:
-        images = decode_files(self.paths, self.img_size, num_workers, desc=desc)
-        return TensorImages(images, self.labels, self.classes, self.paths)
+        """Every file decoded into one tensor by a thread pool."""
+        images = np.empty((len(self), self.img_size, self.img_size, 3), dtype=np.uint8)
+
+        def decode_into(i: int) -> None:
+            images[i] = decode_image(Path(self.paths[i]), self.img_size)
+
+        # PIL releases the GIL while decoding, so threads give real parallelism here.
+        with ThreadPoolExecutor(max(1, num_workers)) as pool:
+            for _ in progress_bar(pool.map(decode_into, range(len(self))), total=len(self), desc=desc):
+                pass
+        decoded = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+        return TensorImages(decoded, self.labels, self.classes, self.paths)
 
 
 def worker_batches(batches: list[list[int]], make, device: torch.device, num_workers: int) -> DataLoader:
@@ -288,20 +298,6 @@ def fit_image(image: Image.Image, img_size: int, mode: str = "RGB", source=None)
     if (width, height) != (img_size, img_size):
         image = image.resize((img_size, img_size), Image.BICUBIC, box=(left, top, left + side, top + side))
     return np.asarray(image, dtype=np.uint8)
-
-
-def decode_files(paths: list, img_size: int, num_workers: int = 2, desc: str = "decode") -> torch.Tensor:
-    """uint8 N x 3 x S x S from image files, decoded by a thread pool."""
-    images = np.empty((len(paths), img_size, img_size, 3), dtype=np.uint8)
-
-    def decode_into(i: int) -> None:
-        images[i] = decode_image(Path(paths[i]), img_size)
-
-    # PIL releases the GIL while decoding, so threads give real parallelism here.
-    with ThreadPoolExecutor(max(1, num_workers)) as pool:
-        for _ in progress_bar(pool.map(decode_into, range(len(paths))), total=len(paths), desc=desc):
-            pass
-    return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
 
 
 def load_image_folder(
