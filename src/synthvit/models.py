@@ -231,17 +231,10 @@ def load_backbone(path: Path) -> dict:
         raise UserError(f"{path} is not an exported backbone (no config.json and model.safetensors): `synthvit export`")
     try:
         config = json.loads(config_file.read_text())
-        made_by = config["synthvit"]
-        state = load_file(weights)
+        # What `synthvit export` keeps for synthvit: the stage, model_config, recipe and summary.
+        return {**config["synthvit"], "classes": config["label_names"], "model_state": load_file(weights)}
     except (ValueError, KeyError, OSError) as exc:
         raise UserError(damaged_message(path, "exported backbone", type(exc).__name__)) from None
-    return {
-        "model_state": state,
-        "model_config": made_by["model_config"],
-        "classes": config["label_names"],
-        "recipe": made_by.get("recipe", {}),
-        "summary": made_by.get("summary", {}),
-    }
 
 
 def new_head(model: nn.Module, num_classes: int, seed: int) -> None:
