@@ -355,10 +355,10 @@ def offline_hint(name: str) -> str:
 def check_available(cfg: DataConfig) -> None:
     """Fail in seconds, with the fix, when the dataset is neither here nor downloadable: before the
     pipeline spends minutes on fractals and pre-training it would fine-tune on nothing."""
-    if cfg.name == "imagefolder":
-        matched_class_folders(user_path(cfg.root), cfg.ignore_class_case)
-        return
     root = user_path(cfg.root)
+    if cfg.name == "imagefolder":
+        matched_class_folders(root, cfg.ignore_class_case)
+        return
     if archive_present(cfg.name, root):
         return
     if not cfg.download:
