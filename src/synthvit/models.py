@@ -20,7 +20,6 @@ from huggingface_hub.file_download import _CACHED_NO_EXIST
 from safetensors.torch import load_file
 from timm.layers import HybridEmbed
 from timm.layers.pos_embed_sincos import build_sincos2d_pos_embed
-from timm.models.vision_transformer import VisionTransformer
 from timm.models.vision_transformer_hybrid import ConvStem
 from torch import nn
 
@@ -35,22 +34,7 @@ CHECKPOINT_FORMAT = 1
 
 
 # timm modules whose models are VisionTransformer (the class the patch/position ablations change).
-VIT_MODULES = ["vision_transformer", "deit"]
-
-
-def model_kwargs(cfg: ModelConfig) -> dict:
-    """Keyword overrides for timm.create_model; null params keep the model's default."""
-    keys = ("img_size", "patch_size", "embed_dim", "depth", "num_heads")
-    kwargs = {k: getattr(cfg, k) for k in keys if getattr(cfg, k) is not None}
-    # timm's registry says whether a model is built for one input size (ViTs: img_size sizes the position
-    # embedding) or takes any (CNNs, which have no img_size argument; the data still uses it).
-    pretrained_cfg = timm.models.get_pretrained_cfg(cfg.name)
-    if pretrained_cfg is not None and not pretrained_cfg.fixed_input_size:
-        kwargs.pop("img_size", None)
-    kwargs["drop_path_rate"] = cfg.drop_path_rate
-    if cfg.patch_embed == "conv":
-        kwargs["embed_layer"] = conv_stem_embed
-    return kwargs
+VIT_MODULES = ["vision_transformer", "vision_transformer_hybrid", "deit"]
 
 
 def conv_stem_embed(patch_size: int, embed_dim: int, in_chans: int = 3, **kwargs) -> nn.Module:
@@ -71,7 +55,7 @@ def conv_stem_embed(patch_size: int, embed_dim: int, in_chans: int = 3, **kwargs
     return HybridEmbed(stem, patch_size=1, in_chans=in_chans, embed_dim=embed_dim, proj=False, **kwargs)
 
 
-def fix_sincos_pos_embed(model: VisionTransformer) -> None:
+def fix_sincos_pos_embed(model: nn.Module) -> None:
     """Replace the learned position embedding by a fixed 2-D sin-cos one (zero for prefix tokens)."""
     grid = model.patch_embed.grid_size
     table = build_sincos2d_pos_embed(list(grid), dim=model.embed_dim).reshape(1, -1, model.embed_dim)
@@ -83,7 +67,7 @@ def fix_sincos_pos_embed(model: VisionTransformer) -> None:
 
 
 def create_model(cfg: ModelConfig, num_classes: int, imagenet_weights: str | None = None) -> nn.Module:
-    """A timm model with the params' overrides.
+    """A timm model with the params' overrides (null params keep the model's default).
 
     imagenet_weights: None for random init; "" for timm's ImageNet weights from the Hugging
     Face hub; a path for the same weights from a local file (offline use). timm adapts the
@@ -95,30 +79,28 @@ def create_model(cfg: ModelConfig, num_classes: int, imagenet_weights: str | Non
             f"params.yaml: model.name={cfg.name!r} is invalid: not a timm model"
             + (f"; similar names: {', '.join(close)}" if close else "; see timm.list_models()")
         )
-    if cfg.patch_embed == "conv" and not timm.models.is_model_in_modules(cfg.name, VIT_MODULES):
-        raise UserError(
-            f"params.yaml: model.patch_embed=conv applies to timm ViTs (vit_*, deit_*), not {cfg.name!r}; "
-            "set it to linear"
-        )
-    model = build_timm_model(cfg, num_classes, imagenet_weights)
     ablated = cfg.patch_embed != "linear" or cfg.pos_embed != "learned"
-    if ablated and not isinstance(model, VisionTransformer):
+    if ablated and not timm.models.is_model_in_modules(cfg.name, VIT_MODULES):
         raise UserError(
-            f"params.yaml: model.patch_embed/pos_embed apply to timm ViTs (vit_*, deit_*), not {cfg.name!r}; "
-            "set them to linear/learned"
+            f"params.yaml: model.patch_embed={cfg.patch_embed}, pos_embed={cfg.pos_embed} apply to timm ViTs "
+            f"(vit_*, deit_*), not {cfg.name!r}; set them to linear, learned"
         )
-    if cfg.pos_embed == "sincos":
-        fix_sincos_pos_embed(model)
-    return model
-
-
-def build_timm_model(cfg: ModelConfig, num_classes: int, imagenet_weights: str | None) -> nn.Module:
-    kwargs = model_kwargs(cfg)
+    keys = ("img_size", "patch_size", "embed_dim", "depth", "num_heads")
+    kwargs = {k: getattr(cfg, k) for k in keys if getattr(cfg, k) is not None}
+    # timm's registry says whether a model is built for one input size (ViTs: img_size sizes the position
+    # embedding) or takes any (CNNs, which have no img_size argument; the data still uses it).
+    pretrained_cfg = timm.models.get_pretrained_cfg(cfg.name)
+    if pretrained_cfg is not None and not pretrained_cfg.fixed_input_size:
+        kwargs.pop("img_size", None)
+    if cfg.patch_embed == "conv":
+        kwargs["embed_layer"] = conv_stem_embed
     pretrained = imagenet_weights is not None
     if imagenet_weights:
         kwargs["pretrained_cfg_overlay"] = {"file": str(imagenet_file(imagenet_weights).resolve())}
     try:
-        return timm.create_model(cfg.name, pretrained=pretrained, num_classes=num_classes, **kwargs)
+        model = timm.create_model(
+            cfg.name, pretrained=pretrained, num_classes=num_classes, drop_path_rate=cfg.drop_path_rate, **kwargs
+        )
     except TypeError as exc:
         raise UserError(
             f"params.yaml: model.name={cfg.name!r} does not take these overrides ({exc}); "
@@ -138,6 +120,9 @@ def build_timm_model(cfg: ModelConfig, num_classes: int, imagenet_weights: str |
             f"cannot download ImageNet weights for {cfg.name!r} from the Hugging Face hub ({type(exc).__name__}); "
             f"{offline_advice(cfg.name)} (HF_HUB_OFFLINE=1 skips the download retries)"
         ) from None
+    if cfg.pos_embed == "sincos":
+        fix_sincos_pos_embed(model)
+    return model
 
 
 def imagenet_file(imagenet_weights: str) -> Path:
@@ -166,16 +151,23 @@ def check_weights_available(cfg: ModelConfig, imagenet_weights: str) -> None:
     repo = hub_id(cfg.name)
     if repo and try_to_load_from_cache(repo, "model.safetensors") not in (None, _CACHED_NO_EXIST):
         return  # downloaded before: timm loads it from the cache offline
+    reason = unreachable("https://huggingface.co")
+    if reason:
+        raise UserError(
+            f"cannot reach the Hugging Face hub for {cfg.name!r}'s ImageNet weights ({reason}); "
+            f"{offline_advice(cfg.name)}"
+        )
+
+
+def unreachable(url: str, timeout: float = 5.0) -> str | None:
+    """None when `url`'s server answers within `timeout` seconds, else why not (a few words)."""
     try:
-        with urllib.request.urlopen(urllib.request.Request("https://huggingface.co", method="HEAD"), timeout=5):
-            return
+        with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout):
+            return None
     except urllib.error.HTTPError:
-        return  # the hub answered
+        return None  # the server answered
     except (OSError, ValueError) as exc:
-        reason = str(getattr(exc, "reason", None) or exc)[:120]
-    raise UserError(
-        f"cannot reach the Hugging Face hub for {cfg.name!r}'s ImageNet weights ({reason}); {offline_advice(cfg.name)}"
-    )
+        return str(getattr(exc, "reason", None) or exc)[:120]
 
 
 def save_checkpoint(path: Path, model: nn.Module, cfg: ModelConfig, classes: list[str], **extra) -> None:
@@ -239,17 +231,10 @@ def load_backbone(path: Path) -> dict:
         raise UserError(f"{path} is not an exported backbone (no config.json and model.safetensors): `synthvit export`")
     try:
         config = json.loads(config_file.read_text())
-        made_by = config["synthvit"]
-        state = load_file(weights)
+        # What `synthvit export` keeps for synthvit: the stage, model_config, recipe and summary.
+        return {**config["synthvit"], "classes": config["label_names"], "model_state": load_file(weights)}
     except (ValueError, KeyError, OSError) as exc:
         raise UserError(damaged_message(path, "exported backbone", type(exc).__name__)) from None
-    return {
-        "model_state": state,
-        "model_config": made_by["model_config"],
-        "classes": config["label_names"],
-        "recipe": made_by.get("recipe", {}),
-        "summary": made_by.get("summary", {}),
-    }
 
 
 def new_head(model: nn.Module, num_classes: int, seed: int) -> None:
@@ -268,12 +253,10 @@ MIMETIC_QUERY_KEY = (0.7, 0.7)
 MIMETIC_VALUE_PROJ = (0.4, -0.4)
 
 
-def _target(dim: int, alpha: float, beta: float, generator: torch.Generator) -> torch.Tensor:
-    return alpha * torch.randn(dim, dim, generator=generator) / math.sqrt(dim) + beta * torch.eye(dim)
-
-
-def _factors(target: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(A, B), both dim x rank, with A @ B.T the best rank-`rank` approximation of `target` (its SVD)."""
+def _factors(dim: int, rank: int, alpha: float, beta: float, generator: torch.Generator):
+    """(A, B), both dim x rank, with A @ B.T the best rank-`rank` approximation (its SVD) of the target
+    alpha * Z + beta * I, Z ~ N(0, I/dim) drawn from `generator`."""
+    target = alpha * torch.randn(dim, dim, generator=generator) / math.sqrt(dim) + beta * torch.eye(dim)
     u, s, vh = torch.linalg.svd(target)
     root = s[:rank].sqrt()
     return u[:, :rank] * root, vh[:rank].T * root
@@ -294,9 +277,9 @@ def mimetic_init(model: nn.Module, seed: int) -> None:
             weight = attn.qkv.weight  # rows: queries, keys, values; q = x @ weight[:dim].T
             for head in range(attn.num_heads):
                 rows = slice(head * head_dim, (head + 1) * head_dim)
-                query, key = _factors(_target(dim, *MIMETIC_QUERY_KEY, generator), head_dim)
+                query, key = _factors(dim, head_dim, *MIMETIC_QUERY_KEY, generator)
                 weight[rows] = query.T
                 weight[dim:][rows] = key.T
-            value, proj = _factors(_target(dim, *MIMETIC_VALUE_PROJ, generator), dim)
+            value, proj = _factors(dim, dim, *MIMETIC_VALUE_PROJ, generator)
             weight[2 * dim :] = value.T
             attn.proj.weight.copy_(proj)  # out = a @ proj.weight.T, so W_proj = proj.T and W_v W_proj = value @ proj.T

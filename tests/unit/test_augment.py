@@ -118,5 +118,5 @@ def test_pretraining_augmentation_recolours_only_when_asked():
         (PretrainConfig(**plain), False),
         (FinetuneConfig(auto_augment="none", **plain), False),
     ):
-        x, _ = Augmentation.of(cfg, 2, torch.device("cpu"))(gray, labels, torch.Generator().manual_seed(0))
+        x, _ = Augmentation(cfg, 2, torch.device("cpu"))(gray, labels, torch.Generator().manual_seed(0))
         assert (x[:, 0] != x[:, 1]).any().item() is recoloured

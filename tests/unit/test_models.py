@@ -149,9 +149,9 @@ def test_ablations_are_for_vits_only():
         "num_heads": None,
         "drop_path_rate": 0.0,
     }
-    with pytest.raises(UserError, match="apply to timm ViTs"):
+    with pytest.raises(UserError, match="pos_embed=sincos apply to timm ViTs"):
         create_model(ModelConfig(**cnn, pos_embed="sincos"), 5)
-    with pytest.raises(UserError, match="patch_embed=conv applies to timm ViTs"):
+    with pytest.raises(UserError, match="patch_embed=conv, pos_embed=learned apply to timm ViTs"):
         # Unvalidated (params reject conv without a patch size): models.py's own check still answers.
         create_model(ModelConfig.model_construct(**cnn, patch_embed="conv"), 5)
 

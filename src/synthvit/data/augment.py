@@ -10,7 +10,6 @@ erasing (timm's, on whole batches).
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import torch
@@ -70,11 +69,6 @@ def random_crop_params(
     return width, height, centre_x, centre_y
 
 
-def snap_to_pixels(offset: torch.Tensor, size: int) -> torch.Tensor:
-    """Round a [-1, 1] offset to whole pixels (2/size each): a pure shift then stays sharp."""
-    return torch.round(offset * size / 2) * 2 / size
-
-
 def random_resized_crop_flip(
     images: torch.Tensor,
     scale=(0.25, 1.0),
@@ -89,7 +83,8 @@ def random_resized_crop_flip(
     if tuple(scale) == (1.0, 1.0) and padding == 0 and hflip == 0:
         return images
     width, height, cx, cy = random_crop_params(n, scale, ratio, padding / w, generator, device)
-    cx, cy = snap_to_pixels(cx, w), snap_to_pixels(cy, h)
+    # Centres rounded to whole pixels (2/size each, as the image spans [-1, 1]): a pure shift then stays sharp.
+    cx, cy = torch.round(cx * w / 2) * 2 / w, torch.round(cy * h / 2) * 2 / h
     flip = torch.rand(n, generator=generator, device=device) < hflip
     sign = 1.0 - 2.0 * flip.float()
     theta = torch.zeros(n, 2, 3, device=device, dtype=images.dtype)
@@ -142,34 +137,20 @@ def build_mixup(cfg: TrainConfig, num_classes: int) -> Mixup | None:
     )
 
 
-@dataclasses.dataclass
 class Augmentation:
     """A recipe's augmentation chain (the module docstring gives the order), built once per run."""
 
-    cfg: TrainConfig
-    colors: bool  # recolour gray images (PretrainConfig.random_colors)
-    policy: object  # torchvision auto-augment policy, or None
-    mixup: Mixup | None
-    erasing: RandomErasing | None
-    mean: torch.Tensor
-    std: torch.Tensor
-
-    @classmethod
-    def of(cls, cfg: TrainConfig, num_classes: int, device: torch.device) -> Augmentation:
-        return cls(
-            cfg,
-            isinstance(cfg, PretrainConfig) and cfg.random_colors,
-            auto_augment_policy(cfg.auto_augment, cfg.auto_augment_magnitude),
-            build_mixup(cfg, num_classes),
-            RandomErasing(cfg.random_erasing, mode="pixel", device=device) if cfg.random_erasing > 0 else None,
-            torch.tensor(DEFAULT_MEAN, device=device),
-            torch.tensor(DEFAULT_STD, device=device),
+    def __init__(self, cfg: TrainConfig, num_classes: int, device: torch.device):
+        self.cfg = cfg
+        self.colors = isinstance(cfg, PretrainConfig) and cfg.random_colors  # recolour gray fractals
+        self.policy = auto_augment_policy(cfg.auto_augment, cfg.auto_augment_magnitude)
+        # timm's Mixup/CutMix turn labels into distributions over classes: a soft-target loss is needed.
+        self.mixup = build_mixup(cfg, num_classes)
+        self.erasing = (
+            RandomErasing(cfg.random_erasing, mode="pixel", device=device) if cfg.random_erasing > 0 else None
         )
-
-    @property
-    def soft_targets(self) -> bool:
-        """Mixup/CutMix turn labels into distributions over classes (a soft-target loss is needed)."""
-        return self.mixup is not None
+        self.mean = torch.tensor(DEFAULT_MEAN, device=device)
+        self.std = torch.tensor(DEFAULT_STD, device=device)
 
     def __call__(self, batch: torch.Tensor, labels: torch.Tensor, generator: torch.Generator):
         """(normalised float images, targets) for a uint8 batch and its labels; crops and flips draw from

@@ -25,10 +25,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader
 
 from synthvit.data import torch_render
-from synthvit.data.images import ImageSet, TensorImages, fit_image, load_image_folder
+from synthvit.data.images import ImageSet, TensorImages, fit_image, load_image_folder, worker_batches
 from synthvit.data.resize import resize
 from synthvit.errors import UserError, damaged_message
 from synthvit.runtime import progress_bar
@@ -91,12 +90,8 @@ class RenderedImages:
     def draws(self, positions: list[int]) -> torch_render.Draws:
         """The host half of rendering these positions on a device: each image's random numbers."""
         systems = self.images.systems(self.indices[positions].tolist(), self.epoch, self.fresh)
-        return torch_render.draw(
-            [(maps, p) for maps, p, _, _ in systems],
-            [seed for _, _, seed, _ in systems],
-            self.images.settings,
-            [how for _, _, _, how in systems],
-        )
+        maps, probabilities, seeds, flips = zip(*systems)
+        return torch_render.draw(list(zip(maps, probabilities)), list(seeds), self.images.settings, list(flips))
 
     def device_batches(
         self, batches: list[list[int]], device: torch.device, num_workers: int
@@ -109,17 +104,8 @@ class RenderedImages:
         up to torch_render.device_batch_size images (an image does not depend on its batch):
         a render call costs a few thousand small kernels whatever its size.
         """
-        # Its own generator: a DataLoader seeds its workers from the global one otherwise (augmentation draws).
-        loader = DataLoader(
-            batches,  # each item is a batch of positions: no collation, `draws` makes the batch
-            batch_size=None,
-            num_workers=num_workers,
-            collate_fn=self.draws,
-            pin_memory=device.type == "cuda",
-            generator=torch.Generator().manual_seed(0),
-        )
         per_call, pending = torch_render.device_batch_size(self.images.settings.num_points, device), []
-        for draws in loader:
+        for draws in worker_batches(batches, self.draws, device, num_workers):
             pending.append(draws)
             if sum(map(len, pending)) >= per_call:
                 yield from self._render_together(pending, device)
@@ -151,14 +137,13 @@ class RenderedFractals(ImageSet):
         on_host = order.tolist()
         batches = [on_host[start : start + size] for start in starts]
         source = self.source.for_epoch(epoch)
-        if device.type == "cuda":  # CPU workers at ~1 ms an image would starve the GPU: it renders
-            for images, start in zip(source.device_batches(batches, device, num_workers), starts):
-                yield images, order[start : start + size]
-            return
-        # On a CPU the training process renders: workers compete with torch's threads for the cores
-        # (rendering in-process cost 2% of pre-training img/s on 2 cores, 1-4 workers 24-34%).
-        for positions, start in zip(batches, starts):
-            yield source.render(positions), order[start : start + size]
+        # On CUDA the GPU renders: CPU workers at ~1 ms an image would starve it. On a CPU the training
+        # process renders: workers compete with torch's threads for the cores (rendering in-process cost
+        # 2% of pre-training img/s on 2 cores, 1-4 workers 24-34%).
+        on_gpu = device.type == "cuda"
+        rendered = source.device_batches(batches, device, num_workers) if on_gpu else map(source.render, batches)
+        for images, start in zip(rendered, starts):
+            yield images, order[start : start + size]
 
     @property
     def digest(self) -> str:

@@ -20,9 +20,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-import urllib.error
-import urllib.request
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -37,6 +34,7 @@ from torchvision import datasets
 from synthvit.config import DATASETS, DataConfig
 from synthvit.errors import UserError, rebuild_hint
 from synthvit.files import user_path
+from synthvit.models import unreachable
 from synthvit.runtime import progress_bar
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
@@ -47,10 +45,13 @@ Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # Pillow raises DecompressionBombError abov
 
 
 class ImageSet:
-    """Labelled images: `labels` (int64, N), `classes` (names by label), and their batches."""
+    """Labelled images: `labels` (int64, N), `classes` (names by label), `digest` (what the pixels and
+    labels depend on, for the resume fingerprint) and `batches(order, starts, size, device, num_workers,
+    epoch)`: (uint8 images on `device`, their indices) for each batch `order[start:start + size]`, in order."""
 
     labels: torch.Tensor
     classes: list[str]
+    digest: str
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -62,17 +63,6 @@ class ImageSet:
     def on(self, device: torch.device) -> ImageSet:
         """The set ready to give batches on `device` (an in-memory set moves its tensor there once)."""
         return self
-
-    def batches(
-        self, order: torch.Tensor, starts: list[int], size: int, device: torch.device, num_workers: int, epoch: int = 1
-    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """(uint8 images on `device`, their indices) for each batch `order[start:start + size]`, in order."""
-        raise NotImplementedError
-
-    @property
-    def digest(self) -> str:
-        """What the pixels and labels depend on, for the resume fingerprint."""
-        raise NotImplementedError
 
 
 @dataclasses.dataclass
@@ -115,16 +105,7 @@ class FileImages(ImageSet):
 
     def batches(self, order, starts, size, device, num_workers, epoch=1):
         on_host = order.tolist()  # the sampler needs host indices: one copy per epoch
-        # Its own generator: a DataLoader seeds its workers from the global one otherwise, which
-        # would shift the augmentation draws (decoding itself draws nothing).
-        loader = DataLoader(
-            [on_host[start : start + size] for start in starts],  # an item is a batch: `decode` makes it
-            batch_size=None,
-            num_workers=num_workers,
-            collate_fn=self.decode,
-            pin_memory=device.type == "cuda",
-            generator=torch.Generator().manual_seed(0),
-        )
+        loader = worker_batches([on_host[start : start + size] for start in starts], self.decode, device, num_workers)
         for images, start in zip(loader, starts):
             yield images.to(device, non_blocking=True), order[start : start + size]
 
@@ -146,9 +127,33 @@ class FileImages(ImageSet):
         paths = [p for p, keep in zip(self.paths, mask.tolist()) if keep]
         return FileImages(paths, self.labels[mask], self.classes, self.img_size)
 
-    def in_memory(self, num_workers: int = 2) -> TensorImages:
-        images = decode_files(self.paths, self.img_size, num_workers, desc="decode validation")
-        return TensorImages(images, self.labels, self.classes, self.paths)
+    def in_memory(self, num_workers: int = 2, desc: str = "decode validation") -> TensorImages:
+        """Every file decoded into one tensor by a thread pool."""
+        images = np.empty((len(self), self.img_size, self.img_size, 3), dtype=np.uint8)
+
+        def decode_into(i: int) -> None:
+            images[i] = decode_image(Path(self.paths[i]), self.img_size)
+
+        # PIL releases the GIL while decoding, so threads give real parallelism here.
+        with ThreadPoolExecutor(max(1, num_workers)) as pool:
+            for _ in progress_bar(pool.map(decode_into, range(len(self))), total=len(self), desc=desc):
+                pass
+        decoded = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+        return TensorImages(decoded, self.labels, self.classes, self.paths)
+
+
+def worker_batches(batches: list[list[int]], make, device: torch.device, num_workers: int) -> DataLoader:
+    """A DataLoader whose `num_workers` workers each call `make(positions)` for a batch of positions, in order."""
+    # Its own generator: a DataLoader seeds its workers from the global one otherwise, which
+    # would shift the augmentation draws (decoding and drawing fractals take none from it).
+    return DataLoader(
+        batches,  # an item is a batch: `make` builds it, no collation
+        batch_size=None,
+        num_workers=num_workers,
+        collate_fn=make,
+        pin_memory=device.type == "cuda",
+        generator=torch.Generator().manual_seed(0),
+    )
 
 
 def tensor_digest(*tensors: torch.Tensor) -> str:
@@ -166,12 +171,11 @@ def load_split(cfg: DataConfig, split: str, img_size: int) -> TensorImages | Fil
     if cfg.name == "imagefolder":
         root = user_path(cfg.root)
         folders = matched_class_folders(root, cfg.ignore_class_case)
-        paths, labels = list_images(root / split, folders[split], per_class)
-        classes = folders["train"]  # test/ may spell a class differently (ignore_class_case)
+        # test/ may spell a class differently (ignore_class_case): the train spelling names it
+        files = image_files(root / split, folders[split], img_size, per_class, classes=folders["train"])
         if split == "train" and cfg.loader == "stream":
-            return FileImages([str(p) for p in paths], torch.tensor(labels, dtype=torch.int64), classes, img_size)
-        images = decode_files(paths, img_size, cfg.num_workers, desc=f"decode {split}")
-        return TensorImages(images, torch.tensor(labels, dtype=torch.int64), classes, [str(p) for p in paths])
+            return files
+        return files.in_memory(cfg.num_workers, desc=f"decode {split}")
     raise UserError(f"params.yaml: data.name={cfg.name!r} is invalid: one of {', '.join(DATASETS)}")
 
 
@@ -208,16 +212,12 @@ def matched_class_folders(root: Path, ignore_case: bool = False) -> dict[str, li
     Fails early, with the fix, on a root that is not `root/{train,test}/<class>/`. With
     ignore_case, `Forest/` in train matches `forest/` in test; the train spelling names the class.
     """
-    if not root.is_dir():
-        raise UserError(
-            f"params.yaml: data.root={str(root)!r} is invalid: no such folder; "
-            "point it at a folder holding train/<class>/ and test/<class>/"
-        )
-    for split in ("train", "test"):
+    for split in ("", "train", "test"):
         if not (root / split).is_dir():
             raise UserError(
-                f"params.yaml: data.root={str(root)!r} is invalid: it has no {split}/ folder; "
-                "expected root/train/<class>/ and root/test/<class>/"
+                f"params.yaml: data.root={str(root)!r} is invalid: "
+                + (f"it has no {split}/ folder" if split else "no such folder")
+                + "; point it at a folder holding train/<class>/ and test/<class>/"
             )
     train, test = class_folders(root / "train"), class_folders(root / "test")
     if len(train) < 2:
@@ -225,15 +225,14 @@ def matched_class_folders(root: Path, ignore_case: bool = False) -> dict[str, li
             f"params.yaml: data.root={str(root)!r} is invalid: train/ holds {len(train)} class folder(s) "
             f"({', '.join(train) or 'none'}); a classifier needs at least 2"
         )
-    key = str.casefold if ignore_case else str
-    if ignore_case:
-        for split, names in (("train", train), ("test", test)):
-            clashes = sorted(n for n in names if [key(m) for m in names].count(key(n)) > 1)
-            if clashes:
-                raise UserError(
-                    f"params.yaml: data.ignore_class_case=true is invalid for {root / split}: "
-                    f"folders {clashes} differ only in case; merge or rename them"
-                )
+    key = str.casefold if ignore_case else str  # folder names differ: clashes only when case is ignored
+    for split, names in (("train", train), ("test", test)):
+        clashes = sorted(n for n in names if [key(m) for m in names].count(key(n)) > 1)
+        if clashes:
+            raise UserError(
+                f"params.yaml: data.ignore_class_case=true is invalid for {root / split}: "
+                f"folders {clashes} differ only in case; merge or rename them"
+            )
     test_by_key = {key(name): name for name in test}
     if sorted(map(key, train)) != sorted(test_by_key):
         only_train = sorted(n for n in train if key(n) not in test_by_key)
@@ -248,9 +247,13 @@ def matched_class_folders(root: Path, ignore_case: bool = False) -> dict[str, li
     return {"train": train, "test": [test_by_key[key(name)] for name in train]}
 
 
-def list_images(folder: Path, classes: list[str], per_class: int) -> tuple[list[Path], list[int]]:
+def image_files(
+    folder: Path, folders: list[str], img_size: int, per_class: int = 0, classes: list[str] | None = None
+) -> FileImages:
+    """The images in `folder`/<each of `folders`>/ (the first `per_class` of each, 0: all), labelled in
+    the order of `folders` and named by `classes` (default: the folders)."""
     paths, labels = [], []
-    for label, name in enumerate(classes):
+    for label, name in enumerate(folders):
         files = sorted(p for p in (folder / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
             raise UserError(
@@ -258,9 +261,9 @@ def list_images(folder: Path, classes: list[str], per_class: int) -> tuple[list[
             )
         if per_class:
             files = files[:per_class]
-        paths += files
+        paths += map(str, files)
         labels += [label] * len(files)
-    return paths, labels
+    return FileImages(paths, torch.tensor(labels, dtype=torch.int64), list(classes or folders), img_size)
 
 
 def decode_image(path: Path, img_size: int) -> np.ndarray:
@@ -297,27 +300,11 @@ def fit_image(image: Image.Image, img_size: int, mode: str = "RGB", source=None)
     return np.asarray(image, dtype=np.uint8)
 
 
-def decode_files(paths: list, img_size: int, num_workers: int = 2, desc: str = "decode") -> torch.Tensor:
-    """uint8 N x 3 x S x S from image files, decoded by a thread pool."""
-    images = np.empty((len(paths), img_size, img_size, 3), dtype=np.uint8)
-
-    def decode_into(i: int) -> None:
-        images[i] = decode_image(Path(paths[i]), img_size)
-
-    # PIL releases the GIL while decoding, so threads give real parallelism here.
-    with ThreadPoolExecutor(max(1, num_workers)) as pool:
-        for _ in progress_bar(pool.map(decode_into, range(len(paths))), total=len(paths), desc=desc):
-            pass
-    return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
-
-
 def load_image_folder(
     folder: Path, img_size: int, per_class: int = 0, num_workers: int = 2, classes: list[str] | None = None
 ) -> TensorImages:
-    classes = classes if classes is not None else class_folders(folder)
-    paths, labels = list_images(folder, classes, per_class)
-    images = decode_files(paths, img_size, num_workers, desc=f"decode {folder.name}")
-    return TensorImages(images, torch.tensor(labels, dtype=torch.int64), list(classes), [str(p) for p in paths])
+    files = image_files(folder, classes if classes is not None else class_folders(folder), img_size, per_class)
+    return files.in_memory(num_workers, desc=f"decode {folder.name}")
 
 
 # ---- CIFAR-10, CIFAR-100, MNIST (torchvision's archives) ------------------------------
@@ -338,19 +325,7 @@ def load_archive(name: str, root: Path, split: str, img_size: int, download: boo
         with FileLock(str(root / ".download.lock"), timeout=3600):  # queued experiments share the root
             if not archive_present(name, root):
                 download_archive(name, root, download)
-    images, labels, classes = read_archive(name, root, split)
-    if per_class:
-        keep = torch.cat([torch.nonzero(labels == c).flatten()[:per_class] for c in range(len(classes))]).sort().values
-        images, labels = images[keep], labels[keep]
-    if img_size != images.shape[-1]:
-        images = resize_uint8(images, img_size)
-    return TensorImages(images, labels, classes)
-
-
-def read_archive(name: str, root: Path, split: str):
-    """uint8 N x 3 x H x W images, int64 labels and class names from torchvision's dataset class,
-    which also checks the files (MD5 for CIFAR). MNIST's grey digits repeat into three channels."""
-    try:
+    try:  # torchvision's dataset class checks the files (MD5 for CIFAR)
         dataset = ARCHIVES[name](str(root), train=split == "train", download=False)
     except RuntimeError as exc:
         raise UserError(
@@ -358,52 +333,42 @@ def read_archive(name: str, root: Path, split: str):
             "delete it to download again"
         ) from None
     images, labels = torch.as_tensor(dataset.data), torch.as_tensor(dataset.targets, dtype=torch.int64)
-    if name == "mnist":
-        return images.unsqueeze(1).repeat(1, 3, 1, 1).contiguous(), labels, [str(d) for d in range(10)]
-    return images.permute(0, 3, 1, 2).contiguous(), labels, list(dataset.classes)
+    if name == "mnist":  # grey digits repeat into three channels
+        images, classes = images.unsqueeze(1).repeat(1, 3, 1, 1), [str(d) for d in range(10)]
+    else:
+        images, classes = images.permute(0, 3, 1, 2), list(dataset.classes)
+    if per_class:
+        keep = torch.cat([torch.nonzero(labels == c).flatten()[:per_class] for c in range(len(classes))]).sort().values
+        images, labels = images[keep], labels[keep]
+    if img_size != images.shape[-1]:
+        images = resize_uint8(images, img_size)
+    return TensorImages(images.contiguous(), labels, classes)
 
 
-def offline_hint(name: str, root: Path) -> str:
-    folder = ARCHIVE_FOLDERS[name]
+def offline_hint(name: str) -> str:
     return (
         "Offline? Use a local copy: `-S data.name=imagefolder -S data.root=PATH` with PATH/train/<class>/ and "
-        f"PATH/test/<class>/ (e.g. ../shared/datasets/cifar10), or put {folder}/ in data.root"
+        f"PATH/test/<class>/ (e.g. ../shared/datasets/cifar10), or put {ARCHIVE_FOLDERS[name]}/ in data.root"
     )
-
-
-def archive_urls(name: str) -> list[str]:
-    """Where torchvision downloads an archive from."""
-    dataset = ARCHIVES[name]
-    return list(dataset.mirrors) if hasattr(dataset, "mirrors") else [dataset.url]
-
-
-def reachable(url: str, timeout: float = 5.0) -> str | None:
-    """None when `url`'s server answers within `timeout` seconds, else why not (a few words)."""
-    try:
-        with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout):
-            return None
-    except urllib.error.HTTPError:
-        return None  # the server answered
-    except (OSError, ValueError) as exc:
-        return str(getattr(exc, "reason", None) or exc)[:120]
 
 
 def check_available(cfg: DataConfig) -> None:
     """Fail in seconds, with the fix, when the dataset is neither here nor downloadable: before the
     pipeline spends minutes on fractals and pre-training it would fine-tune on nothing."""
-    if cfg.name == "imagefolder":
-        matched_class_folders(user_path(cfg.root), cfg.ignore_class_case)
-        return
     root = user_path(cfg.root)
+    if cfg.name == "imagefolder":
+        matched_class_folders(root, cfg.ignore_class_case)
+        return
     if archive_present(cfg.name, root):
         return
     if not cfg.download:
         download_archive(cfg.name, root, download=False)  # the one-line error for a missing copy
-    problems = [problem for problem in map(reachable, archive_urls(cfg.name)) if problem]
-    if len(problems) == len(archive_urls(cfg.name)):
+    dataset = ARCHIVES[cfg.name]
+    problems = [unreachable(url) for url in getattr(dataset, "mirrors", None) or [dataset.url]]
+    if all(problems):
         raise UserError(
             f"{cfg.name} is not in {root} and its download server cannot be reached ({problems[0]}). "
-            + offline_hint(cfg.name, root)
+            + offline_hint(cfg.name)
         )
 
 
@@ -415,11 +380,10 @@ def download_archive(name: str, root: Path, download: bool) -> None:
             "set data.download=true, or use data.name=imagefolder with data.root at a local copy"
         )
     try:
-        for train in (True, False):
-            ARCHIVES[name](str(root), train=train, download=True)
+        ARCHIVES[name](str(root), download=True)  # the whole archive, both splits
     except Exception as exc:  # noqa: BLE001 - whatever is wrong with it, it cannot be resumed
         raise UserError(
-            f"could not download {name} into {root} ({type(exc).__name__}: {exc}). " + offline_hint(name, root)
+            f"could not download {name} into {root} ({type(exc).__name__}: {exc}). " + offline_hint(name)
         ) from None
 
 

@@ -101,25 +101,18 @@ class Loop:
                 f"must divide evenly over {world} processes"
             )
         # The model as called in the step: wrapped by DDP and/or torch.compile.
-        forward = (
-            DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-            if world > 1
-            else model
-        )
+        forward = model
+        if world > 1:
+            forward = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
         self.forward = torch.compile(forward) if runtime.compile else forward
         # Fused: the step count lives on the device (a plain torch AdamW reads it back per step), and
         # the fp16 scaler's overflow check stays there too (skipping a step costs no host sync).
-        optimizer = create_optimizer_v2(
-            model,
-            opt=cfg.optimizer,
-            lr=cfg.lr,
-            weight_decay=cfg.weight_decay,
-            layer_decay=cfg.layer_decay or None,
-            fused=True,
+        self.optimizer = create_optimizer_v2(
+            model, cfg.optimizer, cfg.lr, cfg.weight_decay, layer_decay=cfg.layer_decay or None, fused=True
         )
-        self.augmentation = Augmentation.of(cfg, train_set.num_classes, device)
-        self.model, self.optimizer = model, optimizer  # the raw weights, trained in place
-        self.scheduler = build_schedule(optimizer, cfg, cfg.epochs * self.steps, self.steps)
+        self.augmentation = Augmentation(cfg, train_set.num_classes, device)
+        self.model = model  # the raw weights, trained in place
+        self.scheduler = build_schedule(self.optimizer, cfg, cfg.epochs * self.steps, self.steps)
         # fp16 gradients underflow unscaled; a pass-through for other precisions.
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype is torch.float16)
         self.ema = ModelEmaV3(model, decay=cfg.ema_decay) if cfg.ema_decay > 0 else None
@@ -130,7 +123,7 @@ class Loop:
         }
         self.criterion = (
             SoftTargetCrossEntropy()
-            if self.augmentation.soft_targets
+            if self.augmentation.mixup is not None
             else nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
         )
 
@@ -246,11 +239,7 @@ def train(
     for epoch in range(saved_epoch + 1, cfg.epochs + 1):
         metrics = train_one_epoch(loop, epoch)
         if eval_set is not None:
-            metrics.update(
-                evaluate_loss_acc(
-                    loop.scored, eval_set, loop.device, loop.amp_dtype, batch_size=max(loop.batch_size, 256)
-                )
-            )
+            metrics.update(evaluate_loss_acc(loop, eval_set))
             if keep_best and metrics["eval_acc"] > best["acc"]:
                 best = {"acc": metrics["eval_acc"], "epoch": epoch, "state": cpu_copy(loop.scored.state_dict())}
         history.append(metrics)
@@ -261,11 +250,7 @@ def train(
             )
             if on_epoch is not None:
                 on_epoch(metrics)
-        if (
-            resume_file is not None
-            and cfg.checkpoint_every
-            and (epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs)
-        ):
+        if resume_file and cfg.checkpoint_every and (epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs):
             try:
                 save_state(resume_file, epoch, loop, history, best)
             except OSError as exc:  # a full disk or a read-only folder; the state saved before is intact
@@ -281,14 +266,15 @@ def train(
     return history
 
 
-def evaluate_loss_acc(model, eval_set: TensorImages, device, amp_dtype, batch_size: int = 512) -> dict:
-    """Loss and top-1 on a held-out set, for the per-epoch curves (each process scores its share)."""
+def evaluate_loss_acc(loop: Loop, eval_set: TensorImages) -> dict:
+    """Loss and top-1 of the scored weights on a held-out set, for the per-epoch curves (each process
+    scores its share)."""
     world, rank = distributed.world_size(), distributed.rank()
-    logits = predict_logits(model, eval_set.images[rank::world], device, amp_dtype, batch_size, desc="eval")
-    labels = eval_set.labels[rank::world]
+    images, labels = eval_set.images[rank::world], eval_set.labels[rank::world]
+    logits = predict_logits(loop.scored, images, loop.device, loop.amp_dtype, max(loop.batch_size, 256), desc="eval")
     loss_sum = nn.functional.cross_entropy(logits, labels, reduction="sum").item()
     correct = (logits.argmax(1) == labels).sum().item()
-    sums = torch.tensor([loss_sum, correct], dtype=torch.float64, device=device)
+    sums = torch.tensor([loss_sum, correct], dtype=torch.float64, device=loop.device)
     loss_sum, correct = distributed.all_reduce_sum(sums).tolist()
     loss = loss_sum / len(eval_set)
     return {"eval_loss": loss if math.isfinite(loss) else float("nan"), "eval_acc": correct / len(eval_set)}
