@@ -50,10 +50,6 @@ def outbox_root() -> Path:
     return repo_root() / ".synthvit" / "outbox"
 
 
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
 class OutboxRun:
     """The calls stages make on an MLflow run, safe against the server going away:
     log_metrics/log_metric/log_params/log_artifact/log_dict/log_table and log_synthvit_model."""
@@ -68,7 +64,7 @@ class OutboxRun:
     # ---- the logging calls ------------------------------------------------------------
 
     def log_metrics(self, metrics: dict, step: int | None = None) -> None:
-        stamp = now_ms()
+        stamp = int(time.time() * 1000)
         points = [[key, float(value), stamp, step or 0] for key, value in metrics.items()]
         self.send({"call": "log_batch", "run_id": self.run_id, "metrics": points})
 
@@ -100,7 +96,7 @@ class OutboxRun:
     def end(self, status: str, parent_id: str) -> None:
         """Terminate this run (the active one) and its pipeline's parent, then replay what waits; warn (one line)
         about what is left."""
-        end_time = now_ms()
+        end_time = int(time.time() * 1000)
         try:
             with health.quick_http():  # pops the active run even when the server does not answer
                 mlflow.end_run(status)
@@ -166,7 +162,6 @@ class OutboxRun:
             entry = {**entry, "file": str(copy.relative_to(self.folder))}
         with open(self.folder / CALLS, "a") as calls:
             calls.write(json.dumps(entry) + "\n")
-            calls.flush()
 
 
 def line_count(path: Path) -> int:
