@@ -362,9 +362,8 @@ def _config_error(exc: ValidationError, raw, source: str) -> ConfigError:
     """The first of pydantic's errors as a ConfigError: dotted key, the value given, what is allowed."""
     error = exc.errors(include_url=False)[0]
     loc, kind, ctx = error["loc"], error["type"], error.get("ctx", {})
-    if kind == "invalid":  # a cross-key rule; a Params-level one names its key in full
-        key = ctx["key"] if "." in ctx["key"] else ".".join(map(str, (*loc, ctx["key"])))
-        return ConfigError(key, ctx["value"], ctx["allowed"], source)
+    if kind == "invalid":  # a cross-key rule: loc is its section (none for a Params-level rule, which names it)
+        return ConfigError(".".join(map(str, (*loc, ctx["key"]))), ctx["value"], ctx["allowed"], source)
     named = loc[:2]  # (section, key) or (top-level key,): the key, not an item of its list (crop_scale)
     section = Params.model_fields[named[0]].annotation if len(named) == 2 else Params
     key = ".".join(map(str, named)) or "(top level)"
@@ -462,13 +461,12 @@ def declared_params(stage: str, pipeline: Path = Path("dvc.yaml")) -> list[str]:
 
 def first_difference(before, after, key: str) -> tuple[str, object, object] | None:
     """(dotted key, value before, value after) of the first leaf where two params values differ, else None."""
-    if isinstance(before, dict) and isinstance(after, dict):
-        for name in dict.fromkeys([*before, *after]):
-            found = first_difference(before.get(name, MISSING), after.get(name, MISSING), f"{key}.{name}")
-            if found:
-                return found
-        return None
-    return None if before == after else (key, before, after)
+    if not (isinstance(before, dict) and isinstance(after, dict)):
+        return None if before == after else (key, before, after)
+    leaves = (
+        first_difference(before.get(k, MISSING), after.get(k, MISSING), f"{key}.{k}") for k in {**before, **after}
+    )
+    return next(filter(None, leaves), None)
 
 
 def check_params_unchanged(stage: str, started_with: dict, path: Path = Path("params.yaml")) -> None:

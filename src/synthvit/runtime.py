@@ -13,7 +13,7 @@ import torch
 from tqdm.auto import tqdm
 
 from synthvit.config import RuntimeConfig
-from synthvit.errors import UserError
+from synthvit.errors import ConfigError
 
 
 def seed_everything(seed: int) -> None:
@@ -28,7 +28,7 @@ def resolve_device(runtime: RuntimeConfig) -> torch.device:
     if runtime.num_threads:
         torch.set_num_threads(runtime.num_threads)
     if runtime.device == "cuda" and not torch.cuda.is_available():
-        raise UserError("params.yaml: runtime.device='cuda' is invalid: no CUDA device is visible; use auto or cpu")
+        raise ConfigError("runtime.device", "cuda", "no CUDA device is visible; use auto or cpu")
     if runtime.device == "cpu" or not torch.cuda.is_available():
         return torch.device("cpu")
     return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))

@@ -14,9 +14,10 @@ import os
 import threading
 from urllib.parse import urlsplit, urlunsplit
 
-import requests
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 from mlflow.utils.credentials import get_default_host_creds
+from mlflow.utils.rest_utils import http_request
 
 from synthvit.errors import UserError
 from synthvit.tracking.store import sqlite_path, tracking_uri
@@ -55,6 +56,7 @@ def quick_http():
                 os.environ[name] = value
 
 
+SEARCH = "/api/2.0/mlflow/experiments/search?max_results=1"  # the cheapest request that needs a login
 WAY_OUT = "start the server, or unset MLFLOW_TRACKING_URI to record in the local SQLite store (mlflow.db)"
 
 
@@ -76,26 +78,13 @@ def store_problem(uri: str) -> str | None:
 
 
 def http_problem(uri: str, timeout: float) -> str | None:
-    """One request, no retries, with the credentials MLflow would send (MLFLOW_TRACKING_USERNAME/PASSWORD or TOKEN)."""
-
+    """One request, no retries, as MLflow sends it (MLFLOW_TRACKING_USERNAME/PASSWORD or TOKEN, TLS settings)."""
     creds = get_default_host_creds(uri)
-    auth = (creds.username, creds.password) if creds.username and creds.password else None
-    headers = {"Authorization": f"Bearer {creds.token}"} if creds.token and not auth else {}
-    verify = False if creds.ignore_tls_verification else (creds.server_cert_path or True)
     shown = redact(uri)
     try:
-        response = requests.get(
-            f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/search",
-            params={"max_results": 1},
-            auth=auth,
-            headers=headers,
-            timeout=timeout,
-            verify=verify,
-        )
-    except requests.Timeout:
-        return f"MLflow tracking server {shown} does not answer (no reply within {timeout:g} s): {WAY_OUT}"
-    except requests.RequestException as exc:
-        return f"MLflow tracking server {shown} does not answer ({connection_reason(exc)}): {WAY_OUT}"
+        response = http_request(creds, SEARCH, "GET", max_retries=0, timeout=timeout, raise_on_status=False)
+    except MlflowException as exc:  # http_request's wrapping of what requests raised
+        return f"MLflow tracking server {shown} does not answer ({connection_reason(exc, timeout)}): {WAY_OUT}"
     user = creds.username
     if response.status_code == 401:
         if not user:
@@ -120,13 +109,15 @@ def http_problem(uri: str, timeout: float) -> str | None:
     return None
 
 
-def connection_reason(exc: Exception) -> str:
+def connection_reason(exc: Exception, timeout: float) -> str:
     text = str(exc)
+    if "timed out" in text:  # requests' ConnectTimeout, or a ReadTimeout that urllib3's Retry made a ConnectionError
+        return f"no reply within {timeout:g} s"
     if "Connection refused" in text:
         return "connection refused"
     if "Name or service not known" in text or "NameResolution" in text or "nodename nor servname" in text:
         return "unknown host name"
-    return f"cannot connect: {type(exc).__name__}"
+    return f"cannot connect: {type(exc.__context__ or exc).__name__}"
 
 
 def database_problem(uri: str, timeout: float) -> str | None:

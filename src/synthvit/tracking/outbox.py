@@ -50,10 +50,6 @@ def outbox_root() -> Path:
     return repo_root() / ".synthvit" / "outbox"
 
 
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
 class OutboxRun:
     """The calls stages make on an MLflow run, safe against the server going away:
     log_metrics/log_metric/log_params/log_artifact/log_dict/log_table and log_synthvit_model."""
@@ -68,7 +64,7 @@ class OutboxRun:
     # ---- the logging calls ------------------------------------------------------------
 
     def log_metrics(self, metrics: dict, step: int | None = None) -> None:
-        stamp = now_ms()
+        stamp = int(time.time() * 1000)
         points = [[key, float(value), stamp, step or 0] for key, value in metrics.items()]
         self.send({"call": "log_batch", "run_id": self.run_id, "metrics": points})
 
@@ -100,7 +96,7 @@ class OutboxRun:
     def end(self, status: str, parent_id: str) -> None:
         """Terminate this run (the active one) and its pipeline's parent, then replay what waits; warn (one line)
         about what is left."""
-        end_time = now_ms()
+        end_time = int(time.time() * 1000)
         try:
             with health.quick_http():  # pops the active run even when the server does not answer
                 mlflow.end_run(status)
@@ -166,7 +162,6 @@ class OutboxRun:
             entry = {**entry, "file": str(copy.relative_to(self.folder))}
         with open(self.folder / CALLS, "a") as calls:
             calls.write(json.dumps(entry) + "\n")
-            calls.flush()
 
 
 def line_count(path: Path) -> int:
@@ -269,13 +264,9 @@ def replay(client, folder: Path, load_model) -> tuple[int, int]:
     return done, rejected
 
 
-class Kept(Exception):
-    """Why an outbox stays for a later sync, as the one-line warning that says so."""
-
-
-def sync(load_model, root: Path | None = None) -> int:
+def sync(load_model, root: Path | None = None) -> None:
     """`synthvit tracking sync`: upload every outbox under the repository to its server (`load_model(checkpoint)`
-    rebuilds the model a log_model call logs). Returns the calls sent.
+    rebuilds the model a log_model call logs).
     Raises UserError, one line saying how many calls did not go and where they are kept, while any wait
     (server away or refusing, meta.json damaged) or lie set aside (cut off or not a call): exit 0 means all went."""
     root = root or outbox_root()
@@ -283,47 +274,45 @@ def sync(load_model, root: Path | None = None) -> int:
     waiting = [p for p in folders if (p / CALLS).is_file()]
     if not waiting:
         print(f"nothing to upload: no tracking calls wait in {root}")
-    total, left = 0, {}
+    left = {}
     for folder in waiting:  # one folder's problem leaves the others to go
-        try:
-            total += upload(folder, load_model)
-        except Kept as why:
-            print(f"warning: {why}", file=sys.stderr)
+        kept = upload(folder, load_model)
+        if kept:
+            print(f"warning: {kept}", file=sys.stderr)
             left[folder] = pending_calls(folder)
     # Lines set aside by this sync or an earlier one (or a stage's own replay) never reach a server: they
     # count until the user has looked at them, so a sync retried until it succeeds does not hide them.
     aside = {p / REJECTED: line_count(p / REJECTED) for p in folders if (p / REJECTED).is_file()}
     if left or aside:
         raise UserError(not_uploaded(left, aside))
-    return total
 
 
-def upload(folder: Path, load_model) -> int:
-    """Replay one run's outbox to the server its meta.json names; returns the calls sent. Kept: why it stays."""
+def upload(folder: Path, load_model) -> str | None:
+    """Replay one run's outbox to the server its meta.json names; returns why (some of) it stays, or None."""
     try:
         uri = json.loads((folder / META).read_text())["uri"]
     except (ValueError, KeyError, TypeError) as exc:
-        raise Kept(
+        return (
             f"{folder / META} is damaged ({type(exc).__name__}): which server run {folder.name} belongs "
             f'to is unknown; skipped it. Write {{"uri": "<tracking URI>", "run_id": "{folder.name}"}} '
             "into it and sync again, or remove the folder"
-        ) from None
+        )
     problem = health.store_problem(uri)
     if problem:  # a stage's way out (unset MLFLOW_TRACKING_URI) cannot move calls bound to this server
-        raise Kept(f"{problem.removesuffix(f': {health.WAY_OUT}')}; the calls of run {folder.name} stay in {folder}")
+        return f"{problem.removesuffix(f': {health.WAY_OUT}')}; the calls of run {folder.name} stay in {folder}"
     try:
         sent, rejected = replay(MlflowClient(uri, registry_uri=uri), folder, load_model)
     except Exception as exc:  # noqa: BLE001 - one line, the rest stays for the next sync
         reason = str(exc).splitlines()[0][:300] if str(exc) else ""
-        raise Kept(
+        return (
             f"uploading {folder} to {health.redact(uri)} stopped ({type(exc).__name__}: {reason}); "
             "what is left stays there"
-        ) from None
+        )
     print(
         f"uploaded {sent} tracking call(s) of run {folder.name} to {health.redact(uri)}"
         + (f"; skipped {rejected} unreadable line(s), kept in {folder / REJECTED}" if rejected else "")
     )
-    return sent
+    return None
 
 
 def not_uploaded(left: dict[Path, int], aside: dict[Path, int]) -> str:

@@ -16,7 +16,6 @@ float32 images N x 3 x S x S, normalised as the checkpoint says, to logits.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import math
@@ -28,7 +27,6 @@ import numpy as np
 import timm
 import torch
 from mlflow import MlflowClient
-from mlflow.exceptions import MlflowException
 
 from synthvit.tracking import health
 from synthvit.tracking.store import GIT_COMMIT_TAG, store_lock
@@ -109,10 +107,8 @@ def register_model(model_uri: str, name: str, alias: str, score: float | None, h
     with store_lock(mlflow.get_tracking_uri()):
         version = mlflow.register_model(model_uri, name, tags=tags or None)
         client.update_model_version(name, version.version, describe(tags))
-        serving = None
-        if alias:
-            with contextlib.suppress(MlflowException):  # no such alias yet
-                serving = client.get_model_version_by_alias(name, alias)
+        aliases = client.get_registered_model(name).aliases  # {alias: version}
+        serving = client.get_model_version(name, aliases[alias]) if alias in aliases else None
         kept = serving is not None and better_than(serving, score, heldout)
         if alias and not kept:
             client.set_registered_model_alias(name, alias, version.version)

@@ -87,19 +87,16 @@ def end_abandoned(client, experiment_id: str) -> None:
     process being gone means nobody will end it. Other machines' runs (a shared server) are not touched,
     nor runs made outside DVC. Never fails the stage."""
     try:
-        host = socket.gethostname().replace("'", "")
-        parents = client.search_runs(
-            [experiment_id], filter_string=f"attributes.status = 'RUNNING' and tags.`{store.HOST_TAG}` = '{host}'"
-        )
-        for parent in parents:
-            key = parent.data.tags.get(store.PIPELINE_TAG, "")
-            if not re.fullmatch(r"dvc-\d+-\d+", key) or dvc_process_alive(key):
-                continue
-            stages = client.search_runs(
-                [experiment_id],
-                filter_string=f"attributes.status = 'RUNNING' and tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
-            )
-            for run in [*stages, parent]:
+        running = client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'")
+        abandoned = {
+            run.info.run_id
+            for run in running
+            if run.data.tags.get(store.HOST_TAG) == socket.gethostname()
+            and re.fullmatch(r"dvc-\d+-\d+", key := run.data.tags.get(store.PIPELINE_TAG, ""))
+            and not dvc_process_alive(key)
+        }
+        for run in running:  # the parents, and their stages
+            if {run.info.run_id, run.data.tags.get("mlflow.parentRunId")} & abandoned:
                 client.set_terminated(run.info.run_id, "KILLED")
     except Exception as exc:  # noqa: BLE001 - housekeeping of earlier executions: the stage goes on regardless
         print(f"warning: could not end the runs a killed execution left running: {exc}", file=sys.stderr)
@@ -136,15 +133,12 @@ def stage_run(stage: str, params: dict, experiment_name: str):
             run.log_params(params)
             yield run
             status = "FINISHED"
-        except KeyboardInterrupt:  # also SIGTERM (errors.Terminated)
-            status = "KILLED"
-            raise
-        except Exception as exc:
-            if interruption(exc):  # a signal that landed while a C extension was imported: still a stop
-                status = "KILLED"
-            else:
+        except BaseException as exc:
+            # Ctrl-C, SIGTERM (errors.Terminated), also one that landed while a C extension was imported: a stop.
+            status = "KILLED" if interruption(exc) else "FAILED"
+            if status == "FAILED" and isinstance(exc, Exception):
                 with contextlib.suppress(Exception):  # the stage's own error is what the user must see
-                    client.set_tag(run.run_id, store.ERROR_TAG, str(exc)[:4000] or type(exc).__name__)
+                    client.set_tag(run.run_id, store.ERROR_TAG, error_text(exc))
             raise
         finally:
             # Ending the run may fail as the stage did (a full disk); then the stage's own error is what counts.
@@ -188,13 +182,18 @@ def record_early_failure(stage: str, error: BaseException) -> None:
         tags = {
             **run_tags(stage),
             "mlflow.parentRunId": parent.run_id,
-            store.ERROR_TAG: str(error)[:4000] or type(error).__name__,
+            store.ERROR_TAG: error_text(error),
         }
         run = client.create_run(parent.experiment_id, run_name=stage, tags=tags)
         client.set_terminated(run.info.run_id, status)
         client.set_terminated(parent.run_id, status)
     except Exception as exc:  # noqa: BLE001 - recording is best effort
         print(f"warning: could not record the failure in MLflow ({uri}): {exc}", file=sys.stderr)
+
+
+def error_text(error: BaseException) -> str:
+    """A stage's error as the ERROR_TAG on its run holds it (MLflow keeps tag values short)."""
+    return str(error)[:4000] or type(error).__name__
 
 
 def metric_name(name: str) -> str:

@@ -77,9 +77,9 @@ def used_params(params: dict[str, str]) -> dict[str, str]:
     ImageNet weights never read the fractals, their pre-training or finetune.backbone, and only init=imagenet
     reads finetune.imagenet_weights. Params without finetune.init (the other stages' runs) keep the rest."""
     init = params.get("finetune.init", "pretrained")
-    unused = ("synthetic.", "pretrain.", "finetune.backbone") if init != "pretrained" else ()
-    if not from_pipeline_pretraining(init, params.get("finetune.backbone")) and init == "pretrained":
-        unused = ("synthetic.", "pretrain.")  # a released backbone: this pipeline's pre-training did not make it
+    # Not from this pipeline's pre-training (also a released backbone): its fractals and pre-training did not make it.
+    unused = () if from_pipeline_pretraining(init, params.get("finetune.backbone")) else ("synthetic.", "pretrain.")
+    unused += ("finetune.backbone",) if init != "pretrained" else ()
     unused += ("finetune.imagenet_weights",) if init != "imagenet" else ()
     return {key: value for key, value in params.items() if not key.startswith(unused)}
 
