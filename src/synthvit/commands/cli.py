@@ -21,7 +21,7 @@ from synthvit.errors import run_main
 
 # Each command: its module (with add_arguments(parser) and run(args); "module:name" for a
 # module with several, as name_arguments and name) and its one-line help; a group of commands
-# ("results") has no module and comes before its commands ("results lock"). Only the module
+# ("results") has no module ("") and comes before its commands ("results lock"). Only the module
 # of the command being run is imported: torch, timm and MLflow take seconds to import, and
 # `synthvit --help` or `synthvit check` should not wait for them.
 COMMANDS = {
@@ -31,16 +31,16 @@ COMMANDS = {
     "app": ("synthvit.commands.app", "serve the web demo (Gradio) on this machine"),
     "export": ("synthvit.commands.export", "write a checkpoint as a folder timm loads, with a model card"),
     "compare": ("synthvit.commands.compare", "compare experiments: table (terminal, Markdown, CSV) and plot"),
-    "results": (None, "locked results in results/: lock, show, check, readme"),
+    "results": ("", "locked results in results/: lock, show, check, readme"),
     "results lock": ("synthvit.commands.results:lock_command", "copy a finished DVC experiment into results/ (locked)"),
     "results show": ("synthvit.commands.results:show", "print a group of locked results as a table"),
     "results check": ("synthvit.commands.results:check", "re-run a locked result and check it lands in its spread"),
     "results readme": ("synthvit.commands.results:readme", "regenerate the result tables of README.md and docs/"),
     "record-restored": ("synthvit.commands.restored", "record outputs DVC restored from its cache as MLflow runs"),
-    "tracking": (None, "the MLflow tracking store: check it, upload what waits for it"),
+    "tracking": ("", "the MLflow tracking store: check it, upload what waits for it"),
     "tracking check": ("synthvit.commands.tracking:check", "does the MLflow store answer and accept your credentials?"),
     "tracking sync": ("synthvit.commands.tracking:sync", "upload the tracking calls kept in .synthvit/outbox"),
-    "bench": (None, "benchmarks that print a figure"),
+    "bench": ("", "benchmarks that print a figure"),
     "bench synthetic": ("synthvit.commands.bench.synthetic", "fractal rendering img/s vs a per-point reference"),
     "bench train": ("synthvit.commands.bench.train", "training img/s: engine vs a bare step and a DataLoader loop"),
     "bench pretrain": (
@@ -71,7 +71,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         command = subparsers[group].add_parser(
             leaf, help=help_text, description=help_text, formatter_class=argparse.RawDescriptionHelpFormatter
         )
-        if spec is None:  # a group: its commands come next
+        if not spec:  # a group: its commands come next
             subparsers[name] = command.add_subparsers(dest=name, required=True, metavar="COMMAND")
         elif argv is None or name.split() == words[: len(name.split())]:
             add_arguments, run, command.description = load_command(spec)
