@@ -235,10 +235,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    if args.top_k < 1:
-        raise UserError(f"--top-k={args.top_k} is invalid: an integer >= 1")
-    if args.batch_size < 1:
-        raise UserError(f"--batch-size={args.batch_size} is invalid: an integer >= 1")
+    for option, value in (("--top-k", args.top_k), ("--batch-size", args.batch_size)):
+        if value < 1:
+            raise UserError(f"{option}={value} is invalid: an integer >= 1")
     if args.output is not None and args.output.suffix.lower() not in (".csv", ".json"):
         raise UserError(f"--output={str(args.output)!r} is invalid: name a .csv or .json file")
     if hasattr(sys.stdout, "reconfigure"):
