@@ -20,7 +20,8 @@ import sys
 from synthvit.errors import run_main
 
 # Each command: its module (with add_arguments(parser) and run(args); "module:name" for a
-# module with several, as name_arguments and name) and its one-line help. Only the module
+# module with several, as name_arguments and name) and its one-line help; a group of commands
+# ("results") has no module ("") and comes before its commands ("results lock"). Only the module
 # of the command being run is imported: torch, timm and MLflow take seconds to import, and
 # `synthvit --help` or `synthvit check` should not wait for them.
 COMMANDS = {
@@ -30,24 +31,22 @@ COMMANDS = {
     "app": ("synthvit.commands.app", "serve the web demo (Gradio) on this machine"),
     "export": ("synthvit.commands.export", "write a checkpoint as a folder timm loads, with a model card"),
     "compare": ("synthvit.commands.compare", "compare experiments: table (terminal, Markdown, CSV) and plot"),
+    "results": ("", "locked results in results/: lock, show, check, readme"),
     "results lock": ("synthvit.commands.results:lock_command", "copy a finished DVC experiment into results/ (locked)"),
     "results show": ("synthvit.commands.results:show", "print a group of locked results as a table"),
     "results check": ("synthvit.commands.results:check", "re-run a locked result and check it lands in its spread"),
     "results readme": ("synthvit.commands.results:readme", "regenerate the result tables of README.md and docs/"),
     "record-restored": ("synthvit.commands.restored", "record outputs DVC restored from its cache as MLflow runs"),
+    "tracking": ("", "the MLflow tracking store: check it, upload what waits for it"),
     "tracking check": ("synthvit.commands.tracking:check", "does the MLflow store answer and accept your credentials?"),
     "tracking sync": ("synthvit.commands.tracking:sync", "upload the tracking calls kept in .synthvit/outbox"),
+    "bench": ("", "benchmarks that print a figure"),
     "bench synthetic": ("synthvit.commands.bench.synthetic", "fractal rendering img/s vs a per-point reference"),
     "bench train": ("synthvit.commands.bench.train", "training img/s: engine vs a bare step and a DataLoader loop"),
     "bench pretrain": (
         "synthvit.commands.bench.pretrain",
         "pre-training img/s: rendered from the manifest vs preloaded",
     ),
-}
-GROUPS = {
-    "results": "locked results in results/: lock, show, check, readme",
-    "tracking": "the MLflow tracking store: check it, upload what waits for it",
-    "bench": "benchmarks that print a figure",
 }
 
 
@@ -60,35 +59,25 @@ def load_command(spec: str):
     return module.add_arguments, module.run, module.__doc__
 
 
-def named_command(argv: list[str]) -> str | None:
-    """The command `argv` names ("predict", "bench train"), or None."""
-    words = [arg for arg in argv if not arg.startswith("-")]
-    candidates = (" ".join(words[:length]) for length in (2, 1))  # "bench train" before "bench"
-    return next((name for name in candidates if name in COMMANDS), None)
-
-
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     """The parser; only the command that `argv` names gets its options (all of them when argv is None)."""
-    wanted = None if argv is None else named_command(argv)
+    words = [arg for arg in argv or [] if not arg.startswith("-")]
     parser = argparse.ArgumentParser(
         prog="synthvit", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    groups = {}
+    subparsers = {"": parser.add_subparsers(dest="command", required=True, metavar="COMMAND")}
     for name, (spec, help_text) in COMMANDS.items():
-        *group, leaf = name.split()
-        if group and group[0] not in groups:
-            group_parser = commands.add_parser(group[0], help=GROUPS[group[0]], description=GROUPS[group[0]])
-            groups[group[0]] = group_parser.add_subparsers(dest=group[0], required=True, metavar="COMMAND")
-        command = (groups[group[0]] if group else commands).add_parser(
-            leaf, help=help_text, formatter_class=argparse.RawDescriptionHelpFormatter
+        group, _, leaf = name.rpartition(" ")
+        command = subparsers[group].add_parser(
+            leaf, help=help_text, description=help_text, formatter_class=argparse.RawDescriptionHelpFormatter
         )
-        if argv is None or name == wanted:
-            add_arguments, run, description = load_command(spec)
-            command.description = description
+        if not spec:  # a group: its commands come next
+            subparsers[name] = command.add_subparsers(dest=name, required=True, metavar="COMMAND")
+        elif argv is None or name.split() == words[: len(name.split())]:
+            add_arguments, run, command.description = load_command(spec)
             if add_arguments is not None:
                 add_arguments(command)
-            if group == ["bench"]:
+            if group == "bench":
                 command.add_argument(
                     "--record",
                     metavar="NAME",

@@ -23,14 +23,12 @@ import os
 import sys
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
 import numpy as np
 import torch
 from mlflow.exceptions import MlflowException
-from torch import nn
 
 from synthvit.config import DEVICES, PRECISIONS, RuntimeConfig
 from synthvit.data.images import decode_image
@@ -51,15 +49,14 @@ CHUNK = 1024  # images decoded and classified at a time: bounds memory on big fo
 # ---- the model ----------------------------------------------------------------------
 
 
-@dataclass
 class LoadedModel:
-    model: nn.Module
-    source: str  # what --model named, for messages
-    name: str  # the timm architecture
-    classes: list[str]
-    img_size: int
-    mean: list[float]
-    std: list[float]
+    """A checkpoint path, or an MLflow model URI whose model carries the synthvit checkpoint, ready to classify."""
+
+    def __init__(self, spec: str):
+        checkpoint = checkpoint_from_mlflow(spec) if spec.startswith(MLFLOW_SCHEMES) else load_checkpoint(Path(spec))
+        self.model, self.source = model_from_checkpoint(checkpoint).eval(), spec  # source: what --model named
+        self.name, self.img_size = checkpoint["model_config"]["name"], int(checkpoint["model_config"]["img_size"])
+        self.classes, self.mean, self.std = list(checkpoint["classes"]), checkpoint["mean"], checkpoint["std"]
 
     def top_k(self, images: torch.Tensor, k: int, device: torch.device, amp_dtype=None, batch_size=256, tta_flip=False):
         """The k most likely (class, probability) of each uint8 N x 3 x S x S image, most likely first."""
@@ -68,12 +65,7 @@ class LoadedModel:
         return [[(self.classes[i], p) for p, i in zip(*row)] for row in zip(values.tolist(), indices.tolist())]
 
 
-def load_model(spec: str) -> LoadedModel:
-    """A checkpoint path, or an MLflow model URI whose model carries the synthvit checkpoint."""
-    checkpoint = checkpoint_from_mlflow(spec) if spec.startswith(MLFLOW_SCHEMES) else load_checkpoint(Path(spec))
-    model, config, classes = model_from_checkpoint(checkpoint).eval(), checkpoint["model_config"], checkpoint["classes"]
-    size = int(config["img_size"])
-    return LoadedModel(model, spec, config["name"], list(classes), size, checkpoint["mean"], checkpoint["std"])
+load_model = LoadedModel
 
 
 def as_batch(decoded: list[np.ndarray]) -> torch.Tensor:
@@ -119,18 +111,15 @@ def expand_inputs(specs: list[str]) -> tuple[list[Path], list[dict]]:
     files, problems = [], []
     for spec in specs:
         path = Path(spec)
-        if path.is_dir():
-            shown = [p for p in path.rglob("*") if not any(part.startswith(".") for part in p.relative_to(path).parts)]
-            found, none = sorted(p for p in shown if p.is_file()), "folder holds no files"
-        elif path.is_file():
-            found, none = [path], ""
-        elif GLOB_CHARS & set(spec):
-            found = sorted(Path(p) for p in glob.glob(spec, recursive=True) if Path(p).is_file())
-            none = "pattern matches no files"
-        else:
-            found, none = [], "no such file or folder"
+        # A file or folder is taken by its name, whatever characters it holds; "**" skips hidden files and folders.
+        pattern = (
+            os.path.join(glob.escape(spec), "**") if path.is_dir() else glob.escape(spec) if path.exists() else spec
+        )
+        found = sorted(Path(p) for p in glob.glob(pattern, recursive=True) if Path(p).is_file())
         files += found
-        problems += [] if found else [{"path": spec, "error": none}]
+        if not found:
+            none = "pattern matches no files" if GLOB_CHARS & set(spec) else "no such file or folder"
+            problems.append({"path": spec, "error": "folder holds no files" if path.is_dir() else none})
     return list(dict.fromkeys(files)), problems
 
 
@@ -195,22 +184,14 @@ def table_rows(results: list[dict], k: int) -> list[dict]:
     return rows
 
 
-def names_survive_stdout() -> None:
+def _path_output_errors(exc: UnicodeEncodeError):
     """Per-image lines name their file even when the name is not valid UTF-8: its undecodable bytes are
     written back as they were (what `ls` and `find` print, so a pipe gets the real name), and a
     character the terminal's encoding lacks as a backslash escape; never an exception mid-output."""
-    if hasattr(sys.stdout, "reconfigure"):
-        sys.stdout.reconfigure(errors=PATH_OUTPUT_ERRORS)
-
-
-def _path_output_errors(exc: UnicodeEncodeError):
-    text = exc.object[exc.start : exc.end]
-    if all("\udc80" <= c <= "\udcff" for c in text):  # bytes os.fsdecode could not decode
-        try:
-            return codecs.lookup_error("surrogateescape")(exc)
-        except UnicodeEncodeError:  # an encoding with no such bytes (UTF-16): escape them instead
-            pass
-    return codecs.backslashreplace_errors(exc)
+    try:
+        return codecs.lookup_error("surrogateescape")(exc)  # raises for what is not an undecodable byte
+    except UnicodeEncodeError:
+        return codecs.backslashreplace_errors(exc)
 
 
 PATH_OUTPUT_ERRORS = "synthvit-paths"
@@ -254,13 +235,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    if args.top_k < 1:
-        raise UserError(f"--top-k={args.top_k} is invalid: an integer >= 1")
-    if args.batch_size < 1:
-        raise UserError(f"--batch-size={args.batch_size} is invalid: an integer >= 1")
+    for option, value in (("--top-k", args.top_k), ("--batch-size", args.batch_size)):
+        if value < 1:
+            raise UserError(f"{option}={value} is invalid: an integer >= 1")
     if args.output is not None and args.output.suffix.lower() not in (".csv", ".json"):
         raise UserError(f"--output={str(args.output)!r} is invalid: name a .csv or .json file")
-    names_survive_stdout()
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(errors=PATH_OUTPUT_ERRORS)
     loaded = load_model(args.model)
     k = min(args.top_k, len(loaded.classes))
     files, problems = expand_inputs(args.inputs)

@@ -12,13 +12,14 @@ compare), non-finite points are dropped, the bounding box of the points maps to
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import math
 import random
 
 import numpy as np
 
-from synthvit.synthetic.render import LIT, PATCHES
+from synthvit.synthetic.render import LIT
 
 BURN_IN = 32  # default steps from the origin before a point counts
 
@@ -33,10 +34,7 @@ def chaos_game_reference(
     x = y = 0.0
     points = []
     for step in range(burn_in + num_points):
-        u = rng.random()
-        k = 0
-        while k < len(maps) - 1 and u >= cumulative[k]:
-            k += 1
+        k = min(bisect.bisect_right(cumulative, rng.random()), len(maps) - 1)  # the first map whose share covers u
         a, b, c, d, e, f = maps[k]
         x, y = a * x + b * y + e, c * x + d * y + f
         if step >= burn_in:
@@ -48,8 +46,6 @@ def paste_patches_reference(
     points, image_size: int, rng: random.Random, patch: str = "random", pad: int = 0, value: int = LIT
 ) -> np.ndarray:
     """Scale points into the image and paste one 3x3 patch per point, in order."""
-    if patch not in PATCHES:
-        raise ValueError(f"patch={patch!r} must be one of {PATCHES}")
     image = np.zeros((image_size, image_size), np.uint8)
     points = [(x, y) for x, y in points if math.isfinite(x) and math.isfinite(y)]
     if not points:

@@ -153,10 +153,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--root", default="../shared/datasets/cifar10", help="ImageFolder with train/<class>/ (default: %(default)s)"
     )
     parser.add_argument("--images", type=int, default=0, help="images per epoch (default: 2048 on CPU, 50000 on CUDA)")
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--img-size", type=int, default=32)
-    parser.add_argument("--patch-size", type=int, default=4)
-    parser.add_argument("--depth", type=int, default=12)
+    for option, default in (("--batch-size", 128), ("--img-size", 32), ("--patch-size", 4), ("--depth", 12)):
+        parser.add_argument(option, type=int, default=default)
     parser.add_argument("--embed-dim", type=int, default=192)
     parser.add_argument("--heads", dest="num_heads", metavar="HEADS", type=int, default=3)
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the plain loop")
@@ -208,22 +206,19 @@ def run(args) -> int:
         print("bf16 peak: not measured on cpu (the peak fractions are a CUDA figure)")
 
     def fresh_model():
-        seed_everything(0)
-        return create_model(model_cfg, data.num_classes)
-
-    def fresh_model_on_device():
         """A fresh model on the device in training mode, and what runs its forward (compiled with --compile)."""
-        model = fresh_model().to(device).train()
+        seed_everything(0)
+        model = create_model(model_cfg, data.num_classes).to(device).train()
         return model, torch.compile(model) if args.compile else model
 
-    bare = bare_step_images_per_s(*fresh_model_on_device(), data, args.batch_size, device, amp_dtype)
+    bare = bare_step_images_per_s(*fresh_model(), data, args.batch_size, device, amp_dtype)
     print(rate_line("bare timm step (one batch on the device)", bare, flops, peaks), flush=True)
     for name in ("light", "full") if args.augment == "both" else (args.augment,):
         recipe = LIGHT if name == "light" else load_params(args.params).finetune
         cfg = recipe.model_copy(update={**TIMED, "batch_size": args.batch_size})
-        engine = train(fresh_model(), data, cfg, runtime, seed=0, desc="engine")[-1]["train_images_per_s"]
+        engine = train(fresh_model()[0], data, cfg, runtime, seed=0, desc="engine")[-1]["train_images_per_s"]
         print(rate_line(f"synthvit engine, {name} augmentation", engine, flops, peaks), flush=True)
-        plain = plain_loop_images_per_s(*fresh_model_on_device(), data, cfg, device, amp_dtype, args.workers)
+        plain = plain_loop_images_per_s(*fresh_model(), data, cfg, device, amp_dtype, args.workers)
         print(rate_line(f"plain DataLoader loop, {name} augmentation ({args.workers} workers)", plain, flops, peaks))
         print(f"ratio engine / plain, {name} augmentation: {engine / plain:10.2f}x")
         print(f"ratio engine / bare, {name} augmentation:  {engine / bare:10.2f}x", flush=True)
