@@ -29,7 +29,7 @@ from synthvit.commands.reporting.sources import TRAINING_STAGES, pipeline_stages
 from synthvit.errors import UserError
 from synthvit.files import history_path, metrics_path
 from synthvit.tracking import summary
-from synthvit.tracking.runs import metric_name, parent_name, run_tags
+from synthvit.tracking.runs import find_parent, metric_name, parent_name, run_tags
 from synthvit.tracking.store import PIPELINE_TAG, get_experiment_id, open_client, use_store
 from synthvit.tracking.summary import RESTORED_TAG, flatten, used_params
 
@@ -76,10 +76,10 @@ def record(name: str, experiment_name: str) -> str:
     uri = use_store()
     client = open_client(uri)
     experiment_id = get_experiment_id(client, uri, experiment_name)
-    found = client.search_runs([experiment_id], filter_string=f"tags.`{PIPELINE_TAG}` = '{key}'", max_results=1)
+    found = find_parent(client, [experiment_id], key)  # the parent of an execution recorded before
     if found:
-        print(f"already recorded: run {found[0].info.run_id} in MLflow experiment {experiment_name!r} ({uri})")
-        return found[0].info.run_id
+        print(f"already recorded: run {found.info.run_id} in MLflow experiment {experiment_name!r} ({uri})")
+        return found.info.run_id
     tags = {**run_tags("pipeline"), "dvc.exp_name": name, RESTORED_TAG: "true"}
     tags.pop("dvc.stage")
     parent = client.create_run(
