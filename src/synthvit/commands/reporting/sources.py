@@ -87,10 +87,7 @@ def result_columns(metric, params: dict, walls: dict, rates: dict | None = None)
 def dvc_exp_show() -> list:
     """`dvc exp show --json`. Not dvc.api.exp_show: in DVC 3.67 it returns the printed table's cells
     (7-character revs, times without a date, integers as floats), which lose what rows need."""
-    try:
-        result = subprocess.run([sys.executable, "-m", "dvc", "exp", "show", "--json"], capture_output=True, text=True)
-    except OSError as exc:
-        raise UserError(f"could not run dvc: {exc}") from None
+    result = subprocess.run([sys.executable, "-m", "dvc", "exp", "show", "--json"], capture_output=True, text=True)
     if result.returncode != 0:
         lines = [line for line in result.stderr.splitlines() if line.strip()]
         raise UserError(f"dvc exp show failed: {lines[-1] if lines else f'exit code {result.returncode}'}")
