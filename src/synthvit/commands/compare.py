@@ -78,8 +78,10 @@ def claim_output_dir(folder: Path, stem: str, force: bool) -> None:
     write_text(folder / MARKER, "Files here are written by `synthvit compare`, which replaces them on each run.\n")
 
 
-def write_outputs(folder: Path, stem: str, table: pd.DataFrame, document: str, figure) -> list[Path]:
-    """The table, its Markdown document and its figure as `stem`.csv, .md and .png; says where they went."""
+def write_outputs(folder: Path, stem: str, table: pd.DataFrame, printed: str, document: str, figure) -> list[Path]:
+    """Print the table (`printed`); write it, its Markdown document and its figure as `stem`.csv, .md and .png;
+    say where they went."""
+    print(printed)
     paths = [
         write_csv(folder / f"{stem}.csv", table),
         write_text(folder / f"{stem}.md", document),
@@ -141,8 +143,7 @@ def run(args) -> int:
         f"# Experiment comparison\n\n{len(table)} runs from {where}. "
         f"test_top1: evaluate stage; wall: {walls}.\n\n{markdown}\n\n![accuracy](comparison.png)\n"
     )
-    print(tables.fit_width(table))
-    paths = write_outputs(args.output_dir, "comparison", table, document, figure)
+    paths = write_outputs(args.output_dir, "comparison", table, tables.fit_width(table), document, figure)
     if args.log:
         print(f"logged to MLflow run {log_comparison(paths, args.names or 'all').run_id}")
     return 0
@@ -205,15 +206,14 @@ def compare_arms(args) -> int:
     title = " against ".join(names)
     markdown = tables.markdown_table(display(table), percent=True)
     document = f"# {title}\n\n{markdown}\n\n{legend(table)}\n\n![accuracy per epoch](arms.png)\n"
-    print(tables.fit_width(display(table)))
-    print(legend(table))
-    paths = write_outputs(args.output_dir, "arms", table, document, figures.arms_figure(arms, table))
-    db = sqlite_path(tracking_uri())
-    if db is None or db.is_file():  # a store the pipeline wrote to: the comparison is one run in it
-        differences = table[table["arm"].str.contains(" - ")]
+    printed = f"{tables.fit_width(display(table))}\n{legend(table)}"
+    paths = write_outputs(args.output_dir, "arms", table, printed, document, figures.arms_figure(arms, table))
+    uri = tracking_uri()
+    if sqlite_path(uri) is None or sqlite_path(uri).is_file():  # a store the pipeline wrote to: one run in it
+        differences = table[len(arms) :]
         metrics = {f"{key} {row['arm']}": row[key] for _, row in differences.iterrows() for key in ARM_COLUMNS}
         params = {f"arm.{label}": f"{e.name} ({e.param('finetune.init')})" for label, e in arms}
-        run, uri = log_comparison(paths, title, metrics, params), tracking_uri()
+        run = log_comparison(paths, title, metrics, params)
         serve = "" if uri.startswith(("http://", "https://")) else f"mlflow ui --backend-store-uri {uri}, then open "
         print(
             f"MLflow: run {run.run_id} holds this comparison (its differences as metrics); "

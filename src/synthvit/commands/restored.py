@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import time
 from pathlib import Path
 
@@ -26,11 +25,11 @@ import yaml
 from mlflow.entities import Metric, Param
 
 from synthvit.commands.compare import default_experiment
-from synthvit.commands.reporting.sources import TRAINING_STAGES, pipeline_stages
+from synthvit.commands.reporting.sources import TRAINING_STAGES, pipeline_stages, read_json
 from synthvit.errors import UserError
 from synthvit.files import history_path, metrics_path
 from synthvit.tracking import summary
-from synthvit.tracking.runs import metric_name, parent_name, run_tags
+from synthvit.tracking.runs import find_parent, metric_name, parent_name, run_tags
 from synthvit.tracking.store import PIPELINE_TAG, get_experiment_id, open_client, use_store
 from synthvit.tracking.summary import RESTORED_TAG, flatten, used_params
 
@@ -39,7 +38,7 @@ def stage_metrics(stage: str, at: int) -> list[Metric]:
     """What the stage logged: its end numbers (final_* for training stages, the summary for evaluate) and,
     for a training stage, its per-epoch curves."""
     path, prefix = metrics_path(stage), "final_" if stage in TRAINING_STAGES else ""
-    values = json.loads(path.read_text()) if path.is_file() else {}
+    values = read_json(path)
     metrics = [
         Metric(metric_name(prefix + k), float(v), at, 0) for k, v in values.items() if isinstance(v, int | float)
     ]
@@ -77,10 +76,10 @@ def record(name: str, experiment_name: str) -> str:
     uri = use_store()
     client = open_client(uri)
     experiment_id = get_experiment_id(client, uri, experiment_name)
-    found = client.search_runs([experiment_id], filter_string=f"tags.`{PIPELINE_TAG}` = '{key}'", max_results=1)
+    found = find_parent(client, [experiment_id], key)  # the parent of an execution recorded before
     if found:
-        print(f"already recorded: run {found[0].info.run_id} in MLflow experiment {experiment_name!r} ({uri})")
-        return found[0].info.run_id
+        print(f"already recorded: run {found.info.run_id} in MLflow experiment {experiment_name!r} ({uri})")
+        return found.info.run_id
     tags = {**run_tags("pipeline"), "dvc.exp_name": name, RESTORED_TAG: "true"}
     tags.pop("dvc.stage")
     parent = client.create_run(
@@ -95,9 +94,7 @@ def record(name: str, experiment_name: str) -> str:
         run_id = client.create_run(experiment_id, run_name=stage, tags=stage_tags).info.run_id
         recorded = flatten((stages[stage].get("params") or {}).get("params.yaml") or {})
         params = [Param(k, str(v)) for k, v in used_params(recorded).items()]
-        metrics = stage_metrics(stage, now)
-        for start in range(0, max(len(params), len(metrics)), 100):  # MLflow's batch limit for params
-            client.log_batch(run_id, params=params[start : start + 100], metrics=metrics[start : start + 100])
+        client.log_batch(run_id, params=params, metrics=stage_metrics(stage, now))  # sent in MLflow's batches
         for path in output_files(outs):
             client.log_artifact(run_id, str(path), artifact_path=str(path.parent) if path.parent != Path(".") else None)
         client.set_terminated(run_id, "FINISHED")

@@ -69,7 +69,7 @@ def lock(experiment: Experiment, folder: Path, row: str, force: bool = False) ->
         raise UserError(f"{folder} exists: results are locked once; choose another name, or --force to replace it")
     params = flatten(experiment.params)
     stages = [stage for stage in pipeline_stages() if experiment.ran(stage) and needed(stage, params)]
-    timings = {stage: experiment.timing(stage) for stage in stages}
+    timings = {stage: experiment.metrics(stage, timing_path) for stage in stages}
     machines = [t["machine"] for t in timings.values() if t.get("machine")]
     walls = {stage: t["wall_seconds"] for stage, t in timings.items() if "wall_seconds" in t}
     run = {
@@ -325,19 +325,16 @@ def readme_arguments(parser: argparse.ArgumentParser) -> None:
 
 def readme(args) -> int:
     """Regenerate the result tables of README.md and docs/*.md from results/, and each group's figure."""
-    stale = []
-    for document in DOCUMENTS:
-        text = document.read_text() if document.is_file() else ""
-        if regenerate(text) != text:
-            stale.append(str(document))
-            if not args.check:
-                write_text(document, regenerate(text))
+    fresh = {document: regenerate(document.read_text()) for document in DOCUMENTS if document.is_file()}
+    stale = [str(document) for document, text in fresh.items() if text != document.read_text()]
     if args.check:
         if stale:
             print(f"out of date with results/: {', '.join(stale)}; run `synthvit results readme`", file=sys.stderr)
             return 1
         print("README.md and docs/ match results/")
         return 0
+    for document in stale:
+        write_text(Path(document), fresh[Path(document)])
     for spec_file in sorted(RESULTS.glob("*/group.yaml")):  # figures are drawn, not checked: pixels vary by version
         if (read_yaml(spec_file) or {}).get("figure") == "budget":
             print(f"drew {plots.save(budget_figure(spec_file.parent.name), spec_file.parent / 'budget.png')}")

@@ -60,6 +60,10 @@ def needed(stage: str, params: dict) -> bool:
     return pretrained or stage not in PRETRAINING
 
 
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def result_columns(metric, params: dict, walls: dict, rates: dict | None = None) -> dict:
     """The RESULTS columns from `metric(stage, key)`, the wall seconds per stage and their total, the
     training rates (`rates`: images/s per stage): only of the stages the run needed."""
@@ -83,10 +87,7 @@ def result_columns(metric, params: dict, walls: dict, rates: dict | None = None)
 def dvc_exp_show() -> list:
     """`dvc exp show --json`. Not dvc.api.exp_show: in DVC 3.67 it returns the printed table's cells
     (7-character revs, times without a date, integers as floats), which lose what rows need."""
-    try:
-        result = subprocess.run([sys.executable, "-m", "dvc", "exp", "show", "--json"], capture_output=True, text=True)
-    except OSError as exc:
-        raise UserError(f"could not run dvc: {exc}") from None
+    result = subprocess.run([sys.executable, "-m", "dvc", "exp", "show", "--json"], capture_output=True, text=True)
     if result.returncode != 0:
         lines = [line for line in result.stderr.splitlines() if line.strip()]
         raise UserError(f"dvc exp show failed: {lines[-1] if lines else f'exit code {result.returncode}'}")
@@ -154,15 +155,10 @@ class Experiment:
         """Whether the experiment's dvc.lock holds the stage (it ran, or DVC restored it)."""
         return stage in (self.lock.get("stages") or {})
 
-    def _json(self, path) -> dict:
-        return json.loads(self.text(path)) if self.exists(path) else {}
-
-    def metrics(self, stage: str) -> dict:
-        return self._json(metrics_path(stage)) if self.ran(stage) else {}
-
-    def timing(self, stage: str) -> dict:
-        """The stage's timing file (wall seconds, machine, rates)."""
-        return self._json(timing_path(stage)) if self.ran(stage) else {}
+    def metrics(self, stage: str, kind=metrics_path) -> dict:
+        """metrics/<stage>.json, or (`kind` timing_path) its timing file; {} when the stage did not run."""
+        path = kind(stage)
+        return json.loads(self.text(path)) if self.ran(stage) and self.exists(path) else {}
 
     def history(self, stage: str) -> pd.DataFrame:
         path = history_path(stage)
@@ -172,7 +168,9 @@ class Experiment:
         """The experiment as a row; `params` (flat) and `metric(stage, key)` when already known (exp show)."""
         params = flatten(self.params) if params is None else params
         metric = metric or (lambda stage, key: self.metrics(stage).get(key))
-        timings = {stage: self.timing(stage) for stage in pipeline_stages()} if status == "success" else {}
+        timings = (
+            {stage: self.metrics(stage, timing_path) for stage in pipeline_stages()} if status == "success" else {}
+        )
         walls = {stage: t.get("wall_seconds") for stage, t in timings.items() if t}
         rates = {stage: timings.get(stage, {}).get("train_images_per_s") for stage in TRAINING_STAGES}
         return {
@@ -283,18 +281,13 @@ def locked_row(folder: Path) -> dict:
     """One locked run (results/GROUP/NAME) as a row, with its table row and seed from run.yaml."""
     run = read_yaml(folder / "run.yaml")
     params = flatten(read_yaml(folder / "params.yaml") or {})
-
-    def metric(stage: str, key: str):
-        path = folder / metrics_path(stage)
-        return json.loads(path.read_text()).get(key) if path.is_file() else None
-
     walls = {stage: seconds for stage, seconds in (run.get("wall_seconds") or {}).items() if stage != "total"}
     return {
         "name": folder.name,
         "row": run["row"],
         "seed": run.get("seed"),
         "experiment": run["experiment"],
-        **result_columns(metric, params, walls),
+        **result_columns(lambda stage, key: read_json(folder / metrics_path(stage)).get(key), params, walls),
         "cpu": (run.get("machine") or {}).get("cpu"),
         **{f"params.{k}": v for k, v in params.items()},
     }

@@ -65,10 +65,8 @@ def over_seeds(rows: pd.DataFrame, by: str, metrics: list[str], order: list[str]
     table = groups[metrics].agg(["mean", lambda values: values.std() if values.nunique() > 1 else None])
     table.columns = [f"{metric} {'mean' if kind == 'mean' else 'sd'}" for metric, kind in table.columns]
     table.insert(0, "seeds", groups.size())
-    table = table.reset_index()
-    if order:
-        rank = {label: i for i, label in enumerate(order)}
-        table = table.sort_values(by, key=lambda labels: labels.map(lambda x: rank.get(x, len(rank))), kind="stable")
+    rank = {label: i for i, label in enumerate(order or [])}  # rows `order` leaves out: after, as they come
+    table = table.reset_index().sort_values(by, key=lambda labels: labels.map(rank).fillna(len(rank)), kind="stable")
     return table.reset_index(drop=True)
 
 
