@@ -24,6 +24,8 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import shutil
+import tempfile
 from pathlib import Path
 
 import huggingface_hub
@@ -124,35 +126,39 @@ def export(source: Path, folder: Path, force: bool = False) -> Path:
     if folder.exists() and any(folder.iterdir()) and not force:
         raise UserError(f"{folder} exists and is not empty: choose another folder, or --force to replace its files")
     model = model_from_checkpoint(checkpoint).eval()
-    model.pretrained_cfg.pop("license", None)  # the base model's entry, not these weights'
     stage = checkpoint.get("stage", "finetune")
     size = int(checkpoint["model_config"]["img_size"])
-    # Written in place: same-named files are replaced; others the user put there stay.
-    save_for_hf(
-        model,
-        folder,
-        model_config={
-            "label_names": list(checkpoint["classes"]),
-            "pretrained_cfg": {"tag": f"synthvit_{stage}"},
-            # What synthvit needs to fine-tune from the folder (finetune.backbone): timm ignores the key.
-            "synthvit": {
-                "stage": stage,
-                "model_config": checkpoint["model_config"],
-                "recipe": checkpoint.get("recipe") or {},
-                "summary": checkpoint.get("summary") or {},
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".synthvit-export-", dir=folder.parent) as tmp:
+        staging = Path(tmp) / "export"
+        save_for_hf(
+            model,
+            staging,
+            model_config={"label_names": list(checkpoint["classes"]), "pretrained_cfg": {"tag": f"synthvit_{stage}"}},
+            # How images are prepared for the model: its size, the resize, the normalisation it was trained with.
+            data_config={
+                "input_size": (3, size, size),
+                "interpolation": "bicubic",
+                "crop_pct": 1.0,
+                "mean": tuple(checkpoint["mean"]),
+                "std": tuple(checkpoint["std"]),
             },
-        },
-        # How images are prepared for the model: its size, the resize, the normalisation it was trained with.
-        data_config={
-            "input_size": (3, size, size),
-            "interpolation": "bicubic",
-            "crop_pct": 1.0,
-            "mean": tuple(checkpoint["mean"]),
-            "std": tuple(checkpoint["std"]),
-        },
-        safe_serialization=True,
-    )
-    (folder / "README.md").write_text(model_card(checkpoint, source, folder.name))
+            safe_serialization=True,
+        )
+        config = json.loads((staging / "config.json").read_text())
+        config["pretrained_cfg"].pop("license", None)  # the base model's entry, not these weights'
+        # What synthvit needs to fine-tune from the folder (finetune.backbone): timm ignores the key.
+        config["synthvit"] = {
+            "stage": stage,
+            "model_config": checkpoint["model_config"],
+            "recipe": checkpoint.get("recipe") or {},
+            "summary": checkpoint.get("summary") or {},
+        }
+        (staging / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        (staging / "README.md").write_text(model_card(checkpoint, source, folder.name))
+        folder.mkdir(parents=True, exist_ok=True)
+        for path in staging.iterdir():  # same-named files are replaced; others the user put there stay
+            shutil.move(str(path), folder / path.name)
     return folder
 
 
