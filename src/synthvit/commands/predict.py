@@ -54,9 +54,12 @@ class LoadedModel:
 
     def __init__(self, spec: str):
         checkpoint = checkpoint_from_mlflow(spec) if spec.startswith(MLFLOW_SCHEMES) else load_checkpoint(Path(spec))
-        self.model, self.source = model_from_checkpoint(checkpoint).eval(), spec  # source: what --model named
-        self.name, self.img_size = checkpoint["model_config"]["name"], int(checkpoint["model_config"]["img_size"])
-        self.classes, self.mean, self.std = list(checkpoint["classes"]), checkpoint["mean"], checkpoint["std"]
+        self.model = model_from_checkpoint(checkpoint).eval()
+        self.source = spec  # what --model named, for messages
+        self.name = checkpoint["model_config"]["name"]  # the timm architecture
+        self.img_size = int(checkpoint["model_config"]["img_size"])
+        self.classes = list(checkpoint["classes"])
+        self.mean, self.std = checkpoint["mean"], checkpoint["std"]
 
     def top_k(self, images: torch.Tensor, k: int, device: torch.device, amp_dtype=None, batch_size=256, tta_flip=False):
         """The k most likely (class, probability) of each uint8 N x 3 x S x S image, most likely first."""
@@ -112,9 +115,11 @@ def expand_inputs(specs: list[str]) -> tuple[list[Path], list[dict]]:
     for spec in specs:
         path = Path(spec)
         # A file or folder is taken by its name, whatever characters it holds; "**" skips hidden files and folders.
-        pattern = (
-            os.path.join(glob.escape(spec), "**") if path.is_dir() else glob.escape(spec) if path.exists() else spec
-        )
+        pattern = spec
+        if path.is_dir():
+            pattern = os.path.join(glob.escape(spec), "**")
+        elif path.exists():
+            pattern = glob.escape(spec)
         found = sorted(Path(p) for p in glob.glob(pattern, recursive=True) if Path(p).is_file())
         files += found
         if not found:

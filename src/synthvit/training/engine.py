@@ -108,7 +108,12 @@ class Loop:
         # Fused: the step count lives on the device (a plain torch AdamW reads it back per step), and
         # the fp16 scaler's overflow check stays there too (skipping a step costs no host sync).
         self.optimizer = create_optimizer_v2(
-            model, cfg.optimizer, cfg.lr, cfg.weight_decay, layer_decay=cfg.layer_decay or None, fused=True
+            model,
+            opt=cfg.optimizer,
+            lr=cfg.lr,
+            weight_decay=cfg.weight_decay,
+            layer_decay=cfg.layer_decay or None,
+            fused=True,
         )
         self.augmentation = Augmentation(cfg, train_set.num_classes, device)
         self.model = model  # the raw weights, trained in place
