@@ -42,15 +42,19 @@ class Terminated(KeyboardInterrupt):
 
 
 def rebuild_hint(path) -> str:
-    """How to replace `path` with a good copy: for an output of a stage (or a file within one), as dvc.yaml
-    declares its outs and metrics, the `dvc repro -f` that rebuilds it."""
-    written = Path(path).as_posix()
-    with contextlib.suppress(OSError, yaml.YAMLError, AttributeError):  # no dvc.yaml here, or a damaged one
-        for stage, spec in yaml.safe_load(Path("dvc.yaml").read_text())["stages"].items():
-            for output in [*spec.get("outs", []), *spec.get("metrics", [])]:
-                output = next(iter(output)) if isinstance(output, dict) else output  # `- path: {cache: false}`
-                if written == output or written.endswith("/" + output) or f"{output}/" in written:
-                    return f"rebuild it with `dvc repro -f {stage}`"
+    """How to replace `path` with a good copy: for an output of a stage (or a file within one), as the dvc.yaml
+    of the repository holding it declares its outs and metrics, the `dvc repro -f` that rebuilds it (and where,
+    when that repository is not the working directory: `synthvit predict` runs anywhere)."""
+    absolute = Path(path).absolute()
+    root = next((folder for folder in absolute.parents if (folder / "dvc.yaml").is_file()), None)
+    if root is not None:
+        with contextlib.suppress(OSError, yaml.YAMLError, AttributeError):  # a damaged dvc.yaml: no hint from it
+            for stage, spec in yaml.safe_load((root / "dvc.yaml").read_text())["stages"].items():
+                for output in [*spec.get("outs", []), *spec.get("metrics", [])]:
+                    output = next(iter(output)) if isinstance(output, dict) else output  # `- path: {cache: false}`
+                    if absolute == root / output or root / output in absolute.parents:
+                        where = "" if root == Path.cwd() else f" in {root}"
+                        return f"rebuild it with `dvc repro -f {stage}`{where}"
     if Path(path).name == "params.yaml":
         return f"fix it, or restore the committed one with `git checkout {path}`"
     return "remove or replace the file"

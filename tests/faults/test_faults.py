@@ -4,6 +4,7 @@ The end-to-end versions (a real `mlflow server` stopped and restarted around a s
 SIGTERM during `dvc repro`) are in test_tracking_outage.py and test_resume_stage.py.
 """
 
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
+from helpers.repo import REPO
 from helpers.servers import free_port
 from synthvit.config import load_params
 from synthvit.data.fractals import load_synthetic
@@ -63,7 +65,9 @@ def test_sigterm_unwinds_like_ctrl_c(tmp_path):
     assert err.strip() == "terminated"
 
 
-def test_damaged_synthetic_manifest_and_image_name_the_rebuild(tmp_path):
+def test_damaged_synthetic_manifest_and_image_name_the_rebuild(tmp_path, monkeypatch):
+    shutil.copy(REPO / "dvc.yaml", tmp_path / "dvc.yaml")  # the stages of the repository holding the files
+    monkeypatch.chdir(tmp_path)
     folder = tmp_path / "data/synthetic"
     (folder / "images/c0").mkdir(parents=True)
     manifest = folder / "manifest.json"

@@ -1,8 +1,11 @@
+import shutil
+
 import pytest
 import torch
 
+from helpers.repo import REPO
 from synthvit.config import ModelConfig
-from synthvit.errors import UserError
+from synthvit.errors import UserError, rebuild_hint
 from synthvit.models import (
     MIMETIC_VALUE_PROJ,
     check_same_architecture,
@@ -61,9 +64,11 @@ def test_load_checkpoint_rejects_other_files(tmp_path):
         load_checkpoint(tmp_path / "other.pt")
 
 
-def test_damaged_checkpoint_names_the_file_and_the_rebuild(tmp_path):
-    """Truncated, or a foreign pickle: one line with the file and the stage to re-run, never torch's
-    weights_only advice."""
+def test_damaged_checkpoint_names_the_file_and_the_rebuild(tmp_path, monkeypatch):
+    """Truncated, or a foreign pickle: one line with the file and the stage to re-run (as the dvc.yaml of the
+    repository holding the file declares it), never torch's weights_only advice."""
+    shutil.copy(REPO / "dvc.yaml", tmp_path / "dvc.yaml")
+    monkeypatch.chdir(tmp_path)
     models = tmp_path / "models"
     models.mkdir()
     good = models / "pretrain.pt"
@@ -85,6 +90,22 @@ def test_damaged_checkpoint_names_the_file_and_the_rebuild(tmp_path):
         "(it holds Python objects, not plain tensors: a foreign file, unsafe to unpickle); "
         "rebuild it with `dvc repro -f pretrain`"
     )
+
+
+def test_rebuild_hint_names_the_repository_of_the_file(tmp_path, monkeypatch):
+    """`synthvit predict` runs anywhere: the hint names the stage of the file's own repository and where that
+    is; a file of no repository gets no `dvc repro` advice, whatever dvc.yaml the working directory has."""
+    repo = tmp_path / "repo"
+    (repo / "models").mkdir(parents=True)
+    shutil.copy(REPO / "dvc.yaml", repo / "dvc.yaml")
+    elsewhere = tmp_path / "elsewhere" / "models"
+    elsewhere.mkdir(parents=True)
+    monkeypatch.chdir(REPO)  # a dvc.yaml here must not advise on files of other folders
+    assert rebuild_hint(repo / "models" / "finetune.pt") == f"rebuild it with `dvc repro -f finetune` in {repo}"
+    assert rebuild_hint(repo / "metrics" / "evaluate.json").startswith("rebuild it with `dvc repro -f evaluate`")
+    assert rebuild_hint(elsewhere / "finetune.pt") == "remove or replace the file"
+    monkeypatch.chdir(repo)
+    assert rebuild_hint("models/pretrain.pt") == "rebuild it with `dvc repro -f pretrain`"
 
 
 def test_backbone_keeps_weights_and_replaces_head(tmp_path):
