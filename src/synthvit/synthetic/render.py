@@ -193,7 +193,8 @@ def _prerun(coef, walkers: int, xp=np):
     collect = -(-walkers // pre)
     burn_in = _burn_in(coef[:, :2], min(TANGENT_WALKERS, pre), xp)
     converged = burn_in < MAX_BURN_IN  # (one converging at exactly MAX_BURN_IN steps counts as not)
-    starts = xp.empty((count, 2, collect, pre), dtype=xp.float32, device=coef.device)
+    on = {} if xp is np else {"device": coef.device}  # numpy 1.x (a CUDA machine's own) takes no device=
+    starts = xp.empty((count, 2, collect, pre), dtype=xp.float32, **on)
     path = np.zeros((count, 2, MAX_BURN_IN + 1), np.float32) if xp is np else None
     offsets = _offsets(0, MAX_BURN_IN + MAX_WALKERS)
     if kernels.ENABLED and xp is np:
@@ -204,7 +205,7 @@ def _prerun(coef, walkers: int, xp=np):
     ends = burn_in + START_STRIDE * collect
     order = np.argsort(-ends, kind="stable")
     coef, ends, sorted_burn_in = coef[order], ends[order], burn_in[order]
-    position = xp.zeros((count, 2, pre), dtype=xp.float32, device=coef.device)
+    position = xp.zeros((count, 2, pre), dtype=xp.float32, **on)
     out, scratch = xp.empty_like(position), xp.empty_like(position)
     offsets = offsets.tolist()
     # Systems still stepping at each step (a step costs its numpy call overhead: few calls).
